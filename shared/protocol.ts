@@ -1,0 +1,83 @@
+/**
+ * The socket.io protocol, typed on both ends:
+ *   new Server<ClientToServerEvents, ServerToClientEvents>()  and  io() as Socket<ServerToClientEvents, ClientToServerEvents>.
+ * Names read `domain:verb`. Acks carry a result union.
+ */
+import type { ModelName } from './models-names.ts';
+import type { Hello, StateReport, UpdateSubmit } from './schemas.ts';
+
+export const ERROR_CODES = {
+  BAD_MESSAGE: 'BAD_MESSAGE',
+  BAD_WEIGHTS: 'BAD_WEIGHTS',
+  NOT_JOINED: 'NOT_JOINED',
+  NO_ACTIVE_ROUND: 'NO_ACTIVE_ROUND',
+  WRONG_ROUND: 'WRONG_ROUND',
+  NOT_SELECTED: 'NOT_SELECTED',
+  DUPLICATE: 'DUPLICATE',
+  ROUND_FULL: 'ROUND_FULL',
+  RATE_LIMITED: 'RATE_LIMITED',
+  INTERNAL: 'INTERNAL',
+} as const;
+export type ErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
+
+export interface ProtocolError {
+  code: ErrorCode;
+  message: string;
+}
+
+export type Result<T> = { ok: true; data: T } | { ok: false; error: ProtocolError };
+export type Ack<T> = (result: Result<T>) => void;
+
+export interface TrainingPlan {
+  localEpochs: number;
+  batchSize: number;
+  learningRate: number;
+  /** seeds the device's shuffling, so a round can be replayed */
+  seed: number;
+}
+
+export interface RoundStart {
+  runId: number;
+  round: number;
+  /** 1 on the first try of a round, higher when a failed round is redone */
+  attempt: number;
+  model: ModelName;
+  modelVersion: number;
+  plan: TrainingPlan;
+  /** epoch milliseconds after which the server stops accepting this round's updates */
+  deadline: number;
+  /** the global model, as a binary weight payload (weights.ts) */
+  weights: Uint8Array;
+}
+
+export interface RoundEnd {
+  runId: number;
+  round: number;
+  attempt: number;
+  outcome: 'completed' | 'failed' | 'stopped';
+  /** whether this device's update was counted */
+  counted: boolean;
+}
+
+export interface ModelPublished {
+  version: number;
+  runId: number;
+  round: number;
+  testAccuracy: number | null;
+  testLoss: number | null;
+}
+
+export interface ServerToClientEvents {
+  'round:start': (msg: RoundStart) => void;
+  'round:end': (msg: RoundEnd) => void;
+  'model:published': (msg: ModelPublished) => void;
+  'server:error': (error: ProtocolError) => void;
+}
+
+export interface ClientToServerEvents {
+  'device:hello': (msg: Hello, ack: Ack<{ deviceId: string }>) => void;
+  'device:state': (msg: StateReport) => void;
+  'update:submit': (msg: UpdateSubmit, ack: Ack<{ accepted: true }>) => void;
+}
+
+export const SOCKET_PATH = '/socket.io';

@@ -1,0 +1,89 @@
+/**
+ * One runtime schema per inbound payload; the TypeScript types are inferred from them.
+ * The server parses every client message with these before any other code sees it.
+ */
+import { z } from 'zod';
+import { MODEL_NAMES } from './models-names.ts';
+import { PARTITIONS } from './partition.ts';
+
+export const DEVICE_STATES = ['idle', 'selected', 'downloading', 'evaluating', 'training', 'uploading'] as const;
+export const BACKENDS = ['webgl', 'webgpu', 'wasm', 'cpu'] as const;
+
+const deviceId = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'must be 8–64 characters of A–Z, a–z, 0–9, _ or -');
+const finiteMetric = z.number().finite();
+
+export const helloSchema = z.strictObject({
+  deviceId,
+  backend: z.enum(BACKENDS),
+  backendReason: z.string().max(300),
+  examples: z.number().int().min(1).max(60_000),
+  heldOut: z.number().int().min(0).max(60_000),
+  labelHistogram: z.array(z.number().int().min(0)).length(10),
+});
+export type Hello = z.infer<typeof helloSchema>;
+
+export const stateReportSchema = z.strictObject({
+  state: z.enum(DEVICE_STATES),
+  runId: z.number().int().positive().optional(),
+  round: z.number().int().positive().optional(),
+  /** 0..1 progress through local training */
+  progress: z.number().min(0).max(1).optional(),
+  loss: finiteMetric.optional(),
+});
+export type StateReport = z.infer<typeof stateReportSchema>;
+
+export const updateMetricsSchema = z.strictObject({
+  accuracyBefore: z.number().min(0).max(1),
+  lossBefore: finiteMetric.min(0),
+  accuracyAfter: z.number().min(0).max(1),
+  lossAfter: finiteMetric.min(0),
+  downloadMs: finiteMetric.min(0),
+  evaluateMs: finiteMetric.min(0),
+  trainMs: finiteMetric.min(0),
+});
+export type UpdateMetrics = z.infer<typeof updateMetricsSchema>;
+
+export const updateSubmitSchema = z.strictObject({
+  runId: z.number().int().positive(),
+  round: z.number().int().positive(),
+  attempt: z.number().int().min(1),
+  numExamples: z.number().int().min(1).max(60_000),
+  /** the binary weight payload of Δ = w_local − w_global (see weights.ts) */
+  delta: z.instanceof(Uint8Array),
+  metrics: updateMetricsSchema,
+});
+export type UpdateSubmit = z.infer<typeof updateSubmitSchema>;
+
+export const runConfigSchema = z.strictObject({
+  model: z.enum(MODEL_NAMES).default('cnn-small'),
+  rounds: z.number().int().min(1).max(10_000).default(5),
+  clientsPerRound: z.number().int().min(1).max(10_000).default(4),
+  overSelect: z.number().min(1).max(10).default(1.3),
+  minUpdates: z.number().int().min(1).max(10_000).default(2),
+  localEpochs: z.number().int().min(1).max(100).default(1),
+  batchSize: z.number().int().min(1).max(10_000).default(10),
+  learningRate: z.number().positive().max(10).default(0.1),
+  roundTimeoutMs: z.number().int().min(1_000).max(24 * 3600_000).default(120_000),
+  /** how long selection waits for clientsPerRound idle devices before starting with ≥ minUpdates */
+  selectionTimeoutMs: z.number().int().min(0).max(24 * 3600_000).default(10_000),
+  /** how many times a failed round is retried before the run stops as failed */
+  maxRoundRetries: z.number().int().min(0).max(100).default(2),
+  seed: z.number().int().min(0).max(2 ** 31 - 1).default(1),
+}).refine((c) => c.minUpdates <= c.clientsPerRound, { message: 'minUpdates must not exceed clientsPerRound', path: ['minUpdates'] });
+export type RunConfig = z.infer<typeof runConfigSchema>;
+export type RunConfigInput = z.input<typeof runConfigSchema>;
+
+export const sliceQuerySchema = z.strictObject({
+  partition: z.enum(PARTITIONS).default('iid'),
+  clients: z.coerce.number().int().min(1).max(10_000).default(4),
+  client: z.coerce.number().int().min(0).default(0),
+  examples: z.coerce.number().int().min(1).max(60_000).default(600),
+  seed: z.coerce.number().int().min(0).max(2 ** 31 - 1).default(1),
+  alpha: z.coerce.number().positive().max(1000).default(0.5),
+}).refine((q) => q.client < q.clients, { message: 'client must be less than clients', path: ['client'] });
+export type SliceQuery = z.infer<typeof sliceQuerySchema>;
+
+/** A readable one-line summary of every issue: `rounds: must be ≥ 1; model: invalid option`. */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'payload'}: ${i.message}`).join('; ');
+}

@@ -1,0 +1,148 @@
+/**
+ * Local training and evaluation with TF.js — one implementation for the browser device and for
+ * Node. No DOM: the caller injects how to yield to its event loop.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { subtract } from './fedavg.ts';
+import { getFlatWeights, setFlatWeights } from './models.ts';
+import type { TrainingPlan } from './protocol.ts';
+import { createRng, shuffleInPlace } from './rng.ts';
+import type { Samples } from './dataset.ts';
+import type { FlatWeights } from './weights.ts';
+
+export interface LocalData {
+  x: tf.Tensor4D;
+  /** labels as int32 */
+  y: tf.Tensor1D;
+  count: number;
+}
+
+export function toTensors(samples: Samples): LocalData {
+  const count = samples.labels.length;
+  const x = tf.tidy(() => tf.tensor4d(Float32Array.from(samples.pixels, (v) => v / 255), [count, 28, 28, 1]));
+  const y = tf.tensor1d(Int32Array.from(samples.labels), 'int32');
+  return { x, y, count };
+}
+
+export function disposeData(d: LocalData): void {
+  tf.dispose([d.x, d.y]);
+}
+
+function crossEntropy(probs: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
+  return tf.tidy(() => probs.mul(tf.oneHot(labels, 10)).sum(1).clipByValue(1e-7, 1).log().neg().mean() as tf.Scalar);
+}
+
+export interface EvalMetrics {
+  accuracy: number;
+  loss: number;
+}
+
+export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batchSize = 500): Promise<EvalMetrics> {
+  if (data.count === 0) return { accuracy: 0, loss: 0 };
+  let correct = 0;
+  let lossSum = 0;
+  for (let start = 0; start < data.count; start += batchSize) {
+    const n = Math.min(batchSize, data.count - start);
+    const [hits, loss] = tf.tidy(() => {
+      const x = data.x.slice([start, 0, 0, 0], [n, 28, 28, 1]);
+      const y = data.y.slice([start], [n]);
+      const probs = model.predict(x) as tf.Tensor2D;
+      return [probs.argMax(1).equal(y).sum(), crossEntropy(probs, y).mul(n)];
+    });
+    correct += (await hits.data())[0] as number;
+    lossSum += (await loss.data())[0] as number;
+    tf.dispose([hits, loss]);
+  }
+  return { accuracy: correct / data.count, loss: lossSum / data.count };
+}
+
+export interface TrainHooks {
+  /** called at most every `progressEveryMs` with batches done / total and the latest batch loss */
+  onProgress?: (done: number, total: number, loss: number) => void;
+  progressEveryMs?: number;
+  /** asked between batches; true stops training early */
+  shouldStop?: () => boolean;
+  /** lets the host's event loop run (the page stays responsive); called between batches */
+  yieldToHost?: () => Promise<void>;
+}
+
+export interface TrainResult {
+  batches: number;
+  loss: number;
+  stopped: boolean;
+}
+
+/** E epochs of minibatch SGD (batch B, learning rate η) in a seeded order. */
+export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: TrainingPlan, hooks: TrainHooks = {}): Promise<TrainResult> {
+  const optimizer = tf.train.sgd(plan.learningRate);
+  const rng = createRng(plan.seed);
+  const perEpoch = Math.ceil(data.count / plan.batchSize);
+  const total = perEpoch * plan.localEpochs;
+  let done = 0;
+  let lastLoss = NaN;
+  let lastReport = 0;
+  const every = hooks.progressEveryMs ?? 250;
+  try {
+    for (let epoch = 0; epoch < plan.localEpochs; epoch++) {
+      const order = shuffleInPlace(Array.from({ length: data.count }, (_, i) => i), rng);
+      for (let b = 0; b < perEpoch; b++) {
+        if (hooks.shouldStop?.()) return { batches: done, loss: lastLoss, stopped: true };
+        const idx = tf.tensor1d(Int32Array.from(order.slice(b * plan.batchSize, (b + 1) * plan.batchSize)), 'int32');
+        const cost = optimizer.minimize(() => {
+          const x = tf.gather(data.x, idx);
+          const y = tf.gather(data.y, idx);
+          return crossEntropy(model.apply(x, { training: true }) as tf.Tensor, y as tf.Tensor1D);
+        }, true);
+        idx.dispose();
+        done++;
+        const now = Date.now();
+        if (cost && (now - lastReport >= every || done === total)) {
+          lastLoss = (await cost.data())[0] as number;
+          lastReport = now;
+          hooks.onProgress?.(done, total, lastLoss);
+        }
+        cost?.dispose();
+        if (hooks.yieldToHost) await hooks.yieldToHost();
+      }
+    }
+    return { batches: done, loss: lastLoss, stopped: false };
+  } finally {
+    optimizer.dispose();
+  }
+}
+
+export interface UpdateResult {
+  delta: FlatWeights;
+  numExamples: number;
+  before: EvalMetrics;
+  after: EvalMetrics;
+  evaluateMs: number;
+  trainMs: number;
+  stopped: boolean;
+}
+
+/**
+ * One device's part of a FedAvg round: load the global model, evaluate it on held-out data
+ * (before training, as GBoard does), train locally, evaluate again, and return Δ = w_local − w_global.
+ */
+export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, train: LocalData, heldOut: LocalData, plan: TrainingPlan, hooks: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void } = {}): Promise<UpdateResult> {
+  setFlatWeights(model, global);
+  hooks.onPhase?.('evaluating');
+  const t0 = performance.now();
+  const before = await evaluateLocal(model, heldOut);
+  const t1 = performance.now();
+  hooks.onPhase?.('training');
+  const result = await trainLocal(model, train, plan, hooks);
+  const t2 = performance.now();
+  const after = await evaluateLocal(model, heldOut);
+  const local = getFlatWeights(model);
+  return {
+    delta: { specs: local.specs, values: subtract(local.values, global.values) },
+    numExamples: train.count,
+    before,
+    after,
+    evaluateMs: t1 - t0 + (performance.now() - t2),
+    trainMs: t2 - t1,
+    stopped: result.stopped,
+  };
+}
