@@ -1,0 +1,48 @@
+/** The composition root: wiring only. Tests pass their own store, evaluator, clock or logger. */
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { MnistSplit } from './data/mnist.ts';
+import { Federation, systemClock, type Clock } from './federation.ts';
+import { fedAvgStrategy, type Strategy } from './fl/strategy.ts';
+import type { Logger } from './log.ts';
+import type { Evaluator } from './ml/evaluator.ts';
+import type { Store } from './store/store.ts';
+import { createHttpApp } from './transport/http.ts';
+import { attachSockets, SocketDevicePort } from './transport/socket.ts';
+
+/** Large enough for the biggest model's payload (the paper's CNN: 6.65 MB of float32) plus headroom. */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024;
+
+export interface AppDeps {
+  store: Store;
+  evaluator: Evaluator;
+  train: MnistSplit;
+  logger: Logger;
+  adminToken: string;
+  webRoot: string;
+  strategy?: Strategy;
+  clock?: Clock;
+  maxPayloadBytes?: number;
+}
+
+export interface App {
+  http: HttpServer;
+  federation: Federation;
+  close(): Promise<void>;
+}
+
+export function createApp(deps: AppDeps): App {
+  const port = new SocketDevicePort();
+  const federation = new Federation({ store: deps.store, strategy: deps.strategy ?? fedAvgStrategy, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
+  const http = createServer(createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot }));
+  const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES });
+  return {
+    http,
+    federation,
+    close: async () => {
+      federation.stopRun('server shutting down');
+      await federation.idle();
+      await new Promise<void>((resolve) => io.close(() => resolve()));
+      deps.store.close();
+    },
+  };
+}

@@ -1,0 +1,418 @@
+/**
+ * The federation service: holds the coordinator's state, feeds it events with the time, and
+ * performs the effects it returns — the only place where rounds meet timers, the store, the
+ * evaluator and the devices (through a DevicePort, which the socket transport implements).
+ */
+import { initialWeights, type ModelName } from '../shared/models.ts';
+import type { ErrorCode, ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
+import type { Hello, RunConfig, StateReport, UpdateSubmit } from '../shared/schemas.ts';
+import { decodeWeights, encodeWeights, WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
+import { initialState, isActive, step, type ClosedRound, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
+import type { RoundAggregator, Strategy } from './fl/strategy.ts';
+import type { Logger } from './log.ts';
+import type { Evaluator } from './ml/evaluator.ts';
+import type { PhaseTimings, RoundRecord, Store } from './store/store.ts';
+
+export interface DevicePort {
+  sendRoundStart(deviceId: string, msg: RoundStart): void;
+  sendRoundEnd(deviceId: string, msg: RoundEnd): void;
+  broadcastModel(msg: ModelPublished): void;
+}
+
+export interface Clock {
+  now(): number;
+  setTimer(at: number, fn: () => void): () => void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimer: (at, fn) => {
+    const handle = setTimeout(fn, Math.max(0, at - Date.now()));
+    return () => clearTimeout(handle);
+  },
+};
+
+export interface DeviceInfo {
+  id: string;
+  backend: Hello['backend'];
+  backendReason: string;
+  examples: number;
+  heldOut: number;
+  labelHistogram: number[];
+  state: StateReport['state'];
+  progress: number | null;
+  loss: number | null;
+  connected: boolean;
+  joinedAt: number;
+  lastSeen: number;
+  rounds: number;
+  lastAccuracyBefore: number | null;
+  lastAccuracyAfter: number | null;
+}
+
+export class ConflictError extends Error {
+  readonly code = 'CONFLICT';
+}
+
+interface GlobalModel {
+  version: number;
+  model: ModelName;
+  weights: FlatWeights;
+  payload: Uint8Array;
+}
+
+interface RoundBook {
+  runId: number;
+  round: number;
+  attempt: number;
+  selectionStartedAt: number;
+  selectedAt: number;
+  aggregator: RoundAggregator;
+  bytesDown: number;
+  bytesUp: number;
+  metrics: { deviceId: string; arrivedAt: number; accuracyBefore: number; accuracyAfter: number; downloadMs: number; evaluateMs: number; trainMs: number }[];
+}
+
+const median = (xs: number[]): number => {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+};
+const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+
+export interface FederationDeps {
+  store: Store;
+  strategy: Strategy;
+  evaluator: Evaluator;
+  clock: Clock;
+  logger: Logger;
+  port: DevicePort;
+}
+
+export class Federation {
+  private state: CoordinatorState = initialState();
+  private readonly devices = new Map<string, DeviceInfo>();
+  private global: GlobalModel | undefined;
+  private book: RoundBook | undefined;
+  private cancelTimer: (() => void) | undefined;
+  private timerAt = Infinity;
+  private readonly log: Logger;
+  /** resolves when the round being aggregated/evaluated has been recorded (tests await it) */
+  private pending: Promise<void> = Promise.resolve();
+  readonly counters = { rejectedUpdates: 0, lateUpdates: 0, badMessages: 0 };
+
+  constructor(private readonly deps: FederationDeps) {
+    this.log = deps.logger.child('federation');
+  }
+
+  // ─── devices ─────────────────────────────────────────────────────────────
+  join(hello: Hello): void {
+    const now = this.deps.clock.now();
+    const prev = this.devices.get(hello.deviceId);
+    this.devices.set(hello.deviceId, {
+      id: hello.deviceId,
+      backend: hello.backend,
+      backendReason: hello.backendReason,
+      examples: hello.examples,
+      heldOut: hello.heldOut,
+      labelHistogram: hello.labelHistogram,
+      state: 'idle',
+      progress: null,
+      loss: null,
+      connected: true,
+      joinedAt: prev?.connected ? prev.joinedAt : now,
+      lastSeen: now,
+      rounds: prev?.rounds ?? 0,
+      lastAccuracyBefore: prev?.lastAccuracyBefore ?? null,
+      lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
+    });
+    this.log.info('device joined', { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
+    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId });
+  }
+
+  leave(deviceId: string): void {
+    const info = this.devices.get(deviceId);
+    if (!info) return;
+    info.connected = false;
+    info.lastSeen = this.deps.clock.now();
+    this.log.info('device left', { deviceId });
+    this.dispatch({ type: 'device:left', deviceId });
+  }
+
+  report(deviceId: string, report: StateReport): void {
+    const info = this.devices.get(deviceId);
+    if (!info) return;
+    info.state = report.state;
+    info.progress = report.progress ?? null;
+    info.loss = report.loss ?? info.loss;
+    info.lastSeen = this.deps.clock.now();
+  }
+
+  listDevices(includeDisconnected = false): DeviceInfo[] {
+    return [...this.devices.values()].filter((d) => includeDisconnected || d.connected);
+  }
+
+  // ─── runs ────────────────────────────────────────────────────────────────
+  startRun(config: RunConfig): number {
+    if (isActive(this.state)) throw new ConflictError(`run ${this.state.run?.id} is ${this.state.phase}; stop it first`);
+    const now = this.deps.clock.now();
+    const runId = this.deps.store.createRun(config, now);
+    const weights = initialWeights(config.model, config.seed);
+    const payload = encodeWeights(weights);
+    const version = this.deps.store.saveModel({ runId, round: 0, model: config.model, weights: payload }, now);
+    this.global = { version, model: config.model, weights, payload };
+    this.log.info('run started', { runId, config });
+    this.dispatch({ type: 'run:start', runId, config });
+    // The initial model is evaluated too, so round 0 of the accuracy curve is known.
+    void this.deps.evaluator.evaluate(config.model, weights).then(
+      (r) => this.deps.store.setModelMetrics(version, r.accuracy, r.loss),
+      (err: unknown) => this.log.error('evaluation of the initial model failed', { error: String(err) }),
+    );
+    return runId;
+  }
+
+  stopRun(reason = 'stopped by admin'): boolean {
+    if (!isActive(this.state)) return false;
+    this.dispatch({ type: 'run:stop', reason });
+    return true;
+  }
+
+  status() {
+    const { phase, run, current } = this.state;
+    return {
+      phase,
+      run: run ? { id: run.id, config: run.config, round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
+      round: current ? { round: current.round, attempt: current.attempt, selected: current.selected.length, accepted: current.accepted.length, dropped: current.dropped.length, deadline: current.deadline } : null,
+      modelVersion: this.global?.version ?? this.deps.store.latestModel()?.version ?? null,
+      devices: this.listDevices().map((d) => ({ ...d })),
+      counters: { ...this.counters },
+    };
+  }
+
+  /** Settles once the round in aggregation/evaluation (if any) is recorded. */
+  idle(): Promise<void> {
+    return this.pending;
+  }
+
+  // ─── updates ─────────────────────────────────────────────────────────────
+  submitUpdate(deviceId: string, msg: UpdateSubmit): Result<{ accepted: true }> {
+    const fail = (code: ErrorCode, message: string): Result<{ accepted: true }> => {
+      this.counters.rejectedUpdates++;
+      this.log.warn('update rejected', { deviceId, code, message });
+      return { ok: false, error: { code, message } };
+    };
+    const cur = this.state.current;
+    const book = this.book;
+    const global = this.global;
+    if (!this.devices.get(deviceId)?.connected) return fail('NOT_JOINED', `update from device ${deviceId}: the device has not joined`);
+    // Cheap checks before decoding several megabytes: the reducer makes the final call below.
+    if (this.state.phase === 'training' && cur && book && global && cur.selected.includes(deviceId) && !cur.accepted.includes(deviceId) && msg.runId === book.runId && msg.round === book.round && msg.attempt === book.attempt) {
+      let delta: FlatWeights;
+      try {
+        delta = decodeWeights(msg.delta, global.weights.specs);
+      } catch (err) {
+        if (err instanceof WeightsFormatError) return fail('BAD_WEIGHTS', `update from device ${deviceId} for round ${msg.round}: ${err.message}`);
+        throw err;
+      }
+      const effects = this.dispatch({ type: 'update:received', deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt }, (effect) => {
+        if (effect.type === 'update:accept') {
+          book.aggregator.add(delta.values, msg.numExamples);
+          book.bytesUp += msg.delta.byteLength;
+          book.metrics.push({ deviceId, arrivedAt: this.deps.clock.now(), ...msg.metrics });
+          const info = this.devices.get(deviceId);
+          if (info) {
+            info.rounds += 1;
+            info.lastAccuracyBefore = msg.metrics.accuracyBefore;
+            info.lastAccuracyAfter = msg.metrics.accuracyAfter;
+          }
+        }
+      });
+      const rejection = effects.find((e) => e.type === 'update:reject');
+      return rejection?.type === 'update:reject' ? fail(rejection.code, rejection.message) : { ok: true, data: { accepted: true } };
+    }
+    if (this.book && msg.runId === this.book.runId) this.book.bytesUp += msg.delta.byteLength;
+    const effects = this.dispatch({ type: 'update:received', deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt });
+    const rejection = effects.find((e) => e.type === 'update:reject');
+    if (rejection?.type === 'update:reject') {
+      if (rejection.code === 'ROUND_FULL' || rejection.code === 'WRONG_ROUND') this.counters.lateUpdates++;
+      return fail(rejection.code, rejection.message);
+    }
+    return fail('INTERNAL', `update from device ${deviceId}: not accepted`);
+  }
+
+  // ─── the reducer loop ────────────────────────────────────────────────────
+  private dispatch(event: CoordinatorEvent, onEffect?: (effect: Effect) => void): Effect[] {
+    const now = this.deps.clock.now();
+    const { state, effects } = step(this.state, event, now);
+    this.state = state;
+    for (const effect of effects) {
+      onEffect?.(effect);
+      this.perform(effect, now);
+    }
+    return effects;
+  }
+
+  private perform(effect: Effect, now: number): void {
+    switch (effect.type) {
+      case 'round:start': {
+        const global = this.global as GlobalModel;
+        const run = this.state.run;
+        if (!run) return;
+        this.book = {
+          runId: effect.runId,
+          round: effect.round,
+          attempt: effect.attempt,
+          selectionStartedAt: run.selectingSince,
+          selectedAt: now,
+          aggregator: this.deps.strategy.createAggregator(global.weights.values.length),
+          bytesDown: 0,
+          bytesUp: 0,
+          metrics: [],
+        };
+        const msg: RoundStart = {
+          runId: effect.runId,
+          round: effect.round,
+          attempt: effect.attempt,
+          model: global.model,
+          modelVersion: global.version,
+          plan: this.deps.strategy.configureFit(run.config, effect.round, effect.attempt),
+          deadline: effect.deadline,
+          weights: global.payload,
+        };
+        for (const id of effect.deviceIds) {
+          const info = this.devices.get(id);
+          if (info) info.state = 'selected';
+          this.book.bytesDown += global.payload.byteLength;
+          this.deps.port.sendRoundStart(id, msg);
+        }
+        this.log.info('round started', { runId: effect.runId, round: effect.round, attempt: effect.attempt, selected: effect.deviceIds.length });
+        return;
+      }
+      case 'update:accept':
+      case 'update:reject':
+        return; // answered to the caller of submitUpdate
+      case 'round:notify-end': {
+        for (const id of effect.deviceIds) {
+          this.deps.port.sendRoundEnd(id, { runId: effect.runId, round: effect.round, attempt: effect.attempt, outcome: effect.outcome, counted: effect.counted.includes(id) });
+        }
+        return;
+      }
+      case 'round:close': {
+        const book = this.book;
+        this.book = undefined;
+        if (!book) return;
+        this.pending = this.finishRound(effect.closed, book).catch((err: unknown) => {
+          this.log.error('aggregation failed', { round: effect.closed.round, error: String(err) });
+          this.dispatch({ type: 'round:aggregation-failed', runId: effect.closed.runId, round: effect.closed.round, reason: err instanceof Error ? err.message : String(err) });
+        });
+        return;
+      }
+      case 'round:failed': {
+        const book = this.book;
+        this.book = undefined;
+        this.log.warn('round failed', { runId: effect.runId, round: effect.round, attempt: effect.attempt, reason: effect.reason, willRetry: effect.willRetry });
+        this.deps.store.recordRound({
+          runId: effect.runId,
+          round: effect.round,
+          attempt: effect.attempt,
+          status: 'failed',
+          reason: effect.reason,
+          participants: effect.selected.length,
+          completed: effect.accepted.length,
+          dropped: effect.dropped.length,
+          late: 0,
+          rejected: 0,
+          startedAt: effect.selectedAt,
+          durationMs: effect.closedAt - effect.selectedAt,
+          timings: null,
+          bytesUp: book?.bytesUp ?? 0,
+          bytesDown: book?.bytesDown ?? 0,
+          testAccuracy: null,
+          testLoss: null,
+          localAccuracyBefore: null,
+          localAccuracyAfter: null,
+          modelVersion: null,
+        });
+        return;
+      }
+      case 'run:finished': {
+        this.book = undefined;
+        this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now);
+        this.log.info('run finished', { runId: effect.runId, status: effect.status, reason: effect.reason });
+        return;
+      }
+      case 'timer:set': {
+        if (effect.at >= this.timerAt && this.cancelTimer) return;
+        this.cancelTimer?.();
+        this.timerAt = effect.at;
+        this.cancelTimer = this.deps.clock.setTimer(effect.at, () => {
+          this.cancelTimer = undefined;
+          this.timerAt = Infinity;
+          this.dispatch({ type: 'tick' });
+        });
+        return;
+      }
+      default: {
+        const never: never = effect;
+        throw new Error(`federation: unknown effect ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  private async finishRound(closed: ClosedRound, book: RoundBook): Promise<void> {
+    const global = this.global as GlobalModel;
+    const t0 = this.deps.clock.now();
+    const next = book.aggregator.result(global.weights.values);
+    if (!next) throw new Error('no update to aggregate');
+    for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`aggregate has a non-finite value at ${i}`);
+    const weights: FlatWeights = { specs: global.weights.specs, values: next };
+    const payload = encodeWeights(weights);
+    const version = this.deps.store.saveModel({ runId: closed.runId, round: closed.round, model: global.model, weights: payload }, this.deps.clock.now());
+    this.global = { version, model: global.model, weights, payload };
+    const aggregationMs = this.deps.clock.now() - t0;
+    this.dispatch({ type: 'round:aggregated', runId: closed.runId, round: closed.round });
+
+    const t1 = this.deps.clock.now();
+    const result = await this.deps.evaluator.evaluate(global.model, weights);
+    this.deps.store.setModelMetrics(version, result.accuracy, result.loss);
+    const evaluationMs = this.deps.clock.now() - t1;
+
+    const m = book.metrics;
+    const timings: PhaseTimings = {
+      selectionMs: book.selectedAt - book.selectionStartedAt,
+      downloadMs: median(m.map((x) => x.downloadMs)),
+      evaluateMs: median(m.map((x) => x.evaluateMs)),
+      trainMs: median(m.map((x) => x.trainMs)),
+      uploadMs: median(m.map((x) => Math.max(0, x.arrivedAt - book.selectedAt - x.downloadMs - x.evaluateMs - x.trainMs))),
+      aggregationMs,
+      evaluationMs,
+    };
+    const record: RoundRecord = {
+      runId: closed.runId,
+      round: closed.round,
+      attempt: closed.attempt,
+      status: 'completed',
+      reason: closed.closedBy === 'deadline' ? `closed at the deadline with ${closed.accepted.length} updates` : null,
+      participants: closed.selected.length,
+      completed: closed.accepted.length,
+      dropped: closed.dropped.length,
+      late: closed.late,
+      rejected: closed.rejected,
+      startedAt: closed.selectedAt,
+      durationMs: this.deps.clock.now() - closed.selectedAt,
+      timings,
+      bytesUp: book.bytesUp,
+      bytesDown: book.bytesDown,
+      testAccuracy: result.accuracy,
+      testLoss: result.loss,
+      localAccuracyBefore: mean(m.map((x) => x.accuracyBefore)),
+      localAccuracyAfter: mean(m.map((x) => x.accuracyAfter)),
+      modelVersion: version,
+    };
+    this.deps.store.recordRound(record);
+    this.log.info('round completed', { runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, durationMs: record.durationMs });
+    this.deps.port.broadcastModel({ version, runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, testLoss: result.loss });
+    this.dispatch({ type: 'round:evaluated', runId: closed.runId, round: closed.round });
+  }
+}

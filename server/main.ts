@@ -1,0 +1,81 @@
+/** Entry point: read the environment, build the app, listen, shut down gracefully. */
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-wasm';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
+import { createApp } from './app.ts';
+import { loadMnist } from './data/mnist.ts';
+import { createLogger } from './log.ts';
+import { createEvaluator } from './ml/evaluator.ts';
+import { openSqliteStore } from './store/sqlite.ts';
+
+const log = createLogger('fl');
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got "${raw}"`);
+  return n;
+}
+
+async function main(): Promise<void> {
+  const port = envInt('PORT', 3000);
+  const host = process.env.HOST ?? '0.0.0.0';
+  const dataDir = path.resolve(process.env.DATA_DIR ?? './data');
+  let adminToken = process.env.ADMIN_TOKEN ?? '';
+  if (!adminToken) {
+    adminToken = randomBytes(18).toString('base64url');
+    // Printed once so the operator can sign in; never logged again.
+    process.stdout.write(`\nADMIN_TOKEN was not set; generated one for this run:\n  ${adminToken}\n\n`);
+  }
+
+  registerWasmTrainingKernels();
+  await tf.setBackend('wasm');
+  await tf.ready();
+  log.info('tfjs ready', { backend: tf.getBackend() });
+
+  mkdirSync(dataDir, { recursive: true });
+  const store = openSqliteStore(path.join(dataDir, 'fl.sqlite'));
+  const { train, test } = loadMnist();
+  const app = createApp({
+    store,
+    evaluator: createEvaluator(test),
+    train,
+    logger: log,
+    adminToken,
+    webRoot: path.join(root, 'dist', 'web'),
+  });
+
+  app.http.listen(port, host, () => {
+    const address = app.http.address();
+    const actual = typeof address === 'object' && address ? address.port : port;
+    log.info('listening', { url: `http://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', dataDir });
+  });
+
+  let closing = false;
+  const shutdown = (signal: string) => {
+    if (closing) return;
+    closing = true;
+    log.info('shutting down', { signal });
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('shutdown failed', { error: String(err) });
+        process.exit(1);
+      },
+    );
+    setTimeout(() => process.exit(1), 5000).unref();
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+main().catch((err: unknown) => {
+  log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
+  process.exit(1);
+});

@@ -1,0 +1,103 @@
+/** The Store on SQLite (better-sqlite3): synchronous, embedded, one file under DATA_DIR. */
+import Database from 'better-sqlite3';
+import type { ModelName } from '../../shared/models-names.ts';
+import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
+import type { ModelRecord, RoundRecord, RunRecord, RunStatus, Store } from './store.ts';
+
+const MIGRATIONS = [
+  `CREATE TABLE runs (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     config TEXT NOT NULL,
+     status TEXT NOT NULL,
+     reason TEXT,
+     created_at INTEGER NOT NULL,
+     finished_at INTEGER
+   );
+   CREATE TABLE rounds (
+     run_id INTEGER NOT NULL REFERENCES runs(id),
+     round INTEGER NOT NULL,
+     attempt INTEGER NOT NULL,
+     status TEXT NOT NULL,
+     data TEXT NOT NULL,
+     PRIMARY KEY (run_id, round, attempt)
+   );
+   CREATE TABLE models (
+     version INTEGER PRIMARY KEY AUTOINCREMENT,
+     run_id INTEGER REFERENCES runs(id),
+     round INTEGER NOT NULL,
+     model TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     test_accuracy REAL,
+     test_loss REAL,
+     weights BLOB NOT NULL
+   );`,
+];
+
+interface RunRow { id: number; config: string; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
+interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null }
+
+function toRun(row: RunRow): RunRecord {
+  return { id: row.id, config: runConfigSchema.parse(JSON.parse(row.config)) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at };
+}
+
+function toModel(row: ModelRow): ModelRecord {
+  return { version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss };
+}
+
+const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
+
+export function openSqliteStore(file: string): Store {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  const version = db.pragma('user_version', { simple: true }) as number;
+  db.transaction(() => {
+    for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+  })();
+
+  const q = {
+    insertRun: db.prepare('INSERT INTO runs (config, status, created_at) VALUES (?, ?, ?)'),
+    finishRun: db.prepare('UPDATE runs SET status = ?, reason = ?, finished_at = ? WHERE id = ?'),
+    getRun: db.prepare<[number], RunRow>('SELECT * FROM runs WHERE id = ?'),
+    listRuns: db.prepare<[], RunRow>('SELECT * FROM runs ORDER BY id'),
+    upsertRound: db.prepare('INSERT OR REPLACE INTO rounds (run_id, round, attempt, status, data) VALUES (?, ?, ?, ?, ?)'),
+    listRounds: db.prepare<[number], { data: string }>('SELECT data FROM rounds WHERE run_id = ? ORDER BY round, attempt'),
+    insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)'),
+    setMetrics: db.prepare('UPDATE models SET test_accuracy = ?, test_loss = ? WHERE version = ?'),
+    getModel: db.prepare<[number], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = ?`),
+    latest: db.prepare<[], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version DESC LIMIT 1`),
+    latestOf: db.prepare<[string], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE model = ? ORDER BY version DESC LIMIT 1`),
+    weights: db.prepare<[number], { weights: Buffer }>('SELECT weights FROM models WHERE version = ?'),
+    listModels: db.prepare<[], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`),
+  };
+
+  return {
+    createRun: (config, now) => Number(q.insertRun.run(JSON.stringify(config), 'running', now).lastInsertRowid),
+    finishRun: (id, status, reason, now) => void q.finishRun.run(status, reason, now, id),
+    getRun: (id) => {
+      const row = q.getRun.get(id);
+      return row ? toRun(row) : undefined;
+    },
+    listRuns: () => q.listRuns.all().map(toRun),
+    recordRound: (r: RoundRecord) => void q.upsertRound.run(r.runId, r.round, r.attempt, r.status, JSON.stringify(r)),
+    listRounds: (runId) => q.listRounds.all(runId).map((row) => JSON.parse(row.data) as RoundRecord),
+    saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, Buffer.from(m.weights.buffer, m.weights.byteOffset, m.weights.byteLength)).lastInsertRowid),
+    setModelMetrics: (version, acc, loss) => void q.setMetrics.run(acc, loss, version),
+    getModel: (version) => {
+      const row = q.getModel.get(version);
+      return row ? toModel(row) : undefined;
+    },
+    latestModel: (model) => {
+      const row = model ? q.latestOf.get(model) : q.latest.get();
+      return row ? toModel(row) : undefined;
+    },
+    getModelWeights: (version) => {
+      const row = q.weights.get(version);
+      return row ? new Uint8Array(row.weights.buffer, row.weights.byteOffset, row.weights.byteLength) : undefined;
+    },
+    listModels: () => q.listModels.all().map(toModel),
+    close: () => db.close(),
+  };
+}

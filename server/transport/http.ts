@@ -1,0 +1,139 @@
+/** The HTTP API (JSON), the TF.js model files and the built pages. */
+import express, { type ErrorRequestHandler, type Express } from 'express';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { modelTopology, type ModelName } from '../../shared/models.ts';
+import { describeIssues, runConfigSchema } from '../../shared/schemas.ts';
+import { decodeWeights } from '../../shared/weights.ts';
+import { provisioningRouter } from '../data/provision.ts';
+import type { MnistSplit } from '../data/mnist.ts';
+import { ConflictError, type Federation } from '../federation.ts';
+import type { Store } from '../store/store.ts';
+import { requireAdmin } from './auth.ts';
+
+export interface HttpDeps {
+  federation: Federation;
+  store: Store;
+  train: MnistSplit;
+  adminToken: string;
+  webRoot: string;
+}
+
+const topologies = new Map<ModelName, object>();
+const topologyOf = (name: ModelName) => {
+  let t = topologies.get(name);
+  if (!t) topologies.set(name, (t = modelTopology(name)));
+  return t;
+};
+
+export function createHttpApp({ federation, store, train, adminToken, webRoot }: HttpDeps): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(express.json({ limit: '64kb' }));
+  const admin = requireAdmin(adminToken);
+
+  app.get('/api/health', (_req, res) => {
+    res.json({ ok: true });
+  });
+  app.get('/api/status', (_req, res) => {
+    res.json(federation.status());
+  });
+
+  /** lets the admin page check a token without side effects */
+  app.get('/api/admin/session', admin, (_req, res) => {
+    res.json({ ok: true });
+  });
+
+  app.get('/api/runs', (_req, res) => {
+    res.json(store.listRuns());
+  });
+  app.post('/api/runs', admin, (req, res) => {
+    const parsed = runConfigSchema.safeParse(req.body ?? {});
+    if (!parsed.success) {
+      res.status(400).json({ error: `run config: ${describeIssues(parsed.error)}`, issues: parsed.error.issues.map((i) => ({ field: i.path.join('.'), message: i.message })) });
+      return;
+    }
+    try {
+      const id = federation.startRun(parsed.data);
+      res.status(201).json({ id, config: parsed.data });
+    } catch (err) {
+      if (err instanceof ConflictError) res.status(409).json({ error: err.message });
+      else throw err;
+    }
+  });
+  app.post('/api/runs/current/stop', admin, (_req, res) => {
+    const stopped = federation.stopRun();
+    res.status(stopped ? 200 : 409).json(stopped ? { stopped: true } : { error: 'no run is active' });
+  });
+  const runId = (raw: string | undefined) => (raw && /^\d{1,9}$/.test(raw) ? Number(raw) : undefined);
+  app.get('/api/runs/:id', (req, res) => {
+    const run = store.getRun(runId(req.params.id) ?? -1);
+    if (!run) res.status(404).json({ error: `run ${req.params.id} not found` });
+    else res.json(run);
+  });
+  app.get('/api/runs/:id/rounds', (req, res) => {
+    const id = runId(req.params.id);
+    if (id === undefined || !store.getRun(id)) {
+      res.status(404).json({ error: `run ${req.params.id} not found` });
+      return;
+    }
+    res.json(store.listRounds(id));
+  });
+
+  app.get('/api/models', (_req, res) => {
+    res.json(store.listModels());
+  });
+  const modelVersion = (raw: string | undefined) => (raw === 'latest' ? store.latestModel()?.version : runId(raw));
+  app.get('/api/models/:version/model.json', (req, res) => {
+    const version = modelVersion(req.params.version);
+    const model = version === undefined ? undefined : store.getModel(version);
+    const weights = version === undefined ? undefined : store.getModelWeights(version);
+    if (!model || !weights) {
+      res.status(404).json({ error: `model ${req.params.version} not found` });
+      return;
+    }
+    const { specs } = decodeWeights(weights);
+    res.json({
+      format: 'layers-model',
+      generatedBy: 'fedbrowser',
+      convertedBy: null,
+      modelTopology: topologyOf(model.model),
+      weightsManifest: [{ paths: [`weights.bin?v=${model.version}`], weights: specs.map((s) => ({ name: s.name, shape: s.shape, dtype: 'float32' })) }],
+      userDefinedMetadata: { version: model.version, runId: model.runId, round: model.round, testAccuracy: model.testAccuracy, testLoss: model.testLoss },
+    });
+  });
+  app.get('/api/models/:version/weights.bin', (req, res) => {
+    const version = req.params.version === 'latest' && typeof req.query.v === 'string' ? runId(req.query.v) : modelVersion(req.params.version);
+    const weights = version === undefined ? undefined : store.getModelWeights(version);
+    if (!weights) {
+      res.status(404).json({ error: `model ${req.params.version} not found` });
+      return;
+    }
+    const { values } = decodeWeights(weights);
+    res.type('application/octet-stream').send(Buffer.from(values.buffer, values.byteOffset, values.byteLength));
+  });
+
+  app.use(provisioningRouter(train));
+
+  // The wasm backend's binaries, served from the package so nothing is fetched from elsewhere.
+  const require = createRequire(import.meta.url);
+  const wasmDir = path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist');
+  app.use('/vendor/tfjs-wasm', express.static(wasmDir, { index: false }));
+
+  if (existsSync(webRoot)) {
+    app.use(express.static(webRoot, { index: 'index.html' }));
+    app.get('/admin', (_req, res) => res.sendFile(path.join(webRoot, 'admin', 'index.html')));
+  }
+  app.use('/api', (_req, res) => {
+    res.status(404).json({ error: 'no such API route' });
+  });
+
+  const onError: ErrorRequestHandler = (err: { status?: number; type?: string; message?: string }, _req, res, _next) => {
+    const status = typeof err.status === 'number' && err.status >= 400 && err.status < 500 ? err.status : 500;
+    const message = err.type === 'entity.parse.failed' ? 'request body is not valid JSON' : err.type === 'entity.too.large' ? 'request body is too large' : status < 500 ? (err.message ?? 'bad request') : 'internal error';
+    res.status(status).json({ error: message });
+  };
+  app.use(onError);
+  return app;
+}
