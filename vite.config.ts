@@ -1,0 +1,23 @@
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vite';
+
+const root = dirname(fileURLToPath(import.meta.url));
+
+// Two entry pages: the device (demo) page at / and the dashboard at /admin/.
+export default defineConfig({
+  root: 'web-client',
+  base: '/',
+  build: {
+    outDir: resolve(root, 'dist/web'),
+    emptyOutDir: true,
+    chunkSizeWarningLimit: 4000,
+    rollupOptions: {
+      input: {
+        main: resolve(root, 'web-client/index.html'),
+        admin: resolve(root, 'web-client/admin/index.html'),
+      },
+    },
+  },
+  server: { proxy: { '/api': 'http://localhost:3000', '/socket.io': { target: 'ws://localhost:3000', ws: true }, '/vendor': 'http://localhost:3000' } },
+});

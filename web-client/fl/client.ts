@@ -1,0 +1,215 @@
+/**
+ * The device's protocol client: joins the federation, and for each round it is selected for,
+ * downloads the global model, evaluates it, trains, and uploads Δ and n. Reconnects by itself.
+ * Holds no DOM: the page subscribes to snapshots.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { io, type Socket } from 'socket.io-client';
+import { buildModel, type ModelName } from '../../shared/models.ts';
+import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
+import type { DEVICE_STATES, Hello } from '../../shared/schemas.ts';
+import { computeUpdate, type LocalData } from '../../shared/train.ts';
+import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+
+export type DeviceState = (typeof DEVICE_STATES)[number];
+export type Connection = 'offline' | 'connecting' | 'connected' | 'disconnected';
+
+export interface RoundHistoryEntry {
+  runId: number;
+  round: number;
+  attempt: number;
+  modelVersion: number;
+  accuracyBefore: number | null;
+  accuracyAfter: number | null;
+  lossAfter: number | null;
+  trainMs: number | null;
+  bytesDown: number;
+  bytesUp: number;
+  outcome: 'trained' | 'counted' | 'not counted' | 'rejected' | 'stopped' | 'failed';
+  message?: string;
+}
+
+export interface DeviceSnapshot {
+  connection: Connection;
+  state: DeviceState;
+  progress: number | null;
+  batches: { done: number; total: number } | null;
+  loss: number | null;
+  current: { runId: number; round: number } | null;
+  history: RoundHistoryEntry[];
+  globalModel: { version: number; round: number; testAccuracy: number | null } | null;
+  error: string | null;
+}
+
+const yieldToHost = (() => {
+  // MessageChannel yields without the 4 ms clamp of setTimeout; only every ~30 ms of work.
+  const channel = new MessageChannel();
+  const waiting: (() => void)[] = [];
+  channel.port1.onmessage = () => waiting.shift()?.();
+  let last = performance.now();
+  return async () => {
+    if (performance.now() - last < 30) return;
+    await new Promise<void>((resolve) => {
+      waiting.push(resolve);
+      channel.port2.postMessage(0);
+    });
+    last = performance.now();
+  };
+})();
+
+/** The entry's outcome once the server has said how the round ended. */
+function settle(h: RoundHistoryEntry, end: RoundEnd): RoundHistoryEntry {
+  if (h.runId !== end.runId || h.round !== end.round || h.attempt !== end.attempt || (h.outcome !== 'trained' && h.outcome !== 'stopped')) return h;
+  const outcome = end.outcome === 'completed' ? (end.counted ? 'counted' : 'not counted') : end.outcome;
+  return { ...h, outcome };
+}
+
+export interface DeviceClientOptions {
+  hello: Hello;
+  train: LocalData;
+  heldOut: LocalData;
+  url?: string;
+}
+
+export class DeviceClient {
+  private socket: Socket<ServerToClientEvents, ClientToServerEvents> | undefined;
+  private readonly listeners = new Set<(s: DeviceSnapshot) => void>();
+  private readonly models = new Map<ModelName, tf.LayersModel>();
+  private stopRound: { runId: number; round: number; attempt: number } | undefined;
+  private busy = false;
+  private lastEnd: RoundEnd | undefined;
+  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, error: null };
+
+  constructor(private readonly options: DeviceClientOptions) {}
+
+  subscribe(listener: (s: DeviceSnapshot) => void): () => void {
+    this.listeners.add(listener);
+    listener(this.snapshot);
+    return () => this.listeners.delete(listener);
+  }
+
+  private set(patch: Partial<DeviceSnapshot>): void {
+    this.snapshot = { ...this.snapshot, ...patch };
+    for (const l of this.listeners) l(this.snapshot);
+  }
+
+  join(): void {
+    if (this.socket) return;
+    const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(this.options.url ?? '/', { transports: ['websocket'] });
+    this.socket = socket;
+    this.set({ connection: 'connecting' });
+    socket.on('connect', () => {
+      socket.emit('device:hello', this.options.hello, (result) => {
+        if (result.ok) this.set({ connection: 'connected', error: null });
+        else this.set({ error: `the server refused to join: ${result.error.message}` });
+      });
+    });
+    socket.on('disconnect', () => this.set({ connection: this.socket ? 'disconnected' : 'offline' }));
+    socket.on('round:start', (msg) => void this.runRound(msg));
+    socket.on('round:end', (msg) => this.onRoundEnd(msg));
+    socket.on('model:published', (msg) => this.set({ globalModel: { version: msg.version, round: msg.round, testAccuracy: msg.testAccuracy } }));
+    socket.on('server:error', (err) => this.set({ error: `${err.code}: ${err.message}` }));
+  }
+
+  leave(): void {
+    const socket = this.socket;
+    this.socket = undefined;
+    if (this.snapshot.current) this.stopRound = { ...this.snapshot.current, attempt: -1 };
+    socket?.disconnect();
+    this.set({ connection: 'offline', state: 'idle', progress: null, batches: null, current: null });
+  }
+
+  private report(state: DeviceState, extra: { progress?: number; loss?: number } = {}): void {
+    const current = this.snapshot.current;
+    this.socket?.emit('device:state', { state, ...(current ? { runId: current.runId, round: current.round } : {}), ...extra });
+  }
+
+  private onRoundEnd(msg: RoundEnd): void {
+    const current = this.snapshot.current;
+    if (this.busy && current && current.runId === msg.runId && current.round === msg.round) {
+      // The round closed (quorum, failure or stop) while this device still works on it; the
+      // entry is settled when the work unwinds, or now if it already has.
+      this.stopRound = { runId: msg.runId, round: msg.round, attempt: msg.attempt };
+      this.lastEnd = msg;
+      return;
+    }
+    this.set({ history: this.snapshot.history.map((h) => settle(h, msg)) });
+  }
+
+  private model(name: ModelName): tf.LayersModel {
+    let m = this.models.get(name);
+    if (!m) {
+      m = buildModel(name);
+      this.models.set(name, m);
+    }
+    return m;
+  }
+
+  private async runRound(msg: RoundStart): Promise<void> {
+    if (this.busy) return; // the server never selects a busy device; ignore defensively
+    this.busy = true;
+    this.stopRound = undefined;
+    const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, lossAfter: null, trainMs: null, bytesDown: 0, bytesUp: 0, outcome: 'trained' };
+    this.set({ current: { runId: msg.runId, round: msg.round }, state: 'downloading', progress: null, batches: null, loss: null });
+    this.report('downloading');
+    const t0 = performance.now();
+    try {
+      // socket.io delivers binary as ArrayBuffer in the browser.
+      const raw = msg.weights as unknown as ArrayBuffer | Uint8Array;
+      const bytes = raw instanceof Uint8Array ? raw : new Uint8Array(raw);
+      entry.bytesDown = bytes.byteLength;
+      const model = this.model(msg.model);
+      const specs = model.weights.map((w) => ({ name: w.originalName, shape: [...w.shape] as number[] }));
+      const global = decodeWeights(bytes, specs);
+      const downloadMs = performance.now() - t0;
+      const shouldStop = () => this.stopRound !== undefined && this.stopRound.runId === msg.runId && this.stopRound.round === msg.round;
+      const result = await computeUpdate(model, global, this.options.train, this.options.heldOut, msg.plan, {
+        onPhase: (phase) => {
+          this.set({ state: phase });
+          this.report(phase, phase === 'training' ? { progress: 0 } : {});
+        },
+        onProgress: (done, total, loss) => {
+          this.set({ progress: done / total, batches: { done, total }, loss });
+          this.report('training', { progress: done / total, ...(Number.isFinite(loss) ? { loss } : {}) });
+        },
+        shouldStop,
+        yieldToHost,
+      });
+      entry.accuracyBefore = result.before.accuracy;
+      entry.accuracyAfter = result.after.accuracy;
+      entry.lossAfter = result.after.loss;
+      entry.trainMs = result.trainMs;
+      if (result.stopped || shouldStop() || !this.socket) {
+        entry.outcome = 'stopped';
+        entry.message = 'the round closed before local training finished';
+        return;
+      }
+      const delta = encodeWeights(result.delta);
+      entry.bytesUp = delta.byteLength;
+      this.set({ state: 'uploading', progress: null });
+      this.report('uploading');
+      const ack = await this.socket.timeout(60_000).emitWithAck('update:submit', {
+        runId: msg.runId,
+        round: msg.round,
+        attempt: msg.attempt,
+        numExamples: result.numExamples,
+        delta,
+        metrics: { accuracyBefore: result.before.accuracy, lossBefore: result.before.loss, accuracyAfter: result.after.accuracy, lossAfter: result.after.loss, downloadMs, evaluateMs: result.evaluateMs, trainMs: result.trainMs },
+      });
+      if (!ack.ok) {
+        entry.outcome = 'rejected';
+        entry.message = `${ack.error.code}: ${ack.error.message}`;
+      }
+    } catch (err) {
+      entry.outcome = 'failed';
+      entry.message = err instanceof Error ? err.message : String(err);
+      this.set({ error: `round ${msg.round}: ${entry.message}` });
+    } finally {
+      this.busy = false;
+      const settled = this.lastEnd ? settle(entry, this.lastEnd) : entry;
+      this.lastEnd = undefined;
+      this.set({ state: 'idle', progress: null, batches: null, current: null, history: [...this.snapshot.history, settled] });
+      this.report('idle');
+    }
+  }
+}
