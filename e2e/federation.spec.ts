@@ -1,0 +1,99 @@
+import { E2E_TOKEN } from '../playwright.config.ts';
+import { expect, test, waitForRun } from './fixtures.ts';
+
+interface RoundRow {
+  round: number;
+  status: string;
+  participants: number;
+  completed: number;
+  dropped: number;
+  durationMs: number;
+  bytesUp: number;
+  bytesDown: number;
+  testAccuracy: number | null;
+  testLoss: number | null;
+}
+
+test('admin calls need the token', async ({ request }) => {
+  expect((await request.post('/api/runs', { data: {} })).status()).toBe(401);
+  expect((await request.post('/api/runs', { data: {}, headers: { authorization: 'Bearer wrong' } })).status()).toBe(401);
+  expect((await request.post('/api/runs/current/stop')).status()).toBe(401);
+  const bad = await request.post('/api/runs', { data: { rounds: 0 }, headers: { authorization: `Bearer ${E2E_TOKEN}` } });
+  expect(bad.status()).toBe(400);
+  expect(((await bad.json()) as { error: string }).error).toContain('rounds');
+});
+
+test('four tabs train cnn-small with FedAvg and the global model learns', async ({ openDevices, admin, page }) => {
+  const devices = await openDevices([0, 1, 2, 3].map((client) => ({ clients: 4, client })));
+  for (const d of devices) expect(await d.page.evaluate(() => window.__fl.examples)).toBe(600);
+
+  const status = (await (await admin.get('/api/status')).json()) as { devices: { id: string; backend: string; examples: number; state: string }[] };
+  expect(status.devices).toHaveLength(4);
+
+  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 4, minUpdates: 3, localEpochs: 2, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 1 } });
+  expect(created.status()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+  expect((await admin.post('/api/runs', { data: {} })).status()).toBe(409);
+
+  // The dashboard, watched while the run goes on.
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.locator('#devices tbody tr')).toHaveCount(4);
+  await expect(devices[0]!.page.locator('#state')).toHaveText(/training|evaluating|downloading|uploading|selected/, { timeout: 120_000 });
+  await devices[0]!.page.screenshot({ path: 'test-results/screenshots/device-training.png', fullPage: true });
+
+  const run = await waitForRun(admin, id, 8 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+  const rounds = (await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRow[];
+  const completed = rounds.filter((r) => r.status === 'completed');
+  expect(completed.map((r) => r.round)).toEqual([1, 2, 3]);
+  for (const r of completed) {
+    expect(r.completed).toBeGreaterThanOrEqual(3);
+    expect(r.bytesUp).toBeGreaterThan(0);
+    expect(r.bytesDown).toBeGreaterThan(0);
+    expect(r.durationMs).toBeGreaterThan(0);
+  }
+  const first = completed[0]!.testAccuracy as number;
+  const last = completed.at(-1)!.testAccuracy as number;
+  console.log(`test accuracy per round: ${completed.map((r) => r.testAccuracy?.toFixed(4)).join(', ')}`);
+  expect(last).toBeGreaterThanOrEqual(0.9);
+  expect(last).toBeGreaterThan(first);
+
+  await expect(page.locator('#rounds tbody tr')).toHaveCount(3);
+  await page.screenshot({ path: 'test-results/screenshots/admin-after-run.png', fullPage: true });
+  await expect(devices[0]!.page.locator('#history tbody tr').first()).toBeVisible();
+  await devices[0]!.page.screenshot({ path: 'test-results/screenshots/device-after-run.png', fullPage: true });
+
+  // The latest model downloads in TF.js format and loads in the browser.
+  const params = await devices[0]!.page.evaluate(() => window.__fl.loadModel('/api/models/latest/model.json'));
+  expect(params).toBe(5258);
+  const modelJson = (await (await admin.get('/api/models/latest/model.json')).json()) as { format: string; weightsManifest: { weights: unknown[] }[] };
+  expect(modelJson.format).toBe('layers-model');
+  expect(modelJson.weightsManifest[0]!.weights).toHaveLength(6);
+
+  for (const d of devices) expect(d.errors, d.errors.join('\n')).toEqual([]);
+});
+
+test('local data survives a reload and is read back from IndexedDB', async ({ openDevices }) => {
+  const [device] = await openDevices([{ clients: 8, client: 5, examples: 300, seed: 7 }]);
+  const page = device!.page;
+  expect(await page.evaluate(() => window.__fl.source)).toBe('provisioned');
+  const before = await page.evaluate(() => ({ id: window.__fl.deviceId, examples: window.__fl.examples }));
+  await page.reload();
+  await page.waitForFunction(() => window.__fl?.ready && window.__fl.snapshot?.connection === 'connected');
+  const after = await page.evaluate(() => ({ id: window.__fl.deviceId, examples: window.__fl.examples, source: window.__fl.source }));
+  expect(after).toEqual({ ...before, source: 'indexeddb' });
+});
+
+test('a tab forced onto WebGL trains a round', async ({ openDevices, admin }) => {
+  const [device] = await openDevices([{ clients: 10, client: 3, examples: 200, backend: 'webgl' }]);
+  expect(await device!.page.evaluate(() => window.__fl.backend?.backend)).toBe('webgl');
+  const created = await admin.post('/api/runs', { data: { rounds: 1, clientsPerRound: 1, minUpdates: 1, localEpochs: 1, roundTimeoutMs: 180_000 } });
+  const { id } = (await created.json()) as { id: number };
+  const run = await waitForRun(admin, id, 4 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+  const history = await device!.page.evaluate(() => window.__fl.snapshot?.history ?? []);
+  expect(history.map((h) => h.outcome)).toEqual(['counted']);
+  expect(history[0]!.accuracyAfter).toBeGreaterThan(history[0]!.accuracyBefore as number);
+});

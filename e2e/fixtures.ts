@@ -1,0 +1,69 @@
+/** Fixtures that open N devices, each in its own BrowserContext (so each has its own IndexedDB). */
+import { test as base, expect, type APIRequestContext, type BrowserContext, type Page } from '@playwright/test';
+import { E2E_TOKEN } from '../playwright.config.ts';
+
+export interface Device {
+  context: BrowserContext;
+  page: Page;
+  errors: string[];
+}
+
+export interface DeviceOptions {
+  partition?: 'iid' | 'shards' | 'dirichlet';
+  clients: number;
+  client: number;
+  examples?: number;
+  seed?: number;
+  backend?: 'webgl' | 'wasm' | 'cpu';
+}
+
+export const deviceUrl = (o: DeviceOptions) => {
+  const q = new URLSearchParams({ autojoin: '1', partition: o.partition ?? 'iid', clients: String(o.clients), client: String(o.client), examples: String(o.examples ?? 600), seed: String(o.seed ?? 1) });
+  if (o.backend) q.set('backend', o.backend);
+  return `/?${q}`;
+};
+
+export const test = base.extend<{ openDevices: (options: DeviceOptions[]) => Promise<Device[]>; admin: APIRequestContext }>({
+  openDevices: async ({ browser }, use) => {
+    const opened: Device[] = [];
+    await use(async (options) => {
+      const devices = await Promise.all(
+        options.map(async (o) => {
+          const context = await browser.newContext();
+          const page = await context.newPage();
+          const errors: string[] = [];
+          page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
+          page.on('pageerror', (e) => errors.push(e.message));
+          await page.goto(deviceUrl(o));
+          return { context, page, errors };
+        }),
+      );
+      for (const d of devices) await d.page.waitForFunction(() => window.__fl?.ready && window.__fl.snapshot?.connection === 'connected', undefined, { timeout: 120_000 });
+      opened.push(...devices);
+      return devices;
+    });
+    await Promise.all(opened.map((d) => d.context.close()));
+  },
+  admin: async ({ playwright, baseURL }, use) => {
+    const ctx = await playwright.request.newContext({ baseURL, extraHTTPHeaders: { authorization: `Bearer ${E2E_TOKEN}` } });
+    await use(ctx);
+    await ctx.dispose();
+  },
+});
+
+export { expect };
+
+/** Waits (polling the API, no sleeps in the test) until the run is no longer active. */
+export async function waitForRun(admin: APIRequestContext, runId: number, timeoutMs: number): Promise<{ status: string; reason: string | null }> {
+  let run: { status: string; reason: string | null } = { status: 'running', reason: null };
+  await expect
+    .poll(
+      async () => {
+        run = (await (await admin.get(`/api/runs/${runId}`)).json()) as typeof run;
+        return run.status;
+      },
+      { timeout: timeoutMs, intervals: [1000] },
+    )
+    .not.toBe('running');
+  return run;
+}
