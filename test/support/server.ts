@@ -1,0 +1,97 @@
+/** Starts the real app on port 0 with an in-memory SQLite store, and Node devices that speak the protocol. */
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-wasm';
+import type { AddressInfo } from 'node:net';
+import { io, type Socket } from 'socket.io-client';
+import { createApp, type App } from '../../server/app.ts';
+import { loadMnist } from '../../server/data/mnist.ts';
+import { createLogger } from '../../server/log.ts';
+import { createEvaluator } from '../../server/ml/evaluator.ts';
+import { openSqliteStore } from '../../server/store/sqlite.ts';
+import type { Store } from '../../server/store/store.ts';
+import { buildModel } from '../../shared/models.ts';
+import type { ClientToServerEvents, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
+import { labelHistogram } from '../../shared/partition.ts';
+import { computeUpdate, toTensors, type LocalData } from '../../shared/train.ts';
+import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+import { registerWasmTrainingKernels } from '../../shared/wasm-kernels.ts';
+
+export const ADMIN_TOKEN = 'test-admin-token';
+
+export async function useWasm(): Promise<void> {
+  registerWasmTrainingKernels();
+  await tf.setBackend('wasm');
+  await tf.ready();
+}
+
+export interface TestServer {
+  app: App;
+  store: Store;
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(options: { maxPayloadBytes?: number; evalLimit?: number } = {}): Promise<TestServer> {
+  const { train, test } = loadMnist();
+  const store = openSqliteStore(':memory:');
+  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}) });
+  await new Promise<void>((resolve) => app.http.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(app.http.address() as AddressInfo).port}`;
+  return { app, store, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
+}
+
+export type TestSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+export function connect(url: string): Promise<TestSocket> {
+  const socket: TestSocket = io(url, { transports: ['websocket'], forceNew: true, reconnection: false });
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', reject);
+  });
+}
+
+export async function hello(socket: TestSocket, deviceId: string, examples = 100): Promise<void> {
+  const r = await socket.emitWithAck('device:hello', { deviceId, backend: 'wasm', backendReason: 'test', examples, heldOut: 20, labelHistogram: new Array(10).fill(examples / 10) });
+  if (!r.ok) throw new Error(r.error.message);
+}
+
+/** A Node device: trains with the same shared code as the browser, on a slice of MNIST. */
+export class NodeDevice {
+  readonly deltas: { round: number; delta: Float32Array; numExamples: number }[] = [];
+  private readonly train: LocalData;
+  private readonly heldOut: LocalData;
+  private readonly model = buildModel('cnn-small');
+  constructor(readonly socket: TestSocket, readonly id: string, offset: number, count: number) {
+    const { train } = loadMnist();
+    const slice = (from: number, n: number) => ({ pixels: train.images.slice(from * 784, (from + n) * 784), labels: train.labels.slice(from, from + n) });
+    this.train = toTensors(slice(offset, count));
+    this.heldOut = toTensors(slice(offset + count, 20));
+    socket.on('round:start', (msg) => void this.onRound(msg));
+  }
+  async join(): Promise<void> {
+    await this.socket.emitWithAck('device:hello', { deviceId: this.id, backend: 'wasm', backendReason: 'test', examples: this.train.count, heldOut: this.heldOut.count, labelHistogram: labelHistogram(await this.train.y.data()) }).then((r) => {
+      if (!r.ok) throw new Error(r.error.message);
+    });
+  }
+  private async onRound(msg: RoundStart): Promise<void> {
+    const global = decodeWeights(new Uint8Array(msg.weights));
+    const u = await computeUpdate(this.model, global, this.train, this.heldOut, msg.plan);
+    this.deltas.push({ round: msg.round, delta: u.delta.values, numExamples: u.numExamples });
+    await this.socket.emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: u.numExamples, delta: encodeWeights(u.delta), metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs: 0, evaluateMs: u.evaluateMs, trainMs: u.trainMs } });
+  }
+  dispose(): void {
+    this.socket.disconnect();
+    tf.dispose([this.train.x, this.train.y, this.heldOut.x, this.heldOut.y]);
+    this.model.dispose();
+  }
+}
+
+export async function until<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
