@@ -37,7 +37,7 @@ export interface EvalMetrics {
   loss: number;
 }
 
-export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batchSize = 500): Promise<EvalMetrics> {
+export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batchSize = 100): Promise<EvalMetrics> {
   if (data.count === 0) return { accuracy: 0, loss: 0 };
   let correct = 0;
   let lossSum = 0;

@@ -1,7 +1,9 @@
 /** The demo page: one device of the federation. */
 import * as tf from '@tensorflow/tfjs';
 import { decodeDataset, type DeviceDataset } from '../shared/dataset.ts';
+import type { ModelName } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
+import type { TrainingBench } from './ml/bench.ts';
 import { toTensors, disposeData } from '../shared/train.ts';
 import { clearDataset, deviceId, ensureDataset, type SliceSpec } from './data/store.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
@@ -22,6 +24,8 @@ export interface DeviceTestApi {
   numTensors(): number;
   /** loads a model with tf.loadLayersModel and returns its parameter count */
   loadModel(url: string): Promise<number>;
+  /** measures training samples/s on a backend: raw model.fit vs the device's training step */
+  benchTraining(backend: string, model: ModelName, examples: number): Promise<TrainingBench>;
 }
 declare global {
   interface Window {
@@ -36,6 +40,11 @@ window.__fl = {
     const n = model.countParams();
     model.dispose();
     return n;
+  },
+  benchTraining: async (backend, model, examples) => {
+    const { benchTraining } = await import('./ml/bench.ts');
+    const data = await fetchSlice({ partition: 'iid', clients: 10, client: 0, examples, seed: 1, alpha: 1 });
+    return benchTraining(backend, model, data.train);
   },
 };
 

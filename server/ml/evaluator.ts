@@ -17,7 +17,8 @@ export interface Evaluator {
   evaluate(model: ModelName, weights: FlatWeights): Promise<EvalResult>;
 }
 
-const CHUNK = 1000;
+/** 100 images a chunk: measured ~5x faster than 1,000 on the wasm backend (cache-sized activations). */
+const CHUNK = 100;
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export function createEvaluator(test: MnistSplit, limit = test.count): Evaluator {

@@ -37,7 +37,8 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot }:
     res.json({ ok: true });
   });
   app.get('/api/status', (_req, res) => {
-    res.json(federation.status());
+    const mem = process.memoryUsage();
+    res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()) } });
   });
 
   /** lets the admin page check a token without side effects */

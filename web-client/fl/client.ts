@@ -10,6 +10,7 @@ import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents }
 import type { DEVICE_STATES, Hello } from '../../shared/schemas.ts';
 import { computeUpdate, type LocalData } from '../../shared/train.ts';
 import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+import { createYielder } from '../../shared/yield.ts';
 
 export type DeviceState = (typeof DEVICE_STATES)[number];
 export type Connection = 'offline' | 'connecting' | 'connected' | 'disconnected';
@@ -41,21 +42,7 @@ export interface DeviceSnapshot {
   error: string | null;
 }
 
-const yieldToHost = (() => {
-  // MessageChannel yields without the 4 ms clamp of setTimeout; only every ~30 ms of work.
-  const channel = new MessageChannel();
-  const waiting: (() => void)[] = [];
-  channel.port1.onmessage = () => waiting.shift()?.();
-  let last = performance.now();
-  return async () => {
-    if (performance.now() - last < 30) return;
-    await new Promise<void>((resolve) => {
-      waiting.push(resolve);
-      channel.port2.postMessage(0);
-    });
-    last = performance.now();
-  };
-})();
+const yieldToHost = createYielder();
 
 /** The entry's outcome once the server has said how the round ended. */
 function settle(h: RoundHistoryEntry, end: RoundEnd): RoundHistoryEntry {

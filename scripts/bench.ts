@@ -1,0 +1,164 @@
+/**
+ * `npm run bench`: prints the project's figures and writes them to bench-results/bench.json.
+ * Every figure is the median of repeated runs in this one process (shared machines are noisy:
+ * compare ratios measured in the same run, not absolute numbers across runs).
+ *
+ *   1. local training samples/s per backend and model, in Chromium: raw model.fit vs the device's step
+ *   2. weight payload encode/decode and FedAvg aggregation throughput vs a plain Float32 add loop (Node)
+ *   3. a federation of 4 tabs: time per round and its split, bytes per device, server RSS, memory per tab
+ *   4. the paper's CNN end to end with 2 tabs (6.65 MB updates)
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { WeightedDeltaSum } from '../shared/fedavg.ts';
+import { countParams, type ModelName } from '../shared/models.ts';
+import { decodeWeights, encodeWeights } from '../shared/weights.ts';
+import { api, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
+
+const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '' });
+const repeats = Number(args.repeats);
+const skip = new Set(String(args.skip).split(',').filter(Boolean));
+const results: Record<string, unknown> = { date: new Date().toISOString(), repeats };
+const line = (s = '') => process.stdout.write(s + '\n');
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '—');
+
+// ─── 2. payload and aggregation (Node, no browser) ───────────────────────────
+function benchAggregation(): void {
+  line('## Weight payload and aggregation (Node), the paper CNN: 1,663,370 parameters');
+  const n = countParams('cnn');
+  const specs = [{ name: 'all', shape: [n] }];
+  const values = Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 0.01);
+  const bytes = n * 4;
+  const time = (fn: () => void, reps = 7) => median(Array.from({ length: reps }, () => {
+    const t0 = performance.now();
+    fn();
+    return performance.now() - t0;
+  }));
+  const payload = encodeWeights({ specs, values });
+  const encMs = time(() => encodeWeights({ specs, values }));
+  const decMs = time(() => decodeWeights(payload, specs));
+  const updates = 10;
+  const aggMs = time(() => {
+    const acc = new WeightedDeltaSum(n);
+    for (let k = 0; k < updates; k++) acc.add(values, 600);
+    acc.mean();
+  }, 5);
+  const plainMs = time(() => {
+    const sum = new Float32Array(n);
+    for (let k = 0; k < updates; k++) for (let i = 0; i < n; i++) sum[i] = (sum[i] as number) + (values[i] as number);
+  }, 5);
+  const r = {
+    payloadBytes: payload.byteLength,
+    encodeMBps: bytes / 1e6 / (encMs / 1000),
+    decodeMBps: bytes / 1e6 / (decMs / 1000),
+    aggregateUpdatesPerS: updates / (aggMs / 1000),
+    aggregateGBps: (updates * bytes) / 1e9 / (aggMs / 1000),
+    plainAddGBps: (updates * bytes) / 1e9 / (plainMs / 1000),
+  };
+  results.aggregation = { ...r, efficiency: r.aggregateGBps / r.plainAddGBps };
+  line(`encode ${fmt(r.encodeMBps, 0)} MB/s · decode+validate ${fmt(r.decodeMBps, 0)} MB/s · FedAvg ${fmt(r.aggregateUpdatesPerS, 0)} updates/s = ${fmt(r.aggregateGBps, 2)} GB/s vs plain Float32 add ${fmt(r.plainAddGBps, 2)} GB/s (ratio ${fmt(r.aggregateGBps / r.plainAddGBps, 2)})`);
+  line();
+}
+
+// ─── 1. training throughput in the browser ───────────────────────────────────
+async function benchTraining(server: ServerHandle): Promise<void> {
+  line('## Local training, samples/s in one Chromium tab (batch 10), median of ' + repeats);
+  line('backend | model | raw model.fit | device step | device/raw | longest main-thread stall (ms)');
+  const browser = await launchBrowser();
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${server.url}/`);
+    await page.waitForFunction(() => typeof window.__fl?.benchTraining === 'function');
+    const rows: unknown[] = [];
+    for (const backend of ['webgl', 'wasm', 'cpu']) {
+      for (const model of ['cnn-small', 'cnn'] as ModelName[]) {
+        const examples = model === 'cnn' ? (backend === 'wasm' ? 200 : 40) : backend === 'cpu' ? 200 : 600;
+        const runs = [];
+        for (let i = 0; i < repeats; i++) runs.push(await page.evaluate(([b, m, e]) => window.__fl.benchTraining(b as string, m as ModelName, e as number), [backend, model, examples] as const));
+        const raw = median(runs.map((r) => r.rawSamplesPerS));
+        const device = median(runs.map((r) => r.deviceSamplesPerS));
+        const stall = median(runs.map((r) => r.maxStallMs));
+        rows.push({ backend, model, samples: runs[0]?.samples, rawSamplesPerS: raw, deviceSamplesPerS: device, ratio: device / raw, maxStallMs: stall });
+        line(`${backend} | ${model} | ${fmt(raw)} | ${fmt(device)} | ${fmt(device / raw, 2)} | ${fmt(stall, 0)}`);
+      }
+    }
+    results.training = rows;
+    await context.close();
+  } finally {
+    await browser.close();
+  }
+  line();
+}
+
+// ─── 3 & 4. whole rounds ─────────────────────────────────────────────────────
+async function benchRounds(server: ServerHandle, label: string, tabs: number, config: Record<string, unknown>, examples: number): Promise<void> {
+  line(`## ${label}`);
+  const browser = await launchBrowser();
+  try {
+    const devices = await openDevices(browser, server.url, tabs, { examples });
+    const backends = await Promise.all(devices.map((d) => d.page.evaluate(() => window.__fl.backend?.backend ?? '?')));
+    const created = await api<{ id: number; error?: string }>(server, '/api/runs', { method: 'POST', body: { clientsPerRound: tabs, minUpdates: tabs, roundTimeoutMs: 600_000, ...config } });
+    if (created.status !== 201) throw new Error(`launch failed: ${created.body.error}`);
+    const rss: number[] = [];
+    const tabHeap: number[] = [];
+    const sessions = await Promise.all(devices.map(async (d) => {
+      const cdp = await d.context.newCDPSession(d.page);
+      await cdp.send('Performance.enable');
+      return cdp;
+    }));
+    const sample = async () => {
+      const { body } = await api<{ server: { rssBytes: number } }>(server, '/api/status');
+      rss.push(body.server.rssBytes);
+      for (const cdp of sessions) {
+        const { metrics } = (await cdp.send('Performance.getMetrics')) as { metrics: { name: string; value: number }[] };
+        tabHeap.push(metrics.find((m) => m.name === 'JSHeapUsedSize')?.value ?? 0);
+      }
+    };
+    const result = await followRun(server, created.body.id, () => undefined, sample);
+    const done = result.rounds.filter((r: RoundRow) => r.status === 'completed');
+    const t = (k: keyof NonNullable<RoundRow['timings']>) => median(done.map((r) => r.timings?.[k] ?? Number.NaN));
+    const summary = {
+      label,
+      tabs,
+      backends,
+      rounds: done.length,
+      status: result.status,
+      roundMs: median(done.map((r) => r.durationMs)),
+      downloadMs: t('downloadMs'),
+      evaluateOnDeviceMs: t('evaluateMs'),
+      trainMs: t('trainMs'),
+      uploadMs: t('uploadMs'),
+      aggregationMs: t('aggregationMs'),
+      serverEvaluationMs: t('evaluationMs'),
+      bytesUpPerDevice: median(done.map((r) => r.bytesUp / Math.max(1, r.completed))),
+      bytesDownPerDevice: median(done.map((r) => r.bytesDown / Math.max(1, r.participants))),
+      serverRssMaxMB: Math.max(...rss) / 1e6,
+      tabJsHeapMedianMB: median(tabHeap) / 1e6,
+      finalTestAccuracy: done.at(-1)?.testAccuracy ?? null,
+    };
+    const serverShare = (summary.aggregationMs + summary.serverEvaluationMs) / summary.roundMs;
+    line(`run ${result.status}, ${done.length} rounds on ${backends.join('/')} · round ${fmt(summary.roundMs / 1000, 2)} s (median) = download ${fmt(summary.downloadMs, 0)} ms + device eval ${fmt(summary.evaluateOnDeviceMs, 0)} ms + train ${fmt(summary.trainMs, 0)} ms + upload ${fmt(summary.uploadMs, 0)} ms + aggregate ${fmt(summary.aggregationMs, 0)} ms + server eval ${fmt(summary.serverEvaluationMs, 0)} ms`);
+    line(`server share of the round (aggregate + evaluate): ${fmt(serverShare * 100)} % · bytes per device per round: up ${fmt(summary.bytesUpPerDevice / 1024)} KiB, down ${fmt(summary.bytesDownPerDevice / 1024)} KiB`);
+    line(`server RSS max ${fmt(summary.serverRssMaxMB)} MB · tab JS heap (median) ${fmt(summary.tabJsHeapMedianMB)} MB · final test accuracy ${summary.finalTestAccuracy === null ? '—' : fmt(summary.finalTestAccuracy * 100, 2) + ' %'}`);
+    (results.rounds ??= []) as unknown[];
+    (results.rounds as unknown[]).push({ ...summary, serverShare });
+    for (const cdp of sessions) await cdp.detach();
+    for (const d of devices) await d.context.close();
+  } finally {
+    await browser.close();
+  }
+  line();
+}
+
+benchAggregation();
+const server = await startServer();
+try {
+  if (!skip.has('training')) await benchTraining(server);
+  if (!skip.has('rounds')) await benchRounds(server, 'Federation: 4 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, 600);
+  if (!skip.has('cnn')) await benchRounds(server, 'Federation: 2 tabs, the paper CNN (6.65 MB updates), 300 examples each, E=1, B=10, 1 round', 2, { model: 'cnn', rounds: 1, localEpochs: 1, batchSize: 10, learningRate: 0.05 }, 300);
+} finally {
+  await server.stop();
+}
+mkdirSync('bench-results', { recursive: true });
+writeFileSync('bench-results/bench.json', JSON.stringify(results, null, 2));
+line('written: bench-results/bench.json');

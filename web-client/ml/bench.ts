@@ -1,0 +1,57 @@
+/**
+ * Training throughput on one backend, measured two ways on the same data: raw `model.fit`, and
+ * the device's own training step (shared/train.ts, with its yielding and progress reports). The
+ * ratio is the device's overhead. Loaded on demand by the page's test API; never by a normal visit.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { buildModel, type ModelName } from '../../shared/models.ts';
+import { trainLocal, toTensors, disposeData } from '../../shared/train.ts';
+import type { Samples } from '../../shared/dataset.ts';
+import { createYielder } from '../../shared/yield.ts';
+
+export interface TrainingBench {
+  backend: string;
+  model: ModelName;
+  samples: number;
+  rawSamplesPerS: number;
+  deviceSamplesPerS: number;
+  /** the longest the page's event loop went without running a 10 ms timer, during the device step */
+  maxStallMs: number;
+}
+
+const yieldToHost = createYielder();
+
+export async function benchTraining(backend: string, modelName: ModelName, data: Samples, batchSize = 10): Promise<TrainingBench> {
+  if (!(await tf.setBackend(backend))) throw new Error(`backend ${backend} is not available`);
+  await tf.ready();
+  const local = toTensors(data);
+  const model = buildModel(modelName);
+  try {
+    const yOneHot = tf.oneHot(local.y, 10);
+    // Warm-up (shader compilation, wasm initialisation) outside both timings.
+    model.compile({ optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy' });
+    await model.fit(local.x.slice(0, batchSize * 2), yOneHot.slice(0, batchSize * 2), { batchSize, epochs: 1, verbose: 0 });
+    await trainLocal(model, { x: local.x.slice(0, batchSize * 2), y: local.y.slice(0, batchSize * 2), count: batchSize * 2 }, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 });
+
+    let t0 = performance.now();
+    await model.fit(local.x, yOneHot, { batchSize, epochs: 1, shuffle: true, verbose: 0 });
+    const raw = local.count / ((performance.now() - t0) / 1000);
+
+    let lastTick = performance.now();
+    let maxStallMs = 0;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      maxStallMs = Math.max(maxStallMs, now - lastTick);
+      lastTick = now;
+    }, 10);
+    t0 = performance.now();
+    await trainLocal(model, local, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 }, { onProgress: () => undefined, yieldToHost });
+    const device = local.count / ((performance.now() - t0) / 1000);
+    clearInterval(timer);
+    yOneHot.dispose();
+    return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs };
+  } finally {
+    model.dispose();
+    disposeData(local);
+  }
+}
