@@ -24,8 +24,11 @@ const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 export function createEvaluator(test: MnistSplit, limit = test.count): Evaluator {
   const models = new Map<ModelName, tf.LayersModel>();
   const count = Math.min(limit, test.count);
-  return {
-    async evaluate(name, weights) {
+  // One evaluation at a time: they share a model per name and yield between chunks, so two
+  // interleaved evaluations would overwrite each other's weights.
+  let queue: Promise<unknown> = Promise.resolve();
+  const evaluate = async (name: ModelName, weights: FlatWeights): Promise<EvalResult> => {
+    {
       let model = models.get(name);
       if (!model) {
         model = buildModel(name);
@@ -50,6 +53,13 @@ export function createEvaluator(test: MnistSplit, limit = test.count): Evaluator
         await yieldToLoop();
       }
       return { accuracy: correct / count, loss: lossSum / count, examples: count };
+    }
+  };
+  return {
+    evaluate(name, weights) {
+      const run = queue.then(() => evaluate(name, weights));
+      queue = run.catch(() => undefined);
+      return run;
     },
   };
 }
