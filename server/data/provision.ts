@@ -1,0 +1,49 @@
+/**
+ * Data provisioning — deliberately separate from the federation. In a real deployment devices
+ * bring their own data; here a device asks once for its slice of MNIST (partition, seed, slice)
+ * and keeps it in IndexedDB. The federation itself never sends or receives training data.
+ */
+import { Router } from 'express';
+import { encodeDataset, PIXELS, type Samples } from '../../shared/dataset.ts';
+import { deviceSlice, partition } from '../../shared/partition.ts';
+import { describeIssues, sliceQuerySchema, type SliceQuery } from '../../shared/schemas.ts';
+import type { MnistSplit } from './mnist.ts';
+
+function gather(split: MnistSplit, indices: readonly number[]): Samples {
+  const pixels = new Uint8Array(indices.length * PIXELS);
+  const labels = new Uint8Array(indices.length);
+  indices.forEach((idx, i) => {
+    pixels.set(split.images.subarray(idx * PIXELS, (idx + 1) * PIXELS), i * PIXELS);
+    labels[i] = split.labels[idx] as number;
+  });
+  return { pixels, labels };
+}
+
+/** One device's slice in the binary form; `parts` is the partition of the whole training set. */
+export function encodeSlice(train: MnistSplit, parts: readonly number[][], q: SliceQuery): Uint8Array {
+  const slice = deviceSlice(parts[q.client] ?? [], q.examples, q.seed + q.client);
+  return encodeDataset({ train: gather(train, slice.train), heldOut: gather(train, slice.heldOut) });
+}
+
+export function provisioningRouter(train: MnistSplit): Router {
+  const router = Router();
+  const cache = new Map<string, number[][]>();
+  router.get('/api/data/slice', (req, res) => {
+    const parsed = sliceQuerySchema.safeParse(req.query);
+    if (!parsed.success) {
+      res.status(400).json({ error: `data slice: ${describeIssues(parsed.error)}` });
+      return;
+    }
+    const q = parsed.data;
+    const key = `${q.partition}:${q.clients}:${q.seed}:${q.alpha}`;
+    let parts = cache.get(key);
+    if (!parts) {
+      parts = partition(train.labels, { kind: q.partition, clients: q.clients, seed: q.seed, alpha: q.alpha });
+      if (cache.size > 16) cache.clear();
+      cache.set(key, parts);
+    }
+    const body = encodeSlice(train, parts, q);
+    res.type('application/octet-stream').set('Cache-Control', 'no-store').send(Buffer.from(body.buffer, body.byteOffset, body.byteLength));
+  });
+  return router;
+}
