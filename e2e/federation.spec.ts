@@ -1,6 +1,8 @@
 import { E2E_TOKEN } from '../playwright.config.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
+const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
+
 interface RoundRow {
   round: number;
   status: string;
@@ -39,9 +41,9 @@ test('four tabs train cnn-small with FedAvg and the global model learns', async 
   await page.goto('/admin');
   await page.getByLabel('Admin token').fill(E2E_TOKEN);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page.locator('#devices tbody tr')).toHaveCount(4);
+  await expect(page.locator('#devices tr[data-device]:not(.disconnected)')).toHaveCount(4);
   await expect(devices[0]!.page.locator('#state')).toHaveText(/training|evaluating|downloading|uploading|selected/, { timeout: 120_000 });
-  await devices[0]!.page.screenshot({ path: 'test-results/screenshots/device-training.png', fullPage: true });
+  await devices[0]!.page.screenshot({ path: `${shots}/device-training.png`, fullPage: true });
 
   const run = await waitForRun(admin, id, 8 * 60_000);
   expect(run.status, run.reason ?? '').toBe('done');
@@ -61,9 +63,9 @@ test('four tabs train cnn-small with FedAvg and the global model learns', async 
   expect(last).toBeGreaterThan(first);
 
   await expect(page.locator('#rounds tbody tr')).toHaveCount(3);
-  await page.screenshot({ path: 'test-results/screenshots/admin-after-run.png', fullPage: true });
+  await page.screenshot({ path: `${shots}/admin-four-tabs.png`, fullPage: true });
   await expect(devices[0]!.page.locator('#history tbody tr').first()).toBeVisible();
-  await devices[0]!.page.screenshot({ path: 'test-results/screenshots/device-after-run.png', fullPage: true });
+  await devices[0]!.page.screenshot({ path: `${shots}/device-four-tabs.png`, fullPage: true });
 
   // The latest model downloads in TF.js format and loads in the browser.
   const params = await devices[0]!.page.evaluate(() => window.__fl.loadModel('/api/models/latest/model.json'));

@@ -8,6 +8,8 @@ import type { Evaluator } from './ml/evaluator.ts';
 import type { Store } from './store/store.ts';
 import { createHttpApp } from './transport/http.ts';
 import { attachSockets, SocketDevicePort } from './transport/socket.ts';
+import { attachAdminFeed } from './transport/admin-feed.ts';
+import type { Server } from 'socket.io';
 
 /** Large enough for the biggest model's payload (the paper's CNN: 6.65 MB of float32) plus headroom. */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024;
@@ -35,11 +37,13 @@ export function createApp(deps: AppDeps): App {
   const federation = new Federation({ store: deps.store, strategy: deps.strategy ?? fedAvgStrategy, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
   const http = createServer(createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot }));
   const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES });
+  const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);
   return {
     http,
     federation,
     close: async () => {
       federation.stopRun('server shutting down');
+      detachAdmin();
       await federation.idle();
       await new Promise<void>((resolve) => io.close(() => resolve()));
       deps.store.close();

@@ -50,6 +50,36 @@ export interface DeviceInfo {
   lastAccuracyAfter: number | null;
 }
 
+/** What the dashboard's event log shows; also pushed live to admins. */
+export interface FederationEvent {
+  at: number;
+  level: 'info' | 'warn';
+  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'update:rejected';
+  message: string;
+}
+
+export interface FederationObserver {
+  /** something a dashboard shows changed (devices, phase, progress) */
+  changed(): void;
+  event(e: FederationEvent): void;
+}
+
+export interface RoundTimeline {
+  runId: number;
+  round: number;
+  attempt: number;
+  selectionStartedAt: number;
+  selectedAt?: number;
+  closedAt?: number;
+  aggregatedAt?: number;
+  evaluatedAt?: number;
+  failedAt?: number;
+}
+
+const EVENT_HISTORY = 200;
+/** disconnected devices stay listed (as disconnected) this long */
+const FORGET_AFTER_MS = 10 * 60_000;
+
 export class ConflictError extends Error {
   readonly code = 'CONFLICT';
 }
@@ -70,7 +100,7 @@ interface RoundBook {
   aggregator: RoundAggregator;
   bytesDown: number;
   bytesUp: number;
-  metrics: { deviceId: string; arrivedAt: number; accuracyBefore: number; accuracyAfter: number; downloadMs: number; evaluateMs: number; trainMs: number }[];
+  metrics: { deviceId: string; numExamples: number; arrivedAt: number; accuracyBefore: number; accuracyAfter: number; downloadMs: number; evaluateMs: number; trainMs: number }[];
 }
 
 const median = (xs: number[]): number => {
@@ -101,9 +131,36 @@ export class Federation {
   /** resolves when the round being aggregated/evaluated has been recorded (tests await it) */
   private pending: Promise<void> = Promise.resolve();
   readonly counters = { rejectedUpdates: 0, lateUpdates: 0, badMessages: 0 };
+  private readonly observers = new Set<FederationObserver>();
+  private readonly recent: FederationEvent[] = [];
+  /** when the current (or last) round reached each phase, for the dashboard's live timeline */
+  private timeline: RoundTimeline | undefined;
 
   constructor(private readonly deps: FederationDeps) {
     this.log = deps.logger.child('federation');
+  }
+
+  // ─── observers (the admin feed) ──────────────────────────────────────────
+  observe(observer: FederationObserver): () => void {
+    this.observers.add(observer);
+    return () => this.observers.delete(observer);
+  }
+
+  recentEvents(): FederationEvent[] {
+    return [...this.recent];
+  }
+
+  private note(level: FederationEvent['level'], kind: FederationEvent['kind'], message: string, fields: Record<string, unknown>): void {
+    this.log[level](message, fields);
+    const e: FederationEvent = { at: this.deps.clock.now(), level, kind, message };
+    this.recent.push(e);
+    if (this.recent.length > EVENT_HISTORY) this.recent.shift();
+    for (const o of this.observers) o.event(e);
+    this.changed();
+  }
+
+  private changed(): void {
+    for (const o of this.observers) o.changed();
   }
 
   // ─── devices ─────────────────────────────────────────────────────────────
@@ -127,7 +184,7 @@ export class Federation {
       lastAccuracyBefore: prev?.lastAccuracyBefore ?? null,
       lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
     });
-    this.log.info('device joined', { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
+    this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
     this.dispatch({ type: 'device:joined', deviceId: hello.deviceId });
   }
 
@@ -136,7 +193,8 @@ export class Federation {
     if (!info) return;
     info.connected = false;
     info.lastSeen = this.deps.clock.now();
-    this.log.info('device left', { deviceId });
+    for (const [id, d] of this.devices) if (!d.connected && info.lastSeen - d.lastSeen > FORGET_AFTER_MS) this.devices.delete(id);
+    this.note('info', 'device:left', `device ${deviceId} left`, { deviceId });
     this.dispatch({ type: 'device:left', deviceId });
   }
 
@@ -147,6 +205,7 @@ export class Federation {
     info.progress = report.progress ?? null;
     info.loss = report.loss ?? info.loss;
     info.lastSeen = this.deps.clock.now();
+    this.changed();
   }
 
   listDevices(includeDisconnected = false): DeviceInfo[] {
@@ -162,7 +221,7 @@ export class Federation {
     const payload = encodeWeights(weights);
     const version = this.deps.store.saveModel({ runId, round: 0, model: config.model, weights: payload }, now);
     this.global = { version, model: config.model, weights, payload };
-    this.log.info('run started', { runId, config });
+    this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config });
     this.dispatch({ type: 'run:start', runId, config });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known.
     void this.deps.evaluator.evaluate(config.model, weights).then(
@@ -190,6 +249,11 @@ export class Federation {
     };
   }
 
+  /** What the dashboard shows: the status, every known device (disconnected ones too) and the round's timeline. */
+  adminSnapshot() {
+    return { ...this.status(), devices: this.listDevices(true).map((d) => ({ ...d })), timeline: this.timeline ? { ...this.timeline } : null, now: this.deps.clock.now() };
+  }
+
   /** Settles once the round in aggregation/evaluation (if any) is recorded. */
   idle(): Promise<void> {
     return this.pending;
@@ -199,7 +263,7 @@ export class Federation {
   submitUpdate(deviceId: string, msg: UpdateSubmit): Result<{ accepted: true }> {
     const fail = (code: ErrorCode, message: string): Result<{ accepted: true }> => {
       this.counters.rejectedUpdates++;
-      this.log.warn('update rejected', { deviceId, code, message });
+      this.note('warn', 'update:rejected', `update rejected (${code}): ${message}`, { deviceId, code });
       return { ok: false, error: { code, message } };
     };
     const cur = this.state.current;
@@ -219,7 +283,7 @@ export class Federation {
         if (effect.type === 'update:accept') {
           book.aggregator.add(delta.values, msg.numExamples);
           book.bytesUp += msg.delta.byteLength;
-          book.metrics.push({ deviceId, arrivedAt: this.deps.clock.now(), ...msg.metrics });
+          book.metrics.push({ deviceId, numExamples: msg.numExamples, arrivedAt: this.deps.clock.now(), ...msg.metrics });
           const info = this.devices.get(deviceId);
           if (info) {
             info.rounds += 1;
@@ -245,11 +309,16 @@ export class Federation {
   private dispatch(event: CoordinatorEvent, onEffect?: (effect: Effect) => void): Effect[] {
     const now = this.deps.clock.now();
     const { state, effects } = step(this.state, event, now);
+    const changed = state !== this.state;
     this.state = state;
+    if (changed && state.run && (state.phase === 'selecting' || state.phase === 'training') && (this.timeline?.round !== state.run.round || this.timeline.attempt !== state.run.attempt || this.timeline.runId !== state.run.id)) {
+      this.timeline = { runId: state.run.id, round: state.run.round, attempt: state.run.attempt, selectionStartedAt: state.run.selectingSince };
+    }
     for (const effect of effects) {
       onEffect?.(effect);
       this.perform(effect, now);
     }
+    if (changed) this.changed();
     return effects;
   }
 
@@ -259,6 +328,7 @@ export class Federation {
         const global = this.global as GlobalModel;
         const run = this.state.run;
         if (!run) return;
+        if (this.timeline) this.timeline.selectedAt = now;
         this.book = {
           runId: effect.runId,
           round: effect.round,
@@ -286,7 +356,7 @@ export class Federation {
           this.book.bytesDown += global.payload.byteLength;
           this.deps.port.sendRoundStart(id, msg);
         }
-        this.log.info('round started', { runId: effect.runId, round: effect.round, attempt: effect.attempt, selected: effect.deviceIds.length });
+        this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
         return;
       }
       case 'update:accept':
@@ -302,6 +372,7 @@ export class Federation {
         const book = this.book;
         this.book = undefined;
         if (!book) return;
+        if (this.timeline) this.timeline.closedAt = now;
         this.pending = this.finishRound(effect.closed, book).catch((err: unknown) => {
           this.log.error('aggregation failed', { round: effect.closed.round, error: String(err) });
           this.dispatch({ type: 'round:aggregation-failed', runId: effect.closed.runId, round: effect.closed.round, reason: err instanceof Error ? err.message : String(err) });
@@ -311,7 +382,8 @@ export class Federation {
       case 'round:failed': {
         const book = this.book;
         this.book = undefined;
-        this.log.warn('round failed', { runId: effect.runId, round: effect.round, attempt: effect.attempt, reason: effect.reason, willRetry: effect.willRetry });
+        if (this.timeline) this.timeline.failedAt = now;
+        this.note('warn', 'round:failed', `round ${effect.round} failed: ${effect.reason}${effect.willRetry ? '; retrying' : ''}`, { runId: effect.runId, round: effect.round, attempt: effect.attempt, willRetry: effect.willRetry });
         this.deps.store.recordRound({
           runId: effect.runId,
           round: effect.round,
@@ -332,6 +404,7 @@ export class Federation {
           testLoss: null,
           localAccuracyBefore: null,
           localAccuracyAfter: null,
+          devices: [],
           modelVersion: null,
         });
         return;
@@ -339,7 +412,7 @@ export class Federation {
       case 'run:finished': {
         this.book = undefined;
         this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now);
-        this.log.info('run finished', { runId: effect.runId, status: effect.status, reason: effect.reason });
+        this.note(effect.status === 'done' ? 'info' : 'warn', 'run:finished', `run ${effect.runId} ${effect.status}: ${effect.reason}`, { runId: effect.runId, status: effect.status });
         return;
       }
       case 'timer:set': {
@@ -371,12 +444,14 @@ export class Federation {
     const version = this.deps.store.saveModel({ runId: closed.runId, round: closed.round, model: global.model, weights: payload }, this.deps.clock.now());
     this.global = { version, model: global.model, weights, payload };
     const aggregationMs = this.deps.clock.now() - t0;
+    if (this.timeline) this.timeline.aggregatedAt = this.deps.clock.now();
     this.dispatch({ type: 'round:aggregated', runId: closed.runId, round: closed.round });
 
     const t1 = this.deps.clock.now();
     const result = await this.deps.evaluator.evaluate(global.model, weights);
     this.deps.store.setModelMetrics(version, result.accuracy, result.loss);
     const evaluationMs = this.deps.clock.now() - t1;
+    if (this.timeline) this.timeline.evaluatedAt = this.deps.clock.now();
 
     const m = book.metrics;
     const timings: PhaseTimings = {
@@ -408,10 +483,11 @@ export class Federation {
       testLoss: result.loss,
       localAccuracyBefore: mean(m.map((x) => x.accuracyBefore)),
       localAccuracyAfter: mean(m.map((x) => x.accuracyAfter)),
+      devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, accuracyBefore: x.accuracyBefore, accuracyAfter: x.accuracyAfter, trainMs: x.trainMs })),
       modelVersion: version,
     };
     this.deps.store.recordRound(record);
-    this.log.info('round completed', { runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, durationMs: record.durationMs });
+    this.note('info', 'round:completed', `round ${closed.round} completed: ${closed.accepted.length} updates, test accuracy ${(result.accuracy * 100).toFixed(2)} %`, { runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, durationMs: record.durationMs });
     this.deps.port.broadcastModel({ version, runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, testLoss: result.loss });
     this.dispatch({ type: 'round:evaluated', runId: closed.runId, round: closed.round });
   }

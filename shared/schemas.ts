@@ -54,24 +54,54 @@ export const updateSubmitSchema = z.strictObject({
 });
 export type UpdateSubmit = z.infer<typeof updateSubmitSchema>;
 
+/** Readable field rules: these messages appear next to the admin form's fields and in API errors. */
+const whole = (min: number, max: number) =>
+  z.number({ error: 'must be a number' }).int({ error: 'must be a whole number' }).min(min, { error: `must be at least ${min}` }).max(max, { error: `must be at most ${max}` });
+const between = (min: number, max: number, exclusiveMin = false) =>
+  (exclusiveMin ? z.number({ error: 'must be a number' }).gt(min, { error: `must be greater than ${min}` }) : z.number({ error: 'must be a number' }).min(min, { error: `must be at least ${min}` })).max(max, { error: `must be at most ${max}` });
+
+const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
+
 export const runConfigSchema = z.strictObject({
-  model: z.enum(MODEL_NAMES).default('cnn-small'),
-  rounds: z.number().int().min(1).max(10_000).default(5),
-  clientsPerRound: z.number().int().min(1).max(10_000).default(4),
-  overSelect: z.number().min(1).max(10).default(1.3),
-  minUpdates: z.number().int().min(1).max(10_000).default(2),
-  localEpochs: z.number().int().min(1).max(100).default(1),
-  batchSize: z.number().int().min(1).max(10_000).default(10),
-  learningRate: z.number().positive().max(10).default(0.1),
-  roundTimeoutMs: z.number().int().min(1_000).max(24 * 3600_000).default(120_000),
+  model: z.enum(MODEL_NAMES, { error: `must be one of ${MODEL_NAMES.join(', ')}` }).default('cnn-small'),
+  rounds: whole(1, 10_000).default(5),
+  clientsPerRound: whole(1, 10_000).default(4),
+  overSelect: between(1, 10).default(1.3),
+  minUpdates: whole(1, 10_000).default(2),
+  localEpochs: whole(1, 100).default(1),
+  batchSize: whole(1, 10_000).default(10),
+  learningRate: between(0, 10, true).default(0.1),
+  roundTimeoutMs: whole(1_000, 24 * 3600_000).default(120_000),
   /** how long selection waits for clientsPerRound idle devices before starting with ≥ minUpdates */
-  selectionTimeoutMs: z.number().int().min(0).max(24 * 3600_000).default(10_000),
+  selectionTimeoutMs: whole(0, 24 * 3600_000).default(10_000),
   /** how many times a failed round is retried before the run stops as failed */
-  maxRoundRetries: z.number().int().min(0).max(100).default(2),
-  seed: z.number().int().min(0).max(2 ** 31 - 1).default(1),
-}).refine((c) => c.minUpdates <= c.clientsPerRound, { message: 'minUpdates must not exceed clientsPerRound', path: ['minUpdates'] });
+  maxRoundRetries: whole(0, 100).default(2),
+  seed: whole(0, 2 ** 31 - 1).default(1),
+}).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
+
+export interface FieldIssue {
+  field: string;
+  message: string;
+}
+
+/**
+ * Validates a run config and reports every problem at once, one per field: zod skips the
+ * cross-field rule while any field is wrong, so it is checked here on the raw values too.
+ * The API and the admin form both use this, so they show the same messages.
+ */
+export function validateRunConfig(input: unknown): { ok: true; config: RunConfig } | { ok: false; issues: FieldIssue[]; message: string } {
+  const parsed = runConfigSchema.safeParse(input);
+  if (parsed.success) return { ok: true, config: parsed.data };
+  const issues = parsed.error.issues.map((i) => ({ field: i.path.length ? i.path.join('.') : 'config', message: i.message }));
+  const raw = (input ?? {}) as { minUpdates?: unknown; clientsPerRound?: unknown };
+  const k = raw.clientsPerRound === undefined ? 4 : raw.clientsPerRound;
+  if (!issues.some((i) => i.field === 'minUpdates') && typeof raw.minUpdates === 'number' && typeof k === 'number' && raw.minUpdates > k) {
+    issues.push({ field: 'minUpdates', message: MIN_UPDATES_RULE });
+  }
+  return { ok: false, issues, message: issues.map((i) => `${i.field}: ${i.message}`).join('; ') };
+}
 
 export const sliceQuerySchema = z.strictObject({
   partition: z.enum(PARTITIONS).default('iid'),

@@ -175,3 +175,19 @@ describe('round coordinator', () => {
     expect(h.send({ type: 'update:received', deviceId: 'x-device-1', runId: 1, round: 1, attempt: 1 })[0]).toMatchObject({ code: 'NO_ACTIVE_ROUND' });
   });
 });
+
+describe('run config validation', () => {
+  it('reports every bad field at once, the cross-field rule included', async () => {
+    const { validateRunConfig } = await import('../shared/schemas.ts');
+    const r = validateRunConfig({ rounds: 0, batchSize: 2.5, minUpdates: 9, model: 'resnet' });
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.issues).toEqual([
+      { field: 'model', message: 'must be one of cnn-small, cnn, mlp' },
+      { field: 'rounds', message: 'must be at least 1' },
+      { field: 'batchSize', message: 'must be a whole number' },
+      { field: 'minUpdates', message: 'minUpdates must not exceed clientsPerRound' },
+    ]);
+    expect(validateRunConfig({})).toMatchObject({ ok: true, config: { model: 'cnn-small', clientsPerRound: 4, overSelect: 1.3 } });
+    expect(validateRunConfig({ extra: 1 })).toMatchObject({ ok: false, issues: [{ field: 'config' }] });
+  });
+});

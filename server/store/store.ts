@@ -47,6 +47,8 @@ export interface RoundRecord {
   /** mean over the counted devices of their held-out accuracy before/after local training */
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
+  /** each counted device: its example count and held-out accuracy before/after local training */
+  devices: { id: string; numExamples: number; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
   modelVersion: number | null;
 }
 

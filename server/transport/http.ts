@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
-import { describeIssues, runConfigSchema } from '../../shared/schemas.ts';
+import { validateRunConfig } from '../../shared/schemas.ts';
 import { decodeWeights } from '../../shared/weights.ts';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
@@ -50,14 +50,14 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot }:
     res.json(store.listRuns());
   });
   app.post('/api/runs', admin, (req, res) => {
-    const parsed = runConfigSchema.safeParse(req.body ?? {});
-    if (!parsed.success) {
-      res.status(400).json({ error: `run config: ${describeIssues(parsed.error)}`, issues: parsed.error.issues.map((i) => ({ field: i.path.join('.'), message: i.message })) });
+    const checked = validateRunConfig(req.body ?? {});
+    if (!checked.ok) {
+      res.status(400).json({ error: `run config: ${checked.message}`, issues: checked.issues });
       return;
     }
     try {
-      const id = federation.startRun(parsed.data);
-      res.status(201).json({ id, config: parsed.data });
+      const id = federation.startRun(checked.config);
+      res.status(201).json({ id, config: checked.config });
     } catch (err) {
       if (err instanceof ConflictError) res.status(409).json({ error: err.message });
       else throw err;

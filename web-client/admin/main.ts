@@ -1,13 +1,18 @@
-/** The admin page: sign in, launch and stop runs, watch devices and rounds (polls the API). */
+/**
+ * The admin page: sign in with the admin token, launch and stop runs over the HTTP API, and watch
+ * everything live over the authenticated `/admin` socket.io channel (no polling, no reload).
+ */
+import { io, type Socket } from 'socket.io-client';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
-import { runConfigSchema } from '../../shared/schemas.ts';
-import { renderDevices, renderModels, renderRounds, type DeviceRow, type ModelRow, type RoundRow } from '../ui/admin.ts';
-import { lineChart } from '../ui/charts.ts';
+import { runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
+import { renderDevices, renderLog, renderModels, renderRounds, renderTimeline, type DeviceRow, type LogEntry, type ModelRow, type RoundRow, type Timeline } from '../ui/admin.ts';
+import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
 
 const TOKEN_KEY = 'fl-admin-token';
 const defaults = runConfigSchema.parse({});
-const FIELDS: { name: keyof typeof defaults; label: string; step?: string }[] = [
+type Field = keyof typeof defaults;
+const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },
   { name: 'clientsPerRound', label: 'Clients per round (K)' },
@@ -22,14 +27,33 @@ const FIELDS: { name: keyof typeof defaults; label: string; step?: string }[] = 
   { name: 'seed', label: 'Seed' },
 ];
 
+const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
+  quick: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, hint: 'Open / in 4 or more tabs (or run npm run simulate).' },
+  'paper-iid': { config: { model: 'cnn', rounds: 20, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'McMahan et al. 2017, CNN, C=0.1 of 100 clients: devices join with /?partition=iid&clients=100&client=K.' },
+  'paper-noniid': { config: { model: 'cnn', rounds: 50, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'Pathological non-IID (2 label shards per client): devices join with /?partition=shards&clients=100&client=K.' },
+};
+
+// ─── launch form ─────────────────────────────────────────────────────────────
 const launch = byId<HTMLFormElement>('launch');
 for (const f of FIELDS) {
   const input =
     f.name === 'model'
-      ? el('select', { name: f.name, id: `f-${f.name}` }, ...MODEL_NAMES.map((m) => el('option', { value: m, selected: m === defaults.model }, m)))
-      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}` });
+      ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...MODEL_NAMES.map((m) => el('option', { value: m, selected: m === defaults.model }, m)))
+      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${defaults[f.name]}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
+
+const setField = (name: Field, value: string | number) => {
+  (launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement).value = String(value);
+};
+byId<HTMLSelectElement>('preset').addEventListener('change', (event) => {
+  const preset = PRESETS[(event.target as HTMLSelectElement).value];
+  if (!preset) return;
+  const config = runConfigSchema.parse(preset.config);
+  for (const f of FIELDS) setField(f.name, config[f.name]);
+  byId('preset-hint').textContent = preset.hint;
+  clearFieldErrors();
+});
 
 let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
 const api = async <T>(path: string, init: RequestInit = {}): Promise<{ status: number; body: T }> => {
@@ -37,35 +61,23 @@ const api = async <T>(path: string, init: RequestInit = {}): Promise<{ status: n
   return { status: res.status, body: (await res.json().catch(() => ({}))) as T };
 };
 
-byId<HTMLFormElement>('signin').addEventListener('submit', (event) => {
-  event.preventDefault();
-  const candidate = byId<HTMLInputElement>('token').value.trim();
-  fetch('/api/admin/session', { headers: { authorization: `Bearer ${candidate}` } })
-    .then((res) => {
-      if (res.status === 401) {
-        byId('signin-error').textContent = 'That token is not the admin token.';
-        return;
-      }
-      token = candidate;
-      sessionStorage.setItem(TOKEN_KEY, token);
-      showSignedIn();
-    })
-    .catch((err: unknown) => (byId('signin-error').textContent = String(err)));
-});
-
-function showSignedIn(): void {
-  byId('signin-card').hidden = Boolean(token);
-}
-showSignedIn();
-
 function clearFieldErrors(): void {
   for (const f of FIELDS) byId(`e-${f.name}`).textContent = '';
+}
+
+function signedOut(message: string): void {
+  token = '';
+  sessionStorage.removeItem(TOKEN_KEY);
+  byId('signin-card').hidden = false;
+  byId('signin-error').textContent = message;
+  byId<HTMLInputElement>('token').focus();
 }
 
 launch.addEventListener('submit', (event) => {
   event.preventDefault();
   clearFieldErrors();
   byId('launch-error').textContent = '';
+  byId('launch-error').classList.remove('ok');
   const data = new FormData(launch);
   const body: Record<string, unknown> = {};
   for (const f of FIELDS) {
@@ -73,24 +85,24 @@ launch.addEventListener('submit', (event) => {
     if (raw === '') continue;
     body[f.name] = f.name === 'model' ? raw : Number(raw);
   }
-  const checked = runConfigSchema.safeParse(body);
-  if (!checked.success) {
-    for (const issue of checked.error.issues) {
-      const field = String(issue.path[0] ?? '');
-      const target = document.getElementById(`e-${field}`);
+  // The same rules as the API, so the messages next to the fields are the API's.
+  const checked = validateRunConfig(body);
+  if (!checked.ok) {
+    for (const issue of checked.issues) {
+      const target = document.getElementById(`e-${issue.field}`);
       if (target) target.textContent = issue.message;
       else byId('launch-error').textContent = issue.message;
     }
+    byId('launch-error').textContent ||= 'Fix the fields marked above.';
     return;
   }
   api<{ id?: number; error?: string; issues?: { field: string; message: string }[] }>('/api/runs', { method: 'POST', body: JSON.stringify(body) }).then(({ status, body: res }) => {
-    if (status === 201) byId('launch-error').textContent = `Run ${res.id} launched.`;
-    else if (status === 401) {
-      token = '';
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignedIn();
-      byId('launch-error').textContent = 'Sign in with the admin token first.';
-    } else {
+    if (status === 201) {
+      byId('launch-error').textContent = `Run ${res.id} launched.`;
+      byId('launch-error').classList.add('ok');
+    }
+    else if (status === 401) signedOut('Sign in with the admin token first.');
+    else {
       for (const issue of res.issues ?? []) {
         const target = document.getElementById(`e-${issue.field}`);
         if (target) target.textContent = issue.message;
@@ -102,61 +114,166 @@ launch.addEventListener('submit', (event) => {
 
 byId('stop').addEventListener('click', () => {
   api<{ error?: string }>('/api/runs/current/stop', { method: 'POST' }).then(({ status, body }) => {
-    byId('launch-error').textContent = status === 200 ? 'Run stopped.' : status === 401 ? 'Sign in with the admin token first.' : (body.error ?? `stop failed (${status})`);
+    if (status === 401) signedOut('Sign in with the admin token first.');
+    else byId('launch-error').textContent = status === 200 ? 'Run stopped.' : (body.error ?? `stop failed (${status})`);
   }, (err: unknown) => (byId('launch-error').textContent = String(err)));
 });
 
-const chart = lineChart(byId<HTMLCanvasElement>('accuracy-chart'), [], [
+// ─── charts ──────────────────────────────────────────────────────────────────
+const accuracyChart = lineChart(byId<HTMLCanvasElement>('accuracy-chart'), [], [
   { label: 'test accuracy', color: '#1f8a4c' },
   { label: 'test loss', color: '#c0392b' },
 ]);
+const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCanvasElement>('spread-chart'), {
+  type: 'scatter',
+  data: {
+    datasets: [
+      { label: 'before local training (global model)', data: [], backgroundColor: '#b26a00', pointRadius: 4 },
+      { label: 'after local training', data: [], backgroundColor: '#1f8a4c', pointRadius: 4 },
+    ],
+  },
+  options: { scales: { x: { title: { display: true, text: 'round' }, ticks: { stepSize: 1 } }, y: { min: 0, max: 1 } }, plugins: { legend: { position: 'bottom' } } },
+});
+const bytesChart = barChart(byId<HTMLCanvasElement>('bytes-chart'), [], 'bytes up', '#2f6fde');
+bytesChart.data.datasets.push({ label: 'bytes down', data: [], backgroundColor: '#8a94a6' });
+bytesChart.options.plugins = { legend: { display: true, position: 'bottom' } };
+const PHASES: [keyof NonNullable<RoundRow['timings']>, string, string][] = [
+  ['selectionMs', 'selection', '#8a94a6'],
+  ['downloadMs', 'download', '#f0a830'],
+  ['evaluateMs', 'device evaluation', '#9b59b6'],
+  ['trainMs', 'local training', '#2f6fde'],
+  ['uploadMs', 'upload', '#e67e22'],
+  ['aggregationMs', 'aggregation', '#b26a00'],
+  ['evaluationMs', 'server evaluation', '#1f8a4c'],
+];
+const timeChart = new Chart<'bar', number[], string>(byId<HTMLCanvasElement>('time-chart'), {
+  type: 'bar',
+  data: { labels: [], datasets: PHASES.map(([, label, color]) => ({ label, data: [] as number[], backgroundColor: color })) },
+  options: { scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: 'seconds (device phases: median)' } } }, plugins: { legend: { position: 'bottom' } } },
+});
 
-interface Status {
+function renderCharts(rounds: readonly RoundRow[]): void {
+  const done = rounds.filter((r) => r.status === 'completed');
+  const labels = done.map((r) => String(r.round));
+  accuracyChart.data.labels = labels;
+  accuracyChart.data.datasets[0]!.data = done.map((r) => r.testAccuracy);
+  accuracyChart.data.datasets[1]!.data = done.map((r) => r.testLoss);
+  accuracyChart.update();
+  spreadChart.data.datasets[0]!.data = done.flatMap((r) => (r.devices ?? []).map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
+  spreadChart.data.datasets[1]!.data = done.flatMap((r) => (r.devices ?? []).map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));
+  spreadChart.update();
+  bytesChart.data.labels = rounds.map((r) => (r.attempt > 1 ? `${r.round}.${r.attempt}` : String(r.round)));
+  bytesChart.data.datasets[0]!.data = rounds.map((r) => r.bytesUp);
+  bytesChart.data.datasets[1]!.data = rounds.map((r) => r.bytesDown);
+  bytesChart.update();
+  timeChart.data.labels = labels;
+  PHASES.forEach(([key], i) => (timeChart.data.datasets[i]!.data = done.map((r) => (r.timings?.[key] ?? 0) / 1000)));
+  timeChart.update();
+}
+
+// ─── live channel ────────────────────────────────────────────────────────────
+interface Snapshot {
   phase: string;
   run: { id: number; round: number; attempt: number; config: { rounds: number; model: string }; reason: string | null } | null;
   round: { round: number; attempt: number; selected: number; accepted: number; dropped: number; deadline: number } | null;
   modelVersion: number | null;
   devices: DeviceRow[];
+  timeline: Timeline | null;
+  now: number;
+  counters: { rejectedUpdates: number; lateUpdates: number; badMessages: number };
 }
 
-let shownRun: number | undefined;
+let log: LogEntry[] = [];
+let last: Snapshot | undefined;
+let clockSkew = 0;
 
-async function refresh(): Promise<void> {
-  const { body: status } = await api<Status>('/api/status');
-  byId('phase').textContent = status.phase;
-  byId('phase').className = `pill ${status.phase}`;
-  byId('run-line').textContent = status.run ? `run ${status.run.id} · ${status.run.config.model} · round ${status.run.round} of ${status.run.config.rounds}` : 'no run yet';
-  const facts: [string, string][] = status.round
-    ? [['Round', `${status.round.round}${status.round.attempt > 1 ? ` (try ${status.round.attempt})` : ''}`], ['Selected', String(status.round.selected)], ['Updates in', String(status.round.accepted)], ['Dropped', String(status.round.dropped)], ['Deadline in', `${Math.max(0, Math.round((status.round.deadline - Date.now()) / 1000))} s`]]
-    : [['Phase', status.phase], ['Reason', status.run?.reason ?? '—']];
-  facts.push(['Live model', status.modelVersion === null ? '—' : `v${status.modelVersion}`]);
+function renderSnapshot(s: Snapshot): void {
+  last = s;
+  clockSkew = s.now - Date.now();
+  byId('phase').textContent = s.phase;
+  byId('phase').className = `pill ${s.phase}`;
+  byId('run-line').textContent = s.run ? `run ${s.run.id} · ${s.run.config.model} · round ${s.run.round} of ${s.run.config.rounds}` : 'no run yet';
+  const facts: [string, string][] = s.round
+    ? [['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''}`], ['Selected', String(s.round.selected)], ['Updates in', String(s.round.accepted)], ['Dropped', String(s.round.dropped)], ['Deadline in', `${Math.max(0, Math.round((s.round.deadline - s.now) / 1000))} s`]]
+    : [['Phase', s.phase], ['Reason', s.run?.reason ?? '—']];
+  facts.push(['Live model', s.modelVersion === null ? '—' : `v${s.modelVersion}`], ['Rejected / late / bad', `${s.counters.rejectedUpdates} / ${s.counters.lateUpdates} / ${s.counters.badMessages}`]);
   byId('status').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
-  renderDevices(byId<HTMLTableElement>('devices'), status.devices);
+  renderTimeline(byId('timeline'), s.timeline, s.now);
+  renderDevices(byId<HTMLTableElement>('devices'), s.devices, s.now);
+}
 
-  const runs = await api<{ id: number }[]>('/api/runs');
-  const latestRun = status.run?.id ?? runs.body.at(-1)?.id;
-  if (latestRun !== undefined) {
-    const { body: rounds } = await api<RoundRow[]>(`/api/runs/${latestRun}/rounds`);
+let roundsFor: number | undefined;
+async function refreshHistory(): Promise<void> {
+  const { body: runs } = await api<{ id: number; config: RunConfigInput }[]>('/api/runs');
+  const configs = new Map(runs.map((r) => [r.id, `${r.config.model} · ${r.config.rounds} rounds · K=${r.config.clientsPerRound} · E=${r.config.localEpochs} · B=${r.config.batchSize} · η=${r.config.learningRate}`]));
+  const runId = last?.run?.id ?? runs.at(-1)?.id;
+  if (runId !== undefined) {
+    roundsFor = runId;
+    const { body: rounds } = await api<RoundRow[]>(`/api/runs/${runId}/rounds`);
     renderRounds(byId<HTMLTableElement>('rounds'), rounds);
-    const done = rounds.filter((r) => r.status === 'completed');
-    if (shownRun !== latestRun || chart.data.labels?.length !== done.length) {
-      shownRun = latestRun;
-      chart.data.labels = done.map((r) => String(r.round));
-      chart.data.datasets[0]!.data = done.map((r) => r.testAccuracy);
-      chart.data.datasets[1]!.data = done.map((r) => r.testLoss);
-      chart.update();
-    }
-    const last = done.at(-1);
-    if (last) byId('run-line').textContent += ` · last test accuracy ${pct(last.testAccuracy, 2)}`;
+    renderCharts(rounds);
+    const lastDone = rounds.filter((r) => r.status === 'completed').at(-1);
+    if (lastDone) byId('run-line').textContent = `${byId('run-line').textContent?.split(' · last')[0] ?? ''} · last test accuracy ${pct(lastDone.testAccuracy, 2)}`;
   }
   const { body: models } = await api<ModelRow[]>('/api/models');
-  renderModels(byId<HTMLTableElement>('models'), models, status.modelVersion);
+  renderModels(byId<HTMLTableElement>('models'), models, last?.modelVersion ?? null, configs);
 }
 
-async function loop(): Promise<void> {
-  for (;;) {
-    await refresh().catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+let socket: Socket | undefined;
+function connectLive(): void {
+  socket?.disconnect();
+  byId('signin-card').hidden = true;
+  socket = io('/admin', { auth: { token }, transports: ['websocket'] });
+  socket.on('connect', () => {
+    byId('live').textContent = 'live';
+    byId('live').className = 'pill connected';
+    void refreshHistory();
+  });
+  socket.on('disconnect', () => {
+    byId('live').textContent = 'reconnecting…';
+    byId('live').className = 'pill disconnected';
+  });
+  socket.on('connect_error', (err) => {
+    if (err.message.startsWith('unauthorized')) {
+      socket?.disconnect();
+      signedOut('That token is not the admin token.');
+    }
+  });
+  socket.on('admin:snapshot', (s: Snapshot) => {
+    const runChanged = s.run?.id !== last?.run?.id;
+    renderSnapshot(s);
+    if (runChanged || roundsFor === undefined) void refreshHistory();
+  });
+  socket.on('admin:events', (entries: LogEntry[]) => {
+    log = entries;
+    renderLog(byId('log'), log);
+  });
+  socket.on('admin:event', (e: LogEntry & { kind: string }) => {
+    log = [...log.slice(-199), e];
+    renderLog(byId('log'), log);
+    if (e.kind === 'round:completed' || e.kind === 'round:failed' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();
+  });
 }
-void loop();
+
+byId<HTMLFormElement>('signin').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const candidate = byId<HTMLInputElement>('token').value.trim();
+  fetch('/api/admin/session', { headers: { authorization: `Bearer ${candidate}` } }).then((res) => {
+    if (res.status === 401) {
+      byId('signin-error').textContent = 'That token is not the admin token.';
+      return;
+    }
+    token = candidate;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    byId('signin-error').textContent = '';
+    connectLive();
+  }, (err: unknown) => (byId('signin-error').textContent = String(err)));
+});
+
+// The deadline countdown and the timeline's running segment advance between snapshots.
+setInterval(() => {
+  if (last && (last.phase === 'training' || last.phase === 'selecting' || last.phase === 'aggregating' || last.phase === 'evaluating')) renderSnapshot({ ...last, now: Date.now() + clockSkew });
+}, 1000);
+
+if (token) connectLive();
+else byId<HTMLInputElement>('token').focus();

@@ -13,6 +13,7 @@ export interface DeviceRow {
   lastAccuracyBefore: number | null;
   lastAccuracyAfter: number | null;
   lastSeen: number;
+  connected: boolean;
 }
 
 export interface RoundRow {
@@ -33,7 +34,8 @@ export interface RoundRow {
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
   modelVersion: number | null;
-  timings: Record<string, number> | null;
+  timings: { selectionMs: number; downloadMs: number; evaluateMs: number; trainMs: number; uploadMs: number; aggregationMs: number; evaluationMs: number } | null;
+  devices?: { id: string; numExamples: number; accuracyBefore: number; accuracyAfter: number }[];
 }
 
 export interface ModelRow {
@@ -50,15 +52,21 @@ const table = (target: HTMLTableElement, headers: string[], rows: HTMLTableRowEl
   target.replaceChildren(el('thead', {}, el('tr', {}, ...headers.map((h) => el('th', { scope: 'col' }, h)))), el('tbody', {}, ...(rows.length ? rows : [el('tr', {}, el('td', { colspan: headers.length, class: 'muted' }, empty))])));
 };
 
-export function renderDevices(target: HTMLTableElement, devices: readonly DeviceRow[]): void {
+const ago = (t: number, now: number) => {
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  return s < 2 ? 'now' : s < 120 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
+};
+
+export function renderDevices(target: HTMLTableElement, devices: readonly DeviceRow[], now: number): void {
   table(
     target,
-    ['Device', 'Backend', 'Examples', 'Labels', 'State', 'Rounds', 'Acc. before', 'Acc. after'],
-    devices.map((d) => {
-      const state = d.state === 'training' && d.progress !== null ? `training ${Math.round(d.progress * 100)} %` : d.state;
+    ['Device', 'Backend', 'Examples', 'Labels', 'State', 'Rounds', 'Acc. before', 'Acc. after', 'Last seen'],
+    [...devices].sort((a, b) => Number(b.connected) - Number(a.connected) || a.id.localeCompare(b.id)).map((d) => {
+      const state = !d.connected ? 'disconnected' : d.state === 'training' && d.progress !== null ? `training ${Math.round(d.progress * 100)} %` : d.state;
+      const stateClass = d.connected ? d.state : 'disconnected';
       const max = Math.max(1, ...d.labelHistogram);
       const spark = d.labelHistogram.map((c) => '▁▂▃▄▅▆▇█'[Math.min(7, Math.floor((c / max) * 7.999))]).join('');
-      return el('tr', { 'data-device': d.id }, el('td', {}, d.id), el('td', { title: d.backendReason }, d.backend), el('td', {}, d.examples), el('td', { title: d.labelHistogram.join(', '), style: 'font-family: monospace' }, spark), el('td', {}, el('span', { class: `pill ${d.state}` }, state)), el('td', {}, d.rounds), el('td', {}, pct(d.lastAccuracyBefore)), el('td', {}, pct(d.lastAccuracyAfter)));
+      return el('tr', { 'data-device': d.id, class: d.connected ? undefined : 'disconnected' }, el('td', {}, d.id), el('td', { title: d.backendReason }, d.backend), el('td', {}, d.examples), el('td', { title: `examples per label 0–9: ${d.labelHistogram.join(', ')}`, style: 'font-family: monospace' }, spark), el('td', {}, el('span', { class: `pill ${stateClass}`, 'data-state': stateClass }, state)), el('td', {}, d.rounds), el('td', {}, pct(d.lastAccuracyBefore)), el('td', {}, pct(d.lastAccuracyAfter)), el('td', {}, ago(d.lastSeen, now)));
     }),
     'No device is connected. Open the demo page (/) in a few tabs.',
   );
@@ -75,13 +83,58 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRow
   );
 }
 
-export function renderModels(target: HTMLTableElement, models: readonly ModelRow[], live: number | null): void {
+export function renderModels(target: HTMLTableElement, models: readonly ModelRow[], live: number | null, configs: ReadonlyMap<number, string>): void {
   table(
     target,
-    ['Version', 'Run', 'Round', 'Model', 'Test acc.', 'Test loss', 'Created', 'Download'],
+    ['Version', 'Run', 'Round', 'Model', 'Test acc.', 'Test loss', 'Created', 'Run config', 'Download'],
     [...models].reverse().slice(0, 50).map((m) =>
-      el('tr', {}, el('td', {}, m.version === live ? `${m.version} (live)` : m.version), el('td', {}, m.runId ?? '—'), el('td', {}, m.round), el('td', {}, m.model), el('td', {}, pct(m.testAccuracy, 2)), el('td', {}, num(m.testLoss)), el('td', {}, new Date(m.createdAt).toLocaleTimeString()), el('td', {}, el('a', { href: `/api/models/${m.version}/model.json` }, 'model.json'))),
+      el('tr', {}, el('td', {}, m.version === live ? el('strong', {}, `${m.version} (live)`) : m.version), el('td', {}, m.runId ?? '—'), el('td', {}, m.round), el('td', {}, m.model), el('td', {}, pct(m.testAccuracy, 2)), el('td', {}, num(m.testLoss)), el('td', {}, new Date(m.createdAt).toLocaleTimeString()), el('td', { class: 'muted' }, m.runId === null ? '—' : (configs.get(m.runId) ?? '—')), el('td', {}, el('a', { href: `/api/models/${m.version}/model.json`, download: `model-v${m.version}.json`, 'aria-label': `download model version ${m.version} (TF.js)` }, 'model.json'))),
     ),
     'No model yet.',
   );
+}
+
+export interface Timeline {
+  round: number;
+  attempt: number;
+  selectionStartedAt: number;
+  selectedAt?: number;
+  closedAt?: number;
+  aggregatedAt?: number;
+  evaluatedAt?: number;
+  failedAt?: number;
+}
+
+/** The current round's phases as proportional segments, each labelled with its duration. */
+export function renderTimeline(target: HTMLElement, t: Timeline | null, now: number): void {
+  if (!t) {
+    target.replaceChildren(el('div', { class: 'selection', style: 'flex: 1' }, 'no round yet'));
+    return;
+  }
+  const segments: [string, string, number, number | undefined][] = [
+    ['selection', 'selection', t.selectionStartedAt, t.selectedAt],
+    ['devices', 'download · train · upload', t.selectedAt ?? now, t.closedAt ?? t.failedAt],
+    ['aggregation', 'aggregate', t.closedAt ?? now, t.aggregatedAt],
+    ['evaluation', 'evaluate', t.aggregatedAt ?? now, t.evaluatedAt],
+  ];
+  const parts: HTMLElement[] = [];
+  let previousDone = true;
+  for (const [cls, label, start, end] of segments) {
+    if (!previousDone) break;
+    const stop = end ?? (t.failedAt ?? now);
+    const d = Math.max(0, stop - start);
+    parts.push(el('div', { class: cls === 'devices' && t.failedAt ? 'failed' : cls, style: `flex: ${Math.max(d, 1)}`, title: `${label}: ${ms(d)}${end === undefined ? ' (so far)' : ''}` }, `${label} ${ms(d)}`));
+    previousDone = end !== undefined && !(cls === 'devices' && t.failedAt);
+  }
+  target.replaceChildren(...parts);
+}
+
+export interface LogEntry {
+  at: number;
+  level: 'info' | 'warn';
+  message: string;
+}
+
+export function renderLog(target: HTMLElement, entries: readonly LogEntry[]): void {
+  target.replaceChildren(...[...entries].reverse().slice(0, 200).map((e) => el('li', { class: e.level }, el('time', { datetime: new Date(e.at).toISOString() }, new Date(e.at).toLocaleTimeString()), e.message)));
 }

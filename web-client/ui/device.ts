@@ -56,7 +56,10 @@ export function renderState(connection: HTMLElement, state: HTMLElement, s: Devi
 export function renderProgress(bar: HTMLElement, line: HTMLElement, roundLine: HTMLElement, s: DeviceSnapshot): void {
   const p = s.progress ?? (s.state === 'idle' ? 0 : null);
   const inner = bar.firstElementChild as HTMLElement;
-  inner.style.width = `${Math.round((p ?? 0) * 100)}%`;
+  // Download, evaluation and upload have no byte-level progress over socket.io: show them as busy.
+  const busy = s.state === 'downloading' || s.state === 'uploading' || s.state === 'evaluating' || s.state === 'selected';
+  bar.classList.toggle('indeterminate', busy);
+  inner.style.width = busy ? '30%' : `${Math.round((p ?? 0) * 100)}%`;
   bar.setAttribute('aria-valuenow', String(Math.round((p ?? 0) * 100)));
   line.textContent = s.batches ? `batch ${s.batches.done} / ${s.batches.total} · loss ${s.loss?.toFixed(4) ?? '—'}` : s.state === 'idle' ? '' : `${s.state}…`;
   roundLine.textContent = s.current ? `Run ${s.current.runId}, round ${s.current.round}: ${s.state}` : s.connection === 'connected' ? 'Waiting to be selected for a round.' : 'Not connected.';
