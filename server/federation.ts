@@ -128,8 +128,8 @@ export class Federation {
   private cancelTimer: (() => void) | undefined;
   private timerAt = Infinity;
   private readonly log: Logger;
-  /** resolves when the round being aggregated/evaluated has been recorded (tests await it) */
-  private pending: Promise<void> = Promise.resolve();
+  /** work in flight (aggregation, evaluations): shutdown and tests wait for it */
+  private readonly inflight = new Set<Promise<void>>();
   readonly counters = { rejectedUpdates: 0, lateUpdates: 0, badMessages: 0 };
   private readonly observers = new Set<FederationObserver>();
   private readonly recent: FederationEvent[] = [];
@@ -224,9 +224,11 @@ export class Federation {
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config });
     this.dispatch({ type: 'run:start', runId, config });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known.
-    void this.deps.evaluator.evaluate(config.model, weights).then(
-      (r) => this.deps.store.setModelMetrics(version, r.accuracy, r.loss),
-      (err: unknown) => this.log.error('evaluation of the initial model failed', { error: String(err) }),
+    this.track(
+      this.deps.evaluator
+        .evaluate(config.model, weights)
+        .then((r) => this.deps.store.setModelMetrics(version, r.accuracy, r.loss))
+        .catch((err: unknown) => this.log.error('evaluation of the initial model failed', { error: String(err) })),
     );
     return runId;
   }
@@ -254,9 +256,14 @@ export class Federation {
     return { ...this.status(), devices: this.listDevices(true).map((d) => ({ ...d })), timeline: this.timeline ? { ...this.timeline } : null, now: this.deps.clock.now() };
   }
 
-  /** Settles once the round in aggregation/evaluation (if any) is recorded. */
-  idle(): Promise<void> {
-    return this.pending;
+  /** Settles once the work in flight (a round's aggregation and evaluation, an initial evaluation) is done. */
+  async idle(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all([...this.inflight]);
+  }
+
+  private track(work: Promise<void>): void {
+    this.inflight.add(work);
+    void work.finally(() => this.inflight.delete(work));
   }
 
   // ─── updates ─────────────────────────────────────────────────────────────
@@ -373,10 +380,12 @@ export class Federation {
         this.book = undefined;
         if (!book) return;
         if (this.timeline) this.timeline.closedAt = now;
-        this.pending = this.finishRound(effect.closed, book).catch((err: unknown) => {
-          this.log.error('aggregation failed', { round: effect.closed.round, error: String(err) });
-          this.dispatch({ type: 'round:aggregation-failed', runId: effect.closed.runId, round: effect.closed.round, reason: err instanceof Error ? err.message : String(err) });
-        });
+        this.track(
+          this.finishRound(effect.closed, book).catch((err: unknown) => {
+            this.log.error('aggregation failed', { round: effect.closed.round, error: String(err) });
+            this.dispatch({ type: 'round:aggregation-failed', runId: effect.closed.runId, round: effect.closed.round, reason: err instanceof Error ? err.message : String(err) });
+          }),
+        );
         return;
       }
       case 'round:failed': {

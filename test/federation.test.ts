@@ -142,4 +142,28 @@ describe('federation over real sockets', () => {
     expect((await fetch(`${server.url}/api/runs`, { method: 'POST', headers: admin, body: '{}' })).status).toBe(409);
     expect((await fetch(`${server.url}/api/runs/current/stop`, { method: 'POST', headers: admin })).status).toBe(200);
   });
+
+  it('the admin feed needs the token and pushes snapshots and events live', async () => {
+    server = await startServer();
+    const { io } = await import('socket.io-client');
+    const refused = io(`${server.url}/admin`, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { token: 'wrong' } });
+    const error = await new Promise<Error>((resolve) => refused.once('connect_error', resolve));
+    expect(error.message).toBe('unauthorized: the admin token is required');
+    refused.close();
+
+    const feed = io(`${server.url}/admin`, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { token: ADMIN_TOKEN } });
+    const snapshots: { devices: { id: string; connected: boolean }[] }[] = [];
+    const events: { kind: string; message: string }[] = [];
+    feed.on('admin:snapshot', (s) => snapshots.push(s));
+    feed.on('admin:event', (e) => events.push(e));
+    await until(() => snapshots.length > 0 || undefined, 5_000, 'the first snapshot');
+    const device = await connect(server.url);
+    await hello(device, 'watched-device-1');
+    await until(() => events.find((e) => e.kind === 'device:joined'), 5_000, 'the join event');
+    await until(() => snapshots.at(-1)?.devices.some((d) => d.id === 'watched-device-1' && d.connected) || undefined, 5_000, 'a snapshot with the device');
+    device.disconnect();
+    await until(() => snapshots.at(-1)?.devices.some((d) => d.id === 'watched-device-1' && !d.connected) || undefined, 5_000, 'the device shown as disconnected');
+    expect(events.map((e) => e.kind)).toEqual(['device:joined', 'device:left']);
+    feed.close();
+  });
 });
