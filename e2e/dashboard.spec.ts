@@ -50,6 +50,7 @@ test('the dashboard follows devices and a run launched from its form, live', asy
 
   // The dashboard shows the devices at work, live.
   await expect(page.locator('#devices [data-state="training"], #devices [data-state="evaluating"], #devices [data-state="downloading"], #devices [data-state="uploading"], #devices [data-state="selected"]').first()).toBeVisible({ timeout: 60_000 });
+  await expect(page.locator('#models tbody')).toContainText('1 (live)');
   await page.screenshot({ path: `${shots}/admin-during-run.png`, fullPage: true });
 
   const run = await waitForRun(admin, runId, 4 * 60_000);

@@ -70,6 +70,10 @@ export interface RoundTimeline {
   attempt: number;
   selectionStartedAt: number;
   selectedAt?: number;
+  /** the first device of the round to start evaluating or training (its download is done) */
+  trainingStartedAt?: number;
+  /** the first device of the round to start uploading */
+  uploadStartedAt?: number;
   closedAt?: number;
   aggregatedAt?: number;
   evaluatedAt?: number;
@@ -203,6 +207,12 @@ export class Federation {
     if (!info) return;
     info.state = report.state;
     info.progress = report.progress ?? null;
+    const t = this.timeline;
+    if (t && report.runId === t.runId && report.round === t.round && t.selectedAt !== undefined && t.closedAt === undefined) {
+      const now = this.deps.clock.now();
+      if ((report.state === 'evaluating' || report.state === 'training') && t.trainingStartedAt === undefined) t.trainingStartedAt = now;
+      if (report.state === 'uploading' && t.uploadStartedAt === undefined) t.uploadStartedAt = now;
+    }
     info.loss = report.loss ?? info.loss;
     info.lastSeen = this.deps.clock.now();
     this.changed();

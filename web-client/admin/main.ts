@@ -203,7 +203,27 @@ function renderSnapshot(s: Snapshot): void {
 }
 
 let roundsFor: number | undefined;
-async function refreshHistory(): Promise<void> {
+let refreshing: Promise<void> | undefined;
+let refreshAgain = false;
+/** Refreshes rounds, charts and models; calls that arrive while one runs coalesce into one more run, so an older answer never overwrites a newer one. */
+function refreshHistory(): Promise<void> {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = loadHistory()
+    .catch((err: unknown) => console.warn('dashboard: refresh failed', err))
+    .finally(() => {
+      refreshing = undefined;
+      if (refreshAgain) {
+        refreshAgain = false;
+        void refreshHistory();
+      }
+    });
+  return refreshing;
+}
+
+async function loadHistory(): Promise<void> {
   const { body: runs } = await api<{ id: number; config: RunConfigInput }[]>('/api/runs');
   const configs = new Map(runs.map((r) => [r.id, `${r.config.model} · ${r.config.rounds} rounds · K=${r.config.clientsPerRound} · E=${r.config.localEpochs} · B=${r.config.batchSize} · η=${r.config.learningRate}`]));
   const runId = last?.run?.id ?? runs.at(-1)?.id;

@@ -99,6 +99,8 @@ export interface Timeline {
   attempt: number;
   selectionStartedAt: number;
   selectedAt?: number;
+  trainingStartedAt?: number;
+  uploadStartedAt?: number;
   closedAt?: number;
   aggregatedAt?: number;
   evaluatedAt?: number;
@@ -111,9 +113,16 @@ export function renderTimeline(target: HTMLElement, t: Timeline | null, now: num
     target.replaceChildren(el('div', { class: 'selection', style: 'flex: 1' }, 'no round yet'));
     return;
   }
+  // Device phases are as the first device of the round reported them: download until one starts
+  // evaluating/training, training until one starts uploading, upload until the round closes.
+  const devicesEnd = t.closedAt ?? t.failedAt;
+  const trainingStart = t.trainingStartedAt ?? (devicesEnd !== undefined ? t.selectedAt : undefined);
+  const uploadStart = t.uploadStartedAt ?? (devicesEnd !== undefined ? trainingStart : undefined);
   const segments: [string, string, number, number | undefined][] = [
     ['selection', 'selection', t.selectionStartedAt, t.selectedAt],
-    ['devices', 'download · train · upload', t.selectedAt ?? now, t.closedAt ?? t.failedAt],
+    ['download', 'download', t.selectedAt ?? now, trainingStart],
+    ['devices', 'local training', trainingStart ?? now, uploadStart],
+    ['upload', 'upload', uploadStart ?? now, devicesEnd],
     ['aggregation', 'aggregate', t.closedAt ?? now, t.aggregatedAt],
     ['evaluation', 'evaluate', t.aggregatedAt ?? now, t.evaluatedAt],
   ];
@@ -123,8 +132,9 @@ export function renderTimeline(target: HTMLElement, t: Timeline | null, now: num
     if (!previousDone) break;
     const stop = end ?? (t.failedAt ?? now);
     const d = Math.max(0, stop - start);
-    parts.push(el('div', { class: cls === 'devices' && t.failedAt ? 'failed' : cls, style: `flex: ${Math.max(d, 1)}`, title: `${label}: ${ms(d)}${end === undefined ? ' (so far)' : ''}` }, `${label} ${ms(d)}`));
-    previousDone = end !== undefined && !(cls === 'devices' && t.failedAt);
+    const failedHere = t.failedAt !== undefined && cls === 'upload';
+    parts.push(el('div', { class: failedHere ? 'failed' : cls, style: `flex: ${Math.max(d, 1)}`, title: `${label}: ${ms(d)}${end === undefined ? ' (so far)' : ''}${failedHere ? ' — the round failed' : ''}` }, `${label} ${ms(d)}`));
+    previousDone = end !== undefined && !failedHere;
   }
   target.replaceChildren(...parts);
 }
