@@ -42,7 +42,8 @@ export function createApp(deps: AppDeps): App {
     http,
     federation,
     close: async () => {
-      federation.stopRun('server shutting down');
+      // The run is not stopped: it stays running in the store and the next start resumes it.
+      federation.shutdown();
       detachAdmin();
       await federation.idle();
       await new Promise<void>((resolve) => io.close(() => resolve()));

@@ -243,6 +243,39 @@ export class Federation {
     return runId;
   }
 
+  /**
+   * Resumes the run a previous process left running (a crash, a kill -9, a deploy): from the model
+   * of its last completed round, at the next round. A round that was half done when the process
+   * died is redone from the start, as a new attempt; nothing it had received is counted.
+   * Returns the run id, or undefined when there was nothing to resume.
+   */
+  resumeInterruptedRun(): number | undefined {
+    if (isActive(this.state)) return undefined;
+    const now = this.deps.clock.now();
+    const running = this.deps.store.listRuns().filter((r) => r.status === 'running');
+    const run = running.at(-1);
+    for (const older of running.slice(0, -1)) this.deps.store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
+    if (!run) return undefined;
+    const rounds = this.deps.store.listRounds(run.id);
+    const last = rounds.filter((r) => r.status === 'completed' && r.modelVersion !== null).at(-1);
+    const version = last?.modelVersion ?? this.deps.store.listModels().find((m) => m.runId === run.id && m.round === 0)?.version;
+    const payload = version === undefined ? undefined : this.deps.store.getModelWeights(version);
+    if (version === undefined || !payload) {
+      this.deps.store.finishRun(run.id, 'failed', 'interrupted by a server restart, and no model of it was stored', now);
+      return undefined;
+    }
+    const next = (last?.round ?? 0) + 1;
+    if (next > run.config.rounds) {
+      this.deps.store.finishRun(run.id, 'done', `completed ${run.config.rounds} rounds`, now);
+      return undefined;
+    }
+    const attempt = Math.max(0, ...rounds.filter((r) => r.round === next).map((r) => r.attempt)) + 1;
+    this.global = { version, model: run.config.model, weights: decodeWeights(payload), payload };
+    this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
+    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt });
+    return run.id;
+  }
+
   stopRun(reason = 'stopped by admin'): boolean {
     if (!isActive(this.state)) return false;
     this.dispatch({ type: 'run:stop', reason });
@@ -264,6 +297,16 @@ export class Federation {
   /** What the dashboard shows: the status, every known device (disconnected ones too) and the round's timeline. */
   adminSnapshot() {
     return { ...this.status(), devices: this.listDevices(true).map((d) => ({ ...d })), timeline: this.timeline ? { ...this.timeline } : null, now: this.deps.clock.now() };
+  }
+
+  /**
+   * Stops timers for a shutdown without ending the run: it stays `running` in the store, and the
+   * next process resumes it (resumeInterruptedRun).
+   */
+  shutdown(): void {
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
+    this.timerAt = Infinity;
   }
 
   /** Settles once the work in flight (a round's aggregation and evaluation, an initial evaluation) is done. */

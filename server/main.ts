@@ -51,6 +51,9 @@ async function main(): Promise<void> {
     webRoot: path.join(root, 'dist', 'web'),
   });
 
+  const resumed = app.federation.resumeInterruptedRun();
+  if (resumed !== undefined) log.info('resumed an interrupted run', { runId: resumed });
+
   app.http.listen(port, host, () => {
     const address = app.http.address();
     const actual = typeof address === 'object' && address ? address.port : port;

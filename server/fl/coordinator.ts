@@ -51,7 +51,7 @@ export interface CoordinatorState {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string }
   | { type: 'device:left'; deviceId: string }
-  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number }
+  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
   | { type: 'update:received'; deviceId: string; runId: number; round: number; attempt: number }
@@ -198,7 +198,7 @@ export function step(state: CoordinatorState, event: CoordinatorEvent, now: numb
     }
     case 'run:start': {
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);
-      const run: RunState = { id: event.runId, config: event.config, round: event.fromRound ?? 1, attempt: 1, selectingSince: now };
+      const run: RunState = { id: event.runId, config: event.config, round: event.fromRound ?? 1, attempt: event.fromAttempt ?? 1, selectingSince: now };
       return trySelect({ ...state, phase: 'selecting', run, current: undefined }, now);
     }
     case 'run:stop': {
