@@ -2,7 +2,8 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { MnistSplit } from './data/mnist.ts';
 import { Federation, systemClock, type Clock } from './federation.ts';
-import { fedAvgStrategy, type Strategy } from './fl/strategy.ts';
+import { strategyFor, type Strategy } from './fl/strategy.ts';
+import type { RunConfig } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import type { Store } from './store/store.ts';
@@ -21,7 +22,7 @@ export interface AppDeps {
   logger: Logger;
   adminToken: string;
   webRoot: string;
-  strategy?: Strategy;
+  strategyFor?: (config: RunConfig) => Strategy;
   clock?: Clock;
   maxPayloadBytes?: number;
 }
@@ -34,7 +35,7 @@ export interface App {
 
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
-  const federation = new Federation({ store: deps.store, strategy: deps.strategy ?? fedAvgStrategy, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
+  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
   const http = createServer(createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot }));
   const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);

@@ -9,6 +9,7 @@ import type { Hello, RunConfig, StateReport, UpdateSubmit } from '../shared/sche
 import { decodeWeights, encodeWeights, WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
 import { initialState, isActive, step, type ClosedRound, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
+import type { RunConfig as RunConfigT } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import type { PhaseTimings, RoundRecord, Store } from './store/store.ts';
@@ -104,6 +105,8 @@ interface RoundBook {
   aggregator: RoundAggregator;
   bytesDown: number;
   bytesUp: number;
+  /** updates scaled down to the run's L2 bound */
+  clipped: number;
   metrics: { deviceId: string; numExamples: number; arrivedAt: number; accuracyBefore: number; accuracyAfter: number; downloadMs: number; evaluateMs: number; trainMs: number }[];
 }
 
@@ -117,7 +120,8 @@ const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a
 
 export interface FederationDeps {
   store: Store;
-  strategy: Strategy;
+  /** the aggregation strategy of a run */
+  strategyFor: (config: RunConfigT) => Strategy;
   evaluator: Evaluator;
   clock: Clock;
   logger: Logger;
@@ -341,7 +345,7 @@ export class Federation {
       }
       const effects = this.dispatch({ type: 'update:received', deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt }, (effect) => {
         if (effect.type === 'update:accept') {
-          book.aggregator.add(delta.values, msg.numExamples);
+          if (book.aggregator.add(delta.values, msg.numExamples).clipped) book.clipped++;
           book.bytesUp += msg.delta.byteLength;
           book.metrics.push({ deviceId, numExamples: msg.numExamples, arrivedAt: this.deps.clock.now(), ...msg.metrics });
           const info = this.devices.get(deviceId);
@@ -395,9 +399,10 @@ export class Federation {
           attempt: effect.attempt,
           selectionStartedAt: run.selectingSince,
           selectedAt: now,
-          aggregator: this.deps.strategy.createAggregator(global.weights.values.length),
+          aggregator: this.deps.strategyFor(run.config).createAggregator(global.weights.values.length, run.config),
           bytesDown: 0,
           bytesUp: 0,
+          clipped: 0,
           metrics: [],
         };
         const msg: RoundStart = {
@@ -406,7 +411,7 @@ export class Federation {
           attempt: effect.attempt,
           model: global.model,
           modelVersion: global.version,
-          plan: this.deps.strategy.configureFit(run.config, effect.round, effect.attempt),
+          plan: this.deps.strategyFor(run.config).configureFit(run.config, effect.round, effect.attempt),
           deadline: effect.deadline,
           weights: global.payload,
         };
@@ -457,6 +462,7 @@ export class Federation {
           dropped: effect.dropped.length,
           late: 0,
           rejected: 0,
+          clipped: book?.clipped ?? 0,
           startedAt: effect.selectedAt,
           durationMs: effect.closedAt - effect.selectedAt,
           timings: null,
@@ -536,6 +542,7 @@ export class Federation {
       dropped: closed.dropped.length,
       late: closed.late,
       rejected: closed.rejected,
+      clipped: book.clipped,
       startedAt: closed.selectedAt,
       durationMs: this.deps.clock.now() - closed.selectedAt,
       timings,

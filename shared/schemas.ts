@@ -60,6 +60,9 @@ const whole = (min: number, max: number) =>
 const between = (min: number, max: number, exclusiveMin = false) =>
   (exclusiveMin ? z.number({ error: 'must be a number' }).gt(min, { error: `must be greater than ${min}` }) : z.number({ error: 'must be a number' }).min(min, { error: `must be at least ${min}` })).max(max, { error: `must be at most ${max}` });
 
+export const AGGREGATIONS = ['fedavg', 'median', 'trimmed-mean'] as const;
+export type Aggregation = (typeof AGGREGATIONS)[number];
+
 const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
 
 export const runConfigSchema = z.strictObject({
@@ -77,6 +80,12 @@ export const runConfigSchema = z.strictObject({
   /** how many times a failed round is retried before the run stops as failed */
   maxRoundRetries: whole(0, 100).default(2),
   seed: whole(0, 2 ** 31 - 1).default(1),
+  /** how updates are combined: FedAvg, or a robust rule against hostile updates */
+  aggregation: z.enum(AGGREGATIONS, { error: `must be one of ${AGGREGATIONS.join(', ')}` }).default('fedavg'),
+  /** fraction trimmed at each end per coordinate by `trimmed-mean` */
+  trimFraction: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(0.5, { error: 'must be less than 0.5' }).default(0.2),
+  /** L2 bound on each update (larger ones are scaled down to it); 0 = no bound */
+  clipNorm: between(0, 1e6).default(0),
 }).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;

@@ -37,6 +37,8 @@ export interface RoundRecord {
   dropped: number;
   late: number;
   rejected: number;
+  /** counted updates that were scaled down to the run's L2 bound (clipNorm) */
+  clipped: number;
   startedAt: number;
   durationMs: number;
   timings: PhaseTimings | null;

@@ -61,7 +61,7 @@ export class NodeDevice {
   private readonly train: LocalData;
   private readonly heldOut: LocalData;
   private readonly model = buildModel('cnn-small');
-  constructor(readonly socket: TestSocket, readonly id: string, offset: number, count: number) {
+  constructor(readonly socket: TestSocket, readonly id: string, offset: number, count: number, private readonly transform: (delta: Float32Array) => Float32Array = (d) => d) {
     const { train } = loadMnist();
     const slice = (from: number, n: number) => ({ pixels: train.images.slice(from * 784, (from + n) * 784), labels: train.labels.slice(from, from + n) });
     this.train = toTensors(slice(offset, count));
@@ -77,7 +77,8 @@ export class NodeDevice {
     const global = decodeWeights(new Uint8Array(msg.weights));
     const u = await computeUpdate(this.model, global, this.train, this.heldOut, msg.plan);
     this.deltas.push({ round: msg.round, delta: u.delta.values, numExamples: u.numExamples });
-    await this.socket.emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: u.numExamples, delta: encodeWeights(u.delta), metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs: 0, evaluateMs: u.evaluateMs, trainMs: u.trainMs } });
+    const sent = { specs: u.delta.specs, values: this.transform(u.delta.values) };
+    await this.socket.emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: u.numExamples, delta: encodeWeights(sent), metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs: 0, evaluateMs: u.evaluateMs, trainMs: u.trainMs } });
   }
   dispose(): void {
     this.socket.disconnect();

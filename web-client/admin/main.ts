@@ -4,7 +4,7 @@
  */
 import { io, type Socket } from 'socket.io-client';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
-import { runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
+import { AGGREGATIONS, runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
 import { renderDevices, renderLog, renderModels, renderRounds, renderTimeline, type DeviceRow, type LogEntry, type ModelRow, type RoundRow, type Timeline } from '../ui/admin.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
@@ -25,7 +25,11 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'selectionTimeoutMs', label: 'Selection wait (ms)' },
   { name: 'maxRoundRetries', label: 'Round retries' },
   { name: 'seed', label: 'Seed' },
+  { name: 'aggregation', label: 'Aggregation' },
+  { name: 'trimFraction', label: 'Trimmed fraction', step: '0.05' },
+  { name: 'clipNorm', label: 'L2 bound (0 = off)', step: 'any' },
 ];
+const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS };
 
 const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
   quick: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, hint: 'Open / in 4 or more tabs (or run npm run simulate).' },
@@ -36,9 +40,9 @@ const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
 // ─── launch form ─────────────────────────────────────────────────────────────
 const launch = byId<HTMLFormElement>('launch');
 for (const f of FIELDS) {
-  const input =
-    f.name === 'model'
-      ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...MODEL_NAMES.map((m) => el('option', { value: m, selected: m === defaults.model }, m)))
+  const choices = CHOICES[f.name];
+  const input = choices
+      ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === defaults[f.name] }, m)))
       : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${defaults[f.name]}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
@@ -83,7 +87,7 @@ launch.addEventListener('submit', (event) => {
   for (const f of FIELDS) {
     const raw = String(data.get(f.name) ?? '').trim();
     if (raw === '') continue;
-    body[f.name] = f.name === 'model' ? raw : Number(raw);
+    body[f.name] = CHOICES[f.name] ? raw : Number(raw);
   }
   // The same rules as the API, so the messages next to the fields are the API's.
   const checked = validateRunConfig(body);
