@@ -8,7 +8,8 @@ import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import type { Store } from './store/store.ts';
 import { createHttpApp } from './transport/http.ts';
-import { attachSockets, SocketDevicePort } from './transport/socket.ts';
+import { attachSockets, DEFAULT_RATE_LIMIT, SocketDevicePort } from './transport/socket.ts';
+import type { RateLimit } from './transport/rate-limit.ts';
 import { attachAdminFeed } from './transport/admin-feed.ts';
 import type { Server } from 'socket.io';
 
@@ -25,6 +26,7 @@ export interface AppDeps {
   strategyFor?: (config: RunConfig) => Strategy;
   clock?: Clock;
   maxPayloadBytes?: number;
+  rateLimit?: RateLimit;
 }
 
 export interface App {
@@ -37,7 +39,7 @@ export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
   const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
   const http = createServer(createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot }));
-  const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES });
+  const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);
   return {
     http,

@@ -76,7 +76,8 @@ export interface ServerToClientEvents {
 
 export interface ClientToServerEvents {
   'device:hello': (msg: Hello, ack: Ack<{ deviceId: string }>) => void;
-  'device:state': (msg: StateReport) => void;
+  /** the ack is optional: devices report progress without waiting; errors come as server:error then */
+  'device:state': (msg: StateReport, ack?: Ack<null>) => void;
   'update:submit': (msg: UpdateSubmit, ack: Ack<{ accepted: true }>) => void;
 }
 

@@ -5,6 +5,7 @@ import type { ClientToServerEvents, ErrorCode, ModelPublished, Result, RoundEnd,
 import { describeIssues, helloSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
 import type { DevicePort, Federation } from '../federation.ts';
 import type { Logger } from '../log.ts';
+import { TokenBucket, type RateLimit } from './rate-limit.ts';
 
 type FlServer = Server<ClientToServerEvents, ServerToClientEvents>;
 type FlSocket = Socket<ClientToServerEvents, ServerToClientEvents>;
@@ -26,7 +27,14 @@ export class SocketDevicePort implements DevicePort {
 
 export interface SocketOptions {
   maxPayloadBytes: number;
+  /** inbound events per connection; past it they are refused with RATE_LIMITED */
+  rateLimit: RateLimit;
 }
+
+/** Generous for a device (a few events a second), tight for a flood. */
+export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 50, burst: 100 };
+/** A connection refused this many times in a row is dropped. */
+const DISCONNECT_AFTER_REFUSALS = 1000;
 
 export function attachSockets(http: HttpServer, federation: Federation, port: SocketDevicePort, logger: Logger, options: SocketOptions): FlServer {
   const log = logger.child('transport');
@@ -35,6 +43,30 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
 
   io.on('connection', (socket) => {
     let deviceId: string | undefined;
+    const bucket = new TokenBucket(options.rateLimit);
+    let refusedInARow = 0;
+    // Every inbound event, known or not, spends a token; over the rate it is answered, counted, and not processed.
+    socket.use(([event, ...args], next) => {
+      if (bucket.take()) {
+        refusedInARow = 0;
+        next();
+        return;
+      }
+      federation.counters.badMessages++;
+      refusedInARow++;
+      const ack = args.at(-1);
+      const error = { code: 'RATE_LIMITED' as const, message: `${String(event)}: more than ${options.rateLimit.perSecond} events/s from this connection` };
+      if (typeof ack === 'function') (ack as (r: Result<never>) => void)({ ok: false, error });
+      else if (refusedInARow === 1) socket.emit('server:error', error);
+      if (refusedInARow >= DISCONNECT_AFTER_REFUSALS) {
+        log.warn('connection dropped for flooding', { socket: socket.id, deviceId });
+        socket.disconnect(true);
+      }
+    });
+    socket.onAny((event: unknown, ...args: unknown[]) => {
+      if (event === 'device:hello' || event === 'device:state' || event === 'update:submit') return;
+      bad(args.at(-1), 'BAD_MESSAGE', `unknown event ${JSON.stringify(String(event)).slice(0, 80)}`);
+    });
     const answer = <T>(ack: unknown, result: Result<T>) => {
       if (typeof ack === 'function') (ack as (r: Result<T>) => void)(result);
       else if (!result.ok) socket.emit('server:error', result.error);
@@ -63,11 +95,12 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       answer(ack, { ok: true, data: { deviceId } });
     });
 
-    socket.on('device:state', (raw) => {
-      if (!deviceId) return bad(undefined, 'NOT_JOINED', 'device:state: send device:hello first');
+    socket.on('device:state', (raw, ack) => {
+      if (!deviceId) return bad(ack, 'NOT_JOINED', 'device:state: send device:hello first');
       const parsed = stateReportSchema.safeParse(raw);
-      if (!parsed.success) return bad(undefined, 'BAD_MESSAGE', `device:state: ${describeIssues(parsed.error)}`);
+      if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `device:state: ${describeIssues(parsed.error)}`);
       federation.report(deviceId, parsed.data);
+      if (typeof ack === 'function') answer(ack, { ok: true, data: null });
     });
 
     socket.on('update:submit', (raw, ack) => {

@@ -31,10 +31,10 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(options: { maxPayloadBytes?: number; evalLimit?: number } = {}): Promise<TestServer> {
+export async function startServer(options: { maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number } } = {}): Promise<TestServer> {
   const { train, test } = loadMnist();
   const store = openSqliteStore(':memory:');
-  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}) });
+  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}) });
   await new Promise<void>((resolve) => app.http.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(app.http.address() as AddressInfo).port}`;
   return { app, store, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
@@ -73,11 +73,14 @@ export class NodeDevice {
       if (!r.ok) throw new Error(r.error.message);
     });
   }
+  /** when set, the device finishes training for rounds ≥ gate.fromRound but waits for gate.open before submitting */
+  gate: { fromRound: number; open: Promise<void> } | undefined;
   private async onRound(msg: RoundStart): Promise<void> {
     const global = decodeWeights(new Uint8Array(msg.weights));
     const u = await computeUpdate(this.model, global, this.train, this.heldOut, msg.plan);
     this.deltas.push({ round: msg.round, delta: u.delta.values, numExamples: u.numExamples });
     const sent = { specs: u.delta.specs, values: this.transform(u.delta.values) };
+    if (this.gate && msg.round >= this.gate.fromRound) await this.gate.open;
     await this.socket.emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: u.numExamples, delta: encodeWeights(sent), metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs: 0, evaluateMs: u.evaluateMs, trainMs: u.trainMs } });
   }
   dispose(): void {
