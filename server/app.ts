@@ -1,5 +1,6 @@
 /** The composition root: wiring only. Tests pass their own store, evaluator, clock or logger. */
 import { createServer, type Server as HttpServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { MnistSplit } from './data/mnist.ts';
 import { Federation, systemClock, type Clock } from './federation.ts';
 import { strategyFor, type Strategy } from './fl/strategy.ts';
@@ -27,6 +28,10 @@ export interface AppDeps {
   clock?: Clock;
   maxPayloadBytes?: number;
   rateLimit?: RateLimit;
+  /** with a certificate and key, the server speaks HTTPS and WSS only */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** browser origins allowed to call the API and open sockets from other sites; same-origin always works */
+  allowedOrigins?: readonly string[];
 }
 
 export interface App {
@@ -38,8 +43,10 @@ export interface App {
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
   const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
-  const http = createServer(createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot }));
-  const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT });
+  const allowedOrigins = deps.allowedOrigins ?? [];
+  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls) });
+  const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);
+  const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT, allowedOrigins });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);
   return {
     http,

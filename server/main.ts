@@ -2,7 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
@@ -42,7 +42,15 @@ async function main(): Promise<void> {
   mkdirSync(dataDir, { recursive: true });
   const store = openSqliteStore(path.join(dataDir, 'fl.sqlite'));
   const { train, test } = loadMnist();
+  const certFile = process.env.TLS_CERT;
+  const keyFile = process.env.TLS_KEY;
+  if (Boolean(certFile) !== Boolean(keyFile)) throw new Error('TLS_CERT and TLS_KEY must be set together');
+  const tls = certFile && keyFile ? { cert: readFileSync(certFile), key: readFileSync(keyFile) } : undefined;
+  const allowedOrigins = (process.env.ALLOWED_ORIGINS ?? '').split(',').map((o) => o.trim()).filter(Boolean);
+
   const app = createApp({
+    ...(tls ? { tls } : {}),
+    allowedOrigins,
     store,
     evaluator: createEvaluator(test),
     train,
@@ -57,7 +65,7 @@ async function main(): Promise<void> {
   app.http.listen(port, host, () => {
     const address = app.http.address();
     const actual = typeof address === 'object' && address ? address.port : port;
-    log.info('listening', { url: `http://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', dataDir });
+    log.info('listening', { url: `${tls ? 'https' : 'http'}://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', dataDir });
   });
 
   let closing = false;

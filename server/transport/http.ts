@@ -1,5 +1,7 @@
 /** The HTTP API (JSON), the TF.js model files and the built pages. */
+import cors from 'cors';
 import express, { type ErrorRequestHandler, type Express } from 'express';
+import helmet from 'helmet';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -18,6 +20,10 @@ export interface HttpDeps {
   train: MnistSplit;
   adminToken: string;
   webRoot: string;
+  /** cross-site origins allowed to call the API (CORS); empty = same-origin only */
+  allowedOrigins: readonly string[];
+  /** served over TLS: then browsers are told to keep to HTTPS (HSTS) */
+  tls: boolean;
 }
 
 const topologies = new Map<ModelName, object>();
@@ -27,9 +33,26 @@ const topologyOf = (name: ModelName) => {
   return t;
 };
 
-export function createHttpApp({ federation, store, train, adminToken, webRoot }: HttpDeps): Express {
+export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
+  app.use(
+    helmet({
+      contentSecurityPolicy: {
+        directives: {
+          // TF.js's wasm backend compiles WebAssembly; the pages set inline style attributes.
+          'script-src': ["'self'", "'wasm-unsafe-eval'"],
+          'style-src': ["'self'", "'unsafe-inline'"],
+          'img-src': ["'self'", 'data:', 'blob:'],
+          'connect-src': ["'self'"],
+          'worker-src': ["'self'", 'blob:'],
+          'upgrade-insecure-requests': tls ? [] : null,
+        },
+      },
+      strictTransportSecurity: tls ? { maxAge: 15552000 } : false,
+    }),
+  );
+  app.use('/api', cors({ origin: (origin, callback) => callback(null, origin !== undefined && allowedOrigins.includes(origin)), allowedHeaders: ['authorization', 'content-type'] }));
   app.use(express.json({ limit: '64kb' }));
   const admin = requireAdmin(adminToken);
 

@@ -29,6 +29,19 @@ export interface SocketOptions {
   maxPayloadBytes: number;
   /** inbound events per connection; past it they are refused with RATE_LIMITED */
   rateLimit: RateLimit;
+  /** cross-site origins allowed to connect; same-origin pages and non-browser clients always can */
+  allowedOrigins: readonly string[];
+}
+
+/** An Origin header is acceptable when absent (not a browser), same-host, or listed. */
+export function originAllowed(origin: string | undefined, host: string | undefined, allowed: readonly string[]): boolean {
+  if (!origin) return true;
+  if (allowed.includes(origin)) return true;
+  try {
+    return new URL(origin).host === host;
+  } catch {
+    return false;
+  }
 }
 
 /** Generous for a device (a few events a second), tight for a flood. */
@@ -38,7 +51,11 @@ const DISCONNECT_AFTER_REFUSALS = 1000;
 
 export function attachSockets(http: HttpServer, federation: Federation, port: SocketDevicePort, logger: Logger, options: SocketOptions): FlServer {
   const log = logger.child('transport');
-  const io: FlServer = new Server(http, { maxHttpBufferSize: options.maxPayloadBytes, serveClient: false });
+  const io: FlServer = new Server(http, {
+    maxHttpBufferSize: options.maxPayloadBytes,
+    serveClient: false,
+    allowRequest: (req, callback) => callback(originAllowed(req.headers.origin, req.headers.host, options.allowedOrigins) ? null : 'origin not allowed', originAllowed(req.headers.origin, req.headers.host, options.allowedOrigins)),
+  });
   port.io = io;
 
   io.on('connection', (socket) => {
