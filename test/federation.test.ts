@@ -166,4 +166,41 @@ describe('federation over real sockets', () => {
     expect(events.map((e) => e.kind)).toEqual(['device:joined', 'device:left']);
     feed.close();
   });
+
+  it('completes rounds through a dropout and a silent straggler, and selects a device again when it comes back', async () => {
+    server = await startServer();
+    let release!: () => void;
+    const open = new Promise<void>((r) => (release = r));
+    for (let i = 0; i < 2; i++) {
+      const d = new NodeDevice(await connect(server.url), `steady-device-${i}`, i * 300, 80);
+      d.gate = { fromRound: 1, open }; // they answer only once the dropout has been seen
+      await d.join();
+      devices.push(d);
+    }
+    const silent = await connect(server.url);
+    await hello(silent, 'silent-device-1'); // joins, never answers a round
+    const dropper = await connect(server.url);
+    await hello(dropper, 'dropping-device-1');
+    dropper.once('round:start', () => dropper.disconnect()); // leaves mid-round
+    const res = await fetch(`${server.url}/api/runs`, { method: 'POST', headers: admin, body: JSON.stringify({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 2, roundTimeoutMs: 15_000 }) });
+    const { id } = (await res.json()) as { id: number };
+    await until(() => server!.app.federation.status().round?.dropped === 1 || undefined, 15_000, 'the dropout');
+    // The device comes back with the same id while round 1 goes on; it can be selected again in round 2.
+    const back = await connect(server.url);
+    const reselected = new Promise<number>((resolve) => back.once('round:start', (m) => resolve(m.round)));
+    await hello(back, 'dropping-device-1');
+    release();
+    await until(() => server!.store.listRounds(id).length === 1 || undefined, 30_000, 'round 1');
+    const [first] = server.store.listRounds(id);
+    expect(first).toMatchObject({ status: 'completed', participants: 4, completed: 2, dropped: 1 });
+    expect(await reselected).toBe(2);
+    const run = await until(() => {
+      const r = server!.store.getRun(id);
+      return r?.status !== 'running' ? r : undefined;
+    }, 30_000, 'the run to finish');
+    expect(run.status).toBe('done');
+    expect(server.store.listRounds(id)[1]).toMatchObject({ status: 'completed', participants: 4, completed: 2 });
+    silent.disconnect();
+    back.disconnect();
+  });
 });

@@ -66,7 +66,7 @@ export class NodeDevice {
     const slice = (from: number, n: number) => ({ pixels: train.images.slice(from * 784, (from + n) * 784), labels: train.labels.slice(from, from + n) });
     this.train = toTensors(slice(offset, count));
     this.heldOut = toTensors(slice(offset + count, 20));
-    socket.on('round:start', (msg) => void this.onRound(msg));
+    socket.on('round:start', (msg) => void this.onRound(msg).catch(() => undefined)); // a disposed device abandons its round
   }
   async join(): Promise<void> {
     await this.socket.emitWithAck('device:hello', { deviceId: this.id, backend: 'wasm', backendReason: 'test', examples: this.train.count, heldOut: this.heldOut.count, labelHistogram: labelHistogram(await this.train.y.data()) }).then((r) => {
