@@ -5,6 +5,7 @@ import helmet from 'helmet';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
 import { validateRunConfig } from '../../shared/schemas.ts';
 import { decodeWeights } from '../../shared/weights.ts';
@@ -33,6 +34,18 @@ const topologyOf = (name: ModelName) => {
   return t;
 };
 
+/** Event-loop delay over the last full 2 s window (p50, p99, max in ms), from perf_hooks. */
+function monitorEventLoop(): () => { p50Ms: number; p99Ms: number; maxMs: number } {
+  const histogram = monitorEventLoopDelay({ resolution: 10 });
+  histogram.enable();
+  let last = { p50Ms: 0, p99Ms: 0, maxMs: 0 };
+  setInterval(() => {
+    last = { p50Ms: histogram.percentile(50) / 1e6, p99Ms: histogram.percentile(99) / 1e6, maxMs: histogram.max / 1e6 };
+    histogram.reset();
+  }, 2000).unref();
+  return () => last;
+}
+
 export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
@@ -59,9 +72,10 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   app.get('/api/health', (_req, res) => {
     res.json({ ok: true });
   });
+  const loop = monitorEventLoop();
   app.get('/api/status', (_req, res) => {
     const mem = process.memoryUsage();
-    res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()) } });
+    res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()), eventLoopDelay: loop() } });
   });
 
   /** lets the admin page check a token without side effects */
