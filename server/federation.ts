@@ -5,7 +5,7 @@
  */
 import { initialWeights, type ModelName } from '../shared/models.ts';
 import type { ErrorCode, ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
-import type { Hello, RunConfig, StateReport, UpdateSubmit } from '../shared/schemas.ts';
+import { publicConfig, type Hello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
 import { decodeWeights, encodeWeights, WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
 import { initialState, isActive, step, type ClosedRound, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
@@ -193,7 +193,7 @@ export class Federation {
       lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
     });
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
-    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId });
+    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
   }
 
   leave(deviceId: string): void {
@@ -235,7 +235,7 @@ export class Federation {
     const payload = encodeWeights(weights);
     const version = this.deps.store.saveModel({ runId, round: 0, model: config.model, weights: payload }, now);
     this.global = { version, model: config.model, weights, payload };
-    this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config });
+    this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
     this.dispatch({ type: 'run:start', runId, config });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known.
     this.track(
@@ -290,7 +290,7 @@ export class Federation {
     const { phase, run, current } = this.state;
     return {
       phase,
-      run: run ? { id: run.id, config: run.config, round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
+      run: run ? { id: run.id, config: publicConfig(run.config), round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
       round: current ? { round: current.round, attempt: current.attempt, selected: current.selected.length, accepted: current.accepted.length, dropped: current.dropped.length, deadline: current.deadline } : null,
       modelVersion: this.global?.version ?? this.deps.store.latestModel()?.version ?? null,
       devices: this.listDevices().map((d) => ({ ...d })),

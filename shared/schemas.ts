@@ -19,6 +19,8 @@ export const helloSchema = z.strictObject({
   examples: z.number().int().min(1).max(60_000),
   heldOut: z.number().int().min(0).max(60_000),
   labelHistogram: z.array(z.number().int().min(0)).length(10),
+  /** presented to runs that require a device join token */
+  joinToken: z.string().max(200).optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 
@@ -86,9 +88,16 @@ export const runConfigSchema = z.strictObject({
   trimFraction: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(0.5, { error: 'must be less than 0.5' }).default(0.2),
   /** L2 bound on each update (larger ones are scaled down to it); 0 = no bound */
   clipNorm: between(0, 1e6).default(0),
+  /** when set, only devices that joined with this token are selected (never shown by the API) */
+  joinToken: z.string({ error: 'must be a string' }).min(8, { error: 'must be at least 8 characters' }).max(200, { error: 'must be at most 200 characters' }).optional(),
 }).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
+
+/** The config as the API and logs show it: a join token is replaced by a mark. */
+export function publicConfig(config: RunConfig): RunConfig {
+  return config.joinToken === undefined ? config : { ...config, joinToken: '(set)' };
+}
 
 export interface FieldIssue {
   field: string;

@@ -191,3 +191,15 @@ describe('run config validation', () => {
     expect(validateRunConfig({ extra: 1 })).toMatchObject({ ok: false, issues: [{ field: 'config' }] });
   });
 });
+
+describe('device join tokens', () => {
+  it('a run that requires a token selects only the devices that presented it', () => {
+    const h = new Harness();
+    h.send({ type: 'device:joined', deviceId: 'with-token-1', joinToken: 'secret-token' });
+    h.send({ type: 'device:joined', deviceId: 'with-token-2', joinToken: 'secret-token' });
+    h.send({ type: 'device:joined', deviceId: 'wrong-token-1', joinToken: 'guess-guess' });
+    h.join('no-token-1');
+    h.start({ clientsPerRound: 2, overSelect: 2, joinToken: 'secret-token' });
+    expect([...h.state.current!.selected].sort()).toEqual(['with-token-1', 'with-token-2']);
+  });
+});

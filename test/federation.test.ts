@@ -203,4 +203,14 @@ describe('federation over real sockets', () => {
     silent.disconnect();
     back.disconnect();
   });
+
+  it('never shows a run\'s join token', async () => {
+    server = await startServer();
+    const res = await fetch(`${server.url}/api/runs`, { method: 'POST', headers: admin, body: JSON.stringify({ joinToken: 'very-secret-token' }) });
+    expect(res.status).toBe(201);
+    const texts = [await res.text(), await (await fetch(`${server.url}/api/runs`)).text(), await (await fetch(`${server.url}/api/runs/1`)).text(), await (await fetch(`${server.url}/api/status`)).text()];
+    for (const t of texts) expect(t).not.toContain('very-secret-token');
+    expect(texts[1]).toContain('(set)');
+    expect(server.store.getRun(1)!.config.joinToken).toBe('very-secret-token');
+  });
 });

@@ -122,7 +122,8 @@ async function join(): Promise<void> {
   renderSamples(byId('samples'), data.train);
   const train = toTensors(data.train);
   const heldOut = toTensors(data.heldOut);
-  client = new DeviceClient({ hello: { deviceId: id, backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram }, train, heldOut });
+  const joinToken = params.get('joinToken') ?? undefined;
+  client = new DeviceClient({ hello: { deviceId: id, backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut });
   const unsubscribe = client.subscribe(render);
   client.join();
   Object.assign(window.__fl, { ready: true, deviceId: id, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source });

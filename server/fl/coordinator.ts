@@ -40,16 +40,21 @@ export interface RunState {
   reason?: string;
 }
 
+export interface DeviceSlot {
+  busy: boolean;
+  joinToken?: string;
+}
+
 export interface CoordinatorState {
   phase: Phase;
-  /** connected devices → whether each is busy in a round */
-  devices: ReadonlyMap<string, { busy: boolean }>;
+  /** connected devices → whether each is busy in a round, and the join token it presented */
+  devices: ReadonlyMap<string, DeviceSlot>;
   run?: RunState;
   current?: RoundState;
 }
 
 export type CoordinatorEvent =
-  | { type: 'device:joined'; deviceId: string }
+  | { type: 'device:joined'; deviceId: string; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
   | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number }
   | { type: 'run:stop'; reason?: string }
@@ -100,16 +105,19 @@ export function selectionSize(config: RunConfig): number {
   return Math.ceil(config.clientsPerRound * config.overSelect - 1e-9);
 }
 
-function withDevice(devices: ReadonlyMap<string, { busy: boolean }>, id: string, value: { busy: boolean } | undefined): Map<string, { busy: boolean }> {
+function withDevice(devices: ReadonlyMap<string, DeviceSlot>, id: string, value: DeviceSlot | undefined): Map<string, DeviceSlot> {
   const next = new Map(devices);
   if (value) next.set(id, value);
   else next.delete(id);
   return next;
 }
 
-function freeAll(devices: ReadonlyMap<string, { busy: boolean }>, ids: readonly string[]): Map<string, { busy: boolean }> {
+function freeAll(devices: ReadonlyMap<string, DeviceSlot>, ids: readonly string[]): Map<string, DeviceSlot> {
   const next = new Map(devices);
-  for (const id of ids) if (next.has(id)) next.set(id, { busy: false });
+  for (const id of ids) {
+    const slot = next.get(id);
+    if (slot) next.set(id, { ...slot, busy: false });
+  }
   return next;
 }
 
@@ -118,7 +126,8 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
   const run = state.run;
   if (state.phase !== 'selecting' || !run) return { state, effects: [] };
   const { config } = run;
-  const idle = [...state.devices].filter(([, d]) => !d.busy).map(([id]) => id).sort();
+  // A run that requires a join token selects only the devices that presented it.
+  const idle = [...state.devices].filter(([, d]) => !d.busy && (config.joinToken === undefined || d.joinToken === config.joinToken)).map(([id]) => id).sort();
   const waitedEnough = now - run.selectingSince >= config.selectionTimeoutMs;
   if (idle.length < config.clientsPerRound && !(waitedEnough && idle.length >= config.minUpdates)) {
     const effects: Effect[] = waitedEnough ? [] : [{ type: 'timer:set', at: run.selectingSince + config.selectionTimeoutMs }];
@@ -128,7 +137,7 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
   const selected = shuffleInPlace(idle, rng).slice(0, selectionSize(config));
   const deadline = now + config.roundTimeoutMs;
   let devices = new Map(state.devices);
-  for (const id of selected) devices = withDevice(devices, id, { busy: true });
+  for (const id of selected) devices = withDevice(devices, id, { ...(state.devices.get(id) as DeviceSlot), busy: true });
   const current: RoundState = { round: run.round, attempt: run.attempt, selectedAt: now, deadline, selected, accepted: [], dropped: [], late: 0, rejected: 0 };
   return {
     state: { ...state, phase: 'training', devices, current },
@@ -181,7 +190,8 @@ export function step(state: CoordinatorState, event: CoordinatorEvent, now: numb
   switch (event.type) {
     case 'device:joined': {
       const known = state.devices.get(event.deviceId);
-      const next = { ...state, devices: withDevice(state.devices, event.deviceId, known ?? { busy: false }) };
+      const slot: DeviceSlot = { busy: known?.busy ?? false, ...(event.joinToken !== undefined ? { joinToken: event.joinToken } : {}) };
+      const next = { ...state, devices: withDevice(state.devices, event.deviceId, slot) };
       return trySelect(next, now);
     }
     case 'device:left': {

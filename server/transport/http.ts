@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
-import { validateRunConfig } from '../../shared/schemas.ts';
+import { publicConfig, validateRunConfig } from '../../shared/schemas.ts';
 import { decodeWeights } from '../../shared/weights.ts';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
@@ -84,7 +84,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   });
 
   app.get('/api/runs', (_req, res) => {
-    res.json(store.listRuns());
+    res.json(store.listRuns().map((r) => ({ ...r, config: publicConfig(r.config) })));
   });
   app.post('/api/runs', admin, (req, res) => {
     const checked = validateRunConfig(req.body ?? {});
@@ -94,7 +94,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     }
     try {
       const id = federation.startRun(checked.config);
-      res.status(201).json({ id, config: checked.config });
+      res.status(201).json({ id, config: publicConfig(checked.config) });
     } catch (err) {
       if (err instanceof ConflictError) res.status(409).json({ error: err.message });
       else throw err;
@@ -108,7 +108,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   app.get('/api/runs/:id', (req, res) => {
     const run = store.getRun(runId(req.params.id) ?? -1);
     if (!run) res.status(404).json({ error: `run ${req.params.id} not found` });
-    else res.json(run);
+    else res.json({ ...run, config: publicConfig(run.config) });
   });
   app.get('/api/runs/:id/rounds', (req, res) => {
     const id = runId(req.params.id);

@@ -28,7 +28,10 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'aggregation', label: 'Aggregation' },
   { name: 'trimFraction', label: 'Trimmed fraction', step: '0.05' },
   { name: 'clipNorm', label: 'L2 bound (0 = off)', step: 'any' },
+  { name: 'joinToken', label: 'Device join token (optional)' },
 ];
+/** free-text fields (sent as strings, omitted when empty) */
+const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
 const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS };
 
 const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
@@ -43,12 +46,14 @@ for (const f of FIELDS) {
   const choices = CHOICES[f.name];
   const input = choices
       ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === defaults[f.name] }, m)))
-      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${defaults[f.name]}` });
+      : TEXT.has(f.name)
+        ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
+        : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${defaults[f.name]}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 
-const setField = (name: Field, value: string | number) => {
-  (launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement).value = String(value);
+const setField = (name: Field, value: string | number | undefined) => {
+  (launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement).value = value === undefined ? '' : String(value);
 };
 byId<HTMLSelectElement>('preset').addEventListener('change', (event) => {
   const preset = PRESETS[(event.target as HTMLSelectElement).value];
@@ -87,7 +92,7 @@ launch.addEventListener('submit', (event) => {
   for (const f of FIELDS) {
     const raw = String(data.get(f.name) ?? '').trim();
     if (raw === '') continue;
-    body[f.name] = CHOICES[f.name] ? raw : Number(raw);
+    body[f.name] = CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
   }
   // The same rules as the API, so the messages next to the fields are the API's.
   const checked = validateRunConfig(body);
