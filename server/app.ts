@@ -32,6 +32,8 @@ export interface AppDeps {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** browser origins allowed to call the API and open sockets from other sites; same-origin always works */
   allowedOrigins?: readonly string[];
+  /** API requests a minute from one address (default 1,200) */
+  apiRequestsPerMinute?: number;
 }
 
 export interface App {
@@ -44,7 +46,7 @@ export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
   const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
   const allowedOrigins = deps.allowedOrigins ?? [];
-  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls) });
+  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}) });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);
   const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT, allowedOrigins });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);

@@ -50,6 +50,7 @@ async function main(): Promise<void> {
 
   const app = createApp({
     ...(tls ? { tls } : {}),
+    apiRequestsPerMinute: envInt('API_RATE_LIMIT', 1200) || 1200,
     allowedOrigins,
     store,
     evaluator: createEvaluator(test),

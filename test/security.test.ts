@@ -77,4 +77,15 @@ describe('transport security', () => {
     expect(await connectWith('https://lab.example')).toBe('connected');
     expect(await connectWith(server.url)).toBe('connected');
   });
+
+  it('limits API requests per address', async () => {
+    await server?.close();
+    server = await startServer({ apiRequestsPerMinute: 20 });
+    const statuses: number[] = [];
+    for (let i = 0; i < 25; i++) statuses.push((await fetch(`${server.url}/api/health`)).status);
+    expect(statuses.slice(0, 20).every((s) => s === 200)).toBe(true);
+    const limited = await fetch(`${server.url}/api/health`);
+    expect(limited.status).toBe(429);
+    expect(((await limited.json()) as { error: string }).error).toContain('at most 20 a minute');
+  });
 });

@@ -2,6 +2,7 @@
 import cors from 'cors';
 import express, { type ErrorRequestHandler, type Express } from 'express';
 import helmet from 'helmet';
+import { rateLimit } from 'express-rate-limit';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -25,6 +26,8 @@ export interface HttpDeps {
   allowedOrigins: readonly string[];
   /** served over TLS: then browsers are told to keep to HTTPS (HSTS) */
   tls: boolean;
+  /** API requests a minute from one address */
+  apiRequestsPerMinute?: number;
 }
 
 const topologies = new Map<ModelName, object>();
@@ -46,7 +49,7 @@ function monitorEventLoop(): () => { p50Ms: number; p99Ms: number; maxMs: number
   return () => last;
 }
 
-export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls }: HttpDeps): Express {
+export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200 }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(
@@ -65,6 +68,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       strictTransportSecurity: tls ? { maxAge: 15552000 } : false,
     }),
   );
+  app.use('/api', rateLimit({ windowMs: 60_000, limit: apiRequestsPerMinute, standardHeaders: 'draft-8', legacyHeaders: false, message: { error: `too many requests: at most ${apiRequestsPerMinute} a minute from one address` } }));
   app.use('/api', cors({ origin: (origin, callback) => callback(null, origin !== undefined && allowedOrigins.includes(origin)), allowedHeaders: ['authorization', 'content-type'] }));
   app.use(express.json({ limit: '64kb' }));
   const admin = requireAdmin(adminToken);
