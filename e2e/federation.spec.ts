@@ -1,20 +1,10 @@
 import { E2E_TOKEN } from '../playwright.config.ts';
+import type { RoundRecord } from '../shared/api.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
 
-interface RoundRow {
-  round: number;
-  status: string;
-  participants: number;
-  completed: number;
-  dropped: number;
-  durationMs: number;
-  bytesUp: number;
-  bytesDown: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-}
+type RoundRow = RoundRecord;
 
 test('admin calls need the token', async ({ request }) => {
   expect((await request.post('/api/runs', { data: {} })).status()).toBe(401);

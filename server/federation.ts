@@ -13,6 +13,9 @@ import type { RunConfig as RunConfigT } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import type { PhaseTimings, RoundRecord, Store } from './store/store.ts';
+import type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
+
+export type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
 
 export interface DevicePort {
   sendRoundStart(deviceId: string, msg: RoundStart): void;
@@ -33,52 +36,10 @@ export const systemClock: Clock = {
   },
 };
 
-export interface DeviceInfo {
-  id: string;
-  backend: Hello['backend'];
-  backendReason: string;
-  examples: number;
-  heldOut: number;
-  labelHistogram: number[];
-  state: StateReport['state'];
-  progress: number | null;
-  loss: number | null;
-  connected: boolean;
-  joinedAt: number;
-  lastSeen: number;
-  rounds: number;
-  lastAccuracyBefore: number | null;
-  lastAccuracyAfter: number | null;
-}
-
-/** What the dashboard's event log shows; also pushed live to admins. */
-export interface FederationEvent {
-  at: number;
-  level: 'info' | 'warn';
-  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'update:rejected';
-  message: string;
-}
-
 export interface FederationObserver {
   /** something a dashboard shows changed (devices, phase, progress) */
   changed(): void;
   event(e: FederationEvent): void;
-}
-
-export interface RoundTimeline {
-  runId: number;
-  round: number;
-  attempt: number;
-  selectionStartedAt: number;
-  selectedAt?: number;
-  /** the first device of the round to start evaluating or training (its download is done) */
-  trainingStartedAt?: number;
-  /** the first device of the round to start uploading */
-  uploadStartedAt?: number;
-  closedAt?: number;
-  aggregatedAt?: number;
-  evaluatedAt?: number;
-  failedAt?: number;
 }
 
 const EVENT_HISTORY = 200;

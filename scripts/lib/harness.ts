@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CHROMIUM_ARGS } from '../../playwright.config.ts';
+import type { RoundRecord } from '../../shared/api.ts';
 
 export interface ServerHandle {
   url: string;
@@ -82,23 +83,7 @@ export async function api<T>(server: ServerHandle, route: string, init: { method
   return { status: res.status, body: (await res.json()) as T };
 }
 
-export interface RoundRow {
-  round: number;
-  attempt: number;
-  status: string;
-  reason: string | null;
-  participants: number;
-  completed: number;
-  dropped: number;
-  durationMs: number;
-  bytesUp: number;
-  bytesDown: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-  localAccuracyBefore: number | null;
-  localAccuracyAfter: number | null;
-  timings: { selectionMs: number; downloadMs: number; evaluateMs: number; trainMs: number; uploadMs: number; aggregationMs: number; evaluationMs: number } | null;
-}
+export type RoundRow = RoundRecord;
 
 /** Polls the run until it ends, calling onRound once per newly recorded round. */
 export async function followRun(server: ServerHandle, runId: number, onRound: (r: RoundRow) => void, onTick?: () => Promise<void>): Promise<{ status: string; reason: string | null; rounds: RoundRow[] }> {

@@ -1,68 +1,9 @@
 /** Persistence behind a small interface: runs, rounds and model versions. */
 import type { ModelName } from '../../shared/models-names.ts';
 import type { RunConfig } from '../../shared/schemas.ts';
+import type { ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
-export type RunStatus = 'running' | 'done' | 'failed' | 'stopped';
-
-export interface RunRecord {
-  id: number;
-  config: RunConfig;
-  status: RunStatus;
-  reason: string | null;
-  createdAt: number;
-  finishedAt: number | null;
-}
-
-export interface PhaseTimings {
-  /** waiting for enough devices before the round began */
-  selectionMs: number;
-  /** median over the counted devices, as each reported it */
-  downloadMs: number;
-  evaluateMs: number;
-  trainMs: number;
-  /** median over the counted devices of (arrival − start − download − evaluate − train) */
-  uploadMs: number;
-  aggregationMs: number;
-  evaluationMs: number;
-}
-
-export interface RoundRecord {
-  runId: number;
-  round: number;
-  attempt: number;
-  status: 'completed' | 'failed';
-  reason: string | null;
-  participants: number;
-  completed: number;
-  dropped: number;
-  late: number;
-  rejected: number;
-  /** counted updates that were scaled down to the run's L2 bound (clipNorm) */
-  clipped: number;
-  startedAt: number;
-  durationMs: number;
-  timings: PhaseTimings | null;
-  bytesUp: number;
-  bytesDown: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-  /** mean over the counted devices of their held-out accuracy before/after local training */
-  localAccuracyBefore: number | null;
-  localAccuracyAfter: number | null;
-  /** each counted device: its example count and held-out accuracy before/after local training */
-  devices: { id: string; numExamples: number; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
-  modelVersion: number | null;
-}
-
-export interface ModelRecord {
-  version: number;
-  runId: number | null;
-  round: number;
-  model: ModelName;
-  createdAt: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-}
+export type { ModelRecord, PhaseTimings, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
 export interface Store {
   createRun(config: RunConfig, now: number): number;

@@ -46,8 +46,9 @@ export function originAllowed(origin: string | undefined, host: string | undefin
 
 /** Generous for a device (a few events a second), tight for a flood. */
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 50, burst: 100 };
-/** A connection refused this many times in a row is dropped. */
+/** A connection refused this many times within one window is dropped. */
 const DISCONNECT_AFTER_REFUSALS = 1000;
+const REFUSAL_WINDOW_MS = 10_000;
 
 export function attachSockets(http: HttpServer, federation: Federation, port: SocketDevicePort, logger: Logger, options: SocketOptions): FlServer {
   const log = logger.child('transport');
@@ -61,21 +62,26 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
   io.on('connection', (socket) => {
     let deviceId: string | undefined;
     const bucket = new TokenBucket(options.rateLimit);
-    let refusedInARow = 0;
+    let refused = 0;
+    let windowStart = Date.now();
     // Every inbound event, known or not, spends a token; over the rate it is answered, counted, and not processed.
     socket.use(([event, ...args], next) => {
       if (bucket.take()) {
-        refusedInARow = 0;
         next();
         return;
       }
       federation.counters.badMessages++;
-      refusedInARow++;
+      const now = Date.now();
+      if (now - windowStart > REFUSAL_WINDOW_MS) {
+        windowStart = now;
+        refused = 0;
+      }
+      refused++;
       const ack = args.at(-1);
       const error = { code: 'RATE_LIMITED' as const, message: `${String(event)}: more than ${options.rateLimit.perSecond} events/s from this connection` };
       if (typeof ack === 'function') (ack as (r: Result<never>) => void)({ ok: false, error });
-      else if (refusedInARow === 1) socket.emit('server:error', error);
-      if (refusedInARow >= DISCONNECT_AFTER_REFUSALS) {
+      else if (refused === 1) socket.emit('server:error', error);
+      if (refused >= DISCONNECT_AFTER_REFUSALS) {
         log.warn('connection dropped for flooding', { socket: socket.id, deviceId });
         socket.disconnect(true);
       }

@@ -1,53 +1,14 @@
 /** Render functions of the admin page. */
+import type { DeviceInfo, ModelRecord, RoundRecord, RoundTimeline } from '../../shared/api.ts';
 import { bytes, el, ms, num, pct } from './dom.ts';
 
-export interface DeviceRow {
-  id: string;
-  backend: string;
-  backendReason: string;
-  examples: number;
-  labelHistogram: number[];
-  state: string;
-  progress: number | null;
-  rounds: number;
-  lastAccuracyBefore: number | null;
-  lastAccuracyAfter: number | null;
-  lastSeen: number;
-  connected: boolean;
-}
+export type DeviceRow = DeviceInfo;
+export type RoundRow = RoundRecord;
+export type ModelRow = ModelRecord;
+export type Timeline = RoundTimeline;
 
-export interface RoundRow {
-  round: number;
-  attempt: number;
-  status: string;
-  reason: string | null;
-  participants: number;
-  completed: number;
-  dropped: number;
-  late: number;
-  rejected: number;
-  clipped?: number;
-  durationMs: number;
-  bytesUp: number;
-  bytesDown: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-  localAccuracyBefore: number | null;
-  localAccuracyAfter: number | null;
-  modelVersion: number | null;
-  timings: { selectionMs: number; downloadMs: number; evaluateMs: number; trainMs: number; uploadMs: number; aggregationMs: number; evaluationMs: number } | null;
-  devices?: { id: string; numExamples: number; accuracyBefore: number; accuracyAfter: number }[];
-}
 
-export interface ModelRow {
-  version: number;
-  runId: number | null;
-  round: number;
-  model: string;
-  createdAt: number;
-  testAccuracy: number | null;
-  testLoss: number | null;
-}
+
 
 const table = (target: HTMLTableElement, headers: string[], rows: HTMLTableRowElement[], empty: string) => {
   target.replaceChildren(el('thead', {}, el('tr', {}, ...headers.map((h) => el('th', { scope: 'col' }, h)))), el('tbody', {}, ...(rows.length ? rows : [el('tr', {}, el('td', { colspan: headers.length, class: 'muted' }, empty))])));
@@ -95,18 +56,6 @@ export function renderModels(target: HTMLTableElement, models: readonly ModelRow
   );
 }
 
-export interface Timeline {
-  round: number;
-  attempt: number;
-  selectionStartedAt: number;
-  selectedAt?: number;
-  trainingStartedAt?: number;
-  uploadStartedAt?: number;
-  closedAt?: number;
-  aggregatedAt?: number;
-  evaluatedAt?: number;
-  failedAt?: number;
-}
 
 /** The current round's phases as proportional segments, each labelled with its duration. */
 export function renderTimeline(target: HTMLElement, t: Timeline | null, now: number): void {
