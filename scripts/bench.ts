@@ -17,7 +17,8 @@ import { api, followRun, launchBrowser, median, openDevices, parseArgs, startSer
 const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '' });
 const repeats = Number(args.repeats);
 const skip = new Set(String(args.skip).split(',').filter(Boolean));
-const results: Record<string, unknown> = { date: new Date().toISOString(), repeats };
+const roundResults: unknown[] = [];
+const results: Record<string, unknown> = { date: new Date().toISOString(), repeats, rounds: roundResults };
 const line = (s = '') => process.stdout.write(s + '\n');
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '—');
 
@@ -140,8 +141,7 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
     line(`run ${result.status}, ${done.length} rounds on ${backends.join('/')} · round ${fmt(summary.roundMs / 1000, 2)} s (median) = download ${fmt(summary.downloadMs, 0)} ms + device eval ${fmt(summary.evaluateOnDeviceMs, 0)} ms + train ${fmt(summary.trainMs, 0)} ms + upload ${fmt(summary.uploadMs, 0)} ms + aggregate ${fmt(summary.aggregationMs, 0)} ms + server eval ${fmt(summary.serverEvaluationMs, 0)} ms`);
     line(`server share of the round (aggregate + evaluate): ${fmt(serverShare * 100)} % · bytes per device per round: up ${fmt(summary.bytesUpPerDevice / 1024)} KiB, down ${fmt(summary.bytesDownPerDevice / 1024)} KiB`);
     line(`server RSS max ${fmt(summary.serverRssMaxMB)} MB · tab JS heap (median) ${fmt(summary.tabJsHeapMedianMB)} MB · final test accuracy ${summary.finalTestAccuracy === null ? '—' : fmt(summary.finalTestAccuracy * 100, 2) + ' %'}`);
-    (results.rounds ??= []) as unknown[];
-    (results.rounds as unknown[]).push({ ...summary, serverShare });
+    roundResults.push({ ...summary, serverShare });
     for (const cdp of sessions) await cdp.detach();
     for (const d of devices) await d.context.close();
   } finally {

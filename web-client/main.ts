@@ -21,7 +21,6 @@ export interface DeviceTestApi {
   heldOut?: number;
   source?: 'indexeddb' | 'provisioned';
   snapshot?: DeviceSnapshot;
-  numTensors(): number;
   /** loads a model with tf.loadLayersModel and returns its parameter count */
   loadModel(url: string): Promise<number>;
   /** measures training samples/s on a backend: raw model.fit vs the device's training step */
@@ -34,7 +33,6 @@ declare global {
 }
 window.__fl = {
   ready: false,
-  numTensors: () => tf.memory().numTensors,
   loadModel: async (url) => {
     const model = await tf.loadLayersModel(url);
     const n = model.countParams();
