@@ -1,0 +1,132 @@
+/**
+ * A whole federation in Node, with the server's round code and simulated devices training in
+ * worker threads (TF.js wasm, one worker per core):
+ *
+ *   npm run simulate:node -- --clients 100 --fraction 0.1 --rounds 50 --epochs 1 --batch 10 --lr 0.1
+ *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
+ *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
+ *
+ * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { MODEL_NAMES } from '../shared/models-names.ts';
+import { PARTITIONS } from '../shared/partition.ts';
+import { AGGREGATIONS, describeIssues } from '../shared/schemas.ts';
+import { loadMnist } from '../server/data/mnist.ts';
+import { runSimulation, type SimRound } from '../server/sim/simulation.ts';
+import { writeChart } from './lib/plot.ts';
+
+const argsSchema = z.strictObject({
+  clients: z.coerce.number().int().min(1).max(60_000).default(100),
+  fraction: z.coerce.number().min(0).max(1).default(0.1),
+  rounds: z.coerce.number().int().min(1).max(10_000).default(20),
+  epochs: z.coerce.number().int().min(1).max(100).default(1),
+  batch: z.coerce.number().int().min(1).max(10_000).default(10),
+  lr: z.coerce.number().positive().max(10).default(0.1),
+  partition: z.enum(PARTITIONS).default('iid'),
+  alpha: z.coerce.number().positive().max(1000).default(0.5),
+  model: z.enum(MODEL_NAMES).default('cnn-small'),
+  seed: z.coerce.number().int().min(0).max(2 ** 31 - 1).default(1),
+  target: z.coerce.number().gt(0).max(1).optional(),
+  'keep-going': z.literal(true).optional(),
+  examples: z.coerce.number().int().min(1).max(60_000).optional(),
+  'held-out': z.coerce.number().min(0).lt(1).default(0),
+  'over-select': z.coerce.number().min(1).max(10).default(1),
+  aggregation: z.enum(AGGREGATIONS).default('fedavg'),
+  workers: z.coerce.number().int().min(1).max(64).optional(),
+  json: z.string().optional(),
+  plot: z.string().optional(),
+  quiet: z.literal(true).optional(),
+});
+
+function parse(argv: string[]): z.infer<typeof argsSchema> {
+  const raw: Record<string, string | true> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (!a.startsWith('--')) throw new Error(`unexpected argument "${a}"`);
+    const key = a.slice(2);
+    const next = argv[i + 1];
+    if (next === undefined || next.startsWith('--')) raw[key] = true;
+    else {
+      raw[key] = next;
+      i++;
+    }
+  }
+  const parsed = argsSchema.safeParse(raw);
+  if (!parsed.success) throw new Error(`simulate:node: ${describeIssues(parsed.error)}`);
+  return parsed.data;
+}
+
+let args: z.infer<typeof argsSchema>;
+try {
+  args = parse(process.argv.slice(2));
+} catch (err) {
+  process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(2);
+}
+
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-seed${args.seed}`;
+const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
+const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
+const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)}`;
+
+const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
+mkdirSync(path.dirname(jsonFile), { recursive: true });
+const partial: SimRound[] = [];
+const mnist = loadMnist();
+process.stdout.write(`simulate:node ${name}: ${args.clients} clients, C=${args.fraction}, ${args.rounds} rounds${args.target ? `, target ${args.target}` : ''}\n`);
+process.stdout.write(`round |   test acc | test loss |   round |   elapsed\n`);
+const result = await runSimulation(
+  {
+    clients: args.clients,
+    fraction: args.fraction,
+    rounds: args.rounds,
+    epochs: args.epochs,
+    batch: args.batch,
+    lr: args.lr,
+    partition: args.partition,
+    alpha: args.alpha,
+    model: args.model,
+    seed: args.seed,
+    target: args.target,
+    stopAtTarget: args.target !== undefined && !args['keep-going'],
+    heldOut: args['held-out'],
+    ...(args.examples ? { examples: args.examples } : {}),
+    overSelect: args['over-select'],
+    aggregation: args.aggregation,
+    ...(args.workers ? { workers: args.workers } : {}),
+  },
+  mnist,
+  (r) => {
+    if (!args.quiet) process.stdout.write(row(r) + '\n');
+    // Rewritten every round, so a run cut short (a time limit, Ctrl-C) leaves what it reached.
+    partial.push(r);
+    writeFileSync(jsonFile, JSON.stringify({ args, status: 'running', rounds: partial }, null, 1));
+  },
+);
+const last = result.rounds.at(-1);
+process.stdout.write(
+  `\n${result.status}: ${result.reason}\n` +
+    `workers ${result.workers}; initial test accuracy ${pct(result.initial.testAccuracy)}; after ${result.rounds.length} rounds ${last ? pct(last.testAccuracy) : '—'}; ` +
+    `best ${pct(Math.max(...result.rounds.map((r) => r.testAccuracy)))}\n` +
+    (args.target !== undefined ? `target ${args.target}: ${result.roundsToTarget === null ? 'not reached' : `reached in round ${result.roundsToTarget}, after ${(result.timeToTargetMs! / 1000).toFixed(1)} s`}\n` : '') +
+    `wall time ${(result.wallMs / 1000).toFixed(1)} s\n`,
+);
+writeFileSync(jsonFile, JSON.stringify(result, null, 1));
+process.stdout.write(`wrote ${jsonFile}\n`);
+if (args.plot) {
+  mkdirSync(path.dirname(args.plot), { recursive: true });
+  const files = await writeChart(args.plot, {
+    title: `FedAvg ${args.model}, ${args.partition}, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}`,
+    xLabel: 'round',
+    yLabel: 'test accuracy',
+    integerX: true,
+    yMax: 1,
+    series: [{ label: `seed ${args.seed}`, points: [{ x: 0, y: result.initial.testAccuracy }, ...result.rounds.map((r) => ({ x: r.round, y: r.testAccuracy }))] }],
+    ...(args.target ? { hLine: { y: args.target, label: `target ${args.target}` } } : {}),
+  });
+  process.stdout.write(`wrote ${files.join(', ')}\n`);
+}
+process.exitCode = result.status === 'failed' ? 1 : 0;

@@ -1,0 +1,267 @@
+/**
+ * A whole federation in one Node process: the server's Federation service (the same round
+ * coordinator, strategies, store and evaluation as `npm start`) with simulated devices that
+ * train in worker threads through the same shared/train.ts code as the browser device.
+ * Only the transport differs: a DevicePort that hands rounds to the workers instead of sockets.
+ *
+ * Determinism: devices join in order, selection is seeded by the run, every selected device's
+ * update is computed and then submitted in selection order, so the aggregate — and every round
+ * after it — is the same for the same options, whatever order the workers finish in.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { RoundRecord } from '../../shared/api.ts';
+import type { ModelName } from '../../shared/models-names.ts';
+import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
+import type { ModelPublished, RoundEnd, RoundStart } from '../../shared/protocol.ts';
+import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
+import { decodeWeights, encodeWeights, type FlatWeights } from '../../shared/weights.ts';
+import type { MnistSplit } from '../data/mnist.ts';
+import { Federation, systemClock, type DevicePort } from '../federation.ts';
+import { strategyFor } from '../fl/strategy.ts';
+import { createLogger } from '../log.ts';
+import type { EvalResult, Evaluator } from '../ml/evaluator.ts';
+import { openSqliteStore } from '../store/sqlite.ts';
+import { WorkerPool } from './pool.ts';
+
+export interface SimulationOptions {
+  clients: number;
+  /** C: the fraction of clients selected each round (at least one) */
+  fraction: number;
+  rounds: number;
+  epochs: number;
+  batch: number;
+  lr: number;
+  partition: PartitionKind;
+  alpha: number;
+  model: ModelName;
+  seed: number;
+  /** test accuracy to reach; the rounds and time to it are reported */
+  target?: number | undefined;
+  /** end the run once the target is reached (default true when a target is given) */
+  stopAtTarget?: boolean;
+  /** share of each client's examples kept aside for its local before/after evaluation (the paper trains on all: 0) */
+  heldOut?: number;
+  /** examples per client at most (default: the whole partition) */
+  examples?: number;
+  /** selected = ceil(K × overSelect); 1 as in the paper */
+  overSelect?: number;
+  aggregation?: Aggregation;
+  workers?: number;
+}
+
+export interface SimRound {
+  round: number;
+  testAccuracy: number;
+  testLoss: number;
+  updates: number;
+  /** from selection to the evaluated model */
+  durationMs: number;
+  /** since the run started */
+  elapsedMs: number;
+  trainMs: number;
+  evaluationMs: number;
+  bytesUpPerDevice: number;
+  bytesDownPerDevice: number;
+}
+
+export interface SimulationResult {
+  options: SimulationOptions;
+  config: RunConfig;
+  workers: number;
+  initial: { testAccuracy: number; testLoss: number };
+  rounds: SimRound[];
+  status: string;
+  reason: string;
+  roundsToTarget: number | null;
+  timeToTargetMs: number | null;
+  wallMs: number;
+  /** sha256 of the last model's weight payload: equal for runs with the same options */
+  finalModelSha256: string;
+}
+
+export function simulationConfig(o: SimulationOptions): RunConfig {
+  const k = Math.max(1, Math.round(o.fraction * o.clients));
+  const checked = validateRunConfig({
+    model: o.model,
+    rounds: o.rounds,
+    clientsPerRound: k,
+    overSelect: o.overSelect ?? 1,
+    minUpdates: k,
+    localEpochs: o.epochs,
+    batchSize: o.batch,
+    learningRate: o.lr,
+    seed: o.seed,
+    aggregation: o.aggregation ?? 'fedavg',
+    roundTimeoutMs: 24 * 3600_000,
+    selectionTimeoutMs: 0,
+    maxRoundRetries: 0,
+  });
+  if (!checked.ok) throw new RangeError(`simulation: ${checked.message}`);
+  return checked.config;
+}
+
+interface SimDevice {
+  id: string;
+  train: Int32Array;
+  heldOut: Int32Array;
+}
+
+function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
+  const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
+  return parts.map((part, c) => {
+    const id = `sim-client-${String(c).padStart(4, '0')}`;
+    const max = o.examples ?? part.length;
+    if (!o.heldOut) return { id, train: Int32Array.from(part.slice(0, max)), heldOut: new Int32Array(0) };
+    const s = deviceSlice(part, max, o.seed * 7_919 + c);
+    return { id, train: Int32Array.from(s.train), heldOut: Int32Array.from(s.heldOut) };
+  });
+}
+
+/** Evaluates on the whole test set, split between the pool's workers. */
+function poolEvaluator(pool: WorkerPool, count: number): Evaluator {
+  return {
+    async evaluate(model: ModelName, weights: FlatWeights): Promise<EvalResult> {
+      const parts = pool.size;
+      const jobs = Array.from({ length: parts }, (_, i) => {
+        const from = Math.floor((i * count) / parts);
+        const to = Math.floor(((i + 1) * count) / parts);
+        return pool.evaluate({ type: 'evaluate', model, specs: weights.specs, weights: weights.values, from, count: to - from });
+      });
+      const done = await Promise.all(jobs);
+      const correct = done.reduce((a, d) => a + d.correct, 0);
+      const lossSum = done.reduce((a, d) => a + d.lossSum, 0);
+      return { accuracy: correct / count, loss: lossSum / count, examples: count };
+    },
+  };
+}
+
+/** The DevicePort of the simulation: a round's selected devices train in the pool, then submit in selection order. */
+class SimulatedDevices implements DevicePort {
+  federation: Federation | undefined;
+  private batch: { msg: RoundStart; ids: string[] } | undefined;
+  failure: Error | undefined;
+  onFailure: (err: Error) => void = () => undefined;
+
+  constructor(private readonly pool: WorkerPool, private readonly devices: Map<string, SimDevice>) {}
+
+  sendRoundStart(deviceId: string, msg: RoundStart): void {
+    if (!this.batch || this.batch.msg !== msg) {
+      const batch = { msg, ids: [] as string[] };
+      this.batch = batch;
+      // Federation hands out a round's start synchronously, device after device: collect, then run.
+      queueMicrotask(() => void this.runRound(batch).catch((err: unknown) => this.onFailure(err instanceof Error ? err : new Error(String(err)))));
+    }
+    this.batch.ids.push(deviceId);
+  }
+
+  sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
+  broadcastModel(_msg: ModelPublished): void {}
+
+  private async runRound({ msg, ids }: { msg: RoundStart; ids: string[] }): Promise<void> {
+    const global = decodeWeights(msg.weights);
+    const results = await Promise.all(
+      ids.map((id) => {
+        const d = this.devices.get(id) as SimDevice;
+        return this.pool.train({ type: 'train', model: msg.model, specs: global.specs, weights: global.values, plan: msg.plan, train: d.train, heldOut: d.heldOut });
+      }),
+    );
+    const federation = this.federation as Federation;
+    results.forEach((r, i) => {
+      const id = ids[i] as string;
+      const ack = federation.submitUpdate(id, {
+        runId: msg.runId,
+        round: msg.round,
+        attempt: msg.attempt,
+        numExamples: r.numExamples,
+        delta: encodeWeights({ specs: global.specs, values: r.delta }),
+        metrics: { accuracyBefore: r.accuracyBefore, lossBefore: r.lossBefore, accuracyAfter: r.accuracyAfter, lossAfter: r.lossAfter, downloadMs: 0, evaluateMs: r.evaluateMs, trainMs: r.trainMs },
+      });
+      if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
+    });
+  }
+}
+
+const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
+  round: r.round,
+  testAccuracy: r.testAccuracy ?? Number.NaN,
+  testLoss: r.testLoss ?? Number.NaN,
+  updates: r.completed,
+  durationMs: r.durationMs,
+  elapsedMs: r.startedAt + r.durationMs - runStartedAt,
+  trainMs: r.timings?.trainMs ?? 0,
+  evaluationMs: r.timings?.evaluationMs ?? 0,
+  bytesUpPerDevice: r.completed ? r.bytesUp / r.completed : 0,
+  bytesDownPerDevice: r.participants ? r.bytesDown / r.participants : 0,
+});
+
+/** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */
+export async function runSimulation(options: SimulationOptions, mnist: { train: MnistSplit; test: MnistSplit }, onRound?: (r: SimRound) => void): Promise<SimulationResult> {
+  const config = simulationConfig(options);
+  await tf.ready(); // the main thread builds the initial model; the workers train
+  const devices = makeDevices(mnist.train, options);
+  const pool = await WorkerPool.start(mnist.train, mnist.test, options.workers);
+  const dir = mkdtempSync(path.join(tmpdir(), 'fl-simulate-'));
+  const store = openSqliteStore(path.join(dir, 'fl.sqlite'));
+  const port = new SimulatedDevices(pool, new Map(devices.map((d) => [d.id, d])));
+  const federation = new Federation({ store, strategyFor, evaluator: poolEvaluator(pool, mnist.test.count), clock: systemClock, logger: createLogger('simulate', (l) => process.stderr.write(l + '\n'), true), port });
+  port.federation = federation;
+  const stopAtTarget = options.stopAtTarget ?? options.target !== undefined;
+  const rounds: SimRound[] = [];
+  const t0 = Date.now();
+  try {
+    for (const d of devices) {
+      federation.join({ deviceId: d.id, backend: 'wasm', backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)) });
+    }
+    const ended = new Promise<void>((resolve, reject) => {
+      port.onFailure = (err) => {
+        federation.stopRun(`failed: ${err.message}`);
+        reject(err);
+      };
+      federation.observe({
+        changed: () => undefined,
+        event: (e) => {
+          if (e.kind === 'run:finished') resolve();
+          if (e.kind !== 'round:completed') return;
+          const record = store.listRounds(runId).filter((r) => r.status === 'completed').at(-1);
+          if (!record) return;
+          const r = toSimRound(record, runStartedAt);
+          rounds.push(r);
+          onRound?.(r);
+          if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
+        },
+      });
+    });
+    const runStartedAt = Date.now();
+    const runId = federation.startRun(config);
+    await ended;
+    await federation.idle();
+    const run = store.getRun(runId);
+    const initial = store.listModels().find((m) => m.runId === runId && m.round === 0);
+    const last = store.listModels().filter((m) => m.runId === runId).at(-1);
+    const lastPayload = last ? store.getModelWeights(last.version) : undefined;
+    const hit = options.target === undefined ? undefined : rounds.find((r) => r.testAccuracy >= (options.target as number));
+    return {
+      options,
+      config,
+      workers: pool.size,
+      initial: { testAccuracy: initial?.testAccuracy ?? Number.NaN, testLoss: initial?.testLoss ?? Number.NaN },
+      rounds,
+      status: run?.status ?? 'unknown',
+      reason: run?.reason ?? '',
+      roundsToTarget: hit?.round ?? null,
+      timeToTargetMs: hit?.elapsedMs ?? null,
+      wallMs: Date.now() - t0,
+      finalModelSha256: lastPayload ? createHash('sha256').update(lastPayload).digest('hex') : '',
+    };
+  } finally {
+    federation.shutdown();
+    await federation.idle().catch(() => undefined);
+    await pool.close();
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * The Node simulation runs the server's federation with devices in worker threads. Its devices must
+ * compute what a browser device computes, and the same options must give the same run.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadMnist } from '../server/data/mnist.ts';
+import { strategyFor } from '../server/fl/strategy.ts';
+import { WorkerPool } from '../server/sim/pool.ts';
+import { runSimulation, type SimulationOptions } from '../server/sim/simulation.ts';
+import { PIXELS } from '../shared/dataset.ts';
+import { labelHistogram } from '../shared/partition.ts';
+import { runConfigSchema } from '../shared/schemas.ts';
+import { toTensors } from '../shared/train.ts';
+import { decodeWeights } from '../shared/weights.ts';
+import { DeviceClient } from '../web-client/fl/client.ts';
+import { startServer, until, useWasm, type TestServer } from './support/server.ts';
+
+const mnist = loadMnist();
+const small: SimulationOptions = { clients: 10, fraction: 0.2, rounds: 2, epochs: 1, batch: 10, lr: 0.1, partition: 'iid', alpha: 0.5, model: 'cnn-small', seed: 3, examples: 100, workers: 2 };
+
+describe('simulate:node', () => {
+  it('gives the same rounds and the same final model for the same options, and a different run for another seed', async () => {
+    const a = await runSimulation(small, mnist);
+    const b = await runSimulation(small, mnist);
+    const c = await runSimulation({ ...small, seed: 4 }, mnist);
+
+    expect(a.status).toBe('done');
+    expect(a.rounds.map((r) => r.round)).toEqual([1, 2]);
+    expect(a.rounds.every((r) => r.updates === 2)).toBe(true);
+    expect(b.rounds.map((r) => [r.testAccuracy, r.testLoss])).toEqual(a.rounds.map((r) => [r.testAccuracy, r.testLoss]));
+    expect(b.finalModelSha256).toBe(a.finalModelSha256);
+    expect(c.finalModelSha256).not.toBe(a.finalModelSha256);
+    // Training happened: two rounds of 2 × 100 examples beat the untrained model by far.
+    expect(a.rounds[1]!.testAccuracy).toBeGreaterThan(a.initial.testAccuracy + 0.3);
+  }, 180_000);
+
+  it('stops at the target accuracy and reports the round that reached it', async () => {
+    const r = await runSimulation({ ...small, rounds: 20, target: 0.5 }, mnist);
+    expect(r.status).toBe('stopped');
+    expect(r.roundsToTarget).toBe(r.rounds.length);
+    expect(r.rounds.at(-1)!.testAccuracy).toBeGreaterThanOrEqual(0.5);
+    expect(r.rounds.slice(0, -1).every((x) => x.testAccuracy < 0.5)).toBe(true);
+  }, 180_000);
+
+  it('refuses a bad configuration with the field named', async () => {
+    await expect(runSimulation({ ...small, batch: 0 }, mnist)).rejects.toThrow(/batchSize: must be at least 1/);
+    await expect(runSimulation({ ...small, clients: 0 }, mnist)).rejects.toThrow(/clients/);
+  });
+});
+
+describe('a simulated device and a browser device', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    await useWasm();
+    server = await startServer({ evalLimit: 200 });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it('produce the same update for the same weights, data and seed', async () => {
+    // Prepare: one browser device (the page's own DeviceClient, here in Node on wasm) on examples 0..149.
+    const trainIdx = Int32Array.from({ length: 150 }, (_, i) => i);
+    const heldOutIdx = Int32Array.from({ length: 30 }, (_, i) => 150 + i);
+    const samples = (idx: Int32Array) => ({ pixels: mnist.train.images.slice(idx[0]! * PIXELS, (idx.at(-1)! + 1) * PIXELS), labels: mnist.train.labels.slice(idx[0]!, idx.at(-1)! + 1) });
+    const train = toTensors(samples(trainIdx));
+    const heldOut = toTensors(samples(heldOutIdx));
+    const device = new DeviceClient({ url: server.url, train, heldOut, hello: { deviceId: 'parity-device-1', backend: 'wasm', backendReason: 'test', examples: 150, heldOut: 30, labelHistogram: labelHistogram(samples(trainIdx).labels) } });
+    device.join();
+    await until(() => device.snapshot.connection === 'connected' || undefined, 10_000, 'the device to join');
+
+    // Execute: one round with this device alone, so the new global model is w0 + Δ.
+    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.05, seed: 11 });
+    const runId = server.app.federation.startRun(config);
+    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 60_000, 'the run to finish');
+    await server.app.federation.idle();
+    const models = server.store.listModels().filter((m) => m.runId === runId);
+    const w0 = decodeWeights(server.store.getModelWeights(models[0]!.version)!);
+    const w1 = decodeWeights(server.store.getModelWeights(models[1]!.version)!);
+    const browserDelta = w1.values.map((v, i) => v - w0.values[i]!);
+    const browserRound = server.store.listRounds(runId)[0]!;
+
+    const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
+    const sim = await pool.train({ type: 'train', model: 'cnn-small', specs: w0.specs, weights: w0.values, plan: strategyFor(config).configureFit(config, 1, 1), train: trainIdx, heldOut: heldOutIdx }).finally(() => pool.close());
+    device.leave();
+    tf.dispose([train.x, train.y, heldOut.x, heldOut.y]);
+
+    // Assert: same Δ (the global model went through float32 addition, hence the tolerance), same metrics.
+    let maxDiff = 0;
+    let maxAbs = 0;
+    for (let i = 0; i < sim.delta.length; i++) {
+      maxDiff = Math.max(maxDiff, Math.abs(sim.delta[i]! - browserDelta[i]!));
+      maxAbs = Math.max(maxAbs, Math.abs(sim.delta[i]!));
+    }
+    expect(maxAbs).toBeGreaterThan(1e-3);
+    expect(maxDiff).toBeLessThan(1e-6);
+    expect(sim.numExamples).toBe(150);
+    expect(browserRound.devices[0]!.accuracyBefore).toBeCloseTo(sim.accuracyBefore, 6);
+    expect(browserRound.devices[0]!.accuracyAfter).toBeCloseTo(sim.accuracyAfter, 6);
+  }, 120_000);
+});
