@@ -7,11 +7,16 @@
  *   2. weight payload encode/decode and FedAvg aggregation throughput vs a plain Float32 add loop (Node)
  *   3. a federation of 4 tabs: time per round and its split, bytes per device, server RSS, memory per tab
  *   4. the paper's CNN end to end with 2 tabs (6.65 MB updates)
+ *   5. server memory against the number of devices in a round (socket devices sending real-size updates)
+ *   6. the Node simulation: training samples/s with 1 worker and with one per core
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { WeightedDeltaSum } from '../shared/fedavg.ts';
 import { countParams, type ModelName } from '../shared/models.ts';
 import { decodeWeights, encodeWeights } from '../shared/weights.ts';
+import { loadMnist } from '../server/data/mnist.ts';
+import { runSimulation } from '../server/sim/simulation.ts';
+import { measure } from './lib/load-round.ts';
 import { api, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
 
 const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '' });
@@ -63,7 +68,7 @@ function benchAggregation(): void {
 // ─── 1. training throughput in the browser ───────────────────────────────────
 async function benchTraining(server: ServerHandle): Promise<void> {
   line('## Local training, samples/s in one Chromium tab (batch 10), median of ' + repeats);
-  line('backend | model | raw model.fit | device step | device/raw | longest main-thread stall (ms)');
+  line('backend | model | raw model.fit | device step | device/raw | longest main-thread stall (ms) | training GFLOP/s | 512² matmul GFLOP/s | training/matmul');
   const browser = await launchBrowser();
   try {
     const context = await browser.newContext();
@@ -79,8 +84,10 @@ async function benchTraining(server: ServerHandle): Promise<void> {
         const raw = median(runs.map((r) => r.rawSamplesPerS));
         const device = median(runs.map((r) => r.deviceSamplesPerS));
         const stall = median(runs.map((r) => r.maxStallMs));
-        rows.push({ backend, model, samples: runs[0]?.samples, rawSamplesPerS: raw, deviceSamplesPerS: device, ratio: device / raw, maxStallMs: stall });
-        line(`${backend} | ${model} | ${fmt(raw)} | ${fmt(device)} | ${fmt(device / raw, 2)} | ${fmt(stall, 0)}`);
+        const gflops = median(runs.map((r) => r.trainingGflops));
+        const matmul = median(runs.map((r) => r.matmulGflops));
+        rows.push({ backend, model, samples: runs[0]?.samples, rawSamplesPerS: raw, deviceSamplesPerS: device, ratio: device / raw, maxStallMs: stall, trainingFlopsPerSample: runs[0]?.trainingFlopsPerSample, trainingGflops: gflops, matmulGflops: matmul, flopEfficiency: gflops / matmul });
+        line(`${backend} | ${model} | ${fmt(raw)} | ${fmt(device)} | ${fmt(device / raw, 2)} | ${fmt(stall, 0)} | ${fmt(gflops, 2)} | ${fmt(matmul, 2)} | ${fmt(gflops / matmul, 2)}`);
       }
     }
     results.training = rows;
@@ -150,11 +157,46 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
   line();
 }
 
+// ─── 5. server memory against devices in the round ──────────────────────────
+async function benchServerMemory(server: ServerHandle): Promise<void> {
+  line('## Server memory against the number of devices in one round (cnn-small updates, no training)');
+  line('devices | server RSS idle → max (MB) | updates/s | event loop max (ms)');
+  const rows: unknown[] = [];
+  for (const n of [10, 50, 100, 200]) {
+    const r = await measure(server, 'cnn-small', n);
+    rows.push(r);
+    line(`${n} | ${fmt(Number(r.rssIdleMB), 0)} → ${fmt(Number(r.rssMaxMB), 0)} | ${fmt(Number(r.updatesPerS), 0)} | ${fmt(Number(r.loopMaxMs), 0)}`);
+  }
+  results.serverMemory = rows;
+  line();
+}
+
+// ─── 6. the Node simulation ──────────────────────────────────────────────────
+async function benchSimulation(): Promise<void> {
+  line('## Node simulation (simulate:node): cnn-small, 20 clients × 300 examples, C=0.5, E=1, B=10, 3 rounds');
+  const mnist = loadMnist();
+  const rows: { workers: number; trainSamplesPerS: number; roundMs: number }[] = [];
+  for (const workers of [1, 2]) {
+    const r = await runSimulation({ clients: 20, fraction: 0.5, rounds: 3, epochs: 1, batch: 10, lr: 0.1, partition: 'iid', alpha: 0.5, model: 'cnn-small', seed: 1, examples: 300, workers }, mnist);
+    // Rounds after the first (which pays for the workers' warm-up).
+    const steady = r.rounds.slice(1);
+    const roundMs = median(steady.map((x) => x.durationMs));
+    rows.push({ workers, trainSamplesPerS: (10 * 300) / (roundMs / 1000), roundMs });
+    line(`${workers} worker(s): round ${fmt(roundMs / 1000, 2)} s (median, incl. evaluation on 10,000 test images) = ${fmt((10 * 300) / (roundMs / 1000), 0)} training samples/s`);
+  }
+  const speedup = (rows[1]?.trainSamplesPerS ?? NaN) / (rows[0]?.trainSamplesPerS ?? NaN);
+  line(`speed-up with 2 workers: ${fmt(speedup, 2)}x`);
+  results.simulation = { rows, speedup };
+  line();
+}
+
 benchAggregation();
+if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();
 try {
   if (!skip.has('training')) await benchTraining(server);
   if (!skip.has('rounds')) await benchRounds(server, 'Federation: 4 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, 600);
+  if (!skip.has('memory')) await benchServerMemory(server);
   if (!skip.has('cnn')) await benchRounds(server, 'Federation: 2 tabs, the paper CNN (6.65 MB updates), 300 examples each, E=1, B=10, 1 round', 2, { model: 'cnn', rounds: 1, localEpochs: 1, batchSize: 10, learningRate: 0.05 }, 300);
 } finally {
   await server.stop();

@@ -123,3 +123,24 @@ export function modelTopology(name: ModelName): object {
   model.dispose();
   return topology;
 }
+
+/**
+ * Multiply-add FLOPs (2 per MAC) of one sample's forward pass through the conv and dense layers
+ * (pooling and activations are a rounding error); a training step costs about 3× that: the forward
+ * pass, the gradient with respect to the inputs and the gradient with respect to the weights.
+ */
+export function forwardFlopsPerSample(model: tf.LayersModel): number {
+  let flops = 0;
+  for (const layer of model.layers) {
+    const cls = layer.getClassName();
+    if (cls !== 'Conv2D' && cls !== 'Dense') continue;
+    const kernel = layer.getWeights()[0];
+    if (!kernel) continue;
+    const out = layer.outputShape as (number | null)[];
+    const outputPositions = out.slice(1, -1).reduce<number>((a, d) => a * (d ?? 1), 1);
+    flops += 2 * outputPositions * kernel.size; // kernel.size = kh·kw·Cin·Cout (conv) or in·out (dense)
+  }
+  return flops;
+}
+
+export const trainingFlopsPerSample = (model: tf.LayersModel): number => 3 * forwardFlopsPerSample(model);

@@ -4,7 +4,7 @@
  * ratio is the device's overhead. Loaded on demand by the page's test API; never by a normal visit.
  */
 import * as tf from '@tensorflow/tfjs';
-import { buildModel, type ModelName } from '../../shared/models.ts';
+import { buildModel, trainingFlopsPerSample, type ModelName } from '../../shared/models.ts';
 import { trainLocal, toTensors, disposeData } from '../../shared/train.ts';
 import type { Samples } from '../../shared/dataset.ts';
 import { createYielder } from '../../shared/yield.ts';
@@ -17,6 +17,33 @@ export interface TrainingBench {
   deviceSamplesPerS: number;
   /** the longest the page's event loop went without running a 10 ms timer, during the device step */
   maxStallMs: number;
+  /** forward + backward FLOPs of one training sample, and the rate raw training reached */
+  trainingFlopsPerSample: number;
+  trainingGflops: number;
+  /** a 512×512 float32 matrix multiply on the same backend, in the same page: what the backend can do */
+  matmulGflops: number;
+}
+
+/** GFLOP/s of an n×n matrix multiply (2n³ FLOPs), median of `reps` after a warm-up. */
+export async function benchMatmul(n = 512, reps = 5): Promise<number> {
+  const a = tf.randomNormal([n, n]);
+  const b = tf.randomNormal([n, n]);
+  try {
+    const once = async () => {
+      const t0 = performance.now();
+      const c = tf.matMul(a, b);
+      await c.data();
+      c.dispose();
+      return performance.now() - t0;
+    };
+    await once();
+    const times: number[] = [];
+    for (let i = 0; i < reps; i++) times.push(await once());
+    times.sort((x, y) => x - y);
+    return (2 * n ** 3) / ((times[reps >> 1] as number) / 1000) / 1e9;
+  } finally {
+    tf.dispose([a, b]);
+  }
 }
 
 const yieldToHost = createYielder();
@@ -49,7 +76,9 @@ export async function benchTraining(backend: string, modelName: ModelName, data:
     const device = local.count / ((performance.now() - t0) / 1000);
     clearInterval(timer);
     yOneHot.dispose();
-    return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs };
+    const flops = trainingFlopsPerSample(model);
+    const matmulGflops = await benchMatmul();
+    return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs, trainingFlopsPerSample: flops, trainingGflops: (raw * flops) / 1e9, matmulGflops };
   } finally {
     model.dispose();
     disposeData(local);

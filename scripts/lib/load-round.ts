@@ -1,0 +1,103 @@
+/**
+ * Socket.io-client devices in this process against a real server process: they join, get selected
+ * and answer with real-size updates (no training, so the server is what is measured). Used by
+ * `npm run load` and by `npm run bench` (server memory against the devices in a round).
+ */
+import { io, type Socket } from 'socket.io-client';
+import { initialWeights, type ModelName } from '../../shared/models.ts';
+import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol.ts';
+import { encodeWeights } from '../../shared/weights.ts';
+import { api, type ServerHandle } from './harness.ts';
+
+type Device = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+interface Status {
+  phase: string;
+  server: { rssBytes: number; eventLoopDelay: { p50Ms: number; p99Ms: number; maxMs: number } };
+}
+
+export async function connectDevices(server: ServerHandle, n: number, tag: string): Promise<Device[]> {
+  const devices: Device[] = [];
+  for (let i = 0; i < n; i++) {
+    const s: Device = io(server.url, { transports: ['websocket'], forceNew: true, reconnection: false });
+    devices.push(s);
+    await new Promise<void>((resolve, reject) => {
+      s.once('connect', () => resolve());
+      s.once('connect_error', reject);
+    });
+    const r = await s.emitWithAck('device:hello', { deviceId: `load-${tag}-${String(i).padStart(4, '0')}`, backend: 'cpu', backendReason: 'load test', examples: 600, heldOut: 100, labelHistogram: new Array(10).fill(60) });
+    if (!r.ok) throw new Error(r.error.message);
+  }
+  return devices;
+}
+
+export async function measure(server: ServerHandle, model: ModelName, n: number): Promise<Record<string, number | string>> {
+  const idle = (await api<Status>(server, '/api/status')).body.server.rssBytes;
+  const devices = await connectDevices(server, n, `${model}-${n}`);
+  const base = initialWeights(model, 1);
+  const payload = encodeWeights({ specs: base.specs, values: base.values.map((_, i) => ((i % 7) - 3) * 1e-4) });
+  const metrics = { accuracyBefore: 0.5, lossBefore: 1, accuracyAfter: 0.6, lossAfter: 0.9, downloadMs: 0, evaluateMs: 0, trainMs: 0 };
+  let started = 0;
+  let firstStart = 0;
+  let lastAck = 0;
+  let acked = 0;
+  let rejected = 0;
+  const done = new Promise<void>((resolve) => {
+    for (const s of devices) {
+      s.once('round:start', (msg) => {
+        started++;
+        firstStart ||= performance.now();
+        s.timeout(300_000)
+          .emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: 600, delta: payload, metrics })
+          .then((r) => {
+            if (r.ok) acked++;
+            else rejected++;
+            lastAck = performance.now();
+            if (acked + rejected === n) resolve();
+          }, () => undefined);
+      });
+    }
+  });
+  const rss: number[] = [];
+  const loopP99: number[] = [];
+  const loopMax: number[] = [];
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const { body } = await api<Status>(server, '/api/status');
+      rss.push(body.server.rssBytes);
+      loopP99.push(body.server.eventLoopDelay.p99Ms);
+      loopMax.push(body.server.eventLoopDelay.maxMs);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  const created = await api<{ id: number; error?: string }>(server, '/api/runs', { method: 'POST', body: { model, rounds: 1, clientsPerRound: n, minUpdates: n, overSelect: 1, roundTimeoutMs: 600_000 } });
+  if (created.status !== 201) throw new Error(`launch failed: ${created.body.error}`);
+  await done;
+  // Wait for the run to finish (aggregate, store, evaluate) before the next measurement.
+  for (;;) {
+    const { body } = await api<{ status: string }>(server, `/api/runs/${created.body.id}`);
+    if (body.status !== 'running') break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await new Promise((r) => setTimeout(r, 2100)); // one more event-loop window
+  sampling = false;
+  await sampler;
+  for (const s of devices) s.disconnect();
+  const seconds = (lastAck - firstStart) / 1000;
+  return {
+    model,
+    devices: n,
+    started,
+    accepted: acked,
+    rejected,
+    updatesPerS: acked / seconds,
+    mbPerS: (acked * payload.byteLength) / 1e6 / seconds,
+    payloadMB: payload.byteLength / 1e6,
+    rssIdleMB: idle / 1e6,
+    rssMaxMB: Math.max(...rss) / 1e6,
+    loopP99MaxMs: Math.max(...loopP99),
+    loopMaxMs: Math.max(...loopMax),
+  };
+}
+
