@@ -5,6 +5,7 @@
  *   npm run simulate:node -- --clients 100 --fraction 0.1 --rounds 50 --epochs 1 --batch 10 --lr 0.1
  *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
+ *     [--codec float32|float16|q8|q4|topk|topk+q8|…[+deflate]] [--topk 0.01] [--quant-block 256] [--downlink delta|full]
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -36,6 +37,10 @@ const argsSchema = z.strictObject({
   'over-select': z.coerce.number().min(1).max(10).default(1),
   aggregation: z.enum(AGGREGATIONS).default('fedavg'),
   workers: z.coerce.number().int().min(1).max(64).optional(),
+  codec: z.string().default('float32'),
+  topk: z.coerce.number().gt(0).max(1).default(0.01),
+  'quant-block': z.coerce.number().int().min(0).max(1 << 20).default(256),
+  downlink: z.enum(['full', 'delta']).default('delta'),
   json: z.string().optional(),
   plot: z.string().optional(),
   quiet: z.literal(true).optional(),
@@ -67,17 +72,18 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
-const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)}`;
+const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
+const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)}`;
 
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });
 const partial: SimRound[] = [];
 const mnist = loadMnist();
 process.stdout.write(`simulate:node ${name}: ${args.clients} clients, C=${args.fraction}, ${args.rounds} rounds${args.target ? `, target ${args.target}` : ''}\n`);
-process.stdout.write(`round |   test acc | test loss |   round |   elapsed\n`);
+process.stdout.write(`round |   test acc | test loss |   round |   elapsed |  up/device | down/device\n`);
 const result = await runSimulation(
   {
     clients: args.clients,
@@ -97,6 +103,10 @@ const result = await runSimulation(
     overSelect: args['over-select'],
     aggregation: args.aggregation,
     ...(args.workers ? { workers: args.workers } : {}),
+    codec: args.codec,
+    topkFraction: args.topk,
+    quantBlock: args['quant-block'],
+    downlink: args.downlink,
   },
   mnist,
   (r) => {

@@ -5,7 +5,9 @@
  */
 import { initialWeights, type ModelName } from '../shared/models.ts';
 import type { ErrorCode, ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
-import { publicConfig, type Hello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
+import { decodeUpdate } from '../shared/codec.ts';
+import { encodeModelDelta } from '../shared/model-delta.ts';
+import { codecConfig, publicConfig, type Hello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
 import { decodeWeights, encodeWeights, WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
 import { initialState, isActive, step, type ClosedRound, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
@@ -152,6 +154,7 @@ export class Federation {
       rounds: prev?.rounds ?? 0,
       lastAccuracyBefore: prev?.lastAccuracyBefore ?? null,
       lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
+      modelVersion: hello.modelVersion || null,
     });
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
     this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
@@ -179,6 +182,7 @@ export class Federation {
       if (report.state === 'uploading' && t.uploadStartedAt === undefined) t.uploadStartedAt = now;
     }
     info.loss = report.loss ?? info.loss;
+    if (report.modelVersion !== undefined) info.modelVersion = report.modelVersion || null;
     info.lastSeen = this.deps.clock.now();
     this.changed();
   }
@@ -299,7 +303,7 @@ export class Federation {
     if (this.state.phase === 'training' && cur && book && global && cur.selected.includes(deviceId) && !cur.accepted.includes(deviceId) && msg.runId === book.runId && msg.round === book.round && msg.attempt === book.attempt) {
       let delta: FlatWeights;
       try {
-        delta = decodeWeights(msg.delta, global.weights.specs);
+        delta = decodeUpdate(msg.delta, global.weights.specs, codecConfig((this.state.run as NonNullable<CoordinatorState['run']>).config));
       } catch (err) {
         if (err instanceof WeightsFormatError) return fail('BAD_WEIGHTS', `update from device ${deviceId} for round ${msg.round}: ${err.message}`);
         throw err;
@@ -376,11 +380,15 @@ export class Federation {
           deadline: effect.deadline,
           weights: global.payload,
         };
+        const deltas = new Map<number, Uint8Array | null>();
         for (const id of effect.deviceIds) {
           const info = this.devices.get(id);
           if (info) info.state = 'selected';
-          this.book.bytesDown += global.payload.byteLength;
-          this.deps.port.sendRoundStart(id, msg);
+          const base = run.config.downlink === 'delta' ? info?.modelVersion : null;
+          const delta = base ? this.modelDelta(base, global, deltas) : null;
+          const sent: RoundStart = delta && base ? { ...msg, weights: delta, baseVersion: base } : msg;
+          this.book.bytesDown += sent.weights.byteLength;
+          this.deps.port.sendRoundStart(id, sent);
         }
         this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
         return;
@@ -460,6 +468,29 @@ export class Federation {
         throw new Error(`federation: unknown effect ${JSON.stringify(never)}`);
       }
     }
+  }
+
+  /**
+   * The global model as a lossless delta against a version a device holds, or null when a full
+   * download is needed (unknown or foreign version, or no smaller than the model). One per base a round.
+   */
+  private modelDelta(base: number, global: GlobalModel, cache: Map<number, Uint8Array | null>): Uint8Array | null {
+    if (base === global.version) return null;
+    if (cache.has(base)) return cache.get(base) ?? null;
+    let delta: Uint8Array | null = null;
+    const record = this.deps.store.getModel(base);
+    const payload = record?.model === global.model ? this.deps.store.getModelWeights(base) : undefined;
+    if (payload) {
+      try {
+        const weights = decodeWeights(payload, global.weights.specs);
+        delta = encodeModelDelta(weights.values, global.weights.values, base, global.version);
+        if (delta.byteLength >= global.payload.byteLength) delta = null;
+      } catch (err) {
+        this.log.warn('stored model unreadable; sending the full model', { version: base, error: String(err) });
+      }
+    }
+    cache.set(base, delta);
+    return delta;
   }
 
   private async finishRound(closed: ClosedRound, book: RoundBook): Promise<void> {

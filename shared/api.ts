@@ -83,6 +83,8 @@ export interface DeviceInfo {
   rounds: number;
   lastAccuracyBefore: number | null;
   lastAccuracyAfter: number | null;
+  /** the global model version the device holds (null: none), for delta downloads */
+  modelVersion: number | null;
 }
 
 /** What the dashboard's event log shows; also pushed live to admins. */

@@ -310,7 +310,7 @@ function assertFinite(values: Float32Array, what: string): void {
 
 // ─── encode / decode ─────────────────────────────────────────────────────────
 /** Encodes Δ with the run's codec; `rng` drives stochastic rounding (seeded, so a run can be replayed). */
-export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng): Uint8Array {
+export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng): Uint8Array<ArrayBuffer> {
   const codec = codecSpec(config.codec);
   const n = totalSize(delta.specs);
   if (delta.values.length !== n) throw new RangeError(`encode update: the specs describe ${n} values, got ${delta.values.length}`);
@@ -487,7 +487,7 @@ export function decodeUpdate(payload: Uint8Array, specs: readonly TensorSpec[], 
 
 // ─── error feedback ──────────────────────────────────────────────────────────
 export interface FeedbackResult {
-  payload: Uint8Array;
+  payload: Uint8Array<ArrayBuffer>;
   /** what was not sent, to add to the next update (undefined for codecs without error feedback) */
   residual: Float32Array | undefined;
 }

@@ -3,6 +3,7 @@
  *   new Server<ClientToServerEvents, ServerToClientEvents>()  and  io() as Socket<ServerToClientEvents, ClientToServerEvents>.
  * Names read `domain:verb`. Acks carry a result union.
  */
+import type { CodecConfig } from './codec.ts';
 import type { ModelName } from './models-names.ts';
 import type { Hello, StateReport, UpdateSubmit } from './schemas.ts';
 
@@ -32,8 +33,10 @@ export interface TrainingPlan {
   localEpochs: number;
   batchSize: number;
   learningRate: number;
-  /** seeds the device's shuffling, so a round can be replayed */
+  /** seeds the device's shuffling and stochastic rounding, so a round can be replayed */
   seed: number;
+  /** how the device encodes its update */
+  codec: CodecConfig;
 }
 
 export interface RoundStart {
@@ -46,8 +49,10 @@ export interface RoundStart {
   plan: TrainingPlan;
   /** epoch milliseconds after which the server stops accepting this round's updates */
   deadline: number;
-  /** the global model, as a binary weight payload (weights.ts) */
+  /** the global model: a binary weight payload (weights.ts), or with baseVersion a model delta (model-delta.ts) */
   weights: Uint8Array;
+  /** set when `weights` is a delta against this version, which the device said it holds */
+  baseVersion?: number;
 }
 
 export interface RoundEnd {

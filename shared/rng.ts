@@ -55,3 +55,10 @@ export function sampleDirichlet(alpha: number, k: number, rng: Rng): number[] {
   const sum = draws.reduce((a, b) => a + b, 0);
   return sum > 0 ? draws.map((g) => g / sum) : draws.map(() => 1 / k);
 }
+
+/** 32-bit FNV-1a: mixes a string (a device id) into a seed. */
+export function hashString(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}

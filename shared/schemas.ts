@@ -3,6 +3,7 @@
  * The server parses every client message with these before any other code sees it.
  */
 import { z } from 'zod';
+import { parseCodec, type CodecConfig } from './codec.ts';
 import { MODEL_NAMES } from './models-names.ts';
 import { PARTITIONS } from './partition.ts';
 
@@ -21,6 +22,8 @@ export const helloSchema = z.strictObject({
   labelHistogram: z.array(z.number().int().min(0)).length(10),
   /** presented to runs that require a device join token */
   joinToken: z.string().max(200).optional(),
+  /** the global model version this device holds (0 or absent: none), so rounds can send it a delta */
+  modelVersion: z.number().int().min(0).optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 
@@ -31,6 +34,8 @@ export const stateReportSchema = z.strictObject({
   /** 0..1 progress through local training */
   progress: z.number().min(0).max(1).optional(),
   loss: finiteMetric.optional(),
+  /** the global model version the device now holds (0: none) */
+  modelVersion: z.number().int().min(0).optional(),
 });
 export type StateReport = z.infer<typeof stateReportSchema>;
 
@@ -50,7 +55,7 @@ export const updateSubmitSchema = z.strictObject({
   round: z.number().int().positive(),
   attempt: z.number().int().min(1),
   numExamples: z.number().int().min(1).max(60_000),
-  /** the binary weight payload of Δ = w_local − w_global (see weights.ts) */
+  /** Δ = w_local − w_global, encoded with the run's update codec (codec.ts; float32: weights.ts) */
   delta: z.instanceof(Uint8Array),
   metrics: updateMetricsSchema,
 });
@@ -63,6 +68,7 @@ const between = (min: number, max: number, exclusiveMin = false) =>
   (exclusiveMin ? z.number({ error: 'must be a number' }).gt(min, { error: `must be greater than ${min}` }) : z.number({ error: 'must be a number' }).min(min, { error: `must be at least ${min}` })).max(max, { error: `must be at most ${max}` });
 
 export const AGGREGATIONS = ['fedavg', 'median', 'trimmed-mean'] as const;
+export const DOWNLINKS = ['full', 'delta'] as const;
 export type Aggregation = (typeof AGGREGATIONS)[number];
 
 const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
@@ -90,9 +96,26 @@ export const runConfigSchema = z.strictObject({
   clipNorm: between(0, 1e6).default(0),
   /** when set, only devices that joined with this token are selected (never shown by the API) */
   joinToken: z.string({ error: 'must be a string' }).min(8, { error: 'must be at least 8 characters' }).max(200, { error: 'must be at most 200 characters' }).optional(),
+  /** how devices encode their updates: [topk+](float32|float16|q8|q4)[+deflate] (codec.ts) */
+  updateCodec: z
+    .string({ error: 'must be a string' })
+    .default('float32')
+    .superRefine((name, ctx) => {
+      const c = parseCodec(name);
+      if (typeof c === 'string') ctx.addIssue({ code: 'custom', message: c });
+    }),
+  /** share of the entries a topk codec sends each round */
+  topkFraction: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.01),
+  /** values per quantization block of q8/q4 (0: one block per tensor) */
+  quantBlock: whole(0, 1 << 20).default(256),
+  /** how the global model reaches a device that holds an older version: in full, or as a lossless delta */
+  downlink: z.enum(DOWNLINKS, { error: `must be one of ${DOWNLINKS.join(', ')}` }).default('delta'),
 }).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
+
+/** The update codec part of a run's config. */
+export const codecConfig = (config: RunConfig): CodecConfig => ({ codec: config.updateCodec, topkFraction: config.topkFraction, quantBlock: config.quantBlock });
 
 /** The config as the API and logs show it: a join token is replaced by a mark. */
 export function publicConfig(config: RunConfig): RunConfig {

@@ -79,7 +79,7 @@ export interface TrainResult {
 }
 
 /** E epochs of minibatch SGD (batch B, learning rate η) in a seeded order. */
-export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: TrainingPlan, hooks: TrainHooks = {}): Promise<TrainResult> {
+export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks = {}): Promise<TrainResult> {
   const optimizer = tf.train.sgd(plan.learningRate);
   const rng = createRng(plan.seed);
   const perEpoch = Math.ceil(data.count / plan.batchSize);
@@ -131,7 +131,7 @@ export interface UpdateResult {
  * One device's part of a FedAvg round: load the global model, evaluate it on held-out data
  * (before training, as GBoard does), train locally, evaluate again, and return Δ = w_local − w_global.
  */
-export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, train: LocalData, heldOut: LocalData, plan: TrainingPlan, hooks: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void } = {}): Promise<UpdateResult> {
+export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, train: LocalData, heldOut: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void } = {}): Promise<UpdateResult> {
   setFlatWeights(model, global);
   hooks.onPhase?.('evaluating');
   const t0 = performance.now();

@@ -82,16 +82,18 @@ describe('a simulated device and a browser device', () => {
     const browserRound = server.store.listRounds(runId)[0]!;
 
     const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
-    const sim = await pool.train({ type: 'train', model: 'cnn-small', specs: w0.specs, weights: w0.values, plan: strategyFor(config).configureFit(config, 1, 1), train: trainIdx, heldOut: heldOutIdx }).finally(() => pool.close());
+    const plan = strategyFor(config).configureFit(config, 1, 1);
+    const sim = await pool.train({ type: 'train', model: 'cnn-small', specs: w0.specs, weights: w0.values, plan, train: trainIdx, heldOut: heldOutIdx, codec: plan.codec, codecSeed: 1 }).finally(() => pool.close());
+    const simDelta = decodeWeights(sim.payload, w0.specs).values;
     device.leave();
     tf.dispose([train.x, train.y, heldOut.x, heldOut.y]);
 
     // Assert: same Δ (the global model went through float32 addition, hence the tolerance), same metrics.
     let maxDiff = 0;
     let maxAbs = 0;
-    for (let i = 0; i < sim.delta.length; i++) {
-      maxDiff = Math.max(maxDiff, Math.abs(sim.delta[i]! - browserDelta[i]!));
-      maxAbs = Math.max(maxAbs, Math.abs(sim.delta[i]!));
+    for (let i = 0; i < simDelta.length; i++) {
+      maxDiff = Math.max(maxDiff, Math.abs(simDelta[i]! - browserDelta[i]!));
+      maxAbs = Math.max(maxAbs, Math.abs(simDelta[i]!));
     }
     expect(maxAbs).toBeGreaterThan(1e-3);
     expect(maxDiff).toBeLessThan(1e-6);

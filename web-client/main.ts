@@ -5,7 +5,7 @@ import type { ModelName } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
 import type { TrainingBench } from './ml/bench.ts';
 import { toTensors, disposeData } from '../shared/train.ts';
-import { clearDataset, deviceId, ensureDataset, type SliceSpec } from './data/store.ts';
+import { clearDataset, deviceId, ensureDataset, indexedDbMemory, type SliceSpec } from './data/store.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
 import { barChart, lineChart } from './ui/charts.ts';
@@ -121,7 +121,7 @@ async function join(): Promise<void> {
   const train = toTensors(data.train);
   const heldOut = toTensors(data.heldOut);
   const joinToken = params.get('joinToken') ?? undefined;
-  client = new DeviceClient({ hello: { deviceId: id, backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut });
+  client = new DeviceClient({ hello: { deviceId: id, backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory });
   const unsubscribe = client.subscribe(render);
   client.join();
   Object.assign(window.__fl, { ready: true, deviceId: id, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source });

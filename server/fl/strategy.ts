@@ -6,7 +6,7 @@
 import { applyDelta, WeightedDeltaSum } from '../../shared/fedavg.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
 import { clipToNorm, coordinateMedian, trimmedMean } from '../../shared/robust.ts';
-import type { Aggregation, RunConfig } from '../../shared/schemas.ts';
+import { codecConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
 
 export interface RoundAggregator {
   /** adds one update; returns whether it was clipped to the run's L2 bound */
@@ -27,6 +27,7 @@ const configureFit = (config: RunConfig, round: number, attempt: number): Traini
   batchSize: config.batchSize,
   learningRate: config.learningRate,
   seed: (config.seed * 1_000_003 + round * 101 + attempt) >>> 0,
+  codec: codecConfig(config),
 });
 
 export const fedAvgStrategy: Strategy = {

@@ -6,6 +6,8 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { parentPort, workerData } from 'node:worker_threads';
+import { encodeWithFeedback } from '../../shared/codec.ts';
+import { createRng } from '../../shared/rng.ts';
 import { PIXELS, type Samples } from '../../shared/dataset.ts';
 import { buildModel, setFlatWeights, type ModelName } from '../../shared/models.ts';
 import { computeUpdate, disposeData, evaluateLocal, toTensors, type LocalData } from '../../shared/train.ts';
@@ -46,7 +48,10 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
       const heldOut = toTensors(gather(data.trainImages, data.trainLabels, job.heldOut));
       try {
         const u = await computeUpdate(model(job.model), { specs: job.specs, values: job.weights }, train, heldOut, job.plan);
-        return { type: 'train', job: job.job, delta: u.delta.values, numExamples: u.numExamples, accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
+        const t0 = performance.now();
+        const encoded = encodeWithFeedback(u.delta, job.residual, job.codec, createRng(job.codecSeed));
+        const encodeMs = performance.now() - t0;
+        return { type: 'train', job: job.job, payload: encoded.payload, residual: encoded.residual, encodeMs, numExamples: u.numExamples, accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
       } finally {
         disposeData(train);
         disposeData(heldOut);
@@ -76,7 +81,7 @@ await tf.setBackend('wasm');
 await tf.ready();
 port.on('message', (job: WorkerJob) => {
   run(job).then(
-    (reply) => port.postMessage(reply, reply.type === 'train' ? [reply.delta.buffer as ArrayBuffer] : []),
+    (reply) => port.postMessage(reply, reply.type === 'train' ? [reply.payload.buffer as ArrayBuffer, ...(reply.residual ? [reply.residual.buffer as ArrayBuffer] : [])] : []),
     (err: unknown) => port.postMessage({ type: 'error', job: job.job, message: err instanceof Error ? err.message : String(err) } satisfies WorkerReply),
   );
 });

@@ -1,4 +1,5 @@
 /** Messages between the simulation's main thread and its device workers (worker_threads). */
+import type { CodecConfig } from '../../shared/codec.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
 import type { TensorSpec } from '../../shared/weights.ts';
@@ -21,6 +22,11 @@ export interface TrainJob {
   /** indices into the train set: the device's training examples and its held-out examples */
   train: Int32Array;
   heldOut: Int32Array;
+  codec: CodecConfig;
+  /** seeds the codec's stochastic rounding */
+  codecSeed: number;
+  /** the device's error-feedback residual from earlier rounds (topk codecs) */
+  residual?: Float32Array | undefined;
 }
 
 export interface EvaluateJob {
@@ -39,7 +45,10 @@ export type WorkerJob = TrainJob | EvaluateJob;
 export interface TrainDone {
   type: 'train';
   job: number;
-  delta: Float32Array;
+  /** Δ encoded with the run's codec, as the device uploads it */
+  payload: Uint8Array<ArrayBuffer>;
+  residual: Float32Array | undefined;
+  encodeMs: number;
   numExamples: number;
   accuracyBefore: number;
   lossBefore: number;

@@ -16,9 +16,11 @@ import path from 'node:path';
 import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
+import { hashString } from '../../shared/rng.ts';
 import type { ModelPublished, RoundEnd, RoundStart } from '../../shared/protocol.ts';
 import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
-import { decodeWeights, encodeWeights, type FlatWeights } from '../../shared/weights.ts';
+import { applyModelDelta } from '../../shared/model-delta.ts';
+import { decodeWeights, type FlatWeights } from '../../shared/weights.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { Federation, systemClock, type DevicePort } from '../federation.ts';
 import { strategyFor } from '../fl/strategy.ts';
@@ -51,6 +53,11 @@ export interface SimulationOptions {
   overSelect?: number;
   aggregation?: Aggregation;
   workers?: number;
+  /** the update codec (codec.ts) and its parameters; float32 by default */
+  codec?: string;
+  topkFraction?: number;
+  quantBlock?: number;
+  downlink?: 'full' | 'delta';
 }
 
 export interface SimRound {
@@ -81,6 +88,8 @@ export interface SimulationResult {
   wallMs: number;
   /** sha256 of the last model's weight payload: equal for runs with the same options */
   finalModelSha256: string;
+  /** median time a device took to encode its update with the run's codec */
+  encodeMsMedian: number;
 }
 
 export function simulationConfig(o: SimulationOptions): RunConfig {
@@ -96,6 +105,10 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     learningRate: o.lr,
     seed: o.seed,
     aggregation: o.aggregation ?? 'fedavg',
+    ...(o.codec !== undefined ? { updateCodec: o.codec } : {}),
+    ...(o.topkFraction !== undefined ? { topkFraction: o.topkFraction } : {}),
+    ...(o.quantBlock !== undefined ? { quantBlock: o.quantBlock } : {}),
+    ...(o.downlink !== undefined ? { downlink: o.downlink } : {}),
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
     maxRoundRetries: 0,
@@ -139,51 +152,95 @@ function poolEvaluator(pool: WorkerPool, count: number): Evaluator {
   };
 }
 
-/** The DevicePort of the simulation: a round's selected devices train in the pool, then submit in selection order. */
+/**
+ * The DevicePort of the simulation: a round's selected devices train in the pool, then submit in
+ * selection order. Each simulated device holds the last global model it received (so the server
+ * sends it deltas, as to a browser) and its codec's error-feedback residual.
+ */
 class SimulatedDevices implements DevicePort {
   federation: Federation | undefined;
-  private batch: { msg: RoundStart; ids: string[] } | undefined;
-  failure: Error | undefined;
+  private batch: { key: string; starts: { id: string; msg: RoundStart }[] } | undefined;
   onFailure: (err: Error) => void = () => undefined;
+  /** the model version each device holds, and those versions' weights */
+  private readonly held = new Map<string, number>();
+  private readonly versions = new Map<number, FlatWeights>();
+  private readonly residuals = new Map<string, Float32Array>();
+  private residualRun = 0;
+  /** encode time of each update, per round (the codec's cost on the device) */
+  readonly encodeMs: number[] = [];
 
   constructor(private readonly pool: WorkerPool, private readonly devices: Map<string, SimDevice>) {}
 
   sendRoundStart(deviceId: string, msg: RoundStart): void {
-    if (!this.batch || this.batch.msg !== msg) {
-      const batch = { msg, ids: [] as string[] };
+    const key = `${msg.runId}:${msg.round}:${msg.attempt}`;
+    if (this.batch?.key !== key) {
+      const batch = { key, starts: [] as { id: string; msg: RoundStart }[] };
       this.batch = batch;
       // Federation hands out a round's start synchronously, device after device: collect, then run.
-      queueMicrotask(() => void this.runRound(batch).catch((err: unknown) => this.onFailure(err instanceof Error ? err : new Error(String(err)))));
+      queueMicrotask(() => void this.runRound(batch.starts).catch((err: unknown) => this.onFailure(err instanceof Error ? err : new Error(String(err)))));
     }
-    this.batch.ids.push(deviceId);
+    this.batch.starts.push({ id: deviceId, msg });
   }
 
   sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
   broadcastModel(_msg: ModelPublished): void {}
 
-  private async runRound({ msg, ids }: { msg: RoundStart; ids: string[] }): Promise<void> {
-    const global = decodeWeights(msg.weights);
+  /** What the device does on download: decode the model, or rebuild it from the version it holds. */
+  private receive(id: string, msg: RoundStart): FlatWeights {
+    let weights: FlatWeights;
+    if (msg.baseVersion !== undefined) {
+      const base = this.versions.get(msg.baseVersion);
+      if (!base || this.held.get(id) !== msg.baseVersion) throw new Error(`simulated device ${id}: a delta against v${msg.baseVersion}, which it does not hold`);
+      weights = applyModelDelta(base, msg.baseVersion, msg.weights).weights;
+    } else {
+      weights = this.versions.get(msg.modelVersion) ?? decodeWeights(msg.weights);
+    }
+    this.versions.set(msg.modelVersion, weights);
+    this.held.set(id, msg.modelVersion);
+    return weights;
+  }
+
+  private async runRound(starts: { id: string; msg: RoundStart }[]): Promise<void> {
+    const first = starts[0];
+    if (!first) return;
+    if (first.msg.runId !== this.residualRun) {
+      this.residuals.clear();
+      this.residualRun = first.msg.runId;
+    }
     const results = await Promise.all(
-      ids.map((id) => {
+      starts.map(({ id, msg }) => {
+        const global = this.receive(id, msg);
         const d = this.devices.get(id) as SimDevice;
-        return this.pool.train({ type: 'train', model: msg.model, specs: global.specs, weights: global.values, plan: msg.plan, train: d.train, heldOut: d.heldOut });
+        return this.pool.train({ type: 'train', model: msg.model, specs: global.specs, weights: global.values, plan: msg.plan, train: d.train, heldOut: d.heldOut, codec: msg.plan.codec, codecSeed: (msg.plan.seed ^ hashString(id)) >>> 0, residual: this.residuals.get(id) });
       }),
     );
+    // Versions no device holds any more are dropped.
+    const inUse = new Set(this.held.values());
+    for (const v of this.versions.keys()) if (!inUse.has(v)) this.versions.delete(v);
     const federation = this.federation as Federation;
     results.forEach((r, i) => {
-      const id = ids[i] as string;
+      const { id, msg } = starts[i] as { id: string; msg: RoundStart };
+      this.encodeMs.push(r.encodeMs);
+      federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, modelVersion: msg.modelVersion });
       const ack = federation.submitUpdate(id, {
         runId: msg.runId,
         round: msg.round,
         attempt: msg.attempt,
         numExamples: r.numExamples,
-        delta: encodeWeights({ specs: global.specs, values: r.delta }),
+        delta: r.payload,
         metrics: { accuracyBefore: r.accuracyBefore, lossBefore: r.lossBefore, accuracyAfter: r.accuracyAfter, lossAfter: r.lossAfter, downloadMs: 0, evaluateMs: r.evaluateMs, trainMs: r.trainMs },
       });
+      if (ack.ok && r.residual) this.residuals.set(id, r.residual);
       if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
+      federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
     });
   }
 }
+
+const medianOf = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? (s[s.length >> 1] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2) : Number.NaN;
+};
 
 const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   round: r.round,
@@ -255,6 +312,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
       roundsToTarget: hit?.round ?? null,
       timeToTargetMs: hit?.elapsedMs ?? null,
       wallMs: Date.now() - t0,
+      encodeMsMedian: medianOf(port.encodeMs),
       finalModelSha256: lastPayload ? createHash('sha256').update(lastPayload).digest('hex') : '',
     };
   } finally {

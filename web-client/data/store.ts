@@ -4,10 +4,13 @@
  */
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
 import { PIXELS, type DeviceDataset, type Samples } from '../../shared/dataset.ts';
+import type { ModelName } from '../../shared/models-names.ts';
 import { labelHistogram } from '../../shared/partition.ts';
+import type { TensorSpec } from '../../shared/weights.ts';
+import type { DeviceMemory } from '../fl/client.ts';
 
 export const DB_NAME = 'fl-device';
-export const DB_VERSION = 1;
+export const DB_VERSION = 2;
 const CHUNK_SAMPLES = 1000;
 
 /** What identifies a provisioned slice; a different spec means re-provisioning. */
@@ -33,6 +36,20 @@ interface DeviceDB extends DBSchema {
   meta: { key: string; value: DatasetMeta };
   chunks: { key: string; value: { pixels: Uint8Array; labels: Uint8Array } };
   kv: { key: string; value: string };
+  /** the held global model ('model') and the update codec's error-feedback residual ('residual') */
+  state: { key: string; value: StoredModel | StoredResidual };
+}
+
+interface StoredModel {
+  version: number;
+  model: ModelName;
+  specs: TensorSpec[];
+  values: Float32Array;
+}
+
+interface StoredResidual {
+  key: string;
+  values: Float32Array;
 }
 
 let dbPromise: Promise<IDBPDatabase<DeviceDB>> | undefined;
@@ -44,6 +61,7 @@ function db(): Promise<IDBPDatabase<DeviceDB>> {
         database.createObjectStore('chunks');
         database.createObjectStore('kv');
       }
+      if (oldVersion < 2) database.createObjectStore('state');
     },
   });
   return dbPromise;
@@ -119,3 +137,29 @@ export async function ensureDataset(spec: SliceSpec, fetchSlice: (spec: SliceSpe
   const data = await fetchSlice(spec);
   return { meta: await saveDataset(spec, data), data, source: 'provisioned' };
 }
+
+/**
+ * The device's memory between rounds, in IndexedDB: the held global model (so a reload can still
+ * receive deltas) and the error-feedback residual of the current run (so what a topk codec has not
+ * sent yet survives a reload).
+ */
+export const indexedDbMemory: DeviceMemory = {
+  async loadModel() {
+    const m = (await (await db()).get('state', 'model')) as StoredModel | undefined;
+    return m && m.values instanceof Float32Array ? { version: m.version, model: m.model, weights: { specs: m.specs, values: m.values } } : undefined;
+  },
+  async saveModel(m) {
+    const database = await db();
+    if (!m) await database.delete('state', 'model');
+    else await database.put('state', { version: m.version, model: m.model, specs: m.weights.specs, values: m.weights.values } satisfies StoredModel, 'model');
+  },
+  async loadResidual(key) {
+    const r = (await (await db()).get('state', 'residual')) as StoredResidual | undefined;
+    return r && r.key === key && r.values instanceof Float32Array ? r.values : undefined;
+  },
+  async saveResidual(key, values) {
+    const database = await db();
+    if (!values) await database.delete('state', 'residual');
+    else await database.put('state', { key, values } satisfies StoredResidual, 'residual');
+  },
+};

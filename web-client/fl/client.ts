@@ -8,8 +8,11 @@ import { io, type Socket } from 'socket.io-client';
 import { buildModel, type ModelName } from '../../shared/models.ts';
 import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DEVICE_STATES, Hello } from '../../shared/schemas.ts';
+import { encodeWithFeedback } from '../../shared/codec.ts';
+import { applyModelDelta } from '../../shared/model-delta.ts';
+import { createRng, hashString } from '../../shared/rng.ts';
 import { computeUpdate, type LocalData } from '../../shared/train.ts';
-import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+import { decodeWeights, type FlatWeights } from '../../shared/weights.ts';
 import { createYielder } from '../../shared/yield.ts';
 
 export type DeviceState = (typeof DEVICE_STATES)[number];
@@ -51,11 +54,47 @@ function settle(h: RoundHistoryEntry, end: RoundEnd): RoundHistoryEntry {
   return { ...h, outcome };
 }
 
+/** The last global model this device downloaded: the base a server may send the next one against. */
+export interface HeldModel {
+  version: number;
+  model: ModelName;
+  weights: FlatWeights;
+}
+
+/**
+ * What the device keeps between rounds and across reloads: the held global model, and the error-
+ * feedback residual of a topk codec (what it has not sent yet), per run. The page keeps them in
+ * IndexedDB; tests and Node keep them in memory.
+ */
+export interface DeviceMemory {
+  loadModel(): Promise<HeldModel | undefined>;
+  saveModel(model: HeldModel | undefined): Promise<void>;
+  loadResidual(key: string): Promise<Float32Array | undefined>;
+  saveResidual(key: string, residual: Float32Array | undefined): Promise<void>;
+}
+
+export function memoryInProcess(): DeviceMemory {
+  let model: HeldModel | undefined;
+  const residuals = new Map<string, Float32Array>();
+  return {
+    loadModel: async () => model,
+    saveModel: async (m) => {
+      model = m;
+    },
+    loadResidual: async (key) => residuals.get(key),
+    saveResidual: async (key, r) => {
+      residuals.clear(); // one run at a time: an older run's residual is of no use
+      if (r) residuals.set(key, r);
+    },
+  };
+}
+
 export interface DeviceClientOptions {
   hello: Hello;
   train: LocalData;
   heldOut: LocalData;
   url?: string;
+  memory?: DeviceMemory;
 }
 
 export class DeviceClient {
@@ -67,7 +106,12 @@ export class DeviceClient {
   private lastEnd: RoundEnd | undefined;
   snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, error: null };
 
-  constructor(private readonly options: DeviceClientOptions) {}
+  private readonly memory: DeviceMemory;
+  private held: HeldModel | undefined;
+
+  constructor(private readonly options: DeviceClientOptions) {
+    this.memory = options.memory ?? memoryInProcess();
+  }
 
   subscribe(listener: (s: DeviceSnapshot) => void): () => void {
     this.listeners.add(listener);
@@ -85,8 +129,9 @@ export class DeviceClient {
     const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(this.options.url ?? '/', { transports: ['websocket'] });
     this.socket = socket;
     this.set({ connection: 'connecting' });
-    socket.on('connect', () => {
-      socket.emit('device:hello', this.options.hello, (result) => {
+    socket.on('connect', async () => {
+      this.held ??= await this.memory.loadModel().catch(() => undefined);
+      socket.emit('device:hello', { ...this.options.hello, ...(this.held ? { modelVersion: this.held.version } : {}) }, (result) => {
         if (result.ok) this.set({ connection: 'connected', error: null });
         else this.set({ error: `the server refused to join: ${result.error.message}` });
       });
@@ -108,7 +153,26 @@ export class DeviceClient {
 
   private report(state: DeviceState, extra: { progress?: number; loss?: number } = {}): void {
     const current = this.snapshot.current;
-    this.socket?.emit('device:state', { state, ...(current ? { runId: current.runId, round: current.round } : {}), ...extra });
+    this.socket?.emit('device:state', { state, ...(current ? { runId: current.runId, round: current.round } : {}), modelVersion: this.held?.version ?? 0, ...extra });
+  }
+
+  /** The round's global model: in full, or rebuilt from the held model and the server's delta. */
+  private async receiveModel(msg: RoundStart, bytes: Uint8Array, model: tf.LayersModel): Promise<FlatWeights> {
+    let weights: FlatWeights;
+    if (msg.baseVersion !== undefined) {
+      const held = this.held;
+      if (!held || held.version !== msg.baseVersion || held.model !== msg.model) {
+        this.held = undefined;
+        throw new Error(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);
+      }
+      weights = applyModelDelta(held.weights, held.version, bytes).weights;
+    } else {
+      const specs = model.weights.map((w) => ({ name: w.originalName, shape: [...w.shape] as number[] }));
+      weights = decodeWeights(bytes, specs);
+    }
+    this.held = { version: msg.modelVersion, model: msg.model, weights };
+    await this.memory.saveModel(this.held).catch(() => undefined); // a lost copy only costs a full download
+    return weights;
   }
 
   private onRoundEnd(msg: RoundEnd): void {
@@ -146,8 +210,12 @@ export class DeviceClient {
       const bytes = raw instanceof Uint8Array ? raw : new Uint8Array(raw);
       entry.bytesDown = bytes.byteLength;
       const model = this.model(msg.model);
-      const specs = model.weights.map((w) => ({ name: w.originalName, shape: [...w.shape] as number[] }));
-      const global = decodeWeights(bytes, specs);
+      let global: FlatWeights;
+      try {
+        global = await this.receiveModel(msg, bytes, model);
+      } finally {
+        this.report('downloading'); // tells the server which model this device now holds (or none)
+      }
       const downloadMs = performance.now() - t0;
       const shouldStop = () => this.stopRound !== undefined && this.stopRound.runId === msg.runId && this.stopRound.round === msg.round;
       const result = await computeUpdate(model, global, this.options.train, this.options.heldOut, msg.plan, {
@@ -171,7 +239,11 @@ export class DeviceClient {
         entry.message = 'the round closed before local training finished';
         return;
       }
-      const delta = encodeWeights(result.delta);
+      // Encode with the run's codec; a topk codec adds what earlier rounds left out (error feedback).
+      const residualKey = `${msg.runId}:${msg.model}`;
+      const residual = await this.memory.loadResidual(residualKey).catch(() => undefined);
+      const encoded = encodeWithFeedback(result.delta, residual, msg.plan.codec, createRng((msg.plan.seed ^ hashString(this.options.hello.deviceId)) >>> 0));
+      const delta = encoded.payload;
       entry.bytesUp = delta.byteLength;
       this.set({ state: 'uploading', progress: null });
       this.report('uploading');
@@ -186,6 +258,8 @@ export class DeviceClient {
       if (!ack.ok) {
         entry.outcome = 'rejected';
         entry.message = `${ack.error.code}: ${ack.error.message}`;
+      } else if (encoded.residual) {
+        await this.memory.saveResidual(residualKey, encoded.residual).catch(() => undefined);
       }
     } catch (err) {
       entry.outcome = 'failed';
