@@ -4,7 +4,7 @@
  */
 import { io, type Socket } from 'socket.io-client';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
-import { AGGREGATIONS, runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
+import { AGGREGATIONS, DOWNLINKS, runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
 import { renderDevices, renderLog, renderModels, renderRounds, renderTimeline, type DeviceRow, type LogEntry, type ModelRow, type RoundRow, type Timeline } from '../ui/admin.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
@@ -29,13 +29,20 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'trimFraction', label: 'Trimmed fraction', step: '0.05' },
   { name: 'clipNorm', label: 'L2 bound (0 = off)', step: 'any' },
   { name: 'joinToken', label: 'Device join token (optional)' },
+  { name: 'updateCodec', label: 'Update codec' },
+  { name: 'topkFraction', label: 'Top-k fraction', step: 'any' },
+  { name: 'quantBlock', label: 'Quantization block (0 = per tensor)' },
+  { name: 'downlink', label: 'Model download' },
 ];
+/** the codecs offered in the form; the API takes any pipeline [topk+](float32|float16|q8|q4)[+deflate] */
+const CODECS = ['float32', 'float16', 'q8', 'q4', 'q8+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
 const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
-const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS };
+const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS };
 
 const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
   quick: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, hint: 'Open / in 4 or more tabs (or run npm run simulate).' },
+  compressed: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' }, hint: 'Updates as the top 5 % of entries, 8-bit, deflated, with error feedback; models downloaded as deltas. Watch the bytes per round.' },
   'paper-iid': { config: { model: 'cnn', rounds: 20, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'McMahan et al. 2017, CNN, C=0.1 of 100 clients: devices join with /?partition=iid&clients=100&client=K.' },
   'paper-noniid': { config: { model: 'cnn', rounds: 50, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'Pathological non-IID (2 label shards per client): devices join with /?partition=shards&clients=100&client=K.' },
 };

@@ -1,0 +1,105 @@
+/**
+ * Compressed updates and model deltas through the real server and the device's own client
+ * (web-client/fl/client.ts, here in Node on wasm): a run with topk+q8+deflate and delta downloads
+ * trains, costs a fraction of the bytes, and refuses payloads that do not match its codec.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadMnist } from '../server/data/mnist.ts';
+import { encodeUpdate } from '../shared/codec.ts';
+import { createRng } from '../shared/rng.ts';
+import { labelHistogram } from '../shared/partition.ts';
+import type { RoundStart } from '../shared/protocol.ts';
+import { runConfigSchema } from '../shared/schemas.ts';
+import { toTensors } from '../shared/train.ts';
+import { decodeWeights, encodeWeights } from '../shared/weights.ts';
+import { DeviceClient, memoryInProcess, type DeviceMemory } from '../web-client/fl/client.ts';
+import { connect, hello, startServer, until, useWasm, type TestServer } from './support/server.ts';
+
+const mnist = loadMnist();
+
+function device(server: TestServer, id: string, offset: number, memory: DeviceMemory): DeviceClient {
+  const slice = (from: number, n: number) => ({ pixels: mnist.train.images.slice(from * 784, (from + n) * 784), labels: mnist.train.labels.slice(from, from + n) });
+  const train = slice(offset, 120);
+  return new DeviceClient({ url: server.url, memory, train: toTensors(train), heldOut: toTensors(slice(offset + 120, 20)), hello: { deviceId: id, backend: 'wasm', backendReason: 'test', examples: 120, heldOut: 20, labelHistogram: labelHistogram(train.labels) } });
+}
+
+describe('a run with compressed updates and delta downloads', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    await useWasm();
+    server = await startServer({ evalLimit: 500 });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it('trains, sends a fraction of the bytes both ways, and survives a device that lost its model', async () => {
+    const memories = [memoryInProcess(), memoryInProcess(), memoryInProcess()];
+    let devices = memories.map((m, i) => device(server, `codec-device-${i}`, i * 200, m));
+    for (const d of devices) d.join();
+    await until(() => devices.every((d) => d.snapshot.connection === 'connected') || undefined, 10_000, 'the devices to join');
+
+    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 3, clientsPerRound: 3, minUpdates: 3, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 5, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' });
+    const runId = server.app.federation.startRun(config);
+    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 90_000, 'the run to finish');
+    await server.app.federation.idle();
+
+    const rounds = server.store.listRounds(runId);
+    const full = server.store.getModelWeights(server.store.listModels().find((m) => m.runId === runId)!.version)!.byteLength;
+    expect(rounds.map((r) => [r.status, r.completed])).toEqual([['completed', 3], ['completed', 3], ['completed', 3]]);
+    // Up: 5 % of the entries at 8 bits → far below the float32 payload.
+    for (const r of rounds) expect(r.bytesUp / 3).toBeLessThan(full / 8);
+    // Down: round 1 sends the whole model; later rounds send deltas against the version each device holds.
+    expect(rounds[0]!.bytesDown).toBe(3 * full);
+    expect(rounds[1]!.bytesDown).toBeLessThan(3 * full);
+    expect(rounds[2]!.bytesDown).toBeLessThan(3 * full);
+    expect(rounds[2]!.testAccuracy!).toBeGreaterThan(0.25); // from ~0.10 untrained, with 5 % of each update per round
+    for (const d of devices) expect(d.snapshot.history.map((h) => h.outcome)).toEqual(['counted', 'counted', 'counted']);
+    const held = server.store.listModels().filter((m) => m.runId === runId).at(-2)!.version; // the model of round 3's start
+    expect(server.app.federation.listDevices().map((d) => d.modelVersion)).toEqual([held, held, held]);
+
+    // Device 0 comes back with an empty memory (a cleared browser): it gets the full model; the others deltas.
+    for (const d of devices) d.leave();
+    memories[0] = memoryInProcess();
+    devices = memories.map((m, i) => device(server, `codec-device-${i}`, i * 200, m));
+    for (const d of devices) d.join();
+    await until(() => devices.every((d) => d.snapshot.connection === 'connected') || undefined, 10_000, 'the devices to rejoin');
+    expect(server.app.federation.listDevices().find((d) => d.id === 'codec-device-0')!.modelVersion).toBeNull();
+    const again = server.app.federation.startRun({ ...config, rounds: 1 });
+    await until(() => server.store.getRun(again)?.status === 'done' || undefined, 60_000, 'the second run');
+    await server.app.federation.idle();
+    const [r] = server.store.listRounds(again);
+    expect(r!.completed).toBe(3);
+    // One full download (device 0) and two deltas against the previous run's model.
+    expect(r!.bytesDown).toBeGreaterThan(full);
+    expect(r!.bytesDown).toBeLessThan(3 * full);
+    for (const d of devices) d.leave();
+  }, 180_000);
+
+  it('refuses an update that does not match the run codec, with the reason, and keeps the round open', async () => {
+    const socket = await connect(server.url);
+    await hello(socket, 'codec-raw-device', 100);
+    const starts: RoundStart[] = [];
+    socket.on('round:start', (m) => starts.push(m));
+    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05 });
+    const runId = server.app.federation.startRun(config);
+    const start = await until(() => starts[0], 10_000, 'round:start');
+    const global = decodeWeights(new Uint8Array(start.weights));
+    const delta = { specs: global.specs, values: global.values.map((_, i) => (i % 17 === 0 ? 0.001 : 0)) };
+    const submit = (payload: Uint8Array) => socket.emitWithAck('update:submit', { runId, round: 1, attempt: 1, numExamples: 100, delta: payload, metrics: { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 } });
+
+    const plain = await submit(encodeWeights(delta));
+    expect(plain).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
+    expect(!plain.ok && plain.error.message).toMatch(/codec is topk\+q8\+deflate, the payload is not a compressed update/);
+    const good = encodeUpdate(delta, start.plan.codec, createRng(1));
+    const truncated = await submit(good.subarray(0, good.length - 4));
+    expect(truncated).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
+    const wrongCodec = await submit(encodeUpdate(delta, { ...start.plan.codec, codec: 'topk+q4+deflate' }, createRng(1)));
+    expect(!wrongCodec.ok && wrongCodec.error.message).toMatch(/the payload is topk\+q4\+deflate/);
+    expect(server.store.listRounds(runId)).toEqual([]);
+
+    expect(await submit(good)).toEqual({ ok: true, data: { accepted: true } });
+    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 30_000, 'the run to finish');
+    socket.disconnect();
+  });
+});
