@@ -89,3 +89,59 @@ test('a tab forced onto WebGL trains a round', async ({ openDevices, admin }) =>
   expect(history.map((h) => h.outcome)).toEqual(['counted']);
   expect(history[0]!.accuracyAfter).toBeGreaterThan(history[0]!.accuracyBefore as number);
 });
+
+test('a run with topk+q8 updates completes, the dashboard shows its bytes per round, and the residual survives a reload', async ({ openDevices, admin, page }) => {
+  const devices = await openDevices([0, 1].map((client) => ({ clients: 4, client, examples: 300 })));
+  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 3, updateCodec: 'topk+q8', topkFraction: 0.05 } });
+  expect(created.status()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+  const run = await waitForRun(admin, id, 5 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+
+  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRow[]).filter((r) => r.status === 'completed');
+  expect(rounds).toHaveLength(2);
+  const float32Bytes = 5258 * 4;
+  for (const r of rounds) {
+    expect(r.completed).toBe(2);
+    // 5 % of the entries, 8 bits each, plus their indices: more than 20x below float32.
+    expect(r.bytesUp / r.completed).toBeLessThan(float32Bytes / 20);
+  }
+  // Round 2's downloads are deltas against the model each device received in round 1.
+  expect(rounds[1]!.bytesDown).toBeLessThan(rounds[0]!.bytesDown);
+
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.locator('#rounds tbody tr')).toHaveCount(2);
+  const header = await page.locator('#rounds thead th').allTextContents();
+  const upColumn = header.indexOf('Up');
+  expect(upColumn).toBeGreaterThan(0);
+  const shown = await page.locator(`#rounds tbody tr:first-child td:nth-child(${upColumn + 1})`).textContent();
+  expect(shown).toMatch(/^\d+(\.\d+)? (B|kB)$/);
+  await page.screenshot({ path: `${shots}/admin-topk-q8.png`, fullPage: true });
+
+  // The error-feedback residual is in IndexedDB and is still there after a reload.
+  const readResidual = () =>
+    devices[0]!.page.evaluate(
+      () =>
+        new Promise<{ key: string; length: number; sumAbs: number } | null>((resolve, reject) => {
+          const open = indexedDB.open('fl-device');
+          open.onerror = () => reject(open.error);
+          open.onsuccess = () => {
+            const get = open.result.transaction('state').objectStore('state').get('residual');
+            get.onsuccess = () => {
+              const r = get.result as { key: string; values: Float32Array } | undefined;
+              open.result.close();
+              resolve(r ? { key: r.key, length: r.values.length, sumAbs: r.values.reduce((a, v) => a + Math.abs(v), 0) } : null);
+            };
+          };
+        }),
+    );
+  const before = await readResidual();
+  expect(before).toMatchObject({ key: `${id}:cnn-small`, length: 5258 });
+  expect(before!.sumAbs).toBeGreaterThan(0);
+  await devices[0]!.page.reload();
+  await devices[0]!.page.waitForFunction(() => window.__fl?.ready && window.__fl.snapshot?.connection === 'connected');
+  expect(await readResidual()).toEqual(before);
+  for (const d of devices) expect(d.errors, d.errors.join('\n')).toEqual([]);
+});

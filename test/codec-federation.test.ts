@@ -86,13 +86,13 @@ describe('a run with compressed updates and delta downloads', () => {
     const start = await until(() => starts[0], 10_000, 'round:start');
     const global = decodeWeights(new Uint8Array(start.weights));
     const delta = { specs: global.specs, values: global.values.map((_, i) => (i % 17 === 0 ? 0.001 : 0)) };
-    const submit = (payload: Uint8Array) => socket.emitWithAck('update:submit', { runId, round: 1, attempt: 1, numExamples: 100, delta: payload, metrics: { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 } });
+    const submit = (payload: Uint8Array<ArrayBuffer>) => socket.emitWithAck('update:submit', { runId, round: 1, attempt: 1, numExamples: 100, delta: payload, metrics: { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 } });
 
     const plain = await submit(encodeWeights(delta));
     expect(plain).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
     expect(!plain.ok && plain.error.message).toMatch(/codec is topk\+q8\+deflate, the payload is not a compressed update/);
     const good = encodeUpdate(delta, start.plan.codec, createRng(1));
-    const truncated = await submit(good.subarray(0, good.length - 4));
+    const truncated = await submit(good.slice(0, good.length - 4));
     expect(truncated).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
     const wrongCodec = await submit(encodeUpdate(delta, { ...start.plan.codec, codec: 'topk+q4+deflate' }, createRng(1)));
     expect(!wrongCodec.ok && wrongCodec.error.message).toMatch(/the payload is topk\+q4\+deflate/);

@@ -241,7 +241,7 @@ function refreshHistory(): Promise<void> {
 
 async function loadHistory(): Promise<void> {
   const { body: runs } = await api<{ id: number; config: RunConfigInput }[]>('/api/runs');
-  const configs = new Map(runs.map((r) => [r.id, `${r.config.model} · ${r.config.rounds} rounds · K=${r.config.clientsPerRound} · E=${r.config.localEpochs} · B=${r.config.batchSize} · η=${r.config.learningRate}`]));
+  const configs = new Map(runs.map((r) => [r.id, `${r.config.model} · ${r.config.rounds} rounds · K=${r.config.clientsPerRound} · E=${r.config.localEpochs} · B=${r.config.batchSize} · η=${r.config.learningRate}${r.config.aggregation && r.config.aggregation !== 'fedavg' ? ` · ${r.config.aggregation}` : ''}${r.config.updateCodec && r.config.updateCodec !== 'float32' ? ` · ${r.config.updateCodec}${r.config.updateCodec.startsWith('topk') ? ` (${+((r.config.topkFraction ?? 0) * 100).toFixed(2)} %)` : ''}` : ''}`]));
   const runId = last?.run?.id ?? runs.at(-1)?.id;
   if (runId !== undefined) {
     roundsFor = runId;
