@@ -165,7 +165,10 @@ function kthLargest(a: Float32Array, k: number): number {
 export function topkIndices(values: Float32Array, k: number): Uint32Array {
   const n = values.length;
   if (k >= n) return Uint32Array.from({ length: n }, (_, i) => i);
-  const threshold = kthLargest(Float32Array.from(values, Math.abs), k);
+  // (typed-array loops, not Float32Array.from(…, fn): the iterator path is ~10x slower)
+  const magnitudes = new Float32Array(n);
+  for (let i = 0; i < n; i++) magnitudes[i] = Math.abs(values[i] as number);
+  const threshold = kthLargest(magnitudes, k);
   let above = 0;
   for (let i = 0; i < n; i++) if (Math.abs(values[i] as number) > threshold) above++;
   let ties = k - above;
@@ -324,7 +327,9 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
   if (codec.sparse) {
     if (!(config.topkFraction > 0 && config.topkFraction <= 1)) throw new RangeError(`encode update: topkFraction must be in (0, 1], got ${config.topkFraction}`);
     indices = topkIndices(values, topkCount(n, config.topkFraction));
-    values = Float32Array.from(indices, (i) => delta.values[i] as number);
+    const picked = new Float32Array(indices.length);
+    for (let j = 0; j < indices.length; j++) picked[j] = delta.values[indices[j] as number] as number;
+    values = picked;
     body.u32(indices.length);
     let prev = -1;
     for (const i of indices) {
@@ -337,7 +342,8 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
       body.bytes(new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength)));
       break;
     case 'float16': {
-      const h = Uint16Array.from(values, toHalf);
+      const h = new Uint16Array(values.length);
+      for (let i = 0; i < values.length; i++) h[i] = toHalf(values[i] as number);
       body.bytes(new Uint8Array(h.buffer));
       break;
     }
@@ -500,7 +506,7 @@ export interface FeedbackResult {
 export function encodeWithFeedback(delta: FlatWeights, residual: Float32Array | undefined, config: CodecConfig, rng: Rng): FeedbackResult {
   const codec = codecSpec(config.codec);
   if (!codec.sparse) return { payload: encodeUpdate(delta, config, rng), residual: undefined };
-  const corrected = Float32Array.from(delta.values);
+  const corrected = delta.values.slice();
   if (residual && residual.length === corrected.length) for (let i = 0; i < corrected.length; i++) corrected[i] = (corrected[i] as number) + (residual[i] as number);
   const payload = encodeUpdate({ specs: delta.specs, values: corrected }, config, rng);
   const sent = decodeUpdate(payload, delta.specs, config).values;

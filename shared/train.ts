@@ -19,7 +19,9 @@ export interface LocalData {
 
 export function toTensors(samples: Samples): LocalData {
   const count = samples.labels.length;
-  const x = tf.tidy(() => tf.tensor4d(Float32Array.from(samples.pixels, (v) => v / 255), [count, 28, 28, 1]));
+  const scaled = new Float32Array(samples.pixels.length); // a loop: Float32Array.from(…, fn) is ~10x slower
+  for (let i = 0; i < scaled.length; i++) scaled[i] = (samples.pixels[i] as number) / 255;
+  const x = tf.tidy(() => tf.tensor4d(scaled, [count, 28, 28, 1]));
   const y = tf.tensor1d(Int32Array.from(samples.labels), 'int32');
   return { x, y, count };
 }

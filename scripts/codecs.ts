@@ -1,0 +1,153 @@
+/**
+ * `npm run codecs`: the update codecs side by side, on the same seed, in the Node simulation (the
+ * same coordinator, devices and codec code as the browser). For each codec and partition: upload
+ * and download bytes per device per round, the ratio to float32, the device's encode time, the
+ * accuracy after R rounds and the rounds to a target; then encode/decode throughput on one real
+ * update; then a chart of accuracy against cumulative upload bytes.
+ *
+ *   npm run codecs -- [--model mlp] [--clients 100] [--fraction 0.1] [--rounds 20] [--lr 0.1]
+ *     [--partitions iid,shards] [--codecs float32,float16,q8,q4,topk+q8+deflate@0.01,…] [--target 0.95]
+ *     [--out docs/codecs]
+ *
+ * A codec written name@f uses topk fraction f.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { codecSpec, decodeUpdate, encodeUpdate, type CodecConfig } from '../shared/codec.ts';
+import { createRng } from '../shared/rng.ts';
+import type { PartitionKind } from '../shared/partition.ts';
+import type { ModelName } from '../shared/models-names.ts';
+import { decodeWeights, type FlatWeights } from '../shared/weights.ts';
+import { loadMnist } from '../server/data/mnist.ts';
+import { runSimulation, type SimulationResult } from '../server/sim/simulation.ts';
+import { median, parseArgs } from './lib/harness.ts';
+import { writeChart } from './lib/plot.ts';
+
+const args = parseArgs(process.argv.slice(2), {
+  model: 'mlp',
+  clients: '100',
+  fraction: '0.1',
+  rounds: '20',
+  epochs: '1',
+  batch: '10',
+  lr: '0.1',
+  seed: '1',
+  partitions: 'iid,shards',
+  codecs: 'float32,float16,q8,q4,q4+deflate,topk@0.01,topk+q8@0.01,topk+q8+deflate@0.01,topk+q4+deflate@0.01,topk+q8+deflate@0.03',
+  target: '0.95',
+  'quant-block': '256',
+  out: 'docs/codecs',
+});
+const line = (s = '') => process.stdout.write(s + '\n');
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '—');
+const target = Number(args.target);
+const quantBlock = Number(args['quant-block']);
+
+interface Setting {
+  label: string;
+  config: CodecConfig;
+}
+const settings: Setting[] = String(args.codecs)
+  .split(',')
+  .map((s) => {
+    const [name, fraction] = s.split('@') as [string, string | undefined];
+    const spec = codecSpec(name);
+    const topkFraction = fraction === undefined ? 0.01 : Number(fraction);
+    return { label: spec.sparse ? `${spec.name} ${+(topkFraction * 100).toFixed(2)}%` : spec.name, config: { codec: spec.name, topkFraction, quantBlock } };
+  });
+const partitions = String(args.partitions).split(',') as PartitionKind[];
+const mnist = loadMnist();
+
+interface Row {
+  partition: PartitionKind;
+  codec: string;
+  upBytes: number;
+  downBytesFirst: number;
+  downBytesLater: number;
+  upRatio: number;
+  encodeMs: number;
+  finalAccuracy: number;
+  bestAccuracy: number;
+  roundsToTarget: number | null;
+  wallS: number;
+  curve: { round: number; accuracy: number; cumulativeUpBytes: number }[];
+}
+const rows: Row[] = [];
+let reference: FlatWeights;
+
+line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}, ${args.rounds} rounds, seed ${args.seed}; target ${target}`);
+for (const partition of partitions) {
+  line(`\n## ${partition}`);
+  line('codec | up/device/round | vs float32 | down/device (round 1 → later) | encode ms | accuracy after R | best | rounds to target | wall s');
+  let float32Up = Number.NaN;
+  let float32Acc = Number.NaN;
+  for (const s of settings) {
+    const r: SimulationResult = await runSimulation(
+      { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, quantBlock: s.config.quantBlock, downlink: 'delta' },
+      mnist,
+    );
+    const up = median(r.rounds.map((x) => x.bytesUpPerDevice));
+    if (s.config.codec === 'float32' && Number.isNaN(float32Up)) {
+      float32Up = up;
+      float32Acc = r.rounds.at(-1)?.testAccuracy ?? Number.NaN;
+    }
+    let cumulative = 0;
+    const row: Row = {
+      partition,
+      codec: s.label,
+      upBytes: up,
+      downBytesFirst: r.rounds[0]?.bytesDownPerDevice ?? Number.NaN,
+      downBytesLater: median(r.rounds.slice(1).map((x) => x.bytesDownPerDevice)),
+      upRatio: float32Up / up,
+      encodeMs: r.encodeMsMedian,
+      finalAccuracy: r.rounds.at(-1)?.testAccuracy ?? Number.NaN,
+      bestAccuracy: Math.max(...r.rounds.map((x) => x.testAccuracy)),
+      roundsToTarget: r.roundsToTarget,
+      wallS: r.wallMs / 1000,
+      curve: r.rounds.map((x) => ({ round: x.round, accuracy: x.testAccuracy, cumulativeUpBytes: (cumulative += x.bytesUpPerDevice * x.updates) })),
+    };
+    rows.push(row);
+    line(`${row.codec} | ${fmt(up / 1024, 2)} KiB | ${fmt(row.upRatio, 1)}x | ${fmt(row.downBytesFirst / 1024, 1)} → ${fmt(row.downBytesLater / 1024, 1)} KiB | ${fmt(row.encodeMs, 1)} | ${fmt(row.finalAccuracy * 100, 2)} % (${row.finalAccuracy - float32Acc >= 0 ? '+' : ''}${fmt((row.finalAccuracy - float32Acc) * 100, 2)} pp) | ${fmt(row.bestAccuracy * 100, 2)} % | ${row.roundsToTarget ?? '—'} | ${fmt(row.wallS, 0)}`);
+  }
+}
+
+// Encode/decode throughput on a real update: one device's Δ after one epoch on 600 examples.
+line('\n## Encode / decode of one real update (median of 7)');
+{
+  const { initialWeights } = await import('../shared/models.ts');
+  const { WorkerPool } = await import('../server/sim/pool.ts');
+  const w0 = initialWeights(args.model as ModelName, 1);
+  const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
+  const plan = { localEpochs: 1, batchSize: 10, learningRate: Number(args.lr), seed: 1 };
+  const done = await pool.train({ type: 'train', model: args.model as ModelName, specs: w0.specs, weights: w0.values, plan: { ...plan, codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 } }, train: Int32Array.from({ length: 600 }, (_, i) => i), heldOut: new Int32Array(0), codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 }, codecSeed: 1 }).finally(() => pool.close());
+  reference = decodeWeights(done.payload, w0.specs);
+  const time = (fn: () => void) => median(Array.from({ length: 7 }, () => {
+    const t0 = performance.now();
+    fn();
+    return performance.now() - t0;
+  }));
+  const mb = (reference.values.length * 4) / 1e6;
+  line('codec | bytes | encode MB/s (of float32 input) | decode MB/s');
+  const throughput: unknown[] = [];
+  for (const s of settings) {
+    const payload = encodeUpdate(reference, s.config, createRng(2));
+    const enc = time(() => encodeUpdate(reference, s.config, createRng(2)));
+    const dec = time(() => decodeUpdate(payload, reference.specs, s.config));
+    throughput.push({ codec: s.label, bytes: payload.byteLength, encodeMBps: mb / (enc / 1000), decodeMBps: mb / (dec / 1000) });
+    line(`${s.label} | ${payload.byteLength} | ${fmt(mb / (enc / 1000), 0)} | ${fmt(mb / (dec / 1000), 0)}`);
+  }
+  mkdirSync(args.out as string, { recursive: true });
+  writeFileSync(path.join(args.out as string, 'codecs.json'), JSON.stringify({ args, rows, throughput }, null, 1));
+}
+
+for (const partition of partitions) {
+  const files = await writeChart(path.join(args.out as string, `accuracy-vs-bytes-${partition}.png`), {
+    title: `Test accuracy against upload bytes (all devices), ${args.model}, ${partition}`,
+    xLabel: 'cumulative bytes uploaded by all devices (log scale)',
+    yLabel: 'test accuracy',
+    logX: true,
+    series: rows.filter((r) => r.partition === partition).map((r) => ({ label: r.codec, points: r.curve.map((c) => ({ x: c.cumulativeUpBytes, y: c.accuracy })) })),
+  });
+  line(`wrote ${files.join(', ')}`);
+}
+line(`wrote ${path.join(args.out as string, 'codecs.json')}`);
