@@ -12,6 +12,9 @@ export default defineConfig({
     outDir: resolve(root, 'dist/web'),
     emptyOutDir: true,
     chunkSizeWarningLimit: 4000,
+    // With CROSS_ORIGIN_ISOLATION=1 (wasm threads), TF.js's wasm backend builds its thread workers
+    // from the source text of its glue function, which minification breaks ("e is not defined").
+    minify: process.env.CROSS_ORIGIN_ISOLATION !== '1',
     rollupOptions: {
       input: {
         main: resolve(root, 'web-client/index.html'),

@@ -9,7 +9,9 @@
  *   4. the paper's CNN end to end with 2 tabs (6.65 MB updates)
  *   5. server memory against the number of devices in a round (socket devices sending real-size updates)
  *   6. the Node simulation: training samples/s with 1 worker and with one per core
+ *   7. wasm threads: a cross-origin-isolated page (CROSS_ORIGIN_ISOLATION=1) against a plain one
  */
+import { execSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { WeightedDeltaSum } from '../shared/fedavg.ts';
 import { countParams, type ModelName } from '../shared/models.ts';
@@ -190,7 +192,43 @@ async function benchSimulation(): Promise<void> {
   line();
 }
 
+// ─── 7. wasm threads ─────────────────────────────────────────────────────────
+async function benchWasmThreads(): Promise<void> {
+  line('## wasm threads: the page cross-origin isolated (COOP/COEP, CROSS_ORIGIN_ISOLATION=1) or not');
+  line('page | crossOriginIsolated | wasm threads | cnn-small samples/s | cnn samples/s');
+  const rows: unknown[] = [];
+  // The isolated page needs its own (unminified) build: see vite.config.ts.
+  execSync('npx vite build --outDir ../dist/web-isolated --emptyOutDir', { env: { ...process.env, CROSS_ORIGIN_ISOLATION: '1' }, stdio: 'ignore' });
+  for (const isolated of [false, true]) {
+    const server = await startServer(isolated ? { CROSS_ORIGIN_ISOLATION: '1', WEB_ROOT: 'dist/web-isolated' } : {});
+    const browser = await launchBrowser();
+    try {
+      const page = await (await browser.newContext()).newPage();
+      await page.goto(`${server.url}/?autojoin=1&backend=wasm&clients=10&client=0&examples=200`);
+      // A hung backend (seen with threads) must not hang the bench: each step has a deadline.
+      const ready = await page.waitForFunction(() => window.__fl?.ready === true, undefined, { timeout: 120_000 }).then(() => true, () => false);
+      const facts = await page.evaluate(() => ({ isolated: globalThis.crossOriginIsolated, threads: window.__fl.backend?.wasmThreads ?? null }));
+      const speed = async (model: ModelName, examples: number) => {
+        if (!ready) return Number.NaN;
+        const runs: number[] = [];
+        for (let i = 0; i < repeats; i++) runs.push((await page.evaluate(([m, e]) => window.__fl.benchTraining('wasm', m as ModelName, e as number), [model, examples] as const)).rawSamplesPerS);
+        return median(runs);
+      };
+      const small = await speed('cnn-small', 600);
+      const cnn = await speed('cnn', 200);
+      rows.push({ isolated, ready, crossOriginIsolated: facts.isolated, threads: facts.threads, cnnSmall: small, cnn });
+      line(`${isolated ? 'isolated' : 'plain'}${ready ? '' : ' (did not get ready in 120 s)'} | ${facts.isolated} | ${facts.threads ?? '—'} | ${fmt(small)} | ${fmt(cnn)}`);
+    } finally {
+      await browser.close();
+      await server.stop();
+    }
+  }
+  results.wasmThreads = rows;
+  line();
+}
+
 benchAggregation();
+if (!skip.has('threads')) await benchWasmThreads();
 if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();
 try {

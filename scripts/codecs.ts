@@ -6,7 +6,7 @@
  * update; then a chart of accuracy against cumulative upload bytes.
  *
  *   npm run codecs -- [--model mlp] [--clients 100] [--fraction 0.1] [--rounds 20] [--lr 0.1]
- *     [--partitions iid,shards] [--codecs float32,float16,q8,q4,topk+q8+deflate@0.01,…] [--target 0.95]
+ *     [--partitions iid,shards] [--codecs float32,float16,q8,topk+q8+deflate@0.03,…] [--target iid=0.95,shards=0.85]
  *     [--out docs/codecs]
  *
  * A codec written name@f uses topk fraction f.
@@ -33,14 +33,16 @@ const args = parseArgs(process.argv.slice(2), {
   lr: '0.1',
   seed: '1',
   partitions: 'iid,shards',
-  codecs: 'float32,float16,q8,q4,q4+deflate,topk@0.01,topk+q8@0.01,topk+q8+deflate@0.01,topk+q4+deflate@0.01,topk+q8+deflate@0.03',
-  target: '0.95',
+  codecs: 'float32,float16,q8,q4+deflate,topk@0.03,topk+q8@0.03,topk+q8+deflate@0.03,topk+q4+deflate@0.03,topk+q8+deflate@0.01',
+  target: 'iid=0.95,shards=0.85',
   'quant-block': '256',
   out: 'docs/codecs',
 });
 const line = (s = '') => process.stdout.write(s + '\n');
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '—');
-const target = Number(args.target);
+/** one target for all partitions, or per partition: iid=0.95,shards=0.85 */
+const targets = new Map(String(args.target).split(',').map((t) => (t.includes('=') ? (t.split('=') as [string, string]) : ['*', t] as [string, string])).map(([k, v]) => [k, Number(v)]));
+const targetFor = (p: string): number => targets.get(p) ?? targets.get('*') ?? 0.95;
 const quantBlock = Number(args['quant-block']);
 
 interface Setting {
@@ -75,9 +77,10 @@ interface Row {
 const rows: Row[] = [];
 let reference: FlatWeights;
 
-line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}, ${args.rounds} rounds, seed ${args.seed}; target ${target}`);
+line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}, ${args.rounds} rounds, seed ${args.seed}`);
 for (const partition of partitions) {
-  line(`\n## ${partition}`);
+  const target = targetFor(partition);
+  line(`\n## ${partition} (target ${target})`);
   line('codec | up/device/round | vs float32 | down/device (round 1 → later) | encode ms | accuracy after R | best | rounds to target | wall s');
   let float32Up = Number.NaN;
   let float32Acc = Number.NaN;

@@ -34,6 +34,8 @@ export interface AppDeps {
   allowedOrigins?: readonly string[];
   /** API requests a minute from one address (default 1,200) */
   apiRequestsPerMinute?: number;
+  /** COOP/COEP headers: cross-origin-isolated pages, where TF.js's wasm backend can use threads */
+  crossOriginIsolation?: boolean;
 }
 
 export interface App {
@@ -46,7 +48,7 @@ export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
   const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
   const allowedOrigins = deps.allowedOrigins ?? [];
-  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}) });
+  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);
   const io = attachSockets(http, federation, port, deps.logger, { maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT, allowedOrigins });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);

@@ -51,13 +51,14 @@ async function main(): Promise<void> {
   const app = createApp({
     ...(tls ? { tls } : {}),
     apiRequestsPerMinute: envInt('API_RATE_LIMIT', 1200) || 1200,
+    crossOriginIsolation: envInt('CROSS_ORIGIN_ISOLATION', 0) === 1,
     allowedOrigins,
     store,
     evaluator: createEvaluator(test),
     train,
     logger: log,
     adminToken,
-    webRoot: path.join(root, 'dist', 'web'),
+    webRoot: path.resolve(process.env.WEB_ROOT ?? path.join(root, 'dist', 'web')),
   });
 
   const resumed = app.federation.resumeInterruptedRun();

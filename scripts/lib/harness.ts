@@ -26,11 +26,11 @@ async function freePort(): Promise<number> {
   });
 }
 
-export async function startServer(): Promise<ServerHandle> {
+export async function startServer(env: Record<string, string> = {}): Promise<ServerHandle> {
   const port = await freePort();
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fl-sim-'));
   const token = `sim-${Math.random().toString(36).slice(2)}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], { env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', ADMIN_TOKEN: token, DATA_DIR: dataDir }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], { env: { ...process.env, ...env, PORT: String(port), HOST: '127.0.0.1', ADMIN_TOKEN: token, DATA_DIR: dataDir }, stdio: ['ignore', 'ignore', 'inherit'] });
   const url = `http://127.0.0.1:${port}`;
   const t0 = Date.now();
   for (;;) {

@@ -28,6 +28,8 @@ export interface HttpDeps {
   tls: boolean;
   /** API requests a minute from one address */
   apiRequestsPerMinute?: number;
+  /** send COOP/COEP so the pages are cross-origin isolated (wasm threads) */
+  crossOriginIsolation?: boolean;
 }
 
 const topologies = new Map<ModelName, object>();
@@ -49,7 +51,7 @@ function monitorEventLoop(): () => { p50Ms: number; p99Ms: number; maxMs: number
   return () => last;
 }
 
-export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200 }: HttpDeps): Express {
+export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(
@@ -57,7 +59,8 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       contentSecurityPolicy: {
         directives: {
           // TF.js's wasm backend compiles WebAssembly; the pages set inline style attributes.
-          'script-src': ["'self'", "'wasm-unsafe-eval'"],
+          // With isolation, the wasm backend's thread workers importScripts() its glue from a blob: URL.
+          'script-src': ["'self'", "'wasm-unsafe-eval'", ...(crossOriginIsolation ? ['blob:'] : [])],
           'style-src': ["'self'", "'unsafe-inline'"],
           'img-src': ["'self'", 'data:', 'blob:'],
           'connect-src': ["'self'"],
@@ -66,6 +69,8 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
         },
       },
       strictTransportSecurity: tls ? { maxAge: 15552000 } : false,
+      // With cross-origin isolation the pages get SharedArrayBuffer, and TF.js's wasm backend threads.
+      crossOriginEmbedderPolicy: crossOriginIsolation ? { policy: 'require-corp' } : false,
     }),
   );
   app.use('/api', rateLimit({ windowMs: 60_000, limit: apiRequestsPerMinute, standardHeaders: 'draft-8', legacyHeaders: false, message: { error: `too many requests: at most ${apiRequestsPerMinute} a minute from one address` } }));

@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-webgl';
 import '@tensorflow/tfjs-backend-wasm';
-import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
+import { getThreadsCount, setThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { buildModel, type ModelName } from '../../shared/models.ts';
 import { registerWasmTrainingKernels } from '../../shared/wasm-kernels.ts';
 
@@ -20,9 +20,23 @@ export interface BackendChoice {
   reason: string;
   /** samples/s measured by the probe, per backend that trains correctly */
   probe: Partial<Record<BackendName, number>>;
+  /** XNNPACK threads of the wasm backend: more than 1 only on a cross-origin-isolated page */
+  wasmThreads?: number;
+}
+
+/** The wasm backend's thread count, once it has initialised. */
+function wasmThreads(): number | undefined {
+  try {
+    return tf.findBackend('wasm') ? getThreadsCount() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 setWasmPaths('/vendor/tfjs-wasm/');
+// On a cross-origin-isolated page the wasm backend can run XNNPACK on threads; TF.js would use half
+// the cores (one, on two), so ask for all of them.
+if (globalThis.crossOriginIsolated) setThreadsCount(Math.max(1, navigator.hardwareConcurrency || 1));
 registerWasmTrainingKernels();
 
 function probeGradient(): Float32Array {
@@ -73,7 +87,8 @@ export async function chooseBackend(forced?: BackendName, modelName: ModelName =
   const reference = probeGradient();
   if (forced) {
     const problem = await trainsCorrectly(forced, reference);
-    if (!problem) return { backend: forced, reason: `${forced} forced by ?backend=${forced}`, probe: {} };
+    const threads = forced === 'wasm' ? wasmThreads() : undefined;
+    if (!problem) return { backend: forced, reason: `${forced} forced by ?backend=${forced}${threads ? ` (${threads} thread${threads > 1 ? 's' : ''})` : ''}`, probe: {}, ...(threads ? { wasmThreads: threads } : {}) };
     await tf.setBackend('cpu');
     return { backend: 'cpu', reason: `?backend=${forced} asked for, but ${problem}; using cpu`, probe: {} };
   }
@@ -87,7 +102,8 @@ export async function chooseBackend(forced?: BackendName, modelName: ModelName =
   const ranked = (Object.entries(probe) as [BackendName, number][]).sort((a, b) => b[1] - a[1]);
   const best = ranked[0]?.[0] ?? 'cpu';
   await tf.setBackend(best);
-  const figures = ranked.map(([n, sps]) => `${n} ${Math.round(sps)}/s`).join(', ');
+  const threads = probe.wasm !== undefined ? wasmThreads() : undefined;
+  const figures = ranked.map(([n, sps]) => `${n}${n === 'wasm' && threads && threads > 1 ? ` (${threads} threads)` : ''} ${Math.round(sps)}/s`).join(', ');
   const reason = `fastest in a training probe (${figures})${problems.length ? `; ${problems.join('; ')}` : ''}`;
-  return { backend: best, reason, probe };
+  return { backend: best, reason, probe, ...(threads ? { wasmThreads: threads } : {}) };
 }
