@@ -2,12 +2,13 @@
  * Update codecs: how a device's Δ travels to the server (Konečný et al. 2016). A codec is a pipeline
  * named by its stages, each optional, in this order:
  *
- *   [topk+] (float32 | float16 | q8 | q4) [+deflate]      e.g. "q8", "topk+q4", "topk+q8+deflate"
+ *   [topk+] (float32 | float16 | q8 | q4 | q2) [+deflate]      e.g. "q8", "topk+q4", "topk+q8+deflate"
  *
- *   topk     keep the k = ⌈fraction·n⌉ largest-magnitude entries (indices as LEB128 gaps); the
- *            device keeps what it did not send and adds it to its next update (error feedback)
+ *   topk     keep the largest-magnitude entries, ⌈fraction·size⌉ of each tensor (so no layer
+ *            starves), indices as LEB128 gaps; the device keeps what it did not send and adds
+ *            it to its next update (error feedback)
  *   float16  IEEE half precision, round to nearest even
- *   q8 / q4  uniform quantization with stochastic rounding (unbiased: E[decode(encode(v))] = v),
+ *   q8/q4/q2 uniform quantization with stochastic rounding (unbiased: E[decode(encode(v))] = v),
  *            one (min, step) pair per block of `quantBlock` values, or per tensor when it is 0
  *   deflate  a lossless entropy-coding stage (DEFLATE, fflate) over the encoded body
  *
@@ -16,7 +17,7 @@
  *   bytes 0..3   magic "FLU1"
  *   4            format version (uint8) = 1
  *   5            flags (uint8): bit 0 sparse (topk), bit 1 deflate
- *   6            value format (uint8): 0 float32, 1 float16, 2 q8, 3 q4
+ *   6            value format (uint8): 0 float32, 1 float16, 2 q8, 3 q4, 4 q2
  *   7            0
  *   8..11        n, the number of values of the model (uint32 LE)
  *   12..15       quantization block (uint32 LE; 0 = per tensor)
@@ -24,8 +25,8 @@
  *   20..23       CRC-32 of that body (uint32 LE)
  *   24..         body, deflated when flag bit 1 is set (and then nothing may follow the deflate stream):
  *                  [sparse] k (uint32 LE), then k LEB128 gaps (index − previous index − 1)
- *                  values, m = k or n of them: float32 or float16 (LE), or for q8/q4 one
- *                  (min float32, step float32) per block, then the codes packed (q4: low nibble first)
+ *                  values, m = k or n of them: float32 or float16 (LE), or for q8/q4/q2 one
+ *                  (min float32, step float32) per block, then the codes packed, lowest bits first
  *
  * Decoding validates everything and returns a new array, or throws a WeightsFormatError with the
  * reason; nothing is ever half-applied.
@@ -35,7 +36,7 @@ import { crc32 } from './model-delta.ts';
 import type { Rng } from './rng.ts';
 import { decodeWeights, encodeWeights, sizeOf, totalSize, WeightsFormatError, type FlatWeights, type TensorSpec } from './weights.ts';
 
-export const VALUE_FORMATS = ['float32', 'float16', 'q8', 'q4'] as const;
+export const VALUE_FORMATS = ['float32', 'float16', 'q8', 'q4', 'q2'] as const;
 export type ValueFormat = (typeof VALUE_FORMATS)[number];
 
 export interface CodecSpec {
@@ -62,7 +63,7 @@ const FLAG_DEFLATE = 2;
 
 /** Parses a codec name; returns the reason when it is not one. */
 export function parseCodec(name: string): CodecSpec | string {
-  if (typeof name !== 'string' || name.length === 0 || name.length > 64) return 'must be a codec name such as float32, float16, q8, q4, topk, topk+q8 or q8+deflate';
+  if (typeof name !== 'string' || name.length === 0 || name.length > 64) return 'must be a codec name such as float32, float16, q8, q4, q2, topk, topk+q8 or q8+deflate';
   const stages = name.split('+');
   let i = 0;
   const sparse = stages[i] === 'topk';
@@ -76,7 +77,7 @@ export function parseCodec(name: string): CodecSpec | string {
   const deflate = stages[i] === 'deflate';
   if (deflate) i++;
   if (i !== stages.length || stages.length === 0) {
-    return `"${name}" is not a codec: stages are [topk+](float32|float16|q8|q4)[+deflate], in that order, each at most once`;
+    return `"${name}" is not a codec: stages are [topk+](float32|float16|q8|q4|q2)[+deflate], in that order, each at most once`;
   }
   // float32 is named only when no sparsifier stands in front of it: "topk" is topk of float32 values.
   const canonical = [sparse ? 'topk' : '', values !== 'float32' || !sparse ? values : '', deflate ? 'deflate' : ''].filter(Boolean).join('+');
@@ -183,6 +184,26 @@ export function topkIndices(values: Float32Array, k: number): Uint32Array {
 
 export const topkCount = (n: number, fraction: number): number => Math.min(n, Math.max(1, Math.ceil(fraction * n)));
 
+/** Ascending indices of the largest-magnitude ⌈fraction·size⌉ entries of every tensor. */
+export function topkPerTensor(values: Float32Array, specs: readonly TensorSpec[], fraction: number): Uint32Array {
+  const parts: Uint32Array[] = [];
+  let offset = 0;
+  for (const s of specs) {
+    const size = sizeOf(s.shape);
+    const local = topkIndices(values.subarray(offset, offset + size), topkCount(size, fraction));
+    for (let j = 0; j < local.length; j++) local[j] = (local[j] as number) + offset;
+    parts.push(local);
+    offset += size;
+  }
+  const out = new Uint32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 // ─── quantization ────────────────────────────────────────────────────────────
 /** Block lengths over m values: fixed blocks, or the tensors' shares (counts per tensor for sparse values). */
 function segments(m: number, block: number, specs: readonly TensorSpec[], indices: Uint32Array | undefined): number[] {
@@ -199,10 +220,11 @@ function segments(m: number, block: number, specs: readonly TensorSpec[], indice
   return counts;
 }
 
-function quantize(values: Float32Array, bits: 4 | 8, segs: number[], rng: Rng): { params: Float32Array; codes: Uint8Array } {
+function quantize(values: Float32Array, bits: 2 | 4 | 8, segs: number[], rng: Rng): { params: Float32Array; codes: Uint8Array } {
   const levels = (1 << bits) - 1;
+  const perByte = 8 / bits;
   const params = new Float32Array(segs.length * 2);
-  const codes = new Uint8Array(bits === 8 ? values.length : Math.ceil(values.length / 2));
+  const codes = new Uint8Array(packedBytes(values.length, bits));
   let start = 0;
   segs.forEach((len, s) => {
     let lo = Number.POSITIVE_INFINITY;
@@ -220,7 +242,10 @@ function quantize(values: Float32Array, bits: 4 | 8, segs: number[], rng: Rng): 
     for (let i = start; i < start + len; i++) {
       const q = step > 0 ? Math.min(levels, Math.max(0, Math.floor(((values[i] as number) - lo) / step + rng()))) : 0;
       if (bits === 8) codes[i] = q;
-      else codes[i >> 1] = (codes[i >> 1] as number) | (i & 1 ? q << 4 : q);
+      else {
+        const byte = (i / perByte) | 0;
+        codes[byte] = (codes[byte] as number) | (q << ((i % perByte) * bits));
+      }
     }
     start += len;
   });
@@ -305,7 +330,9 @@ class Reader {
   }
 }
 
-const VALUE_CODES: Record<ValueFormat, number> = { float32: 0, float16: 1, q8: 2, q4: 3 };
+const VALUE_CODES: Record<ValueFormat, number> = { float32: 0, float16: 1, q8: 2, q4: 3, q2: 4 };
+const BITS = { q8: 8, q4: 4, q2: 2 } as const;
+const packedBytes = (m: number, bits: number) => Math.ceil((m * bits) / 8);
 
 function assertFinite(values: Float32Array, what: string): void {
   for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw new RangeError(`${what}: value ${i} is not finite (${values[i]})`);
@@ -326,7 +353,7 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
   let values = delta.values;
   if (codec.sparse) {
     if (!(config.topkFraction > 0 && config.topkFraction <= 1)) throw new RangeError(`encode update: topkFraction must be in (0, 1], got ${config.topkFraction}`);
-    indices = topkIndices(values, topkCount(n, config.topkFraction));
+    indices = topkPerTensor(values, delta.specs, config.topkFraction);
     const picked = new Float32Array(indices.length);
     for (let j = 0; j < indices.length; j++) picked[j] = delta.values[indices[j] as number] as number;
     values = picked;
@@ -348,8 +375,9 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
       break;
     }
     case 'q8':
-    case 'q4': {
-      const q = quantize(values, codec.values === 'q8' ? 8 : 4, segments(values.length, block, delta.specs, indices), rng);
+    case 'q4':
+    case 'q2': {
+      const q = quantize(values, BITS[codec.values], segments(values.length, block, delta.specs, indices), rng);
       body.bytes(new Uint8Array(q.params.buffer));
       body.bytes(q.codes);
       break;
@@ -458,21 +486,25 @@ export function decodeUpdate(payload: Uint8Array, specs: readonly TensorSpec[], 
       break;
     }
     case 'q8':
-    case 'q4': {
-      const bits = codec.values === 'q8' ? 8 : 4;
+    case 'q4':
+    case 'q2': {
+      const bits = BITS[codec.values];
+      const perByte = 8 / bits;
+      const mask = (1 << bits) - 1;
       const segs = segments(m, block, specs, indices);
       const params = segs.map((_, s) => [r.f32(`the scale of block ${s}`), r.f32(`the scale of block ${s}`)] as const);
       params.forEach(([lo, step], s) => {
         if (!Number.isFinite(lo) || !Number.isFinite(step) || step < 0) throw new WeightsFormatError(`update: block ${s} has an invalid scale (min ${lo}, step ${step})`);
       });
-      const codes = r.bytes(bits === 8 ? m : Math.ceil(m / 2), 'the quantized values');
-      if (bits === 4 && m % 2 === 1 && (codes[codes.length - 1] as number) >> 4 !== 0) throw new WeightsFormatError('update: the padding nibble is not zero');
+      const codes = r.bytes(packedBytes(m, bits), 'the quantized values');
+      const used = (m % perByte) * bits;
+      if (used !== 0 && (codes[codes.length - 1] as number) >> used !== 0) throw new WeightsFormatError('update: the padding bits of the last byte are not zero');
       values = new Float32Array(m);
       let i = 0;
       segs.forEach((len, s) => {
         const [lo, step] = params[s] as readonly [number, number];
         for (const end = i + len; i < end; i++) {
-          const q = bits === 8 ? (codes[i] as number) : ((codes[i >> 1] as number) >> (i & 1 ? 4 : 0)) & 0xf;
+          const q = bits === 8 ? (codes[i] as number) : ((codes[(i / perByte) | 0] as number) >> ((i % perByte) * bits)) & mask;
           values[i] = lo + q * step;
         }
       });

@@ -25,6 +25,7 @@ describe('codec names', () => {
     expect(codecSpec('topk+q8+deflate')).toMatchObject({ name: 'topk+q8+deflate', sparse: true, values: 'q8', deflate: true });
     expect(codecSpec('topk+float32').name).toBe('topk');
     expect(codecSpec('deflate').name).toBe('float32+deflate');
+    expect(codecSpec('topk+q2+deflate')).toMatchObject({ sparse: true, values: 'q2', deflate: true });
   });
   it('refuses unknown, repeated and misordered stages with a reason', () => {
     for (const bad of ['', 'q16', 'q8+topk', 'topk+topk', 'deflate+q8', 'q8+q4', 'topk+q8+deflate+deflate']) expect(parseCodec(bad)).toBeTypeOf('string');
@@ -61,7 +62,7 @@ describe('lossless stages', () => {
 describe('lossy stages stay within their bounds', () => {
   it('q8 and q4 per block and per tensor: every value within one step of its block', () => {
     const u = randomUpdate(3);
-    for (const [codec, levels] of [['q8', 255], ['q4', 15]] as const) {
+    for (const [codec, levels] of [['q8', 255], ['q4', 15], ['q2', 3]] as const) {
       for (const quantBlock of [64, 0]) {
         const config = cfg(codec, { quantBlock });
         const back = decodeUpdate(encodeUpdate(u, config, createRng(9)), specs, config).values;
@@ -75,15 +76,21 @@ describe('lossy stages stay within their bounds', () => {
     const back = decodeUpdate(encodeUpdate(u, cfg('float16'), createRng(1)), specs, cfg('float16')).values;
     u.values.forEach((v, i) => expect(Math.abs((back[i] as number) - v)).toBeLessThanOrEqual(Math.abs(v) * 2 ** -11 + 2 ** -24));
   });
-  it('topk keeps exactly the k largest magnitudes and zeroes the rest', () => {
+  it('topk keeps exactly the k largest magnitudes of every tensor and zeroes the rest', () => {
     const u = randomUpdate(5);
     const config = cfg('topk', { topkFraction: 0.05 });
     const back = decodeUpdate(encodeUpdate(u, config, createRng(1)), specs, config).values;
-    const k = Math.ceil(0.05 * n);
-    const kept = back.reduce((c, v) => c + (v !== 0 ? 1 : 0), 0);
-    expect(kept).toBe(k);
-    const threshold = [...u.values].map(Math.abs).sort((a, b) => b - a)[k - 1] as number;
-    back.forEach((v, i) => expect(v === 0 ? Math.abs(u.values[i]!) <= threshold : v === u.values[i]).toBe(true));
+    let offset = 0;
+    for (const s of specs) {
+      const size = s.shape.reduce((a, b) => a * b, 1);
+      const k = Math.ceil(0.05 * size);
+      const mine = back.subarray(offset, offset + size);
+      const raw = u.values.subarray(offset, offset + size);
+      expect(mine.reduce((c, v) => c + (v !== 0 ? 1 : 0), 0)).toBe(k);
+      const threshold = [...raw].map(Math.abs).sort((a, b) => b - a)[k - 1] as number;
+      mine.forEach((v, i) => expect(v === 0 ? Math.abs(raw[i]!) <= threshold : v === raw[i]).toBe(true));
+      offset += size;
+    }
   });
   it('topk indices with ties take the lowest positions', () => {
     expect(Array.from(topkIndices(Float32Array.from([1, -3, 3, 0, 3]), 2))).toEqual([1, 2]);
@@ -93,14 +100,14 @@ describe('lossy stages stay within their bounds', () => {
 describe('q8 and q4 are unbiased', () => {
   it('the mean of many stochastic decodes converges to the value', () => {
     const u = randomUpdate(6);
-    for (const codec of ['q8', 'q4']) {
+    for (const codec of ['q8', 'q4', 'q2']) {
       const config = cfg(codec);
       const draws = 2000;
       const sum = new Float64Array(n);
       const rng = createRng(123);
       for (let d = 0; d < draws; d++) decodeUpdate(encodeUpdate(u, config, rng), specs, config).values.forEach((v, i) => (sum[i] = sum[i]! + v));
       // Each decode is within one step of v, with variance ≤ step²/4: the mean's error is ≤ 4σ/√draws.
-      const step = (Math.max(...u.values) - Math.min(...u.values)) / (codec === 'q8' ? 255 : 15);
+      const step = (Math.max(...u.values) - Math.min(...u.values)) / ({ q8: 255, q4: 15, q2: 3 } as Record<string, number>)[codec]!;
       const bound = (4 * (step / 2)) / Math.sqrt(draws);
       let worst = 0;
       u.values.forEach((v, i) => (worst = Math.max(worst, Math.abs(sum[i]! / draws - v))));
