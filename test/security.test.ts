@@ -59,6 +59,7 @@ describe('transport security', () => {
     expect(plain.headers['x-content-type-options']).toBe('nosniff');
     expect(plain.headers['content-security-policy']).toContain("script-src 'self' 'wasm-unsafe-eval'");
     expect(plain.headers['x-powered-by']).toBeUndefined();
+    expect(plain.headers['cross-origin-embedder-policy']).toBeUndefined();
     const allowed = await request(httpGet, `${server.url}/api/status`, { headers: { origin: 'https://lab.example' } });
     expect(allowed.headers['access-control-allow-origin']).toBe('https://lab.example');
     const other = await request(httpGet, `${server.url}/api/status`, { headers: { origin: 'https://evil.example' } });
@@ -76,6 +77,18 @@ describe('transport security', () => {
     expect(await connectWith('https://evil.example')).toBe('refused');
     expect(await connectWith('https://lab.example')).toBe('connected');
     expect(await connectWith(server.url)).toBe('connected');
+  });
+
+  it('with cross-origin isolation sends COOP/COEP and lets the wasm thread workers load their glue', async () => {
+    const isolated = await startServer({ crossOriginIsolation: true });
+    try {
+      const res = await request(httpGet, `${isolated.url}/api/health`);
+      expect(res.headers['cross-origin-opener-policy']).toBe('same-origin');
+      expect(res.headers['cross-origin-embedder-policy']).toBe('require-corp');
+      expect(res.headers['content-security-policy']).toContain("script-src 'self' 'wasm-unsafe-eval' blob:");
+    } finally {
+      await isolated.close();
+    }
   });
 
   it('limits API requests per address', async () => {
