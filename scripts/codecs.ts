@@ -9,7 +9,7 @@
  *     [--partitions iid,shards] [--codecs float32,float16,q8,topk+q8+deflate@0.03,…] [--target iid=0.95,shards=0.85]
  *     [--out docs/codecs]
  *
- * A codec written name@f uses topk fraction f.
+ * A codec written name@f keeps the share f of the entries (topkFraction or randFraction).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -54,8 +54,8 @@ const settings: Setting[] = String(args.codecs)
   .map((s) => {
     const [name, fraction] = s.split('@') as [string, string | undefined];
     const spec = codecSpec(name);
-    const topkFraction = fraction === undefined ? 0.01 : Number(fraction);
-    return { label: spec.sparse ? `${spec.name} ${+(topkFraction * 100).toFixed(2)}%` : spec.name, config: { codec: spec.name, topkFraction, quantBlock } };
+    const share = fraction === undefined ? (spec.random ? 0.25 : 0.01) : Number(fraction);
+    return { label: spec.sparse ? `${spec.name} ${+(share * 100).toFixed(2)}%` : spec.name, config: { codec: spec.name, topkFraction: spec.random ? 0.01 : share, randFraction: spec.random ? share : 0.25, quantBlock } };
   });
 const partitions = String(args.partitions).split(',') as PartitionKind[];
 const mnist = loadMnist();
@@ -86,7 +86,7 @@ for (const partition of partitions) {
   let float32Acc = Number.NaN;
   for (const s of settings) {
     const r: SimulationResult = await runSimulation(
-      { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, quantBlock: s.config.quantBlock, downlink: 'delta' },
+      { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, randFraction: s.config.randFraction ?? 0.25, quantBlock: s.config.quantBlock, downlink: 'delta' },
       mnist,
     );
     const up = median(r.rounds.map((x) => x.bytesUpPerDevice));
@@ -140,7 +140,7 @@ line('\n## Encode / decode of one real update (median of 7)');
     let entropy = '';
     const spec = codecSpec(s.config.codec);
     if (spec.deflate && (spec.sparse || spec.values !== 'float32')) {
-      const body = encodeUpdate(reference, { ...s.config, codec: [spec.sparse ? 'topk' : '', spec.values].filter(Boolean).join('+') }, createRng(2)).subarray(24);
+      const body = encodeUpdate(reference, { ...s.config, codec: [spec.sparse ? (spec.random ? 'rand' : 'topk') : '', spec.values].filter(Boolean).join('+') }, createRng(2)).subarray(24);
       const counts = new Array<number>(256).fill(0);
       for (const b of body) counts[b]! += 1;
       const bits = counts.reduce((a, c) => (c ? a - c * Math.log2(c / body.length) : a), 0);

@@ -5,7 +5,7 @@
  *   npm run simulate:node -- --clients 100 --fraction 0.1 --rounds 50 --epochs 1 --batch 10 --lr 0.1
  *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
- *     [--codec float32|float16|q8|q4|topk|topk+q8|…[+deflate]] [--topk 0.01] [--quant-block 256] [--downlink delta|full]
+ *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -39,6 +39,7 @@ const argsSchema = z.strictObject({
   workers: z.coerce.number().int().min(1).max(64).optional(),
   codec: z.string().default('float32'),
   topk: z.coerce.number().gt(0).max(1).default(0.01),
+  rand: z.coerce.number().gt(0).max(1).default(0.25),
   'quant-block': z.coerce.number().int().min(0).max(1 << 20).default(256),
   downlink: z.enum(['full', 'delta']).default('delta'),
   json: z.string().optional(),
@@ -72,7 +73,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -105,6 +106,7 @@ const result = await runSimulation(
     ...(args.workers ? { workers: args.workers } : {}),
     codec: args.codec,
     topkFraction: args.topk,
+    randFraction: args.rand,
     quantBlock: args['quant-block'],
     downlink: args.downlink,
   },

@@ -2,11 +2,14 @@
  * Update codecs: how a device's Δ travels to the server (Konečný et al. 2016). A codec is a pipeline
  * named by its stages, each optional, in this order:
  *
- *   [topk+] (float32 | float16 | q8 | q4 | q2) [+deflate]      e.g. "q8", "topk+q4", "topk+q8+deflate"
+ *   [topk+ | rand+] (float32 | float16 | q8 | q4 | q2) [+deflate]   e.g. "q8", "topk+q4", "rand+q2+deflate"
  *
  *   topk     keep the largest-magnitude entries, ⌈fraction·size⌉ of each tensor (so no layer
  *            starves), indices as LEB128 gaps; the device keeps what it did not send and adds
  *            it to its next update (error feedback)
+ *   rand     keep a random share `randFraction` of the entries (each independently), scaled by
+ *            1 / randFraction so the estimate stays unbiased; the mask comes from a seed in the
+ *            payload, so no index is sent (Konečný et al. 2016, "random mask")
  *   float16  IEEE half precision, round to nearest even
  *   q8/q4/q2 uniform quantization with stochastic rounding (unbiased: E[decode(encode(v))] = v),
  *            one (min, step) pair per block of `quantBlock` values, or per tensor when it is 0
@@ -16,7 +19,7 @@
  *
  *   bytes 0..3   magic "FLU1"
  *   4            format version (uint8) = 1
- *   5            flags (uint8): bit 0 sparse (topk), bit 1 deflate
+ *   5            flags (uint8): bit 0 topk, bit 1 deflate, bit 2 rand
  *   6            value format (uint8): 0 float32, 1 float16, 2 q8, 3 q4, 4 q2
  *   7            0
  *   8..11        n, the number of values of the model (uint32 LE)
@@ -24,7 +27,8 @@
  *   16..19       length of the body before the deflate stage (uint32 LE)
  *   20..23       CRC-32 of that body (uint32 LE)
  *   24..         body, deflated when flag bit 1 is set (and then nothing may follow the deflate stream):
- *                  [sparse] k (uint32 LE), then k LEB128 gaps (index − previous index − 1)
+ *                  [topk] k (uint32 LE), then k LEB128 gaps (index − previous index − 1)
+ *                  [rand] the mask's seed (uint32 LE) and k, the entries it keeps (uint32 LE)
  *                  values, m = k or n of them: float32 or float16 (LE), or for q8/q4/q2 one
  *                  (min float32, step float32) per block, then the codes packed, lowest bits first
  *
@@ -33,7 +37,7 @@
  */
 import { deflateSync, inflateSync } from 'fflate';
 import { crc32 } from './model-delta.ts';
-import type { Rng } from './rng.ts';
+import { createRng, type Rng } from './rng.ts';
 import { decodeWeights, encodeWeights, sizeOf, totalSize, WeightsFormatError, type FlatWeights, type TensorSpec } from './weights.ts';
 
 export const VALUE_FORMATS = ['float32', 'float16', 'q8', 'q4', 'q2'] as const;
@@ -42,7 +46,10 @@ export type ValueFormat = (typeof VALUE_FORMATS)[number];
 export interface CodecSpec {
   /** the canonical name, e.g. "topk+q8+deflate" */
   name: string;
+  /** topk or rand: only some entries are sent */
   sparse: boolean;
+  /** rand: a seeded random mask (no indices, unbiased scaling) rather than topk */
+  random: boolean;
   values: ValueFormat;
   deflate: boolean;
 }
@@ -51,6 +58,8 @@ export interface CodecConfig {
   codec: string;
   /** share of entries topk keeps, in (0, 1] */
   topkFraction: number;
+  /** share of entries rand keeps, in (0, 1] */
+  randFraction?: number;
   /** values per quantization block; 0 = one block per tensor */
   quantBlock: number;
 }
@@ -60,13 +69,16 @@ const FORMAT_VERSION = 1;
 const HEADER = 24;
 const FLAG_SPARSE = 1;
 const FLAG_DEFLATE = 2;
+const FLAG_RANDOM = 4;
+const flagsOf = (c: CodecSpec) => (c.sparse && !c.random ? FLAG_SPARSE : 0) | (c.deflate ? FLAG_DEFLATE : 0) | (c.random ? FLAG_RANDOM : 0);
 
 /** Parses a codec name; returns the reason when it is not one. */
 export function parseCodec(name: string): CodecSpec | string {
   if (typeof name !== 'string' || name.length === 0 || name.length > 64) return 'must be a codec name such as float32, float16, q8, q4, q2, topk, topk+q8 or q8+deflate';
   const stages = name.split('+');
   let i = 0;
-  const sparse = stages[i] === 'topk';
+  const random = stages[i] === 'rand';
+  const sparse = stages[i] === 'topk' || random;
   if (sparse) i++;
   let values: ValueFormat = 'float32';
   const v = stages[i];
@@ -77,11 +89,11 @@ export function parseCodec(name: string): CodecSpec | string {
   const deflate = stages[i] === 'deflate';
   if (deflate) i++;
   if (i !== stages.length || stages.length === 0) {
-    return `"${name}" is not a codec: stages are [topk+](float32|float16|q8|q4|q2)[+deflate], in that order, each at most once`;
+    return `"${name}" is not a codec: stages are [topk+ or rand+](float32|float16|q8|q4|q2)[+deflate], in that order, each at most once`;
   }
   // float32 is named only when no sparsifier stands in front of it: "topk" is topk of float32 values.
-  const canonical = [sparse ? 'topk' : '', values !== 'float32' || !sparse ? values : '', deflate ? 'deflate' : ''].filter(Boolean).join('+');
-  return { name: canonical, sparse, values, deflate };
+  const canonical = [sparse ? (random ? 'rand' : 'topk') : '', values !== 'float32' || !sparse ? values : '', deflate ? 'deflate' : ''].filter(Boolean).join('+');
+  return { name: canonical, sparse, random, values, deflate };
 }
 
 export function codecSpec(name: string): CodecSpec {
@@ -90,7 +102,7 @@ export function codecSpec(name: string): CodecSpec {
   return c;
 }
 
-/** True when decode(encode(x)) may differ from x (the device then keeps a residual, for topk). */
+/** True when decode(encode(x)) may differ from x. */
 export const isLossy = (c: CodecSpec): boolean => c.sparse || c.values !== 'float32';
 
 // ─── float16 ─────────────────────────────────────────────────────────────────
@@ -180,6 +192,25 @@ export function topkIndices(values: Float32Array, k: number): Uint32Array {
     if (a > threshold || (a === threshold && ties-- > 0)) out[j++] = i;
   }
   return out;
+}
+
+/** The entries a random mask keeps: each index independently with probability `fraction`, from `seed`. */
+export function randomMask(n: number, fraction: number, seed: number): Uint32Array {
+  const rng = createRng(seed);
+  const keep = new Uint32Array(Math.min(n, Math.ceil(n * fraction * 1.5) + 64));
+  let k = 0;
+  let out = keep;
+  for (let i = 0; i < n; i++) {
+    if (rng() < fraction) {
+      if (k === out.length) {
+        const grown = new Uint32Array(Math.min(n, out.length * 2));
+        grown.set(out);
+        out = grown;
+      }
+      out[k++] = i;
+    }
+  }
+  return out.slice(0, k);
 }
 
 export const topkCount = (n: number, fraction: number): number => Math.min(n, Math.max(1, Math.ceil(fraction * n)));
@@ -351,7 +382,17 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
   const body = new Writer(n);
   let indices: Uint32Array | undefined;
   let values = delta.values;
-  if (codec.sparse) {
+  if (codec.random) {
+    const fraction = config.randFraction ?? Number.NaN;
+    if (!(fraction > 0 && fraction <= 1)) throw new RangeError(`encode update: randFraction must be in (0, 1], got ${config.randFraction}`);
+    const seed = Math.floor(rng() * 2 ** 32) >>> 0;
+    indices = randomMask(n, fraction, seed);
+    const picked = new Float32Array(indices.length);
+    for (let j = 0; j < indices.length; j++) picked[j] = (delta.values[indices[j] as number] as number) / fraction;
+    values = picked;
+    body.u32(seed);
+    body.u32(indices.length);
+  } else if (codec.sparse) {
     if (!(config.topkFraction > 0 && config.topkFraction <= 1)) throw new RangeError(`encode update: topkFraction must be in (0, 1], got ${config.topkFraction}`);
     indices = topkPerTensor(values, delta.specs, config.topkFraction);
     const picked = new Float32Array(indices.length);
@@ -390,7 +431,7 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
   const inner = body.done();
   const packed = codec.deflate ? deflateSync(inner, { level: 6 }) : inner;
   const out = new Uint8Array(HEADER + packed.length);
-  out.set([0x46, 0x4c, 0x55, 0x31, FORMAT_VERSION, (codec.sparse ? FLAG_SPARSE : 0) | (codec.deflate ? FLAG_DEFLATE : 0), VALUE_CODES[codec.values], 0]);
+  out.set([0x46, 0x4c, 0x55, 0x31, FORMAT_VERSION, flagsOf(codec), VALUE_CODES[codec.values], 0]);
   const view = new DataView(out.buffer);
   view.setUint32(8, n, true);
   view.setUint32(12, block, true);
@@ -421,8 +462,8 @@ export function decodeUpdate(payload: Uint8Array, specs: readonly TensorSpec[], 
   if (payload[4] !== FORMAT_VERSION) throw new WeightsFormatError(`update: format version ${payload[4]} is not supported (expected ${FORMAT_VERSION})`);
   const flags = payload[5] as number;
   const valueCode = payload[6] as number;
-  const got = [flags & FLAG_SPARSE ? 'topk' : '', VALUE_FORMATS[valueCode] ?? `format ${valueCode}`, flags & FLAG_DEFLATE ? 'deflate' : ''].filter(Boolean).join('+');
-  if ((flags & ~(FLAG_SPARSE | FLAG_DEFLATE)) !== 0 || payload[7] !== 0 || Boolean(flags & FLAG_SPARSE) !== codec.sparse || Boolean(flags & FLAG_DEFLATE) !== codec.deflate || valueCode !== VALUE_CODES[codec.values]) {
+  const got = [flags & FLAG_SPARSE ? 'topk' : '', flags & FLAG_RANDOM ? 'rand' : '', VALUE_FORMATS[valueCode] ?? `format ${valueCode}`, flags & FLAG_DEFLATE ? 'deflate' : ''].filter(Boolean).join('+');
+  if ((flags & ~(FLAG_SPARSE | FLAG_DEFLATE | FLAG_RANDOM)) !== 0 || payload[7] !== 0 || flags !== flagsOf(codec) || valueCode !== VALUE_CODES[codec.values]) {
     throw new WeightsFormatError(`update: the run's codec is ${codec.name}, the payload is ${got}`);
   }
   const n = totalSize(specs);
@@ -457,7 +498,14 @@ export function decodeUpdate(payload: Uint8Array, specs: readonly TensorSpec[], 
   if (crc32(inner) !== view.getUint32(20, true)) throw new WeightsFormatError('update: the body fails its checksum');
   const r = new Reader(inner);
   let indices: Uint32Array | undefined;
-  if (codec.sparse) {
+  if (codec.random) {
+    const seed = r.u32('the mask seed');
+    const k = r.u32('the entry count');
+    const fraction = config.randFraction ?? Number.NaN;
+    if (!(fraction > 0 && fraction <= 1)) throw new WeightsFormatError(`update: the run's randFraction ${config.randFraction} is not in (0, 1]`);
+    indices = randomMask(n, fraction, seed);
+    if (indices.length !== k) throw new WeightsFormatError(`update: the mask of seed ${seed} keeps ${indices.length} entries, the payload says ${k}`);
+  } else if (codec.sparse) {
     const k = r.u32('the entry count');
     if (k < 1 || k > n) throw new WeightsFormatError(`update: ${k} entries for a model of ${n} values`);
     indices = new Uint32Array(k);
@@ -533,11 +581,12 @@ export interface FeedbackResult {
 /**
  * Encodes Δ + residual and returns the new residual (Δ + residual − what the server will decode).
  * Error feedback applies to topk codecs (Stich et al. 2018; Karimireddy et al. 2019): what a round
- * leaves out is delayed, not lost. Other codecs are unbiased and keep no residual.
+ * leaves out is delayed, not lost. The other codecs (rand and the quantizers) are unbiased and keep
+ * no residual.
  */
 export function encodeWithFeedback(delta: FlatWeights, residual: Float32Array | undefined, config: CodecConfig, rng: Rng): FeedbackResult {
   const codec = codecSpec(config.codec);
-  if (!codec.sparse) return { payload: encodeUpdate(delta, config, rng), residual: undefined };
+  if (!codec.sparse || codec.random) return { payload: encodeUpdate(delta, config, rng), residual: undefined };
   const corrected = delta.values.slice();
   if (residual && residual.length === corrected.length) for (let i = 0; i < corrected.length; i++) corrected[i] = (corrected[i] as number) + (residual[i] as number);
   const payload = encodeUpdate({ specs: delta.specs, values: corrected }, config, rng);

@@ -106,7 +106,9 @@ export const runConfigSchema = z.strictObject({
     }),
   /** share of the entries a topk codec sends each round */
   topkFraction: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.01),
-  /** values per quantization block of q8/q4 (0: one block per tensor) */
+  /** share of the entries a rand codec sends each round (a seeded random mask, unbiased) */
+  randFraction: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.25),
+  /** values per quantization block of q8/q4/q2 (0: one block per tensor) */
   quantBlock: whole(0, 1 << 20).default(256),
   /** how the global model reaches a device that holds an older version: in full, or as a lossless delta */
   downlink: z.enum(DOWNLINKS, { error: `must be one of ${DOWNLINKS.join(', ')}` }).default('delta'),
@@ -115,7 +117,7 @@ export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
 
 /** The update codec part of a run's config. */
-export const codecConfig = (config: RunConfig): CodecConfig => ({ codec: config.updateCodec, topkFraction: config.topkFraction, quantBlock: config.quantBlock });
+export const codecConfig = (config: RunConfig): CodecConfig => ({ codec: config.updateCodec, topkFraction: config.topkFraction, randFraction: config.randFraction, quantBlock: config.quantBlock });
 
 /** The config as the API and logs show it: a join token is replaced by a mark. */
 export function publicConfig(config: RunConfig): RunConfig {

@@ -16,7 +16,7 @@ function randomUpdate(seed: number, scale = 0.01): FlatWeights {
   const rng = createRng(seed);
   return { specs, values: Float32Array.from({ length: n }, () => (rng() - 0.5) * 2 * scale * (rng() < 0.1 ? 10 : 1)) };
 }
-const cfg = (codec: string, extra: Partial<CodecConfig> = {}): CodecConfig => ({ codec, topkFraction: 0.1, quantBlock: 64, ...extra });
+const cfg = (codec: string, extra: Partial<CodecConfig> = {}): CodecConfig => ({ codec, topkFraction: 0.1, randFraction: 0.25, quantBlock: 64, ...extra });
 const maxAbsDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - (b[i] as number))), 0);
 
 describe('codec names', () => {
@@ -25,10 +25,11 @@ describe('codec names', () => {
     expect(codecSpec('topk+q8+deflate')).toMatchObject({ name: 'topk+q8+deflate', sparse: true, values: 'q8', deflate: true });
     expect(codecSpec('topk+float32').name).toBe('topk');
     expect(codecSpec('deflate').name).toBe('float32+deflate');
-    expect(codecSpec('topk+q2+deflate')).toMatchObject({ sparse: true, values: 'q2', deflate: true });
+    expect(codecSpec('topk+q2+deflate')).toMatchObject({ sparse: true, random: false, values: 'q2', deflate: true });
+    expect(codecSpec('rand+q2+deflate')).toMatchObject({ name: 'rand+q2+deflate', sparse: true, random: true });
   });
   it('refuses unknown, repeated and misordered stages with a reason', () => {
-    for (const bad of ['', 'q16', 'q8+topk', 'topk+topk', 'deflate+q8', 'q8+q4', 'topk+q8+deflate+deflate']) expect(parseCodec(bad)).toBeTypeOf('string');
+    for (const bad of ['', 'q16', 'q8+topk', 'topk+topk', 'deflate+q8', 'q8+q4', 'topk+q8+deflate+deflate', 'topk+rand', 'rand+topk+q8']) expect(parseCodec(bad)).toBeTypeOf('string');
   });
 });
 
@@ -115,6 +116,36 @@ describe('q8 and q4 are unbiased', () => {
       // …whereas rounding to nearest would be off by up to step/2 for some values.
       expect(bound).toBeLessThan(step / 2);
     }
+  });
+});
+
+describe('rand: a seeded random mask', () => {
+  it('sends no indices, keeps about the fraction, and is unbiased over many draws', () => {
+    const u = randomUpdate(11);
+    const config = cfg('rand+float32', { randFraction: 0.25 });
+    const one = encodeUpdate(u, config, createRng(1));
+    // header 24 + seed 4 + k 4 + k float32 values: nothing else
+    const k = new DataView(one.buffer).getUint32(28, true);
+    expect(one.length).toBe(24 + 8 + 4 * k);
+    expect(k / n).toBeGreaterThan(0.18);
+    expect(k / n).toBeLessThan(0.32);
+    const draws = 4000;
+    const sum = new Float64Array(n);
+    const rng = createRng(5);
+    for (let d = 0; d < draws; d++) decodeUpdate(encodeUpdate(u, config, rng), specs, config).values.forEach((v, i) => (sum[i] = sum[i]! + v));
+    // Each decode is v/p with probability p, else 0: σ = |v|·√((1−p)/p); the mean is within 4σ/√draws.
+    u.values.forEach((v, i) => expect(Math.abs(sum[i]! / draws - v)).toBeLessThanOrEqual((4 * Math.abs(v) * Math.sqrt(3)) / Math.sqrt(draws) + 1e-9));
+  });
+  it('refuses a payload whose count does not match its mask, and keeps no residual', () => {
+    const config = cfg('rand+q2+deflate', { randFraction: 0.25 });
+    expect(encodeWithFeedback(randomUpdate(1), undefined, config, createRng(1)).residual).toBeUndefined();
+    const plain = cfg('rand+q2', { randFraction: 0.25 });
+    const p = encodeUpdate(randomUpdate(12), plain, createRng(3));
+    const wrongK = p.slice();
+    new DataView(wrongK.buffer).setUint32(28, new DataView(p.buffer).getUint32(28, true) + 1, true);
+    new DataView(wrongK.buffer).setUint32(20, crc32(wrongK.subarray(24)), true);
+    expect(() => decodeUpdate(wrongK, specs, plain)).toThrow(/keeps \d+ entries, the payload says/);
+    expect(() => decodeUpdate(p, specs, cfg('topk+q2'))).toThrow(/the run's codec is topk\+q2, the payload is rand\+q2/);
   });
 });
 

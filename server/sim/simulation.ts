@@ -56,6 +56,7 @@ export interface SimulationOptions {
   /** the update codec (codec.ts) and its parameters; float32 by default */
   codec?: string;
   topkFraction?: number;
+  randFraction?: number;
   quantBlock?: number;
   downlink?: 'full' | 'delta';
 }
@@ -107,6 +108,7 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     aggregation: o.aggregation ?? 'fedavg',
     ...(o.codec !== undefined ? { updateCodec: o.codec } : {}),
     ...(o.topkFraction !== undefined ? { topkFraction: o.topkFraction } : {}),
+    ...(o.randFraction !== undefined ? { randFraction: o.randFraction } : {}),
     ...(o.quantBlock !== undefined ? { quantBlock: o.quantBlock } : {}),
     ...(o.downlink !== undefined ? { downlink: o.downlink } : {}),
     roundTimeoutMs: 24 * 3600_000,

@@ -31,11 +31,12 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'joinToken', label: 'Device join token (optional)' },
   { name: 'updateCodec', label: 'Update codec' },
   { name: 'topkFraction', label: 'Top-k fraction', step: 'any' },
+  { name: 'randFraction', label: 'Random-mask fraction', step: 'any' },
   { name: 'quantBlock', label: 'Quantization block (0 = per tensor)' },
   { name: 'downlink', label: 'Model download' },
 ];
-/** the codecs offered in the form; the API takes any pipeline [topk+](float32|float16|q8|q4)[+deflate] */
-const CODECS = ['float32', 'float16', 'q8', 'q4', 'q8+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate'] as const;
+/** the codecs offered in the form; the API takes any pipeline [topk+|rand+](float32|float16|q8|q4|q2)[+deflate] */
+const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
 const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
 const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS };
