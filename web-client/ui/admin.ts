@@ -37,9 +37,9 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
 export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRow[]): void {
   table(
     target,
-    ['Round', 'Status', 'Selected', 'Counted', 'Dropped', 'Late', 'Clipped', 'Test acc.', 'Test loss', 'Local before → after', 'Duration', 'Train (median)', 'Aggregate', 'Evaluate', 'Up', 'Down', 'Model v'],
+    ['Round', 'Status', 'Selected', 'Counted', 'Dropped', 'Late', 'Clipped', 'Test acc.', 'Test loss', 'Local before → after', 'Duration', 'Train (median)', 'Aggregate', 'Evaluate', 'Up', 'Up / device', 'Down', 'Model v'],
     [...rounds].reverse().map((r) =>
-      el('tr', {}, el('td', {}, r.attempt > 1 ? `${r.round} (try ${r.attempt})` : r.round), el('td', { title: r.reason ?? '' }, el('span', { class: `pill ${r.status}` }, r.status)), el('td', {}, r.participants), el('td', {}, r.completed), el('td', {}, r.dropped), el('td', {}, r.late), el('td', {}, r.clipped ?? 0), el('td', {}, pct(r.testAccuracy, 2)), el('td', {}, num(r.testLoss)), el('td', {}, `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`), el('td', {}, ms(r.durationMs)), el('td', {}, ms(r.timings?.trainMs)), el('td', {}, ms(r.timings?.aggregationMs)), el('td', {}, ms(r.timings?.evaluationMs)), el('td', {}, bytes(r.bytesUp)), el('td', {}, bytes(r.bytesDown)), el('td', {}, r.modelVersion ?? '—')),
+      el('tr', {}, el('td', {}, r.attempt > 1 ? `${r.round} (try ${r.attempt})` : r.round), el('td', { title: r.reason ?? '' }, el('span', { class: `pill ${r.status}` }, r.status)), el('td', {}, r.participants), el('td', {}, r.completed), el('td', {}, r.dropped), el('td', {}, r.late), el('td', {}, r.clipped ?? 0), el('td', {}, pct(r.testAccuracy, 2)), el('td', {}, num(r.testLoss)), el('td', {}, `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`), el('td', {}, ms(r.durationMs)), el('td', {}, ms(r.timings?.trainMs)), el('td', {}, ms(r.timings?.aggregationMs)), el('td', {}, ms(r.timings?.evaluationMs)), el('td', {}, bytes(r.bytesUp)), el('td', {}, r.completed ? bytes(Math.round(r.bytesUp / r.completed)) : '—'), el('td', {}, bytes(r.bytesDown)), el('td', {}, r.modelVersion ?? '—')),
     ),
     'No round yet.',
   );
