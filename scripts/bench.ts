@@ -5,7 +5,8 @@
  *
  *   1. local training samples/s per backend and model, in Chromium: raw model.fit vs the device's step
  *   2. weight payload encode/decode and FedAvg aggregation throughput vs a plain Float32 add loop (Node)
- *   3. a federation of 4 tabs: time per round and its split, bytes per device, server RSS, memory per tab
+ *   3. a federation of 4 tabs: time per round and its split, bytes per device, server RSS, memory per tab;
+ *      then the same with compressed updates (the browser's bytes for the codec table)
  *   4. the paper's CNN end to end with 2 tabs (6.65 MB updates)
  *   5. server memory against the number of devices in a round (socket devices sending real-size updates)
  *   6. the Node simulation: training samples/s with 1 worker and with one per core
@@ -234,6 +235,7 @@ const server = await startServer();
 try {
   if (!skip.has('training')) await benchTraining(server);
   if (!skip.has('rounds')) await benchRounds(server, 'Federation: 4 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, 600);
+  if (!skip.has('rounds')) await benchRounds(server, 'The same with compressed updates (rand+q2+deflate, 25 %) and delta downloads', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'rand+q2+deflate', randFraction: 0.25, downlink: 'delta' }, 600);
   if (!skip.has('memory')) await benchServerMemory(server);
   if (!skip.has('cnn')) await benchRounds(server, 'Federation: 2 tabs, the paper CNN (6.65 MB updates), 300 examples each, E=1, B=10, 1 round', 2, { model: 'cnn', rounds: 1, localEpochs: 1, batchSize: 10, learningRate: 0.05 }, 300);
 } finally {

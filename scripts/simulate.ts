@@ -4,11 +4,11 @@
  *
  *   npm run simulate -- --tabs 4 --rounds 5 [--partition iid|shards|dirichlet] [--model cnn-small]
  *     [--examples 600] [--epochs 1] [--batch 10] [--lr 0.1] [--alpha 0.5] [--seed 1] [--backend webgl|wasm|cpu]
- *     [--codec topk+q8+deflate] [--topk 0.05] [--downlink delta|full]
+ *     [--codec rand+q2+deflate] [--topk 0.01] [--rand 0.25] [--downlink delta|full]
  */
 import { api, followRun, launchBrowser, openDevices, parseArgs, startServer } from './lib/harness.ts';
 
-const args = parseArgs(process.argv.slice(2), { tabs: '4', rounds: '5', partition: 'iid', model: 'cnn-small', examples: '600', epochs: '1', batch: '10', lr: '0.1', alpha: '0.5', seed: '1', backend: '', k: '', codec: 'float32', topk: '0.01', downlink: 'delta' });
+const args = parseArgs(process.argv.slice(2), { tabs: '4', rounds: '5', partition: 'iid', model: 'cnn-small', examples: '600', epochs: '1', batch: '10', lr: '0.1', alpha: '0.5', seed: '1', backend: '', k: '', codec: 'float32', topk: '0.01', rand: '0.25', downlink: 'delta' });
 const tabs = Number(args.tabs);
 if (!Number.isInteger(tabs) || tabs < 1 || tabs > 64) throw new Error(`--tabs must be an integer in 1..64, got ${args.tabs}`);
 
@@ -21,7 +21,7 @@ try {
   const backends = await Promise.all(devices.map((d) => d.page.evaluate(() => window.__fl.backend?.backend ?? '?')));
   process.stdout.write(`devices ready in ${((Date.now() - t0) / 1000).toFixed(1)} s; backends: ${backends.join(', ')}\n`);
   const k = args.k ? Number(args.k) : tabs;
-  const config = { model: args.model, rounds: Number(args.rounds), clientsPerRound: k, minUpdates: Math.max(1, Math.ceil(k * 0.75)), localEpochs: Number(args.epochs), batchSize: Number(args.batch), learningRate: Number(args.lr), seed: Number(args.seed), roundTimeoutMs: 600_000, updateCodec: args.codec, topkFraction: Number(args.topk), downlink: args.downlink };
+  const config = { model: args.model, rounds: Number(args.rounds), clientsPerRound: k, minUpdates: Math.max(1, Math.ceil(k * 0.75)), localEpochs: Number(args.epochs), batchSize: Number(args.batch), learningRate: Number(args.lr), seed: Number(args.seed), roundTimeoutMs: 600_000, updateCodec: args.codec, topkFraction: Number(args.topk), randFraction: Number(args.rand), downlink: args.downlink };
   const created = await api<{ id?: number; error?: string }>(server, '/api/runs', { method: 'POST', body: config });
   if (created.status !== 201) throw new Error(`launch failed: ${created.body.error}`);
   const header = ['round', 'status', 'counted', 'test acc', 'test loss', 'local before→after', 'duration', 'train', 'up/device', 'down/device'];

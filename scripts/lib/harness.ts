@@ -70,7 +70,7 @@ export async function openDevices(browser: Browser, baseUrl: string, n: number, 
       const context = await browser.newContext();
       const page = await context.newPage();
       const q = new URLSearchParams({ autojoin: '1', clients: String(n), client: String(client), ...Object.fromEntries(Object.entries(query).map(([k, v]) => [k, String(v)])) });
-      await page.goto(`${baseUrl}/?${q}`);
+      await page.goto(`${baseUrl}/?${q}`, { timeout: 120_000 }); // a busy machine loads 4 tabs slowly
       return { context, page };
     }),
   );
