@@ -4,9 +4,9 @@
  *
  *   [topk+ | rand+] (float32 | float16 | q8 | q4 | q2) [+deflate]   e.g. "q8", "topk+q4", "rand+q2+deflate"
  *
- *   topk     keep the largest-magnitude entries, ⌈fraction·size⌉ of each tensor (so no layer
- *            starves), indices as LEB128 gaps; the device keeps what it did not send and adds
- *            it to its next update (error feedback)
+ *   topk     keep the k = ⌈fraction·n⌉ largest-magnitude entries of the whole update (indices as
+ *            LEB128 gaps); the device keeps what it did not send and adds it to its next update
+ *            (error feedback). A k per tensor was measured too, and was no better here.
  *   rand     keep a random share `randFraction` of the entries (each independently), scaled by
  *            1 / randFraction so the estimate stays unbiased; the mask comes from a seed in the
  *            payload, so no index is sent (Konečný et al. 2016, "random mask")
@@ -215,26 +215,6 @@ export function randomMask(n: number, fraction: number, seed: number): Uint32Arr
 
 export const topkCount = (n: number, fraction: number): number => Math.min(n, Math.max(1, Math.ceil(fraction * n)));
 
-/** Ascending indices of the largest-magnitude ⌈fraction·size⌉ entries of every tensor. */
-export function topkPerTensor(values: Float32Array, specs: readonly TensorSpec[], fraction: number): Uint32Array {
-  const parts: Uint32Array[] = [];
-  let offset = 0;
-  for (const s of specs) {
-    const size = sizeOf(s.shape);
-    const local = topkIndices(values.subarray(offset, offset + size), topkCount(size, fraction));
-    for (let j = 0; j < local.length; j++) local[j] = (local[j] as number) + offset;
-    parts.push(local);
-    offset += size;
-  }
-  const out = new Uint32Array(parts.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 // ─── quantization ────────────────────────────────────────────────────────────
 /** Block lengths over m values: fixed blocks, or the tensors' shares (counts per tensor for sparse values). */
 function segments(m: number, block: number, specs: readonly TensorSpec[], indices: Uint32Array | undefined): number[] {
@@ -394,7 +374,7 @@ export function encodeUpdate(delta: FlatWeights, config: CodecConfig, rng: Rng):
     body.u32(indices.length);
   } else if (codec.sparse) {
     if (!(config.topkFraction > 0 && config.topkFraction <= 1)) throw new RangeError(`encode update: topkFraction must be in (0, 1], got ${config.topkFraction}`);
-    indices = topkPerTensor(values, delta.specs, config.topkFraction);
+    indices = topkIndices(values, topkCount(n, config.topkFraction));
     const picked = new Float32Array(indices.length);
     for (let j = 0; j < indices.length; j++) picked[j] = delta.values[indices[j] as number] as number;
     values = picked;
