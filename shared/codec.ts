@@ -197,9 +197,8 @@ export function topkIndices(values: Float32Array, k: number): Uint32Array {
 /** The entries a random mask keeps: each index independently with probability `fraction`, from `seed`. */
 export function randomMask(n: number, fraction: number, seed: number): Uint32Array {
   const rng = createRng(seed);
-  const keep = new Uint32Array(Math.min(n, Math.ceil(n * fraction * 1.5) + 64));
+  let out = new Uint32Array(Math.min(n, Math.ceil(n * fraction * 1.5) + 64));
   let k = 0;
-  let out = keep;
   for (let i = 0; i < n; i++) {
     if (rng() < fraction) {
       if (k === out.length) {
