@@ -15,15 +15,23 @@ export interface LocalData {
   /** labels as int32 */
   y: tf.Tensor1D;
   count: number;
+  /**
+   * The same pixels (scaled to 0..1) and labels in JS memory: evaluation builds its batches from
+   * these, because slicing a large tensor on the wasm backend reads the whole tensor back each time
+   * (measured: 59 ms per batch of 100 from the 10,000 test images, against ~1 ms from these arrays).
+   */
+  pixels?: Float32Array;
+  labels?: Int32Array;
 }
 
 export function toTensors(samples: Samples): LocalData {
   const count = samples.labels.length;
   const scaled = new Float32Array(samples.pixels.length); // a loop: Float32Array.from(…, fn) is ~10x slower
   for (let i = 0; i < scaled.length; i++) scaled[i] = (samples.pixels[i] as number) / 255;
+  const labels = Int32Array.from(samples.labels);
   const x = tf.tidy(() => tf.tensor4d(scaled, [count, 28, 28, 1]));
-  const y = tf.tensor1d(Int32Array.from(samples.labels), 'int32');
-  return { x, y, count };
+  const y = tf.tensor1d(labels, 'int32');
+  return { x, y, count, pixels: scaled, labels };
 }
 
 export function disposeData(d: LocalData): void {
@@ -51,8 +59,8 @@ export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batc
   for (let start = 0; start < data.count; start += batchSize) {
     const n = Math.min(batchSize, data.count - start);
     const [hits, loss] = tf.tidy(() => {
-      const x = data.x.slice([start, 0, 0, 0], [n, 28, 28, 1]);
-      const y = data.y.slice([start], [n]);
+      const x = data.pixels ? tf.tensor4d(data.pixels.subarray(start * 784, (start + n) * 784), [n, 28, 28, 1]) : data.x.slice([start, 0, 0, 0], [n, 28, 28, 1]);
+      const y = data.labels ? tf.tensor1d(data.labels.subarray(start, start + n), 'int32') : data.y.slice([start], [n]);
       const probs = model.predict(x) as tf.Tensor2D;
       return [probs.argMax(1).equal(y).sum(), crossEntropy(probs, y).mul(n)];
     });
