@@ -75,7 +75,6 @@ interface Row {
   curve: { round: number; accuracy: number; cumulativeUpBytes: number }[];
 }
 const rows: Row[] = [];
-let reference: FlatWeights;
 
 line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}, ${args.rounds} rounds, seed ${args.seed}`);
 for (const partition of partitions) {
@@ -123,7 +122,7 @@ line('\n## Encode / decode of one real update (median of 7)');
   const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
   const plan = { localEpochs: 1, batchSize: 10, learningRate: Number(args.lr), seed: 1 };
   const done = await pool.train({ type: 'train', model: args.model as ModelName, specs: w0.specs, weights: w0.values, plan: { ...plan, codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 } }, train: Int32Array.from({ length: 600 }, (_, i) => i), heldOut: new Int32Array(0), codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 }, codecSeed: 1 }).finally(() => pool.close());
-  reference = decodeWeights(done.payload, w0.specs);
+  const reference: FlatWeights = decodeWeights(done.payload, w0.specs);
   const time = (fn: () => void) => median(Array.from({ length: 7 }, () => {
     const t0 = performance.now();
     fn();

@@ -4,24 +4,16 @@
  * trains, costs a fraction of the bytes, and refuses payloads that do not match its codec.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadMnist } from '../server/data/mnist.ts';
 import { encodeUpdate } from '../shared/codec.ts';
 import { createRng } from '../shared/rng.ts';
-import { labelHistogram } from '../shared/partition.ts';
 import type { RoundStart } from '../shared/protocol.ts';
 import { runConfigSchema } from '../shared/schemas.ts';
-import { toTensors } from '../shared/train.ts';
 import { decodeWeights, encodeWeights } from '../shared/weights.ts';
-import { DeviceClient, memoryInProcess, type DeviceMemory } from '../web-client/fl/client.ts';
-import { connect, hello, startServer, until, useWasm, type TestServer } from './support/server.ts';
+import { memoryInProcess, type DeviceClient, type DeviceMemory } from '../web-client/fl/client.ts';
+import { browserDevice, connect, hello, startServer, until, useWasm, type TestServer } from './support/server.ts';
 
-const mnist = loadMnist();
 
-function device(server: TestServer, id: string, offset: number, memory: DeviceMemory): DeviceClient {
-  const slice = (from: number, n: number) => ({ pixels: mnist.train.images.slice(from * 784, (from + n) * 784), labels: mnist.train.labels.slice(from, from + n) });
-  const train = slice(offset, 120);
-  return new DeviceClient({ url: server.url, memory, train: toTensors(train), heldOut: toTensors(slice(offset + 120, 20)), hello: { deviceId: id, backend: 'wasm', backendReason: 'test', examples: 120, heldOut: 20, labelHistogram: labelHistogram(train.labels) } });
-}
+const device = (server: TestServer, id: string, offset: number, memory: DeviceMemory): DeviceClient => browserDevice(server.url, id, { offset, train: 120, heldOut: 20 }, memory).client;
 
 describe('a run with compressed updates and delta downloads', () => {
   let server: TestServer;

@@ -2,19 +2,14 @@
  * The Node simulation runs the server's federation with devices in worker threads. Its devices must
  * compute what a browser device computes, and the same options must give the same run.
  */
-import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMnist } from '../server/data/mnist.ts';
 import { strategyFor } from '../server/fl/strategy.ts';
 import { WorkerPool } from '../server/sim/pool.ts';
-import { runSimulation, type SimulationOptions } from '../server/sim/simulation.ts';
-import { PIXELS } from '../shared/dataset.ts';
-import { labelHistogram } from '../shared/partition.ts';
+import { makeDevices, runSimulation, type SimulationOptions } from '../server/sim/simulation.ts';
 import { runConfigSchema } from '../shared/schemas.ts';
-import { toTensors } from '../shared/train.ts';
 import { decodeWeights } from '../shared/weights.ts';
-import { DeviceClient } from '../web-client/fl/client.ts';
-import { startServer, until, useWasm, type TestServer } from './support/server.ts';
+import { browserDevice, startServer, until, useWasm, type TestServer } from './support/server.ts';
 
 const mnist = loadMnist();
 const small: SimulationOptions = { clients: 10, fraction: 0.2, rounds: 2, epochs: 1, batch: 10, lr: 0.1, partition: 'iid', alpha: 0.5, model: 'cnn-small', seed: 3, examples: 100, workers: 2 };
@@ -43,6 +38,20 @@ describe('simulate:node', () => {
     expect(r.rounds.slice(0, -1).every((x) => x.testAccuracy < 0.5)).toBe(true);
   }, 180_000);
 
+  it('keeps the held-out share asked for, apart from the training examples', () => {
+    for (const heldOut of [0.1, 0.25]) {
+      const devices = makeDevices(mnist.train, { ...small, examples: undefined, heldOut });
+      for (const d of devices) {
+        const size = d.train.length + d.heldOut.length;
+        expect(size).toBe(6000); // 60,000 examples over 10 clients
+        expect(d.heldOut.length).toBe(Math.round(size * heldOut));
+        const train = new Set(d.train);
+        expect(Array.from(d.heldOut).some((i) => train.has(i))).toBe(false);
+      }
+    }
+    expect(makeDevices(mnist.train, small).every((d) => d.train.length === 100 && d.heldOut.length === 0)).toBe(true);
+  });
+
   it('refuses a bad configuration with the field named', async () => {
     await expect(runSimulation({ ...small, batch: 0 }, mnist)).rejects.toThrow(/batchSize: must be at least 1/);
     await expect(runSimulation({ ...small, clients: 0 }, mnist)).rejects.toThrow(/clients/);
@@ -63,10 +72,7 @@ describe('a simulated device and a browser device', () => {
     // Prepare: one browser device (the page's own DeviceClient, here in Node on wasm) on examples 0..149.
     const trainIdx = Int32Array.from({ length: 150 }, (_, i) => i);
     const heldOutIdx = Int32Array.from({ length: 30 }, (_, i) => 150 + i);
-    const samples = (idx: Int32Array) => ({ pixels: mnist.train.images.slice(idx[0]! * PIXELS, (idx.at(-1)! + 1) * PIXELS), labels: mnist.train.labels.slice(idx[0]!, idx.at(-1)! + 1) });
-    const train = toTensors(samples(trainIdx));
-    const heldOut = toTensors(samples(heldOutIdx));
-    const device = new DeviceClient({ url: server.url, train, heldOut, hello: { deviceId: 'parity-device-1', backend: 'wasm', backendReason: 'test', examples: 150, heldOut: 30, labelHistogram: labelHistogram(samples(trainIdx).labels) } });
+    const { client: device, dispose } = browserDevice(server.url, 'parity-device-1', { offset: 0, train: 150, heldOut: 30 });
     device.join();
     await until(() => device.snapshot.connection === 'connected' || undefined, 10_000, 'the device to join');
 
@@ -86,7 +92,7 @@ describe('a simulated device and a browser device', () => {
     const sim = await pool.train({ type: 'train', model: 'cnn-small', specs: w0.specs, weights: w0.values, plan, train: trainIdx, heldOut: heldOutIdx, codec: plan.codec, codecSeed: 1 }).finally(() => pool.close());
     const simDelta = decodeWeights(sim.payload, w0.specs).values;
     device.leave();
-    tf.dispose([train.x, train.y, heldOut.x, heldOut.y]);
+    dispose();
 
     // Assert: same Δ (the global model went through float32 addition, hence the tolerance), same metrics.
     let maxDiff = 0;

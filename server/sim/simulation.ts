@@ -15,8 +15,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
-import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
-import { hashString } from '../../shared/rng.ts';
+import { labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
+import { createRng, hashString, shuffleInPlace } from '../../shared/rng.ts';
 import type { ModelPublished, RoundEnd, RoundStart } from '../../shared/protocol.ts';
 import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
 import { applyModelDelta } from '../../shared/model-delta.ts';
@@ -119,20 +119,22 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
   return checked.config;
 }
 
-interface SimDevice {
+export interface SimDevice {
   id: string;
   train: Int32Array;
   heldOut: Int32Array;
 }
 
-function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
+/** The simulated devices: one per partition, with the share `heldOut` of it kept for local evaluation. */
+export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
   const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
   return parts.map((part, c) => {
     const id = `sim-client-${String(c).padStart(4, '0')}`;
-    const max = o.examples ?? part.length;
-    if (!o.heldOut) return { id, train: Int32Array.from(part.slice(0, max)), heldOut: new Int32Array(0) };
-    const s = deviceSlice(part, max, o.seed * 7_919 + c);
-    return { id, train: Int32Array.from(s.train), heldOut: Int32Array.from(s.heldOut) };
+    if (!o.heldOut) return { id, train: Int32Array.from(part.slice(0, o.examples ?? part.length)), heldOut: new Int32Array(0) };
+    // The share asked for is kept aside (at least one example), from a seeded shuffle of the partition.
+    const shuffled = shuffleInPlace([...part], createRng(o.seed * 7_919 + c));
+    const held = Math.min(shuffled.length - 1, Math.max(1, Math.round(shuffled.length * o.heldOut)));
+    return { id, train: Int32Array.from(shuffled.slice(held, held + (o.examples ?? shuffled.length))), heldOut: Int32Array.from(shuffled.slice(0, held)) };
   });
 }
 

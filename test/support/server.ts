@@ -14,6 +14,7 @@ import type { ClientToServerEvents, RoundStart, ServerToClientEvents } from '../
 import { labelHistogram } from '../../shared/partition.ts';
 import { computeUpdate, toTensors, type LocalData } from '../../shared/train.ts';
 import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+import { DeviceClient, type DeviceMemory } from '../../web-client/fl/client.ts';
 import { registerWasmTrainingKernels } from '../../shared/wasm-kernels.ts';
 
 export const ADMIN_TOKEN = 'test-admin-token';
@@ -88,6 +89,20 @@ export class NodeDevice {
     tf.dispose([this.train.x, this.train.y, this.heldOut.x, this.heldOut.y]);
     this.model.dispose();
   }
+}
+
+/**
+ * The browser's own device client (web-client/fl/client.ts), here in Node, on a contiguous slice of
+ * the MNIST training set: `train` examples from `offset`, then `heldOut` more for local evaluation.
+ */
+export function browserDevice(url: string, deviceId: string, slice: { offset: number; train: number; heldOut: number }, memory?: DeviceMemory): { client: DeviceClient; dispose(): void } {
+  const mnist = loadMnist().train;
+  const take = (from: number, n: number) => ({ pixels: mnist.images.slice(from * 784, (from + n) * 784), labels: mnist.labels.slice(from, from + n) });
+  const trainSamples = take(slice.offset, slice.train);
+  const train = toTensors(trainSamples);
+  const heldOut = toTensors(take(slice.offset + slice.train, slice.heldOut));
+  const client = new DeviceClient({ url, train, heldOut, ...(memory ? { memory } : {}), hello: { deviceId, backend: 'wasm', backendReason: 'test', examples: slice.train, heldOut: slice.heldOut, labelHistogram: labelHistogram(trainSamples.labels) } });
+  return { client, dispose: () => tf.dispose([train.x, train.y, heldOut.x, heldOut.y]) };
 }
 
 export async function until<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
