@@ -35,7 +35,8 @@
  * Decoding validates everything and returns a new array, or throws a WeightsFormatError with the
  * reason; nothing is ever half-applied.
  */
-import { deflateSync, inflateSync } from 'fflate';
+import { deflateSync } from 'fflate';
+import { inflateExactly } from './inflate.ts';
 import { crc32 } from './model-delta.ts';
 import { createRng, type Rng } from './rng.ts';
 import { decodeWeights, encodeWeights, sizeOf, totalSize, WeightsFormatError, type FlatWeights, type TensorSpec } from './weights.ts';
@@ -454,21 +455,7 @@ export function decodeUpdate(payload: Uint8Array, specs: readonly TensorSpec[], 
   if (innerLength > maxBody(n)) throw new WeightsFormatError(`update: a body of ${innerLength} bytes is impossible for ${n} values`);
   let inner: Uint8Array;
   if (codec.deflate) {
-    try {
-      inner = inflateSync(payload.subarray(HEADER), { out: new Uint8Array(innerLength + 1) });
-    } catch (err) {
-      throw new WeightsFormatError(`update: the deflate stage is corrupt (${err instanceof Error ? err.message : String(err)})`);
-    }
-    if (inner.length !== innerLength) throw new WeightsFormatError(`update: the deflate stage inflates to ${inner.length > innerLength ? 'more than ' : ''}${Math.min(inner.length, innerLength)} bytes, the header says ${innerLength}`);
-    // fflate stops at the end of the stream and ignores what follows: the stream must end with the
-    // payload, so without its last byte it must no longer inflate.
-    let endsEarly = true;
-    try {
-      inflateSync(payload.subarray(HEADER, payload.length - 1), { out: new Uint8Array(innerLength + 1) });
-    } catch {
-      endsEarly = false;
-    }
-    if (endsEarly) throw new WeightsFormatError('update: bytes follow the end of the deflate stream');
+    inner = inflateExactly(payload.subarray(HEADER), innerLength, 'update');
   } else {
     inner = payload.subarray(HEADER);
     if (inner.length !== innerLength) throw new WeightsFormatError(`update: the body has ${inner.length} bytes, the header says ${innerLength}`);

@@ -12,7 +12,8 @@
  *   20..23       CRC-32 of the target's float32 bytes (uint32 LE)
  *   24..         deflate(byte plane 0 of every value, then plane 1, 2, 3)
  */
-import { deflateSync, inflateSync } from 'fflate';
+import { deflateSync } from 'fflate';
+import { inflateExactly } from './inflate.ts';
 import { WeightsFormatError, type FlatWeights } from './weights.ts';
 
 export const MODEL_DELTA_MAGIC = 'FLX1';
@@ -73,13 +74,7 @@ export function applyModelDelta(base: FlatWeights, baseVersion: number, payload:
   if (from !== baseVersion) throw new WeightsFormatError(`model delta: made against version ${from}, this device holds ${baseVersion}`);
   const n = view.getUint32(16, true);
   if (n !== base.values.length) throw new WeightsFormatError(`model delta: ${n} values, the held model has ${base.values.length}`);
-  let planes: Uint8Array;
-  try {
-    planes = inflateSync(payload.subarray(HEADER), { out: new Uint8Array(4 * n + 1) });
-  } catch (err) {
-    throw new WeightsFormatError(`model delta: corrupt (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (planes.length !== 4 * n) throw new WeightsFormatError(`model delta: inflates to ${planes.length} bytes, expected ${4 * n}`);
+  const planes = inflateExactly(payload.subarray(HEADER), 4 * n, 'model delta');
   const a = new Uint32Array(base.values.buffer.slice(base.values.byteOffset, base.values.byteOffset + base.values.byteLength));
   const out = new Uint32Array(n);
   for (let i = 0; i < n; i++) out[i] = ((a[i] as number) ^ ((planes[i] as number) | ((planes[n + i] as number) << 8) | ((planes[2 * n + i] as number) << 16) | ((planes[3 * n + i] as number) << 24))) >>> 0;
