@@ -4,13 +4,14 @@
  */
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
 import { PIXELS, type DeviceDataset, type Samples } from '../../shared/dataset.ts';
+import type { DeviceMemory } from '../../shared/device.ts';
+import { createKeys, identityOf, type DeviceIdentity } from '../../shared/identity.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import { labelHistogram } from '../../shared/partition.ts';
 import type { TensorSpec } from '../../shared/weights.ts';
-import type { DeviceMemory } from '../fl/client.ts';
 
 export const DB_NAME = 'fl-device';
-export const DB_VERSION = 2;
+export const DB_VERSION = 3;
 const CHUNK_SAMPLES = 1000;
 
 /** What identifies a provisioned slice; a different spec means re-provisioning. */
@@ -36,6 +37,8 @@ interface DeviceDB extends DBSchema {
   meta: { key: string; value: DatasetMeta };
   chunks: { key: string; value: { pixels: Uint8Array; labels: Uint8Array } };
   kv: { key: string; value: string };
+  /** the device's key pair; the private key is not extractable, so it never leaves this store */
+  identity: { key: string; value: CryptoKeyPair };
   /** the held global model ('model') and the update codec's error-feedback residual ('residual') */
   state: { key: string; value: StoredModel | StoredResidual };
 }
@@ -62,6 +65,7 @@ function db(): Promise<IDBPDatabase<DeviceDB>> {
         database.createObjectStore('kv');
       }
       if (oldVersion < 2) database.createObjectStore('state');
+      if (oldVersion < 3) database.createObjectStore('identity');
     },
   });
   return dbPromise;
@@ -120,14 +124,18 @@ export async function clearDataset(): Promise<void> {
   await Promise.all([tx.objectStore('meta').clear(), tx.objectStore('chunks').clear(), tx.done]);
 }
 
-/** A stable id for this browser profile, kept across reloads and reconnections. */
-export async function deviceId(): Promise<string> {
+/**
+ * This device's identity, kept across reloads and reconnections: a key pair made once with
+ * WebCrypto (the private key cannot be exported) and the id derived from its public key.
+ */
+export async function deviceIdentity(): Promise<DeviceIdentity> {
   const database = await db();
-  const existing = await database.get('kv', 'deviceId');
-  if (existing) return existing;
-  const id = `dev-${crypto.randomUUID().replace(/-/g, '').slice(0, 16)}`;
-  await database.put('kv', id, 'deviceId');
-  return id;
+  let keys = await database.get('identity', 'keys');
+  if (!keys) {
+    keys = await createKeys();
+    await database.put('identity', keys, 'keys');
+  }
+  return identityOf(keys);
 }
 
 /** Fetches the slice from the provisioning endpoint (once), or reads it back from IndexedDB. */

@@ -1,0 +1,21 @@
+/**
+ * How a device joins over socket.io: it asks for the connection's challenge, signs it with its
+ * identity key, and sends its hello with its public key and the signature. The browser's device
+ * client, the Node load test and the tests' raw devices all join through this.
+ */
+import type { Socket } from 'socket.io-client';
+import { signHello, type DeviceIdentity } from '../../shared/identity.ts';
+import type { ClientToServerEvents, Result, ServerToClientEvents } from '../../shared/protocol.ts';
+import type { DeviceHello } from '../../shared/schemas.ts';
+
+export type DeviceSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+/** The device's claims at hello; its id comes from the identity. */
+export type HelloClaims = Omit<DeviceHello, 'deviceId'>;
+
+export async function joinFederation(socket: DeviceSocket, identity: DeviceIdentity, claims: HelloClaims): Promise<Result<{ deviceId: string }>> {
+  const issued = await socket.emitWithAck('device:challenge');
+  if (!issued.ok) return issued;
+  const signature = await signHello(identity, new Uint8Array(issued.data.challenge));
+  return socket.emitWithAck('device:hello', { ...claims, deviceId: identity.deviceId, publicKey: identity.publicKey, signature });
+}
