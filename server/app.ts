@@ -2,7 +2,7 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { MnistSplit } from './data/mnist.ts';
-import { Federation, systemClock, type Clock } from './federation.ts';
+import { Federation, systemClock, type Clock, type UpdateValidator } from './federation.ts';
 import { strategyFor, type Strategy } from './fl/strategy.ts';
 import type { RunConfig } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
@@ -26,6 +26,8 @@ export interface AppDeps {
   webRoot: string;
   strategyFor?: (config: RunConfig) => Strategy;
   clock?: Clock;
+  /** how updates are decoded and checked (default: validate.ts, inline) */
+  validate?: UpdateValidator;
   maxPayloadBytes?: number;
   rateLimit?: RateLimit;
   /** with a certificate and key, the server speaks HTTPS and WSS only */
@@ -46,7 +48,7 @@ export interface App {
 
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
-  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port });
+  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port, ...(deps.validate ? { validate: deps.validate } : {}) });
   const allowedOrigins = deps.allowedOrigins ?? [];
   const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);

@@ -1,21 +1,23 @@
 /**
- * The federation service: holds the coordinator's state, feeds it events with the time, and
- * performs the effects it returns — the only place where rounds meet timers, the store, the
- * evaluator and the devices (through a DevicePort, which the socket transport implements).
+ * The federation service: a thin interpreter around the round coordinator (fl/coordinator.ts).
+ * It feeds the reducer events with the time, performs the effects it returns — send to devices,
+ * validate, aggregate, evaluate, persist, arm the one timer — and reports each outcome, failures
+ * included, back as an event. It keeps no round state and takes no round decision of its own;
+ * what it holds are resources: the device registry, the global model, the round's aggregator, the
+ * updates being validated and the acks waiting for an answer.
  */
-import { initialWeights, type ModelName } from '../shared/models.ts';
-import type { ErrorCode, ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
-import { decodeUpdate } from '../shared/codec.ts';
-import { encodeModelDelta } from '../shared/model-delta.ts';
-import { codecConfig, publicConfig, type Hello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
-import { decodeWeights, encodeWeights, WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
-import { initialState, isActive, step, type ClosedRound, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
+import type { AdminSnapshot, DeviceInfo, FederationEvent, FederationStatus } from '../shared/api.ts';
+import type { ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
+import { publicConfig, type DeviceHello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
+import { WeightsFormatError } from '../shared/weights.ts';
+import { DeviceRegistry } from './devices.ts';
+import { describeWaiting, initialState, isActive, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
-import type { RunConfig as RunConfigT } from '../shared/schemas.ts';
+import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
-import type { PhaseTimings, RoundRecord, Store } from './store/store.ts';
-import type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
+import { ModelBook } from './model-book.ts';
+import type { Store } from './store/store.ts';
 
 export type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
 
@@ -27,6 +29,7 @@ export interface DevicePort {
 
 export interface Clock {
   now(): number;
+  /** calls fn once at (or after) `at`; returns a function that cancels it */
   setTimer(at: number, fn: () => void): () => void;
 }
 
@@ -38,6 +41,11 @@ export const systemClock: Clock = {
   },
 };
 
+/** Decodes and checks an update (validate.ts); may run elsewhere than the event loop. */
+export type UpdateValidator = (payload: Uint8Array, specs: Parameters<typeof validateUpdate>[1], config: RunConfig) => Promise<ValidatedUpdate>;
+
+export const inlineValidator: UpdateValidator = async (payload, specs, config) => validateUpdate(payload, specs, config);
+
 export interface FederationObserver {
   /** something a dashboard shows changed (devices, phase, progress) */
   changed(): void;
@@ -45,70 +53,53 @@ export interface FederationObserver {
 }
 
 const EVENT_HISTORY = 200;
-/** disconnected devices stay listed (as disconnected) this long */
-const FORGET_AFTER_MS = 10 * 60_000;
 
 export class ConflictError extends Error {
   readonly code = 'CONFLICT';
 }
 
-interface GlobalModel {
-  version: number;
-  model: ModelName;
-  weights: FlatWeights;
+interface Submission {
+  deviceId: string;
   payload: Uint8Array;
+  answer: (result: Result<{ accepted: true }>) => void;
+  validated?: ValidatedUpdate;
 }
-
-interface RoundBook {
-  runId: number;
-  round: number;
-  attempt: number;
-  selectionStartedAt: number;
-  selectedAt: number;
-  aggregator: RoundAggregator;
-  bytesDown: number;
-  bytesUp: number;
-  /** updates scaled down to the run's L2 bound */
-  clipped: number;
-  metrics: { deviceId: string; numExamples: number; arrivedAt: number; accuracyBefore: number; accuracyAfter: number; downloadMs: number; evaluateMs: number; trainMs: number }[];
-}
-
-const median = (xs: number[]): number => {
-  if (xs.length === 0) return 0;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-};
-const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
 
 export interface FederationDeps {
   store: Store;
   /** the aggregation strategy of a run */
-  strategyFor: (config: RunConfigT) => Strategy;
+  strategyFor: (config: RunConfig) => Strategy;
   evaluator: Evaluator;
   clock: Clock;
   logger: Logger;
   port: DevicePort;
+  validate?: UpdateValidator;
 }
+
+const roundKey = (r: { runId: number; round: number; attempt: number }) => `${r.runId}:${r.round}:${r.attempt}`;
+const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 export class Federation {
   private state: CoordinatorState = initialState();
-  private readonly devices = new Map<string, DeviceInfo>();
-  private global: GlobalModel | undefined;
-  private book: RoundBook | undefined;
-  private cancelTimer: (() => void) | undefined;
-  private timerAt = Infinity;
+  private readonly devices = new DeviceRegistry();
+  private readonly models: ModelBook;
+  private aggregator: { key: string; sum: RoundAggregator } | undefined;
+  private readonly submissions = new Map<number, Submission>();
+  private nextSubmission = 1;
+  private timer: { at: number; cancel: () => void } | undefined;
+  private closed = false;
+  private readonly queue: CoordinatorEvent[] = [];
+  private draining = false;
   private readonly log: Logger;
-  /** work in flight (aggregation, evaluations): shutdown and tests wait for it */
+  /** work in flight (validation, aggregation, evaluations): shutdown and tests wait for it */
   private readonly inflight = new Set<Promise<void>>();
   readonly counters = { rejectedUpdates: 0, lateUpdates: 0, badMessages: 0 };
   private readonly observers = new Set<FederationObserver>();
   private readonly recent: FederationEvent[] = [];
-  /** when the current (or last) round reached each phase, for the dashboard's live timeline */
-  private timeline: RoundTimeline | undefined;
 
   constructor(private readonly deps: FederationDeps) {
     this.log = deps.logger.child('federation');
+    this.models = new ModelBook(deps.store, this.log);
   }
 
   // ─── observers (the admin feed) ──────────────────────────────────────────
@@ -127,7 +118,6 @@ export class Federation {
     this.recent.push(e);
     if (this.recent.length > EVENT_HISTORY) this.recent.shift();
     for (const o of this.observers) o.event(e);
-    this.changed();
   }
 
   private changed(): void {
@@ -135,60 +125,30 @@ export class Federation {
   }
 
   // ─── devices ─────────────────────────────────────────────────────────────
-  join(hello: Hello): void {
-    const now = this.deps.clock.now();
-    const prev = this.devices.get(hello.deviceId);
-    this.devices.set(hello.deviceId, {
-      id: hello.deviceId,
-      backend: hello.backend,
-      backendReason: hello.backendReason,
-      examples: hello.examples,
-      heldOut: hello.heldOut,
-      labelHistogram: hello.labelHistogram,
-      state: 'idle',
-      progress: null,
-      loss: null,
-      connected: true,
-      joinedAt: prev?.connected ? prev.joinedAt : now,
-      lastSeen: now,
-      rounds: prev?.rounds ?? 0,
-      lastAccuracyBefore: prev?.lastAccuracyBefore ?? null,
-      lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
-      modelVersion: hello.modelVersion || null,
-    });
+  /** A device whose identity the transport has proven joins (or rejoins) with its claims. */
+  join(hello: DeviceHello): void {
+    this.devices.join(hello, this.deps.clock.now());
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
-    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
+    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
   }
 
   leave(deviceId: string): void {
-    const info = this.devices.get(deviceId);
-    if (!info) return;
-    info.connected = false;
-    info.lastSeen = this.deps.clock.now();
-    for (const [id, d] of this.devices) if (!d.connected && info.lastSeen - d.lastSeen > FORGET_AFTER_MS) this.devices.delete(id);
+    if (!this.devices.leave(deviceId, this.deps.clock.now())) return;
     this.note('info', 'device:left', `device ${deviceId} left`, { deviceId });
     this.dispatch({ type: 'device:left', deviceId });
   }
 
   report(deviceId: string, report: StateReport): void {
-    const info = this.devices.get(deviceId);
-    if (!info) return;
-    info.state = report.state;
-    info.progress = report.progress ?? null;
-    const t = this.timeline;
-    if (t && report.runId === t.runId && report.round === t.round && t.selectedAt !== undefined && t.closedAt === undefined) {
-      const now = this.deps.clock.now();
-      if ((report.state === 'evaluating' || report.state === 'training') && t.trainingStartedAt === undefined) t.trainingStartedAt = now;
-      if (report.state === 'uploading' && t.uploadStartedAt === undefined) t.uploadStartedAt = now;
-    }
-    info.loss = report.loss ?? info.loss;
-    if (report.modelVersion !== undefined) info.modelVersion = report.modelVersion || null;
-    info.lastSeen = this.deps.clock.now();
-    this.changed();
+    if (!this.devices.isConnected(deviceId)) return;
+    this.devices.report(deviceId, report, this.deps.clock.now());
+    const { runId, round, attempt, state } = report;
+    if (runId !== undefined && round !== undefined && attempt !== undefined && (state === 'evaluating' || state === 'training' || state === 'uploading')) {
+      this.dispatch({ type: 'device:progress', deviceId, runId, round, attempt, state });
+    } else this.changed();
   }
 
   listDevices(includeDisconnected = false): DeviceInfo[] {
-    return [...this.devices.values()].filter((d) => includeDisconnected || d.connected);
+    return this.devices.list(includeDisconnected);
   }
 
   // ─── runs ────────────────────────────────────────────────────────────────
@@ -196,18 +156,15 @@ export class Federation {
     if (isActive(this.state)) throw new ConflictError(`run ${this.state.run?.id} is ${this.state.phase}; stop it first`);
     const now = this.deps.clock.now();
     const runId = this.deps.store.createRun(config, now);
-    const weights = initialWeights(config.model, config.seed);
-    const payload = encodeWeights(weights);
-    const version = this.deps.store.saveModel({ runId, round: 0, model: config.model, weights: payload }, now);
-    this.global = { version, model: config.model, weights, payload };
+    const initial = this.models.createInitial(runId, config, now);
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
     this.dispatch({ type: 'run:start', runId, config });
-    // The initial model is evaluated too, so round 0 of the accuracy curve is known.
+    // The initial model is evaluated too, so round 0 of the accuracy curve is known; it is no round's business.
     this.track(
-      this.deps.evaluator
-        .evaluate(config.model, weights)
-        .then((r) => this.deps.store.setModelMetrics(version, r.accuracy, r.loss))
-        .catch((err: unknown) => this.log.error('evaluation of the initial model failed', { error: String(err) })),
+      this.deps.evaluator.evaluate(config.model, initial.weights).then(
+        (r) => this.deps.store.setModelMetrics(initial.version, r.accuracy, r.loss),
+        (err: unknown) => this.log.error('evaluation of the initial model failed', { error: errorText(err) }),
+      ),
     );
     return runId;
   }
@@ -221,25 +178,24 @@ export class Federation {
   resumeInterruptedRun(): number | undefined {
     if (isActive(this.state)) return undefined;
     const now = this.deps.clock.now();
-    const running = this.deps.store.listRuns().filter((r) => r.status === 'running');
+    const store = this.deps.store;
+    const running = store.listRuns().filter((r) => r.status === 'running');
     const run = running.at(-1);
-    for (const older of running.slice(0, -1)) this.deps.store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
+    for (const older of running.slice(0, -1)) store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
     if (!run) return undefined;
-    const rounds = this.deps.store.listRounds(run.id);
+    const rounds = store.listRounds(run.id);
     const last = rounds.filter((r) => r.status === 'completed' && r.modelVersion !== null).at(-1);
-    const version = last?.modelVersion ?? this.deps.store.listModels().find((m) => m.runId === run.id && m.round === 0)?.version;
-    const payload = version === undefined ? undefined : this.deps.store.getModelWeights(version);
-    if (version === undefined || !payload) {
-      this.deps.store.finishRun(run.id, 'failed', 'interrupted by a server restart, and no model of it was stored', now);
+    const version = last?.modelVersion ?? store.listModels().find((m) => m.runId === run.id && m.round === 0)?.version;
+    if (version === undefined || !this.models.load(version, run.config.model)) {
+      store.finishRun(run.id, 'failed', 'interrupted by a server restart, and no model of it was stored', now);
       return undefined;
     }
     const next = (last?.round ?? 0) + 1;
     if (next > run.config.rounds) {
-      this.deps.store.finishRun(run.id, 'done', `completed ${run.config.rounds} rounds`, now);
+      store.finishRun(run.id, 'done', `completed ${run.config.rounds} rounds`, now);
       return undefined;
     }
     const attempt = Math.max(0, ...rounds.filter((r) => r.round === next).map((r) => r.attempt)) + 1;
-    this.global = { version, model: run.config.model, weights: decodeWeights(payload), payload };
     this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
     this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt });
     return run.id;
@@ -251,34 +207,37 @@ export class Federation {
     return true;
   }
 
-  status() {
+  /** What anyone may see: no device ids, histograms or accuracies (those are in the admin snapshot). */
+  status(): FederationStatus {
     const { phase, run, current } = this.state;
+    const live = current && phase === 'training' ? current : undefined;
     return {
       phase,
       run: run ? { id: run.id, config: publicConfig(run.config), round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
-      round: current ? { round: current.round, attempt: current.attempt, selected: current.selected.length, accepted: current.accepted.length, dropped: current.dropped.length, deadline: current.deadline } : null,
-      modelVersion: this.global?.version ?? this.deps.store.latestModel()?.version ?? null,
-      devices: this.listDevices().map((d) => ({ ...d })),
+      round: live ? { round: live.round, attempt: live.attempt, selected: live.selected.length, accepted: live.accepted.length, validating: live.validating.length, refused: live.refused.length, dropped: live.dropped.length, deadline: live.deadline } : null,
+      waiting: describeWaiting(this.state, this.deps.clock.now()),
+      modelVersion: this.models.current?.version ?? this.deps.store.latestModel()?.version ?? null,
+      devices: this.devices.connectedCount(),
       counters: { ...this.counters },
     };
   }
 
   /** What the dashboard shows: the status, every known device (disconnected ones too) and the round's timeline. */
-  adminSnapshot() {
-    return { ...this.status(), devices: this.listDevices(true).map((d) => ({ ...d })), timeline: this.timeline ? { ...this.timeline } : null, now: this.deps.clock.now() };
+  adminSnapshot(): AdminSnapshot {
+    return { ...this.status(), devices: this.devices.list(true), timeline: this.state.timeline ? { ...this.state.timeline } : null, now: this.deps.clock.now() };
   }
 
   /**
-   * Stops timers for a shutdown without ending the run: it stays `running` in the store, and the
-   * next process resumes it (resumeInterruptedRun).
+   * Stops the timer for a shutdown without ending the run: it stays `running` in the store, and
+   * the next process resumes it (resumeInterruptedRun). No timer is armed after this.
    */
   shutdown(): void {
-    this.cancelTimer?.();
-    this.cancelTimer = undefined;
-    this.timerAt = Infinity;
+    this.closed = true;
+    this.timer?.cancel();
+    this.timer = undefined;
   }
 
-  /** Settles once the work in flight (a round's aggregation and evaluation, an initial evaluation) is done. */
+  /** Settles once the work in flight (validation, aggregation, evaluations) is done. */
   async idle(): Promise<void> {
     while (this.inflight.size > 0) await Promise.all([...this.inflight]);
   }
@@ -289,180 +248,98 @@ export class Federation {
   }
 
   // ─── updates ─────────────────────────────────────────────────────────────
-  submitUpdate(deviceId: string, msg: UpdateSubmit): Result<{ accepted: true }> {
-    const fail = (code: ErrorCode, message: string): Result<{ accepted: true }> => {
-      this.counters.rejectedUpdates++;
-      this.note('warn', 'update:rejected', `update rejected (${code}): ${message}`, { deviceId, code });
-      return { ok: false, error: { code, message } };
-    };
-    const cur = this.state.current;
-    const book = this.book;
-    const global = this.global;
-    if (!this.devices.get(deviceId)?.connected) return fail('NOT_JOINED', `update from device ${deviceId}: the device has not joined`);
-    // Cheap checks before decoding several megabytes: the reducer makes the final call below.
-    if (this.state.phase === 'training' && cur && book && global && cur.selected.includes(deviceId) && !cur.accepted.includes(deviceId) && msg.runId === book.runId && msg.round === book.round && msg.attempt === book.attempt) {
-      let delta: FlatWeights;
-      try {
-        delta = decodeUpdate(msg.delta, global.weights.specs, codecConfig((this.state.run as NonNullable<CoordinatorState['run']>).config));
-      } catch (err) {
-        if (err instanceof WeightsFormatError) return fail('BAD_WEIGHTS', `update from device ${deviceId} for round ${msg.round}: ${err.message}`);
-        throw err;
-      }
-      const effects = this.dispatch({ type: 'update:received', deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt }, (effect) => {
-        if (effect.type === 'update:accept') {
-          if (book.aggregator.add(delta.values, msg.numExamples).clipped) book.clipped++;
-          book.bytesUp += msg.delta.byteLength;
-          book.metrics.push({ deviceId, numExamples: msg.numExamples, arrivedAt: this.deps.clock.now(), ...msg.metrics });
-          const info = this.devices.get(deviceId);
-          if (info) {
-            info.rounds += 1;
-            info.lastAccuracyBefore = msg.metrics.accuracyBefore;
-            info.lastAccuracyAfter = msg.metrics.accuracyAfter;
-          }
-        }
-      });
-      const rejection = effects.find((e) => e.type === 'update:reject');
-      return rejection?.type === 'update:reject' ? fail(rejection.code, rejection.message) : { ok: true, data: { accepted: true } };
-    }
-    if (this.book && msg.runId === this.book.runId) this.book.bytesUp += msg.delta.byteLength;
-    const effects = this.dispatch({ type: 'update:received', deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt });
-    const rejection = effects.find((e) => e.type === 'update:reject');
-    if (rejection?.type === 'update:reject') {
-      if (rejection.code === 'ROUND_FULL' || rejection.code === 'WRONG_ROUND') this.counters.lateUpdates++;
-      return fail(rejection.code, rejection.message);
-    }
-    return fail('INTERNAL', `update from device ${deviceId}: not accepted`);
+  /** Takes an update in; the answer comes once the coordinator has counted or refused it. */
+  submitUpdate(deviceId: string, msg: UpdateSubmit): Promise<Result<{ accepted: true }>> {
+    const submission = this.nextSubmission++;
+    return new Promise((answer) => {
+      this.submissions.set(submission, { deviceId, payload: msg.delta, answer });
+      this.dispatch({ type: 'update:submitted', submission, deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: msg.numExamples, bytes: msg.delta.byteLength, metrics: msg.metrics });
+    });
   }
 
   // ─── the reducer loop ────────────────────────────────────────────────────
-  private dispatch(event: CoordinatorEvent, onEffect?: (effect: Effect) => void): Effect[] {
-    const now = this.deps.clock.now();
-    const { state, effects } = step(this.state, event, now);
-    const changed = state !== this.state;
-    this.state = state;
-    if (changed && state.run && (state.phase === 'selecting' || state.phase === 'training') && (this.timeline?.round !== state.run.round || this.timeline.attempt !== state.run.attempt || this.timeline.runId !== state.run.id)) {
-      this.timeline = { runId: state.run.id, round: state.run.round, attempt: state.run.attempt, selectionStartedAt: state.run.selectingSince };
+  /** Feeds one event to the reducer; events raised while effects are performed queue behind it. */
+  private dispatch(event: CoordinatorEvent): void {
+    this.queue.push(event);
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      for (let next = this.queue.shift(); next; next = this.queue.shift()) {
+        const now = this.deps.clock.now();
+        const { state, effects } = step(this.state, next, now);
+        this.state = state;
+        for (const effect of effects) this.performSafely(effect, now);
+      }
+    } finally {
+      this.draining = false;
     }
-    for (const effect of effects) {
-      onEffect?.(effect);
+    this.changed();
+  }
+
+  /** A failure to perform an effect goes back to the coordinator, which decides what it means. */
+  private performSafely(effect: Effect, now: number): void {
+    try {
       this.perform(effect, now);
+    } catch (err) {
+      this.log.error(`could not perform ${effect.type}`, { error: errorText(err) });
+      if (effect.type !== 'run:finished') this.queue.push({ type: 'effect:failed', effect: effect.type, reason: errorText(err) });
     }
-    if (changed) this.changed();
-    return effects;
   }
 
   private perform(effect: Effect, now: number): void {
     switch (effect.type) {
-      case 'round:start': {
-        const global = this.global as GlobalModel;
-        const run = this.state.run;
-        if (!run) return;
-        if (this.timeline) this.timeline.selectedAt = now;
-        this.book = {
-          runId: effect.runId,
-          round: effect.round,
-          attempt: effect.attempt,
-          selectionStartedAt: run.selectingSince,
-          selectedAt: now,
-          aggregator: this.deps.strategyFor(run.config).createAggregator(global.weights.values.length, run.config),
-          bytesDown: 0,
-          bytesUp: 0,
-          clipped: 0,
-          metrics: [],
-        };
-        const msg: RoundStart = {
-          runId: effect.runId,
-          round: effect.round,
-          attempt: effect.attempt,
-          model: global.model,
-          modelVersion: global.version,
-          plan: this.deps.strategyFor(run.config).configureFit(run.config, effect.round, effect.attempt),
-          deadline: effect.deadline,
-          weights: global.payload,
-        };
-        const deltas = new Map<number, Uint8Array | null>();
-        for (const id of effect.deviceIds) {
-          const info = this.devices.get(id);
-          if (info) info.state = 'selected';
-          const base = run.config.downlink === 'delta' ? info?.modelVersion : null;
-          const delta = base ? this.modelDelta(base, global, deltas) : null;
-          const sent: RoundStart = delta && base ? { ...msg, weights: delta, baseVersion: base } : msg;
-          this.book.bytesDown += sent.weights.byteLength;
-          this.deps.port.sendRoundStart(id, sent);
-        }
-        this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
+      case 'round:start':
+        return this.startRound(effect);
+      case 'update:validate':
+        return this.validate(effect.submission);
+      case 'update:accept': {
+        const s = this.submissions.get(effect.submission);
+        this.submissions.delete(effect.submission);
+        if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
+        this.aggregator.sum.add(s.validated.delta, effect.weight);
+        this.devices.counted(effect.deviceId, effect.metrics);
+        s.answer({ ok: true, data: { accepted: true } });
         return;
       }
-      case 'update:accept':
-      case 'update:reject':
-        return; // answered to the caller of submitUpdate
-      case 'round:notify-end': {
-        for (const id of effect.deviceIds) {
-          this.deps.port.sendRoundEnd(id, { runId: effect.runId, round: effect.round, attempt: effect.attempt, outcome: effect.outcome, counted: effect.counted.includes(id) });
+      case 'update:reject': {
+        const s = this.submissions.get(effect.submission);
+        this.submissions.delete(effect.submission);
+        if (effect.late) this.counters.lateUpdates++;
+        this.counters.rejectedUpdates++;
+        this.note('warn', 'update:rejected', `update rejected (${effect.code}): ${effect.message}`, { deviceId: effect.deviceId, code: effect.code });
+        s?.answer({ ok: false, error: { code: effect.code, message: effect.message } });
+        return;
+      }
+      case 'round:notify-end':
+        for (const id of effect.deviceIds) this.deps.port.sendRoundEnd(id, { runId: effect.runId, round: effect.round, attempt: effect.attempt, outcome: effect.outcome, counted: effect.counted.includes(id) });
+        return;
+      case 'round:aggregate':
+        return this.aggregate(effect);
+      case 'model:evaluate':
+        return this.evaluate(effect);
+      case 'round:record': {
+        const r = effect.record;
+        this.deps.store.recordRound(r);
+        this.aggregator = undefined;
+        if (r.status === 'completed') {
+          const acc = r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
+          this.note('info', 'round:completed', `round ${r.round} completed: ${r.completed} updates, ${acc}${r.reason ? ` (${r.reason})` : ''}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy, durationMs: r.durationMs });
+        } else {
+          this.note('warn', 'round:failed', `round ${r.round} failed: ${r.reason}${effect.willRetry ? '; retrying' : ''}`, { runId: r.runId, round: r.round, attempt: r.attempt, willRetry: effect.willRetry });
         }
         return;
       }
-      case 'round:close': {
-        const book = this.book;
-        this.book = undefined;
-        if (!book) return;
-        if (this.timeline) this.timeline.closedAt = now;
-        this.track(
-          this.finishRound(effect.closed, book).catch((err: unknown) => {
-            this.log.error('aggregation failed', { round: effect.closed.round, error: String(err) });
-            this.dispatch({ type: 'round:aggregation-failed', runId: effect.closed.runId, round: effect.closed.round, reason: err instanceof Error ? err.message : String(err) });
-          }),
-        );
+      case 'model:publish':
+        if (effect.testAccuracy !== null && effect.testLoss !== null) this.deps.store.setModelMetrics(effect.version, effect.testAccuracy, effect.testLoss);
+        this.deps.port.broadcastModel({ version: effect.version, runId: effect.runId, round: effect.round, testAccuracy: effect.testAccuracy, testLoss: effect.testLoss });
         return;
-      }
-      case 'round:failed': {
-        const book = this.book;
-        this.book = undefined;
-        if (this.timeline) this.timeline.failedAt = now;
-        this.note('warn', 'round:failed', `round ${effect.round} failed: ${effect.reason}${effect.willRetry ? '; retrying' : ''}`, { runId: effect.runId, round: effect.round, attempt: effect.attempt, willRetry: effect.willRetry });
-        this.deps.store.recordRound({
-          runId: effect.runId,
-          round: effect.round,
-          attempt: effect.attempt,
-          status: 'failed',
-          reason: effect.reason,
-          participants: effect.selected.length,
-          completed: effect.accepted.length,
-          dropped: effect.dropped.length,
-          late: 0,
-          rejected: 0,
-          clipped: book?.clipped ?? 0,
-          startedAt: effect.selectedAt,
-          durationMs: effect.closedAt - effect.selectedAt,
-          timings: null,
-          bytesUp: book?.bytesUp ?? 0,
-          bytesDown: book?.bytesDown ?? 0,
-          testAccuracy: null,
-          testLoss: null,
-          localAccuracyBefore: null,
-          localAccuracyAfter: null,
-          devices: [],
-          modelVersion: null,
-        });
-        return;
-      }
-      case 'run:finished': {
-        this.book = undefined;
+      case 'run:finished':
+        this.aggregator = undefined;
         this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now);
         this.note(effect.status === 'done' ? 'info' : 'warn', 'run:finished', `run ${effect.runId} ${effect.status}: ${effect.reason}`, { runId: effect.runId, status: effect.status });
         return;
-      }
-      case 'timer:set': {
-        if (effect.at >= this.timerAt && this.cancelTimer) return;
-        this.cancelTimer?.();
-        this.timerAt = effect.at;
-        this.cancelTimer = this.deps.clock.setTimer(effect.at, () => {
-          this.cancelTimer = undefined;
-          this.timerAt = Infinity;
-          this.dispatch({ type: 'tick' });
-        });
-        return;
-      }
+      case 'timer:set':
+        return this.arm(effect.at);
       default: {
         const never: never = effect;
         throw new Error(`federation: unknown effect ${JSON.stringify(never)}`);
@@ -470,86 +347,93 @@ export class Federation {
     }
   }
 
-  /**
-   * The global model as a lossless delta against a version a device holds, or null when a full
-   * download is needed (unknown or foreign version, or no smaller than the model). One per base a round.
-   */
-  private modelDelta(base: number, global: GlobalModel, cache: Map<number, Uint8Array | null>): Uint8Array | null {
-    if (base === global.version) return null;
-    if (cache.has(base)) return cache.get(base) ?? null;
-    let delta: Uint8Array | null = null;
-    const record = this.deps.store.getModel(base);
-    const payload = record?.model === global.model ? this.deps.store.getModelWeights(base) : undefined;
-    if (payload) {
-      try {
-        const weights = decodeWeights(payload, global.weights.specs);
-        delta = encodeModelDelta(weights.values, global.weights.values, base, global.version);
-        if (delta.byteLength >= global.payload.byteLength) delta = null;
-      } catch (err) {
-        this.log.warn('stored model unreadable; sending the full model', { version: base, error: String(err) });
-      }
-    }
-    cache.set(base, delta);
-    return delta;
+  /** Keeps exactly one timer, at the moment the coordinator named (none for null). */
+  private arm(at: number | null): void {
+    if (this.timer && this.timer.at === at) return;
+    this.timer?.cancel();
+    this.timer = undefined;
+    if (at === null || this.closed) return;
+    const timer = { at, cancel: () => undefined as void };
+    timer.cancel = this.deps.clock.setTimer(at, () => {
+      if (this.timer === timer) this.timer = undefined;
+      this.dispatch({ type: 'tick' });
+    });
+    this.timer = timer;
   }
 
-  private async finishRound(closed: ClosedRound, book: RoundBook): Promise<void> {
-    const global = this.global as GlobalModel;
+  private startRound(effect: Extract<Effect, { type: 'round:start' }>): void {
+    const run = this.state.run;
+    const global = this.models.current;
+    if (!run || !global) throw new Error(`round ${effect.round}: no run or no global model`);
+    const strategy = this.deps.strategyFor(run.config);
+    this.aggregator = { key: roundKey(effect), sum: strategy.createAggregator(global.weights.values.length, run.config) };
+    const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload };
+    const download = this.models.downloads(run.config);
+    let bytesDown = 0;
+    this.devices.selected(effect.deviceIds);
+    for (const id of effect.deviceIds) {
+      const d = download(this.devices.heldVersion(id));
+      bytesDown += d.weights.byteLength;
+      this.deps.port.sendRoundStart(id, d.baseVersion === undefined ? msg : { ...msg, weights: d.weights, baseVersion: d.baseVersion });
+    }
+    this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
+    this.queue.push({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown });
+  }
+
+  private validate(submission: number): void {
+    const s = this.submissions.get(submission);
+    const run = this.state.run;
+    const global = this.models.current;
+    if (!s || !run || !global) throw new Error(`update ${submission}: nothing to validate it against`);
+    const validate = this.deps.validate ?? inlineValidator;
+    this.track(
+      validate(s.payload, global.weights.specs, run.config).then(
+        (v) => {
+          s.validated = v;
+          this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
+        },
+        (err: unknown) => {
+          if (!(err instanceof WeightsFormatError)) this.log.error('update validation failed unexpectedly', { deviceId: s.deviceId, error: errorText(err) });
+          this.dispatch({ type: 'update:invalid', submission, reason: err instanceof WeightsFormatError ? err.message : `could not be validated (${errorText(err)})` });
+        },
+      ),
+    );
+  }
+
+  private aggregate(effect: Extract<Effect, { type: 'round:aggregate' }>): void {
+    const ref = { runId: effect.runId, round: effect.round, attempt: effect.attempt };
+    const aggregator = this.aggregator;
+    const global = this.models.current;
+    this.track(
+      (async () => {
+        await new Promise<void>((resolve) => setImmediate(resolve)); // off the caller's stack: a deadline may pass meanwhile
+        const t0 = this.deps.clock.now();
+        if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
+        const next = aggregator.sum.result(global.weights.values);
+        if (!next) throw new Error('no update to aggregate');
+        for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
+        const saved = this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
+        this.dispatch({ type: 'round:aggregated', ...ref, version: saved.version, aggregationMs: this.deps.clock.now() - t0 });
+      })().catch((err: unknown) => {
+        this.log.error('aggregation failed', { round: effect.round, error: errorText(err) });
+        this.dispatch({ type: 'round:aggregation-failed', ...ref, reason: errorText(err) });
+      }),
+    );
+  }
+
+  private evaluate(effect: Extract<Effect, { type: 'model:evaluate' }>): void {
+    const ref = { runId: effect.runId, round: effect.round, attempt: effect.attempt };
+    const global = this.models.current;
     const t0 = this.deps.clock.now();
-    const next = book.aggregator.result(global.weights.values);
-    if (!next) throw new Error('no update to aggregate');
-    for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`aggregate has a non-finite value at ${i}`);
-    const weights: FlatWeights = { specs: global.weights.specs, values: next };
-    const payload = encodeWeights(weights);
-    const version = this.deps.store.saveModel({ runId: closed.runId, round: closed.round, model: global.model, weights: payload }, this.deps.clock.now());
-    this.global = { version, model: global.model, weights, payload };
-    const aggregationMs = this.deps.clock.now() - t0;
-    if (this.timeline) this.timeline.aggregatedAt = this.deps.clock.now();
-    this.dispatch({ type: 'round:aggregated', runId: closed.runId, round: closed.round });
-
-    const t1 = this.deps.clock.now();
-    const result = await this.deps.evaluator.evaluate(global.model, weights);
-    this.deps.store.setModelMetrics(version, result.accuracy, result.loss);
-    const evaluationMs = this.deps.clock.now() - t1;
-    if (this.timeline) this.timeline.evaluatedAt = this.deps.clock.now();
-
-    const m = book.metrics;
-    const timings: PhaseTimings = {
-      selectionMs: book.selectedAt - book.selectionStartedAt,
-      downloadMs: median(m.map((x) => x.downloadMs)),
-      evaluateMs: median(m.map((x) => x.evaluateMs)),
-      trainMs: median(m.map((x) => x.trainMs)),
-      uploadMs: median(m.map((x) => Math.max(0, x.arrivedAt - book.selectedAt - x.downloadMs - x.evaluateMs - x.trainMs))),
-      aggregationMs,
-      evaluationMs,
-    };
-    const record: RoundRecord = {
-      runId: closed.runId,
-      round: closed.round,
-      attempt: closed.attempt,
-      status: 'completed',
-      reason: closed.closedBy === 'deadline' ? `closed at the deadline with ${closed.accepted.length} updates` : null,
-      participants: closed.selected.length,
-      completed: closed.accepted.length,
-      dropped: closed.dropped.length,
-      late: closed.late,
-      rejected: closed.rejected,
-      clipped: book.clipped,
-      startedAt: closed.selectedAt,
-      durationMs: this.deps.clock.now() - closed.selectedAt,
-      timings,
-      bytesUp: book.bytesUp,
-      bytesDown: book.bytesDown,
-      testAccuracy: result.accuracy,
-      testLoss: result.loss,
-      localAccuracyBefore: mean(m.map((x) => x.accuracyBefore)),
-      localAccuracyAfter: mean(m.map((x) => x.accuracyAfter)),
-      devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, accuracyBefore: x.accuracyBefore, accuracyAfter: x.accuracyAfter, trainMs: x.trainMs })),
-      modelVersion: version,
-    };
-    this.deps.store.recordRound(record);
-    this.note('info', 'round:completed', `round ${closed.round} completed: ${closed.accepted.length} updates, test accuracy ${(result.accuracy * 100).toFixed(2)} %`, { runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, durationMs: record.durationMs });
-    this.deps.port.broadcastModel({ version, runId: closed.runId, round: closed.round, testAccuracy: result.accuracy, testLoss: result.loss });
-    this.dispatch({ type: 'round:evaluated', runId: closed.runId, round: closed.round });
+    if (!global || global.version !== effect.version) throw new Error(`model v${effect.version} is not the current model`);
+    this.track(
+      this.deps.evaluator.evaluate(global.model, global.weights).then(
+        (r) => this.dispatch({ type: 'round:evaluated', ...ref, version: effect.version, accuracy: r.accuracy, loss: r.loss, evaluationMs: this.deps.clock.now() - t0 }),
+        (err: unknown) => {
+          this.log.error('evaluation failed', { round: effect.round, error: errorText(err) });
+          this.dispatch({ type: 'round:evaluation-failed', ...ref, version: effect.version, reason: errorText(err) });
+        },
+      ),
+    );
   }
 }

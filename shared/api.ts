@@ -7,6 +7,10 @@ import type { Hello, RunConfig, StateReport } from './schemas.ts';
 
 export type RunStatus = 'running' | 'done' | 'failed' | 'stopped';
 
+/** The federation's phases (the round coordinator's state machine). */
+export const PHASES = ['idle', 'selecting', 'training', 'aggregating', 'evaluating', 'done', 'failed', 'stopped'] as const;
+export type Phase = (typeof PHASES)[number];
+
 export interface RunRecord {
   id: number;
   config: RunConfig;
@@ -52,8 +56,8 @@ export interface RoundRecord {
   /** mean over the counted devices of their held-out accuracy before/after local training */
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
-  /** each counted device: its example count and held-out accuracy before/after local training */
-  devices: { id: string; numExamples: number; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
+  /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice), its held-out accuracy before/after local training */
+  devices: { id: string; numExamples: number; weight: number; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
   modelVersion: number | null;
 }
 
@@ -93,6 +97,42 @@ export interface FederationEvent {
   level: 'info' | 'warn';
   kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'update:rejected';
   message: string;
+}
+
+/** The round under way, in counts. */
+export interface RoundStatus {
+  round: number;
+  attempt: number;
+  selected: number;
+  /** updates counted so far */
+  accepted: number;
+  /** updates in, being decoded and validated */
+  validating: number;
+  /** selected devices whose update was refused */
+  refused: number;
+  dropped: number;
+  deadline: number;
+}
+
+/** `GET /api/status`: what anyone may see. Per-device details need the admin token (the admin snapshot). */
+export interface FederationStatus {
+  phase: Phase;
+  run: { id: number; config: RunConfig; round: number; attempt: number; reason: string | null } | null;
+  round: RoundStatus | null;
+  /** why the federation is waiting, in words (null when it is not) */
+  waiting: string | null;
+  modelVersion: number | null;
+  /** connected devices */
+  devices: number;
+  counters: { rejectedUpdates: number; lateUpdates: number; badMessages: number };
+}
+
+/** What the dashboard's live channel pushes: the status, every known device and the round's timeline. */
+export interface AdminSnapshot extends Omit<FederationStatus, 'devices'> {
+  devices: DeviceInfo[];
+  timeline: RoundTimeline | null;
+  /** the server's clock, so the page can show countdowns without trusting its own */
+  now: number;
 }
 
 export interface RoundTimeline {

@@ -3,6 +3,7 @@
  *   new Server<ClientToServerEvents, ServerToClientEvents>()  and  io() as Socket<ServerToClientEvents, ClientToServerEvents>.
  * Names read `domain:verb`. Acks carry a result union.
  */
+import type { AdminSnapshot, FederationEvent } from './api.ts';
 import type { CodecConfig } from './codec.ts';
 import type { ModelName } from './models-names.ts';
 import type { Hello, StateReport, UpdateSubmit } from './schemas.ts';
@@ -11,6 +12,12 @@ export const ERROR_CODES = {
   BAD_MESSAGE: 'BAD_MESSAGE',
   BAD_WEIGHTS: 'BAD_WEIGHTS',
   NOT_JOINED: 'NOT_JOINED',
+  /** a connection claimed a device id without proving the key it derives from */
+  IDENTITY: 'IDENTITY',
+  /** an update claims more examples than the device declared when it joined */
+  TOO_MANY_EXAMPLES: 'TOO_MANY_EXAMPLES',
+  /** the device connected again elsewhere (proving the same key); this connection is closed */
+  SUPERSEDED: 'SUPERSEDED',
   NO_ACTIVE_ROUND: 'NO_ACTIVE_ROUND',
   WRONG_ROUND: 'WRONG_ROUND',
   NOT_SELECTED: 'NOT_SELECTED',
@@ -80,6 +87,8 @@ export interface ServerToClientEvents {
 }
 
 export interface ClientToServerEvents {
+  /** a fresh challenge for this connection, to be signed in device:hello (identity.ts) */
+  'device:challenge': (ack: Ack<{ challenge: Uint8Array }>) => void;
   'device:hello': (msg: Hello, ack: Ack<{ deviceId: string }>) => void;
   /** the ack is optional: devices report progress without waiting; errors come as server:error then */
   'device:state': (msg: StateReport, ack?: Ack<null>) => void;
@@ -87,3 +96,16 @@ export interface ClientToServerEvents {
 }
 
 export const SOCKET_PATH = '/socket.io';
+
+/** The dashboard's live channel: a socket.io namespace for admin-token holders; it only pushes. */
+export const ADMIN_NAMESPACE = '/admin';
+
+export interface AdminServerToClientEvents {
+  'admin:snapshot': (snapshot: AdminSnapshot) => void;
+  /** the recent event log, on connection */
+  'admin:events': (events: FederationEvent[]) => void;
+  'admin:event': (event: FederationEvent) => void;
+}
+
+/** The admin channel accepts no commands: runs are started and stopped over the HTTP API. */
+export type AdminClientToServerEvents = Record<string, never>;

@@ -12,41 +12,58 @@ export const BACKENDS = ['webgl', 'webgpu', 'wasm', 'cpu'] as const;
 
 const deviceId = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'must be 8–64 characters of A–Z, a–z, 0–9, _ or -');
 const finiteMetric = z.number().finite();
+/** a duration a device reports: at most a day (a round's deadline is at most a day) */
+const durationMs = finiteMetric.min(0).max(24 * 3600_000);
 
-export const helloSchema = z.strictObject({
-  deviceId,
-  backend: z.enum(BACKENDS),
-  backendReason: z.string().max(300),
-  examples: z.number().int().min(1).max(60_000),
-  heldOut: z.number().int().min(0).max(60_000),
-  labelHistogram: z.array(z.number().int().min(0)).length(10),
-  /** presented to runs that require a device join token */
-  joinToken: z.string().max(200).optional(),
-  /** the global model version this device holds (0 or absent: none), so rounds can send it a delta */
-  modelVersion: z.number().int().min(0).optional(),
-});
+/**
+ * device:hello: what a device says about itself (every claim bounded, the counts in agreement), and
+ * the proof that it holds the private key its id derives from (identity.ts): its public key and its
+ * signature of the connection's challenge.
+ */
+export const helloSchema = z
+  .strictObject({
+    deviceId,
+    backend: z.enum(BACKENDS),
+    backendReason: z.string().max(300),
+    /** training examples: the most this device may claim in an update */
+    examples: z.number().int().min(1).max(60_000),
+    heldOut: z.number().int().min(0).max(60_000),
+    labelHistogram: z.array(z.number().int().min(0).max(60_000)).length(10),
+    /** presented to runs that require a device join token */
+    joinToken: z.string().max(200).optional(),
+    /** the global model version this device holds (0 or absent: none), so rounds can send it a delta */
+    modelVersion: z.number().int().min(0).max(2 ** 31 - 1).optional(),
+    /** the device's ECDSA P-256 public key, raw (65 bytes, an uncompressed point) */
+    publicKey: z.instanceof(Uint8Array).refine((k) => k.byteLength === 65, 'must be a 65-byte raw P-256 public key'),
+    /** its ECDSA P-256 / SHA-256 signature (64 bytes, r‖s) of the connection's challenge */
+    signature: z.instanceof(Uint8Array).refine((s) => s.byteLength === 64, 'must be a 64-byte ECDSA signature'),
+  })
+  .refine((h) => h.labelHistogram.reduce((a, b) => a + b, 0) === h.examples, { message: 'must add up to examples', path: ['labelHistogram'] });
 export type Hello = z.infer<typeof helloSchema>;
+/** A device's claims once its identity is proven: what the federation keeps of a hello. */
+export type DeviceHello = Omit<Hello, 'publicKey' | 'signature'>;
 
 export const stateReportSchema = z.strictObject({
   state: z.enum(DEVICE_STATES),
   runId: z.number().int().positive().optional(),
   round: z.number().int().positive().optional(),
+  attempt: z.number().int().positive().optional(),
   /** 0..1 progress through local training */
   progress: z.number().min(0).max(1).optional(),
   loss: finiteMetric.optional(),
   /** the global model version the device now holds (0: none) */
-  modelVersion: z.number().int().min(0).optional(),
+  modelVersion: z.number().int().min(0).max(2 ** 31 - 1).optional(),
 });
 export type StateReport = z.infer<typeof stateReportSchema>;
 
 export const updateMetricsSchema = z.strictObject({
   accuracyBefore: z.number().min(0).max(1),
-  lossBefore: finiteMetric.min(0),
+  lossBefore: finiteMetric.min(0).max(1e6),
   accuracyAfter: z.number().min(0).max(1),
-  lossAfter: finiteMetric.min(0),
-  downloadMs: finiteMetric.min(0),
-  evaluateMs: finiteMetric.min(0),
-  trainMs: finiteMetric.min(0),
+  lossAfter: finiteMetric.min(0).max(1e6),
+  downloadMs: durationMs,
+  evaluateMs: durationMs,
+  trainMs: durationMs,
 });
 export type UpdateMetrics = z.infer<typeof updateMetricsSchema>;
 
@@ -94,6 +111,8 @@ export const runConfigSchema = z.strictObject({
   trimFraction: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(0.5, { error: 'must be less than 0.5' }).default(0.2),
   /** L2 bound on each update (larger ones are scaled down to it); 0 = no bound */
   clipNorm: between(0, 1e6).default(0),
+  /** the most examples one device's update is weighted by in FedAvg: a device cannot outweigh the round by claiming more */
+  maxExamplesPerDevice: whole(1, 60_000).default(1_000),
   /** when set, only devices that joined with this token are selected (never shown by the API) */
   joinToken: z.string({ error: 'must be a string' }).min(8, { error: 'must be at least 8 characters' }).max(200, { error: 'must be at most 200 characters' }).optional(),
   /** how devices encode their updates: [topk+](float32|float16|q8|q4)[+deflate] (codec.ts) */
@@ -129,6 +148,36 @@ export interface FieldIssue {
   message: string;
 }
 
+/** The defaults of every run config field. */
+export const RUN_CONFIG_DEFAULTS: RunConfig = runConfigSchema.parse({});
+
+/**
+ * Settings that would silently do nothing: a robust rule that cannot reject anything with the
+ * round's smallest number of updates, or a codec parameter changed from its default for a codec
+ * without that stage. Each is reported on its field.
+ */
+function silentNoOps(c: RunConfig): FieldIssue[] {
+  const issues: FieldIssue[] = [];
+  if (c.aggregation === 'median' && c.minUpdates < 3) {
+    issues.push({ field: 'minUpdates', message: `median needs minUpdates ≥ 3: a round may close with ${c.minUpdates}, and the median of ${c.minUpdates === 1 ? 'one update is that update' : 'two updates is their mean'}` });
+  }
+  if (c.aggregation === 'trimmed-mean') {
+    if (c.minUpdates < 3) issues.push({ field: 'minUpdates', message: `trimmed-mean needs minUpdates ≥ 3: with ${c.minUpdates} update${c.minUpdates === 1 ? '' : 's'} it cannot trim one at each end` });
+    else if (Math.floor(c.trimFraction * c.minUpdates) < 1) {
+      issues.push({ field: 'trimFraction', message: `trims nothing when a round closes with minUpdates = ${c.minUpdates} updates (⌊${c.trimFraction} × ${c.minUpdates}⌋ = 0): use at least ${(1 / c.minUpdates).toFixed(3).replace(/0+$/, '')}` });
+    }
+  } else if (c.trimFraction !== RUN_CONFIG_DEFAULTS.trimFraction) {
+    issues.push({ field: 'trimFraction', message: `has no effect: aggregation is ${c.aggregation}, not trimmed-mean` });
+  }
+  const codec = parseCodec(c.updateCodec);
+  if (typeof codec !== 'string') {
+    if (c.topkFraction !== RUN_CONFIG_DEFAULTS.topkFraction && !(codec.sparse && !codec.random)) issues.push({ field: 'topkFraction', message: `has no effect: the codec ${codec.name} has no topk stage` });
+    if (c.randFraction !== RUN_CONFIG_DEFAULTS.randFraction && !codec.random) issues.push({ field: 'randFraction', message: `has no effect: the codec ${codec.name} has no rand stage` });
+    if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values)) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
+  }
+  return issues;
+}
+
 /**
  * Validates a run config and reports every problem at once, one per field: zod skips the
  * cross-field rule while any field is wrong, so it is checked here on the raw values too.
@@ -136,10 +185,10 @@ export interface FieldIssue {
  */
 export function validateRunConfig(input: unknown): { ok: true; config: RunConfig } | { ok: false; issues: FieldIssue[]; message: string } {
   const parsed = runConfigSchema.safeParse(input);
-  if (parsed.success) return { ok: true, config: parsed.data };
-  const issues = parsed.error.issues.map((i) => ({ field: i.path.length ? i.path.join('.') : 'config', message: i.message }));
+  const issues = parsed.success ? silentNoOps(parsed.data) : parsed.error.issues.map((i) => ({ field: i.path.length ? i.path.join('.') : 'config', message: i.message }));
+  if (parsed.success && issues.length === 0) return { ok: true, config: parsed.data };
   const raw = (input ?? {}) as { minUpdates?: unknown; clientsPerRound?: unknown };
-  const k = raw.clientsPerRound === undefined ? 4 : raw.clientsPerRound;
+  const k = raw.clientsPerRound === undefined ? RUN_CONFIG_DEFAULTS.clientsPerRound : raw.clientsPerRound;
   if (!issues.some((i) => i.field === 'minUpdates') && typeof raw.minUpdates === 'number' && typeof k === 'number' && raw.minUpdates > k) {
     issues.push({ field: 'minUpdates', message: MIN_UPDATES_RULE });
   }

@@ -1,16 +1,17 @@
 /**
  * Pluggable aggregation, after Flower's Strategy: how a round's training is configured and how its
  * results are combined. Each rule is a strategy (FedAvg, coordinate-wise median, trimmed mean),
- * chosen per run by `aggregation`; the optional L2 bound (`clipNorm`) applies to any of them.
+ * chosen per run by `aggregation`. Updates arrive validated and, when the run sets `clipNorm`,
+ * already clipped (validate.ts), whatever the strategy.
  */
 import { applyDelta, WeightedDeltaSum } from '../../shared/fedavg.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
-import { clipToNorm, coordinateMedian, trimmedMean } from '../../shared/robust.ts';
+import { coordinateMedian, trimmedMean } from '../../shared/robust.ts';
 import { codecConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
 
 export interface RoundAggregator {
-  /** adds one update; returns whether it was clipped to the run's L2 bound */
-  add(delta: Float32Array, numExamples: number): { clipped: boolean; norm: number };
+  /** adds one validated update with its weight (the example count, capped by the run) */
+  add(delta: Float32Array, weight: number): void;
   readonly count: number;
   /** the new global model, or undefined to keep the old one (nothing to aggregate) */
   result(global: Float32Array): Float32Array | undefined;
@@ -33,14 +34,10 @@ const configureFit = (config: RunConfig, round: number, attempt: number): Traini
 export const fedAvgStrategy: Strategy = {
   name: 'fedavg',
   configureFit,
-  createAggregator(size, config) {
+  createAggregator(size) {
     const sum = new WeightedDeltaSum(size);
     return {
-      add: (delta, n) => {
-        const c = clipToNorm(delta, config.clipNorm);
-        sum.add(c.delta, n);
-        return { clipped: c.clipped, norm: c.norm };
-      },
+      add: (delta, weight) => sum.add(delta, weight),
       get count() {
         return sum.count;
       },
@@ -60,11 +57,9 @@ function robustStrategy(name: Aggregation, reduce: (updates: Float32Array[], con
     createAggregator(size, config) {
       const updates: Float32Array[] = [];
       return {
-        add: (delta, _n) => {
+        add: (delta) => {
           if (delta.length !== size) throw new RangeError(`${name}: update has ${delta.length} values, expected ${size}`);
-          const c = clipToNorm(delta, config.clipNorm);
-          updates.push(c.delta === delta ? delta.slice() : c.delta);
-          return { clipped: c.clipped, norm: c.norm };
+          updates.push(delta);
         },
         get count() {
           return updates.length;

@@ -5,13 +5,14 @@
  * started and stopped over the authenticated HTTP API.
  */
 import type { Server } from 'socket.io';
+import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
 import type { Federation } from '../federation.ts';
 import { tokenMatches } from './auth.ts';
 
 const PUSH_EVERY_MS = 250;
 
 export function attachAdminFeed(io: Server, federation: Federation, adminToken: string): () => void {
-  const admin = io.of('/admin');
+  const admin = io.of(ADMIN_NAMESPACE) as unknown as import('socket.io').Namespace<AdminClientToServerEvents, AdminServerToClientEvents>;
   admin.use((socket, next) => {
     const token = (socket.handshake.auth as { token?: unknown } | undefined)?.token;
     if (typeof token === 'string' && tokenMatches(token, adminToken)) next();

@@ -82,9 +82,14 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.json({ ok: true });
   });
   const loop = monitorEventLoop();
+  /** public: phase, run, round, model version and the number of devices — no device ids, histograms or accuracies */
   app.get('/api/status', (_req, res) => {
     const mem = process.memoryUsage();
     res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()), eventLoopDelay: loop() } });
+  });
+  /** every known device (disconnected ones too, flagged), with what it declared and reported */
+  app.get('/api/devices', admin, (_req, res) => {
+    res.json(federation.listDevices(true));
   });
 
   /** lets the admin page check a token without side effects */

@@ -1,7 +1,13 @@
-/** The only code that touches socket.io: parse each message, hand it to the federation, answer. */
+/**
+ * The only code that touches socket.io: parse each message, hand it to the federation, answer.
+ * A device proves its identity before anything else: it asks for a challenge, and its hello
+ * carries its public key and its signature of that challenge (shared/identity.ts).
+ */
+import { randomBytes } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { Server, type Socket } from 'socket.io';
 import type { ClientToServerEvents, ErrorCode, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
+import { CHALLENGE_BYTES, verifyHello } from '../../shared/identity.ts';
 import { describeIssues, helloSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
 import type { DevicePort, Federation } from '../federation.ts';
 import type { Logger } from '../log.ts';
@@ -61,12 +67,15 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
 
   io.on('connection', (socket) => {
     let deviceId: string | undefined;
-    const bucket = new TokenBucket(options.rateLimit);
+    /** the challenge this connection must sign in its hello; used once */
+    let challenge: Uint8Array | undefined;
+    // Progress reports are best-effort and frequent: they spend their own budget, so they can never starve an update.
+    const buckets = { reports: new TokenBucket(options.rateLimit), other: new TokenBucket(options.rateLimit) };
     let refused = 0;
     let windowStart = Date.now();
     // Every inbound event, known or not, spends a token; over the rate it is answered, counted, and not processed.
     socket.use(([event, ...args], next) => {
-      if (bucket.take()) {
+      if ((event === 'device:state' ? buckets.reports : buckets.other).take()) {
         next();
         return;
       }
@@ -87,7 +96,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       }
     });
     socket.onAny((event: unknown, ...args: unknown[]) => {
-      if (event === 'device:hello' || event === 'device:state' || event === 'update:submit') return;
+      if (event === 'device:challenge' || event === 'device:hello' || event === 'device:state' || event === 'update:submit') return;
       bad(args.at(-1), 'BAD_MESSAGE', `unknown event ${JSON.stringify(String(event)).slice(0, 80)}`);
     });
     const answer = <T>(ack: unknown, result: Result<T>) => {
@@ -100,15 +109,37 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       answer<T>(ack, { ok: false, error: { code, message } });
     };
 
-    socket.on('device:hello', (raw, ack) => {
+    /** Registers a handler of one event: the ack, when given, comes last; anything beyond `payloads` arguments is refused. */
+    const on = (event: keyof ClientToServerEvents, payloads: 0 | 1, handler: (raw: unknown, ack: unknown) => void | Promise<void>) => {
+      (socket as unknown as { on(e: string, l: (...a: unknown[]) => void): void }).on(event, (...args) => {
+        const ack = typeof args.at(-1) === 'function' ? args.pop() : undefined;
+        if (args.length > payloads) return bad(ack, 'BAD_MESSAGE', `${event}: expected ${payloads === 0 ? 'no payload' : 'one payload'}, got ${args.length} arguments`);
+        void handler(args[0], ack);
+      });
+    };
+
+    on('device:challenge', 0, (_raw, ack) => {
+      challenge = randomBytes(CHALLENGE_BYTES);
+      answer(ack, { ok: true, data: { challenge } });
+    });
+
+    on('device:hello', 1, async (raw, ack) => {
       const parsed = helloSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `device:hello: ${describeIssues(parsed.error)}`);
-      const hello = parsed.data;
+      const { publicKey, signature, ...hello } = parsed.data;
+      const signed = challenge;
+      challenge = undefined;
+      if (!signed) return bad(ack, 'IDENTITY', `device:hello from ${hello.deviceId}: ask for a challenge (device:challenge) and sign it first`);
+      const refused = await verifyHello(hello.deviceId, new Uint8Array(publicKey), new Uint8Array(signature), signed);
+      // Nothing changes for the device whose id was claimed: its connection and its round go on.
+      if (refused) return bad(ack, 'IDENTITY', `device:hello from ${hello.deviceId}: ${refused}`);
+      if (!socket.connected) return;
       if (deviceId && deviceId !== hello.deviceId) return bad(ack, 'BAD_MESSAGE', `device:hello: this connection already belongs to device ${deviceId}`);
       const previous = port.sockets.get(hello.deviceId);
       if (previous && previous !== socket) {
-        // The same device reconnected (a reload): the newest connection wins.
+        // The same device, proven by its key, connected again (a reload): the newest connection wins.
         port.sockets.delete(hello.deviceId);
+        previous.emit('server:error', { code: 'SUPERSEDED', message: `device ${hello.deviceId} connected again elsewhere (a reload or another tab with the same identity); this connection is closed` });
         previous.disconnect(true);
         federation.leave(hello.deviceId);
       }
@@ -118,7 +149,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       answer(ack, { ok: true, data: { deviceId } });
     });
 
-    socket.on('device:state', (raw, ack) => {
+    on('device:state', 1, (raw, ack) => {
       if (!deviceId) return bad(ack, 'NOT_JOINED', 'device:state: send device:hello first');
       const parsed = stateReportSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `device:state: ${describeIssues(parsed.error)}`);
@@ -126,11 +157,11 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       if (typeof ack === 'function') answer(ack, { ok: true, data: null });
     });
 
-    socket.on('update:submit', (raw, ack) => {
+    on('update:submit', 1, async (raw, ack) => {
       if (!deviceId) return bad(ack, 'NOT_JOINED', 'update:submit: send device:hello first');
       const parsed = updateSubmitSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `update:submit from device ${deviceId}: ${describeIssues(parsed.error)}`);
-      answer(ack, federation.submitUpdate(deviceId, parsed.data));
+      answer(ack, await federation.submitUpdate(deviceId, parsed.data));
     });
 
     socket.on('disconnect', () => {

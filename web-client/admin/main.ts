@@ -3,6 +3,8 @@
  * everything live over the authenticated `/admin` socket.io channel (no polling, no reload).
  */
 import { io, type Socket } from 'socket.io-client';
+import type { AdminSnapshot } from '../../shared/api.ts';
+import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
 import { AGGREGATIONS, DOWNLINKS, runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
 import { renderDevices, renderLog, renderModels, renderRounds, renderTimeline, type DeviceRow, type LogEntry, type ModelRow, type RoundRow, type Timeline } from '../ui/admin.ts';
@@ -28,6 +30,7 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'aggregation', label: 'Aggregation' },
   { name: 'trimFraction', label: 'Trimmed fraction', step: '0.05' },
   { name: 'clipNorm', label: 'L2 bound (0 = off)', step: 'any' },
+  { name: 'maxExamplesPerDevice', label: 'Max examples counted per device' },
   { name: 'joinToken', label: 'Device join token (optional)' },
   { name: 'updateCodec', label: 'Update codec' },
   { name: 'topkFraction', label: 'Top-k fraction', step: 'any' },
@@ -189,16 +192,7 @@ function renderCharts(rounds: readonly RoundRow[]): void {
 }
 
 // ─── live channel ────────────────────────────────────────────────────────────
-interface Snapshot {
-  phase: string;
-  run: { id: number; round: number; attempt: number; config: { rounds: number; model: string }; reason: string | null } | null;
-  round: { round: number; attempt: number; selected: number; accepted: number; dropped: number; deadline: number } | null;
-  modelVersion: number | null;
-  devices: DeviceRow[];
-  timeline: Timeline | null;
-  now: number;
-  counters: { rejectedUpdates: number; lateUpdates: number; badMessages: number };
-}
+type Snapshot = AdminSnapshot;
 
 let log: LogEntry[] = [];
 let last: Snapshot | undefined;
@@ -211,8 +205,9 @@ function renderSnapshot(s: Snapshot): void {
   byId('phase').className = `pill ${s.phase}`;
   byId('run-line').textContent = s.run ? `run ${s.run.id} · ${s.run.config.model} · round ${s.run.round} of ${s.run.config.rounds}` : 'no run yet';
   const facts: [string, string][] = s.round
-    ? [['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''}`], ['Selected', String(s.round.selected)], ['Updates in', String(s.round.accepted)], ['Dropped', String(s.round.dropped)], ['Deadline in', `${Math.max(0, Math.round((s.round.deadline - s.now) / 1000))} s`]]
+    ? [['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''}`], ['Selected', String(s.round.selected)], ['Updates in', String(s.round.accepted)], ['Refused', String(s.round.refused)], ['Dropped', String(s.round.dropped)], ['Deadline in', `${Math.max(0, Math.round((s.round.deadline - s.now) / 1000))} s`]]
     : [['Phase', s.phase], ['Reason', s.run?.reason ?? '—']];
+  if (s.waiting) facts.unshift(['Waiting', s.waiting]);
   facts.push(['Live model', s.modelVersion === null ? '—' : `v${s.modelVersion}`], ['Rejected / late / bad', `${s.counters.rejectedUpdates} / ${s.counters.lateUpdates} / ${s.counters.badMessages}`]);
   byId('status').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
   renderTimeline(byId('timeline'), s.timeline, s.now);
@@ -256,11 +251,11 @@ async function loadHistory(): Promise<void> {
   renderModels(byId<HTMLTableElement>('models'), models, last?.modelVersion ?? null, configs);
 }
 
-let socket: Socket | undefined;
+let socket: Socket<AdminServerToClientEvents, AdminClientToServerEvents> | undefined;
 function connectLive(): void {
   socket?.disconnect();
   byId('signin-card').hidden = true;
-  socket = io('/admin', { auth: { token }, transports: ['websocket'] });
+  socket = io(ADMIN_NAMESPACE, { auth: { token }, transports: ['websocket'] });
   socket.on('connect', () => {
     byId('live').textContent = 'live';
     byId('live').className = 'pill connected';
@@ -276,16 +271,16 @@ function connectLive(): void {
       signedOut('That token is not the admin token.');
     }
   });
-  socket.on('admin:snapshot', (s: Snapshot) => {
+  socket.on('admin:snapshot', (s) => {
     const runChanged = s.run?.id !== last?.run?.id;
     renderSnapshot(s);
     if (runChanged || roundsFor === undefined) void refreshHistory();
   });
-  socket.on('admin:events', (entries: LogEntry[]) => {
+  socket.on('admin:events', (entries) => {
     log = entries;
     renderLog(byId('log'), log);
   });
-  socket.on('admin:event', (e: LogEntry & { kind: string }) => {
+  socket.on('admin:event', (e) => {
     log = [...log.slice(-199), e];
     renderLog(byId('log'), log);
     if (e.kind === 'round:completed' || e.kind === 'round:failed' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();

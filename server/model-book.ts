@@ -1,0 +1,85 @@
+/**
+ * The global model: the version a run trains, stored as a version in the store, and what each
+ * device downloads of it — the whole model, or a lossless delta against a version the device holds.
+ */
+import { encodeModelDelta } from '../shared/model-delta.ts';
+import { initialWeights, type ModelName } from '../shared/models.ts';
+import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
+import type { RunConfig } from '../shared/schemas.ts';
+import type { Logger } from './log.ts';
+import type { Store } from './store/store.ts';
+
+export interface GlobalModel {
+  version: number;
+  model: ModelName;
+  weights: FlatWeights;
+  /** the binary weight payload (weights.ts), as stored and as sent in full */
+  payload: Uint8Array;
+}
+
+export interface Download {
+  weights: Uint8Array;
+  /** set when `weights` is a delta against this version */
+  baseVersion?: number;
+}
+
+export class ModelBook {
+  current: GlobalModel | undefined;
+
+  constructor(private readonly store: Store, private readonly log: Logger) {}
+
+  /** A run's initial model (seeded), stored as its round 0. */
+  createInitial(runId: number, config: RunConfig, now: number): GlobalModel {
+    return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now);
+  }
+
+  save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number): GlobalModel {
+    const payload = encodeWeights(weights);
+    const version = this.store.saveModel({ runId, round, model, weights: payload }, now);
+    this.current = { version, model, weights, payload };
+    return this.current;
+  }
+
+  /** Makes a stored version the current model (a resumed run); false when it is not stored. */
+  load(version: number, model: ModelName): boolean {
+    const payload = this.store.getModelWeights(version);
+    if (!payload) return false;
+    this.current = { version, model, weights: decodeWeights(payload), payload };
+    return true;
+  }
+
+  /**
+   * The downloads of one round: `(held) → what to send a device that holds version held`. With
+   * `downlink: delta`, a device holding an older version of the same model gets a delta against it
+   * when that is smaller than the model; one delta is computed per base version.
+   */
+  downloads(config: RunConfig): (held: number | null) => Download {
+    const global = this.current;
+    if (!global) throw new Error('model book: no current model');
+    const full: Download = { weights: global.payload };
+    const cache = new Map<number, Download>();
+    return (held) => {
+      if (config.downlink !== 'delta' || held === null || held === global.version) return full;
+      let d = cache.get(held);
+      if (!d) {
+        d = this.delta(held, global) ?? full;
+        cache.set(held, d);
+      }
+      return d;
+    };
+  }
+
+  private delta(base: number, global: GlobalModel): Download | undefined {
+    const record = this.store.getModel(base);
+    const payload = record?.model === global.model ? this.store.getModelWeights(base) : undefined;
+    if (!payload) return undefined;
+    try {
+      const weights = decodeWeights(payload, global.weights.specs);
+      const delta = encodeModelDelta(weights.values, global.weights.values, base, global.version);
+      return delta.byteLength < global.payload.byteLength ? { weights: delta, baseVersion: base } : undefined;
+    } catch (err) {
+      this.log.warn('stored model unreadable; sending the full model', { version: base, error: String(err) });
+      return undefined;
+    }
+  }
+}
