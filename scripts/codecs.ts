@@ -17,7 +17,7 @@ import { codecSpec, decodeUpdate, encodeUpdate, type CodecConfig } from '../shar
 import { createRng } from '../shared/rng.ts';
 import type { PartitionKind } from '../shared/partition.ts';
 import type { ModelName } from '../shared/models-names.ts';
-import { decodeWeights, type FlatWeights } from '../shared/weights.ts';
+import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
 import { loadMnist } from '../server/data/mnist.ts';
 import { runSimulation, type SimulationResult } from '../server/sim/simulation.ts';
 import { median, parseArgs } from './lib/harness.ts';
@@ -120,9 +120,11 @@ line('\n## Encode / decode of one real update (median of 7)');
   const { WorkerPool } = await import('../server/sim/pool.ts');
   const w0 = initialWeights(args.model as ModelName, 1);
   const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
-  const plan = { localEpochs: 1, batchSize: 10, learningRate: Number(args.lr), seed: 1 };
-  const done = await pool.train({ type: 'train', model: args.model as ModelName, specs: w0.specs, weights: w0.values, plan: { ...plan, codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 } }, train: Int32Array.from({ length: 600 }, (_, i) => i), heldOut: new Int32Array(0), codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 }, codecSeed: 1 }).finally(() => pool.close());
-  const reference: FlatWeights = decodeWeights(done.payload, w0.specs);
+  const plan = { localEpochs: 1, batchSize: 10, learningRate: Number(args.lr), seed: 1, codec: { codec: 'float32', topkFraction: 1, quantBlock: 0 } };
+  const round = { runId: 1, round: 1, attempt: 1, model: args.model as ModelName, modelVersion: 1, plan, deadline: 0, weights: encodeWeights(w0) };
+  const done = await pool.train({ type: 'train', deviceId: 'codecs-reference', round, train: Int32Array.from({ length: 600 }, (_, i) => i), heldOut: new Int32Array(0), held: undefined, residual: undefined }).finally(() => pool.close());
+  if (!done.submission) throw new Error('codecs: the reference update was not computed');
+  const reference: FlatWeights = decodeWeights(done.submission.delta, w0.specs);
   const time = (fn: () => void) => median(Array.from({ length: 7 }, () => {
     const t0 = performance.now();
     fn();

@@ -15,6 +15,19 @@ export interface Samples {
   labels: Uint8Array;
 }
 
+/** The samples at `indices` of a data set held as flat images (count × 784) and labels. */
+export function gatherSamples(images: Uint8Array, labels: Uint8Array, indices: ArrayLike<number>): Samples {
+  const pixels = new Uint8Array(indices.length * PIXELS);
+  const out = new Uint8Array(indices.length);
+  for (let i = 0; i < indices.length; i++) {
+    const idx = indices[i] as number;
+    if (!(idx >= 0 && idx < labels.length)) throw new RangeError(`samples: index ${idx} is outside the data set of ${labels.length}`);
+    pixels.set(images.subarray(idx * PIXELS, (idx + 1) * PIXELS), i * PIXELS);
+    out[i] = labels[idx] as number;
+  }
+  return { pixels, labels: out };
+}
+
 export interface DeviceDataset {
   train: Samples;
   heldOut: Samples;

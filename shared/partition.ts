@@ -72,18 +72,32 @@ export interface DeviceSlice {
   heldOut: number[];
 }
 
-/** Share of a device's slice kept aside for local evaluation (never trained on). */
+/** Share of a browser device's training examples kept aside as its held-out data (never trained on). */
 export const HELD_OUT_FRACTION = 1 / 6;
 
+export interface SliceOptions {
+  /** the most training examples (default: all the partition holds beside its held-out share) */
+  examples?: number | undefined;
+  /** held-out examples as a share of the training examples taken (at least 1 when above 0) */
+  heldOut: number;
+  /** the partition's seed and the client's index: together they seed the slice's shuffle */
+  seed: number;
+  client: number;
+}
+
 /**
- * One device's data: a seeded shuffle of its partition, at most `maxExamples` for training and
- * a held-out split (1/6 of the train size, at least 1 when the slice has room) for local evaluation.
+ * One device's data from its partition — the one slicing function of the browser's provisioning,
+ * the Node simulation and the tests: a seeded shuffle of the partition, then at most `examples`
+ * for training and a held-out share beside them (the partition's order never decides which
+ * examples a device trains on).
  */
-export function deviceSlice(part: readonly number[], maxExamples: number, seed: number): DeviceSlice {
-  const shuffled = shuffleInPlace([...part], createRng(seed ^ 0x5eed));
-  const heldOutWanted = Math.max(1, Math.round(Math.min(maxExamples, shuffled.length) * HELD_OUT_FRACTION));
-  const train = Math.min(maxExamples, Math.max(1, shuffled.length - heldOutWanted));
-  return { train: shuffled.slice(0, train), heldOut: shuffled.slice(train, train + heldOutWanted) };
+export function deviceSlice(part: readonly number[], o: SliceOptions): DeviceSlice {
+  if (!(o.heldOut >= 0 && o.heldOut < 1)) throw new RangeError(`device slice: the held-out share must be in [0, 1), got ${o.heldOut}`);
+  const shuffled = shuffleInPlace([...part], createRng(((o.seed + o.client) ^ 0x5eed) >>> 0));
+  const wanted = Math.min(o.examples ?? shuffled.length, shuffled.length);
+  const heldOut = o.heldOut > 0 ? Math.max(1, Math.round(wanted * o.heldOut)) : 0;
+  const train = Math.min(wanted, Math.max(1, shuffled.length - heldOut));
+  return { train: shuffled.slice(0, train), heldOut: shuffled.slice(train, train + heldOut) };
 }
 
 export function labelHistogram(labels: ArrayLike<number>, classes = 10): number[] {

@@ -5,7 +5,7 @@ import type { ModelName } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
 import type { TrainingBench } from './ml/bench.ts';
 import { toTensors, disposeData } from '../shared/train.ts';
-import { clearDataset, deviceId, ensureDataset, indexedDbMemory, type SliceSpec } from './data/store.ts';
+import { clearDataset, deviceIdentity, ensureDataset, indexedDbMemory, type SliceSpec } from './data/store.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
 import { barChart, lineChart } from './ui/charts.ts';
@@ -112,7 +112,8 @@ async function join(): Promise<void> {
   joinButton.disabled = true;
   for (const field of Array.from(form.elements)) (field as HTMLInputElement).disabled = true;
   const choice = await chooseBackend(backend);
-  const id = await deviceId();
+  const identity = await deviceIdentity();
+  const id = identity.deviceId;
   const { meta, data, source } = await ensureDataset(spec, fetchSlice);
   renderFacts(byId('facts'), { deviceId: id, backend: choice.backend, backendReason: choice.reason, examples: meta.trainCount, heldOut: meta.heldOutCount, source: source === 'indexeddb' ? 'read from IndexedDB' : 'provisioned once, stored in IndexedDB', slice: `${spec.partition}, slice ${spec.client} of ${spec.clients}, seed ${spec.seed}` });
   histogramChart.data.datasets[0]!.data = meta.histogram;
@@ -121,22 +122,23 @@ async function join(): Promise<void> {
   const train = toTensors(data.train);
   const heldOut = toTensors(data.heldOut);
   const joinToken = params.get('joinToken') ?? undefined;
-  client = new DeviceClient({ hello: { deviceId: id, backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory });
+  client = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory });
   const unsubscribe = client.subscribe(render);
   client.join();
   Object.assign(window.__fl, { ready: true, deviceId: id, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source });
   leaveButton.disabled = false;
-  leaveButton.onclick = () => {
-    client?.leave();
-    unsubscribe();
-    render(client?.snapshot as DeviceSnapshot);
-    disposeData(train);
-    disposeData(heldOut);
+  leaveButton.onclick = async () => {
+    const leaving = client;
     client = undefined;
     leaveButton.disabled = true;
+    window.__fl.ready = false;
+    await leaving?.leave(); // the round in progress unwinds first: its data may be disposed then
+    unsubscribe();
+    if (leaving) render(leaving.snapshot);
+    disposeData(train);
+    disposeData(heldOut);
     joinButton.disabled = false;
     for (const field of Array.from(form.elements)) (field as HTMLInputElement).disabled = false;
-    window.__fl.ready = false;
   };
 }
 
@@ -156,6 +158,6 @@ clearButton.addEventListener('click', () => {
   );
 });
 // Leave cleanly when the tab closes or reloads; the server also sees the socket close.
-window.addEventListener('pagehide', () => client?.leave());
+window.addEventListener('pagehide', () => void client?.leave());
 
 if (params.get('autojoin') === '1') form.requestSubmit();

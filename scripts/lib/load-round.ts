@@ -4,9 +4,11 @@
  * `npm run load` and by `npm run bench` (server memory against the devices in a round).
  */
 import { io, type Socket } from 'socket.io-client';
+import { createIdentity } from '../../shared/identity.ts';
 import { initialWeights, type ModelName } from '../../shared/models.ts';
 import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol.ts';
 import { encodeWeights } from '../../shared/weights.ts';
+import { joinFederation } from '../../web-client/fl/join.ts';
 import { api, type ServerHandle } from './harness.ts';
 
 type Device = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -16,7 +18,7 @@ interface Status {
   server: { rssBytes: number; eventLoopDelay: { p50Ms: number; p99Ms: number; maxMs: number } };
 }
 
-export async function connectDevices(server: ServerHandle, n: number, tag: string): Promise<Device[]> {
+export async function connectDevices(server: ServerHandle, n: number): Promise<Device[]> {
   const devices: Device[] = [];
   for (let i = 0; i < n; i++) {
     const s: Device = io(server.url, { transports: ['websocket'], forceNew: true, reconnection: false });
@@ -25,7 +27,7 @@ export async function connectDevices(server: ServerHandle, n: number, tag: strin
       s.once('connect', () => resolve());
       s.once('connect_error', reject);
     });
-    const r = await s.emitWithAck('device:hello', { deviceId: `load-${tag}-${String(i).padStart(4, '0')}`, backend: 'cpu', backendReason: 'load test', examples: 600, heldOut: 100, labelHistogram: new Array(10).fill(60) });
+    const r = await joinFederation(s, await createIdentity(), { backend: 'cpu', backendReason: 'load test', examples: 600, heldOut: 100, labelHistogram: new Array(10).fill(60) });
     if (!r.ok) throw new Error(r.error.message);
   }
   return devices;
@@ -33,7 +35,7 @@ export async function connectDevices(server: ServerHandle, n: number, tag: strin
 
 export async function measure(server: ServerHandle, model: ModelName, n: number): Promise<Record<string, number | string>> {
   const idle = (await api<Status>(server, '/api/status')).body.server.rssBytes;
-  const devices = await connectDevices(server, n, `${model}-${n}`);
+  const devices = await connectDevices(server, n);
   const base = initialWeights(model, 1);
   const payload = encodeWeights({ specs: base.specs, values: base.values.map((_, i) => ((i % 7) - 3) * 1e-4) });
   const metrics = { accuracyBefore: 0.5, lossBefore: 1, accuracyAfter: 0.6, lossAfter: 0.9, downloadMs: 0, evaluateMs: 0, trainMs: 0 };

@@ -4,25 +4,15 @@
  * and keeps it in IndexedDB. The federation itself never sends or receives training data.
  */
 import { Router } from 'express';
-import { encodeDataset, PIXELS, type Samples } from '../../shared/dataset.ts';
-import { deviceSlice, partition } from '../../shared/partition.ts';
+import { encodeDataset, gatherSamples } from '../../shared/dataset.ts';
+import { deviceSlice, HELD_OUT_FRACTION, partition } from '../../shared/partition.ts';
 import { describeIssues, sliceQuerySchema, type SliceQuery } from '../../shared/schemas.ts';
 import type { MnistSplit } from './mnist.ts';
 
-function gather(split: MnistSplit, indices: readonly number[]): Samples {
-  const pixels = new Uint8Array(indices.length * PIXELS);
-  const labels = new Uint8Array(indices.length);
-  indices.forEach((idx, i) => {
-    pixels.set(split.images.subarray(idx * PIXELS, (idx + 1) * PIXELS), i * PIXELS);
-    labels[i] = split.labels[idx] as number;
-  });
-  return { pixels, labels };
-}
-
 /** One device's slice in the binary form; `parts` is the partition of the whole training set. */
 export function encodeSlice(train: MnistSplit, parts: readonly number[][], q: SliceQuery): Uint8Array {
-  const slice = deviceSlice(parts[q.client] ?? [], q.examples, q.seed + q.client);
-  return encodeDataset({ train: gather(train, slice.train), heldOut: gather(train, slice.heldOut) });
+  const slice = deviceSlice(parts[q.client] ?? [], { examples: q.examples, heldOut: HELD_OUT_FRACTION, seed: q.seed, client: q.client });
+  return encodeDataset({ train: gatherSamples(train.images, train.labels, slice.train), heldOut: gatherSamples(train.images, train.labels, slice.heldOut) });
 }
 
 export function provisioningRouter(train: MnistSplit): Router {

@@ -1,16 +1,15 @@
 /**
- * A simulation worker: trains simulated devices and evaluates global models with TF.js on wasm,
- * through the very functions the browser device runs (shared/train.ts computeUpdate,
- * evaluateLocal). One job at a time; the data arrives once, shared between workers.
+ * A simulation worker: runs simulated devices' rounds and evaluates global models with TF.js on
+ * wasm, through the very code the browser device runs (shared/device.ts runDeviceRound, shared/
+ * train.ts evaluateLocal). One job at a time; the data arrives once, shared between workers.
  */
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { parentPort, workerData } from 'node:worker_threads';
-import { encodeWithFeedback } from '../../shared/codec.ts';
-import { createRng } from '../../shared/rng.ts';
-import { PIXELS, type Samples } from '../../shared/dataset.ts';
+import { gatherSamples, PIXELS } from '../../shared/dataset.ts';
+import { memoryInProcess, runDeviceRound } from '../../shared/device.ts';
 import { buildModel, setFlatWeights, type ModelName } from '../../shared/models.ts';
-import { computeUpdate, disposeData, evaluateLocal, toTensors, type LocalData } from '../../shared/train.ts';
+import { disposeData, evaluateLocal, toTensors, type LocalData } from '../../shared/train.ts';
 import { registerWasmTrainingKernels } from '../../shared/wasm-kernels.ts';
 import type { WorkerInit, WorkerJob, WorkerReply } from './messages.ts';
 
@@ -31,27 +30,15 @@ const model = (name: ModelName): tf.LayersModel => {
 /** test-set ranges this worker evaluates, kept as tensors: every round evaluates the same range */
 const testParts = new Map<string, LocalData>();
 
-function gather(images: Uint8Array, labels: Uint8Array, indices: Int32Array): Samples {
-  const pixels = new Uint8Array(indices.length * PIXELS);
-  const out = new Uint8Array(indices.length);
-  indices.forEach((idx, i) => {
-    pixels.set(images.subarray(idx * PIXELS, (idx + 1) * PIXELS), i * PIXELS);
-    out[i] = labels[idx] as number;
-  });
-  return { pixels, labels: out };
-}
-
 async function run(job: WorkerJob): Promise<WorkerReply> {
   switch (job.type) {
     case 'train': {
-      const train = toTensors(gather(data.trainImages, data.trainLabels, job.train));
-      const heldOut = toTensors(gather(data.trainImages, data.trainLabels, job.heldOut));
+      const train = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.train));
+      const heldOut = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.heldOut));
       try {
-        const u = await computeUpdate(model(job.model), { specs: job.specs, values: job.weights }, train, heldOut, job.plan);
-        const t0 = performance.now();
-        const encoded = encodeWithFeedback(u.delta, job.residual, job.codec, createRng(job.codecSeed));
-        const encodeMs = performance.now() - t0;
-        return { type: 'train', job: job.job, payload: encoded.payload, residual: encoded.residual, encodeMs, numExamples: u.numExamples, accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
+        const memory = memoryInProcess({ model: job.held, residual: job.residual });
+        const r = await runDeviceRound(job.round, { deviceId: job.deviceId, model: model(job.round.model), train, heldOut, memory });
+        return { type: 'train', job: job.job, submission: r.submission, residual: r.residual, held: memory.model(), encodeMs: r.encodeMs };
       } finally {
         disposeData(train);
         disposeData(heldOut);
@@ -81,7 +68,7 @@ await tf.setBackend('wasm');
 await tf.ready();
 port.on('message', (job: WorkerJob) => {
   run(job).then(
-    (reply) => port.postMessage(reply, reply.type === 'train' ? [reply.payload.buffer as ArrayBuffer, ...(reply.residual ? [reply.residual.buffer as ArrayBuffer] : [])] : []),
+    (reply) => port.postMessage(reply, reply.type === 'train' && reply.residual ? [reply.residual.buffer as ArrayBuffer] : []),
     (err: unknown) => port.postMessage({ type: 'error', job: job.job, message: err instanceof Error ? err.message : String(err) } satisfies WorkerReply),
   );
 });

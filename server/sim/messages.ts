@@ -1,7 +1,8 @@
 /** Messages between the simulation's main thread and its device workers (worker_threads). */
-import type { CodecConfig } from '../../shared/codec.ts';
+import type { HeldModel } from '../../shared/device.ts';
 import type { ModelName } from '../../shared/models-names.ts';
-import type { TrainingPlan } from '../../shared/protocol.ts';
+import type { RoundStart } from '../../shared/protocol.ts';
+import type { UpdateSubmit } from '../../shared/schemas.ts';
 import type { TensorSpec } from '../../shared/weights.ts';
 
 export interface WorkerInit {
@@ -12,21 +13,19 @@ export interface WorkerInit {
   testLabels: Uint8Array;
 }
 
+/** One device's round, as the server sent it, with what the device keeps between rounds. */
 export interface TrainJob {
   type: 'train';
   job: number;
-  model: ModelName;
-  specs: TensorSpec[];
-  weights: Float32Array;
-  plan: TrainingPlan;
+  deviceId: string;
+  round: RoundStart;
   /** indices into the train set: the device's training examples and its held-out examples */
   train: Int32Array;
   heldOut: Int32Array;
-  codec: CodecConfig;
-  /** seeds the codec's stochastic rounding */
-  codecSeed: number;
-  /** the device's error-feedback residual from earlier rounds (topk codecs) */
-  residual?: Float32Array | undefined;
+  /** the global model the device holds (the base of a delta download) */
+  held: HeldModel | undefined;
+  /** its codec's error-feedback residual from earlier rounds (topk codecs) */
+  residual: { key: string; values: Float32Array } | undefined;
 }
 
 export interface EvaluateJob {
@@ -45,17 +44,13 @@ export type WorkerJob = TrainJob | EvaluateJob;
 export interface TrainDone {
   type: 'train';
   job: number;
-  /** Δ encoded with the run's codec, as the device uploads it */
-  payload: Uint8Array<ArrayBuffer>;
+  /** what the device submits (absent if training stopped) */
+  submission: UpdateSubmit | undefined;
+  /** the residual to keep if the update counts */
   residual: Float32Array | undefined;
+  /** the global model the device holds after the round */
+  held: HeldModel | undefined;
   encodeMs: number;
-  numExamples: number;
-  accuracyBefore: number;
-  lossBefore: number;
-  accuracyAfter: number;
-  lossAfter: number;
-  evaluateMs: number;
-  trainMs: number;
 }
 
 export interface EvaluateDone {

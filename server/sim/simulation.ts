@@ -15,12 +15,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
-import { labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
-import { createRng, hashString, shuffleInPlace } from '../../shared/rng.ts';
+import { residualKey, type HeldModel } from '../../shared/device.ts';
+import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
 import type { ModelPublished, RoundEnd, RoundStart } from '../../shared/protocol.ts';
 import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
-import { applyModelDelta } from '../../shared/model-delta.ts';
-import { decodeWeights, type FlatWeights } from '../../shared/weights.ts';
+import type { FlatWeights } from '../../shared/weights.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { Federation, systemClock, type DevicePort } from '../federation.ts';
 import { strategyFor } from '../fl/strategy.ts';
@@ -125,16 +124,12 @@ export interface SimDevice {
   heldOut: Int32Array;
 }
 
-/** The simulated devices: one per partition, with the share `heldOut` of it kept for local evaluation. */
+/** The simulated devices: one per partition, sliced as a browser device's data is (deviceSlice). */
 export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
   const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
   return parts.map((part, c) => {
-    const id = `sim-client-${String(c).padStart(4, '0')}`;
-    if (!o.heldOut) return { id, train: Int32Array.from(part.slice(0, o.examples ?? part.length)), heldOut: new Int32Array(0) };
-    // The share asked for is kept aside (at least one example), from a seeded shuffle of the partition.
-    const shuffled = shuffleInPlace([...part], createRng(o.seed * 7_919 + c));
-    const held = Math.min(shuffled.length - 1, Math.max(1, Math.round(shuffled.length * o.heldOut)));
-    return { id, train: Int32Array.from(shuffled.slice(held, held + (o.examples ?? shuffled.length))), heldOut: Int32Array.from(shuffled.slice(0, held)) };
+    const slice = deviceSlice(part, { examples: o.examples, heldOut: o.heldOut ?? 0, seed: o.seed, client: c });
+    return { id: `sim-client-${String(c).padStart(4, '0')}`, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut) };
   });
 }
 
@@ -157,20 +152,20 @@ function poolEvaluator(pool: WorkerPool, count: number): Evaluator {
 }
 
 /**
- * The DevicePort of the simulation: a round's selected devices train in the pool, then submit in
- * selection order. Each simulated device holds the last global model it received (so the server
- * sends it deltas, as to a browser) and its codec's error-feedback residual.
+ * The DevicePort of the simulation: a round's selected devices run their round in the pool (the
+ * browser device's own code, shared/device.ts), then submit in selection order. Each device keeps
+ * what a browser keeps between rounds — the global model it holds (so the server sends it deltas)
+ * and its codec's error-feedback residual — one copy per model version, shared by its holders.
  */
 class SimulatedDevices implements DevicePort {
   federation: Federation | undefined;
   private batch: { key: string; starts: { id: string; msg: RoundStart }[] } | undefined;
   onFailure: (err: Error) => void = () => undefined;
-  /** the model version each device holds, and those versions' weights */
+  /** the model version each device holds, and those versions */
   private readonly held = new Map<string, number>();
-  private readonly versions = new Map<number, FlatWeights>();
-  private readonly residuals = new Map<string, Float32Array>();
-  private residualRun = 0;
-  /** encode time of each update, per round (the codec's cost on the device) */
+  private readonly versions = new Map<number, HeldModel>();
+  private readonly residuals = new Map<string, { key: string; values: Float32Array }>();
+  /** encode time of each update (the codec's cost on the device) */
   readonly encodeMs: number[] = [];
 
   constructor(private readonly pool: WorkerPool, private readonly devices: Map<string, SimDevice>) {}
@@ -189,55 +184,32 @@ class SimulatedDevices implements DevicePort {
   sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
   broadcastModel(_msg: ModelPublished): void {}
 
-  /** What the device does on download: decode the model, or rebuild it from the version it holds. */
-  private receive(id: string, msg: RoundStart): FlatWeights {
-    let weights: FlatWeights;
-    if (msg.baseVersion !== undefined) {
-      const base = this.versions.get(msg.baseVersion);
-      if (!base || this.held.get(id) !== msg.baseVersion) throw new Error(`simulated device ${id}: a delta against v${msg.baseVersion}, which it does not hold`);
-      weights = applyModelDelta(base, msg.baseVersion, msg.weights).weights;
-    } else {
-      weights = this.versions.get(msg.modelVersion) ?? decodeWeights(msg.weights);
-    }
-    this.versions.set(msg.modelVersion, weights);
-    this.held.set(id, msg.modelVersion);
-    return weights;
-  }
-
   private async runRound(starts: { id: string; msg: RoundStart }[]): Promise<void> {
-    const first = starts[0];
-    if (!first) return;
-    if (first.msg.runId !== this.residualRun) {
-      this.residuals.clear();
-      this.residualRun = first.msg.runId;
-    }
     const results = await Promise.all(
       starts.map(({ id, msg }) => {
-        const global = this.receive(id, msg);
         const d = this.devices.get(id) as SimDevice;
-        return this.pool.train({ type: 'train', model: msg.model, specs: global.specs, weights: global.values, plan: msg.plan, train: d.train, heldOut: d.heldOut, codec: msg.plan.codec, codecSeed: (msg.plan.seed ^ hashString(id)) >>> 0, residual: this.residuals.get(id) });
+        const version = this.held.get(id);
+        return this.pool.train({ type: 'train', deviceId: id, round: msg, train: d.train, heldOut: d.heldOut, held: version === undefined ? undefined : this.versions.get(version), residual: this.residuals.get(id) });
       }),
     );
+    const federation = this.federation as Federation;
+    for (const [i, r] of results.entries()) {
+      const { id, msg } = starts[i] as { id: string; msg: RoundStart };
+      if (r.held) {
+        if (!this.versions.has(r.held.version)) this.versions.set(r.held.version, r.held);
+        this.held.set(id, r.held.version);
+      }
+      if (!r.submission) throw new Error(`simulated device ${id}, round ${msg.round}: training stopped`);
+      this.encodeMs.push(r.encodeMs);
+      federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
+      const ack = await federation.submitUpdate(id, r.submission);
+      if (ack.ok && r.residual) this.residuals.set(id, { key: residualKey(msg.runId, msg.model), values: r.residual });
+      if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
+      federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
+    }
     // Versions no device holds any more are dropped.
     const inUse = new Set(this.held.values());
     for (const v of this.versions.keys()) if (!inUse.has(v)) this.versions.delete(v);
-    const federation = this.federation as Federation;
-    results.forEach((r, i) => {
-      const { id, msg } = starts[i] as { id: string; msg: RoundStart };
-      this.encodeMs.push(r.encodeMs);
-      federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, modelVersion: msg.modelVersion });
-      const ack = federation.submitUpdate(id, {
-        runId: msg.runId,
-        round: msg.round,
-        attempt: msg.attempt,
-        numExamples: r.numExamples,
-        delta: r.payload,
-        metrics: { accuracyBefore: r.accuracyBefore, lossBefore: r.lossBefore, accuracyAfter: r.accuracyAfter, lossAfter: r.lossAfter, downloadMs: 0, evaluateMs: r.evaluateMs, trainMs: r.trainMs },
-      });
-      if (ack.ok && r.residual) this.residuals.set(id, r.residual);
-      if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
-      federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
-    });
   }
 }
 

@@ -53,12 +53,13 @@ export async function benchTraining(backend: string, modelName: ModelName, data:
   await tf.ready();
   const local = toTensors(data);
   const model = buildModel(modelName);
+  const yOneHot = tf.oneHot(local.y, 10);
+  // Warm-up (shader compilation, wasm initialisation) outside both timings.
+  const warm = { x: local.x.slice(0, batchSize * 2), y: local.y.slice(0, batchSize * 2), yOneHot: yOneHot.slice(0, batchSize * 2) };
   try {
-    const yOneHot = tf.oneHot(local.y, 10);
-    // Warm-up (shader compilation, wasm initialisation) outside both timings.
     model.compile({ optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy' });
-    await model.fit(local.x.slice(0, batchSize * 2), yOneHot.slice(0, batchSize * 2), { batchSize, epochs: 1, verbose: 0 });
-    await trainLocal(model, { x: local.x.slice(0, batchSize * 2), y: local.y.slice(0, batchSize * 2), count: batchSize * 2 }, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 });
+    await model.fit(warm.x, warm.yOneHot, { batchSize, epochs: 1, verbose: 0 });
+    await trainLocal(model, { x: warm.x, y: warm.y, count: batchSize * 2 }, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 });
 
     let t0 = performance.now();
     await model.fit(local.x, yOneHot, { batchSize, epochs: 1, shuffle: true, verbose: 0 });
@@ -75,12 +76,12 @@ export async function benchTraining(backend: string, modelName: ModelName, data:
     await trainLocal(model, local, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 }, { onProgress: () => undefined, yieldToHost });
     const device = local.count / ((performance.now() - t0) / 1000);
     clearInterval(timer);
-    yOneHot.dispose();
     const flops = trainingFlopsPerSample(model);
     const matmulGflops = await benchMatmul();
     return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs, trainingFlopsPerSample: flops, trainingGflops: (raw * flops) / 1e9, matmulGflops };
   } finally {
     model.dispose();
+    tf.dispose([yOneHot, warm.x, warm.y, warm.yOneHot]);
     disposeData(local);
   }
 }

@@ -1,0 +1,131 @@
+/**
+ * A device's part of a round — one implementation for the browser page, the Node simulation and
+ * the tests, with no transport of its own: receive the global model (in full, or rebuilt from the
+ * version it holds and the server's delta), evaluate it on held-out data, train, evaluate again,
+ * and encode Δ = w_local − w_global with the run's codec (adding the error-feedback residual of a
+ * topk codec). The caller sends the submission it returns, then calls `keepResidual` with the
+ * server's answer.
+ */
+import type * as tf from '@tensorflow/tfjs';
+import { encodeWithFeedback } from './codec.ts';
+import { applyModelDelta } from './model-delta.ts';
+import { weightSpecs, type ModelName } from './models.ts';
+import type { RoundStart } from './protocol.ts';
+import { createRng, hashString } from './rng.ts';
+import type { UpdateSubmit } from './schemas.ts';
+import { computeUpdate, type LocalData, type TrainHooks } from './train.ts';
+import { decodeWeights, type FlatWeights } from './weights.ts';
+
+/** The last global model this device downloaded: the base a server may send the next one against. */
+export interface HeldModel {
+  version: number;
+  model: ModelName;
+  weights: FlatWeights;
+}
+
+/**
+ * What a device keeps between rounds and across reloads: the held global model, and the error-
+ * feedback residual of a topk codec (what it has not sent yet), per run. The page keeps them in
+ * IndexedDB; the simulation and the tests in memory.
+ */
+export interface DeviceMemory {
+  loadModel(): Promise<HeldModel | undefined>;
+  saveModel(model: HeldModel | undefined): Promise<void>;
+  loadResidual(key: string): Promise<Float32Array | undefined>;
+  saveResidual(key: string, residual: Float32Array | undefined): Promise<void>;
+}
+
+export function memoryInProcess(initial: { model?: HeldModel | undefined; residual?: { key: string; values: Float32Array } | undefined } = {}): DeviceMemory & { residual(): { key: string; values: Float32Array } | undefined; model(): HeldModel | undefined } {
+  let model = initial.model;
+  let residual = initial.residual;
+  return {
+    loadModel: async () => model,
+    saveModel: async (m) => {
+      model = m;
+    },
+    // one run at a time: an older run's residual is of no use
+    loadResidual: async (key) => (residual?.key === key ? residual.values : undefined),
+    saveResidual: async (key, values) => {
+      residual = values ? { key, values } : undefined;
+    },
+    residual: () => residual,
+    model: () => model,
+  };
+}
+
+/** Seeds the device's stochastic rounding and random mask: the round's plan seed mixed with the device id. */
+export const codecSeed = (planSeed: number, deviceId: string): number => (planSeed ^ hashString(deviceId)) >>> 0;
+
+/** The residual of a run's topk codec is kept per run and model. */
+export const residualKey = (runId: number, model: ModelName): string => `${runId}:${model}`;
+
+/** The round's global model: in full, or rebuilt from the held model and the server's delta; then held. */
+export async function receiveModel(msg: RoundStart, model: tf.LayersModel, memory: DeviceMemory): Promise<FlatWeights> {
+  const bytes = msg.weights instanceof Uint8Array ? msg.weights : new Uint8Array(msg.weights as ArrayBuffer); // socket.io gives browsers ArrayBuffers
+  let weights: FlatWeights;
+  if (msg.baseVersion !== undefined) {
+    const held = await memory.loadModel().catch(() => undefined);
+    if (!held || held.version !== msg.baseVersion || held.model !== msg.model) {
+      await memory.saveModel(undefined).catch(() => undefined); // say "none" next time, and get the full model
+      throw new Error(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);
+    }
+    weights = applyModelDelta(held.weights, held.version, bytes).weights;
+  } else {
+    weights = decodeWeights(bytes, weightSpecs(model));
+  }
+  await memory.saveModel({ version: msg.modelVersion, model: msg.model, weights }).catch(() => undefined); // a lost copy only costs a full download
+  return weights;
+}
+
+export interface DeviceRoundContext {
+  deviceId: string;
+  /** a model of the round's architecture (its weights are overwritten) */
+  model: tf.LayersModel;
+  train: LocalData;
+  heldOut: LocalData;
+  memory: DeviceMemory;
+  hooks?: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void };
+}
+
+export interface DeviceRound {
+  /** what to send (absent when training was stopped because the round closed) */
+  submission?: UpdateSubmit;
+  /** the topk codec's residual, to keep once the server has counted the update */
+  residual: Float32Array | undefined;
+  bytesDown: number;
+  accuracyBefore: number;
+  accuracyAfter: number;
+  lossAfter: number;
+  downloadMs: number;
+  evaluateMs: number;
+  trainMs: number;
+  encodeMs: number;
+}
+
+/** Runs the device's part of one round and returns the update to submit. */
+export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): Promise<DeviceRound> {
+  const t0 = performance.now();
+  const global = await receiveModel(msg, ctx.model, ctx.memory);
+  const downloadMs = performance.now() - t0;
+  const u = await computeUpdate(ctx.model, global, ctx.train, ctx.heldOut, msg.plan, ctx.hooks);
+  const round = { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
+  if (u.stopped) return { ...round, residual: undefined, encodeMs: 0 };
+  const residual = await ctx.memory.loadResidual(residualKey(msg.runId, msg.model)).catch(() => undefined);
+  const t1 = performance.now();
+  const encoded = encodeWithFeedback(u.delta, residual, msg.plan.codec, createRng(codecSeed(msg.plan.seed, ctx.deviceId)));
+  const encodeMs = performance.now() - t1;
+  const submission: UpdateSubmit = {
+    runId: msg.runId,
+    round: msg.round,
+    attempt: msg.attempt,
+    numExamples: u.numExamples,
+    delta: encoded.payload,
+    metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs },
+  };
+  return { ...round, submission, residual: encoded.residual, encodeMs };
+}
+
+/** Keeps the codec's residual once the server has counted the update (a refused update leaves the old one). */
+export async function keepResidual(msg: RoundStart, round: DeviceRound, counted: boolean, memory: DeviceMemory): Promise<void> {
+  if (counted && round.residual) await memory.saveResidual(residualKey(msg.runId, msg.model), round.residual).catch(() => undefined);
+}
