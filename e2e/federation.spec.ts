@@ -19,8 +19,10 @@ test('four tabs train cnn-small with FedAvg and the global model learns', async 
   const devices = await openDevices([0, 1, 2, 3].map((client) => ({ clients: 4, client })));
   for (const d of devices) expect(await d.page.evaluate(() => window.__fl.examples)).toBe(600);
 
-  const status = (await (await admin.get('/api/status')).json()) as { devices: { id: string; backend: string; examples: number; state: string }[] };
-  expect(status.devices).toHaveLength(4);
+  const status = (await (await admin.get('/api/status')).json()) as { devices: number };
+  expect(status.devices).toBe(4);
+  const listed = (await (await admin.get('/api/devices')).json()) as { id: string; connected: boolean }[];
+  expect(listed.filter((d) => d.connected).map((d) => d.id).sort()).toEqual((await Promise.all(devices.map((d) => d.page.evaluate(() => window.__fl.deviceId)))).sort());
 
   const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 4, minUpdates: 3, localEpochs: 2, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 1 } });
   expect(created.status()).toBe(201);

@@ -9,11 +9,11 @@ import { createRng } from '../shared/rng.ts';
 import type { RoundStart } from '../shared/protocol.ts';
 import { runConfigSchema } from '../shared/schemas.ts';
 import { decodeWeights, encodeWeights } from '../shared/weights.ts';
-import { memoryInProcess, type DeviceClient, type DeviceMemory } from '../web-client/fl/client.ts';
-import { browserDevice, connect, hello, startServer, until, useWasm, type TestServer } from './support/server.ts';
+import { createIdentity, type DeviceIdentity } from '../shared/identity.ts';
+import { memoryInProcess, type DeviceMemory } from '../web-client/fl/client.ts';
+import { connect, join, startServer, testDevice, until, useWasm, type TestDevice, type TestServer } from './support/server.ts';
 
-
-const device = (server: TestServer, id: string, offset: number, memory: DeviceMemory): DeviceClient => browserDevice(server.url, id, { offset, train: 120, heldOut: 20 }, memory).client;
+const device = (server: TestServer, identity: DeviceIdentity, client: number, memory: DeviceMemory): Promise<TestDevice> => testDevice(server.url, client, { examples: 120, heldOut: 1 / 6, memory, identity });
 
 describe('a run with compressed updates and delta downloads', () => {
   let server: TestServer;
@@ -27,9 +27,9 @@ describe('a run with compressed updates and delta downloads', () => {
 
   it('trains, sends a fraction of the bytes both ways, and survives a device that lost its model', async () => {
     const memories = [memoryInProcess(), memoryInProcess(), memoryInProcess()];
-    let devices = memories.map((m, i) => device(server, `codec-device-${i}`, i * 200, m));
-    for (const d of devices) d.join();
-    await until(() => devices.every((d) => d.snapshot.connection === 'connected') || undefined, 10_000, 'the devices to join');
+    const identities = await Promise.all(memories.map(() => createIdentity()));
+    let devices = await Promise.all(memories.map((m, i) => device(server, identities[i]!, i, m)));
+    for (const d of devices) await d.join();
 
     const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 3, clientsPerRound: 3, minUpdates: 3, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 5, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' });
     const runId = server.app.federation.startRun(config);
@@ -46,17 +46,16 @@ describe('a run with compressed updates and delta downloads', () => {
     expect(rounds[1]!.bytesDown).toBeLessThan(3 * full);
     expect(rounds[2]!.bytesDown).toBeLessThan(3 * full);
     expect(rounds[2]!.testAccuracy!).toBeGreaterThan(0.25); // from ~0.10 untrained, with 5 % of each update per round
-    for (const d of devices) expect(d.snapshot.history.map((h) => h.outcome)).toEqual(['counted', 'counted', 'counted']);
+    for (const d of devices) expect(d.client.snapshot.history.map((h) => h.outcome)).toEqual(['counted', 'counted', 'counted']);
     const held = server.store.listModels().filter((m) => m.runId === runId).at(-2)!.version; // the model of round 3's start
     expect(server.app.federation.listDevices().map((d) => d.modelVersion)).toEqual([held, held, held]);
 
     // Device 0 comes back with an empty memory (a cleared browser): it gets the full model; the others deltas.
-    for (const d of devices) d.leave();
+    await Promise.all(devices.map((d) => d.dispose()));
     memories[0] = memoryInProcess();
-    devices = memories.map((m, i) => device(server, `codec-device-${i}`, i * 200, m));
-    for (const d of devices) d.join();
-    await until(() => devices.every((d) => d.snapshot.connection === 'connected') || undefined, 10_000, 'the devices to rejoin');
-    expect(server.app.federation.listDevices().find((d) => d.id === 'codec-device-0')!.modelVersion).toBeNull();
+    devices = await Promise.all(memories.map((m, i) => device(server, identities[i]!, i, m)));
+    for (const d of devices) await d.join();
+    expect(server.app.federation.listDevices().find((d) => d.id === identities[0]!.deviceId)!.modelVersion).toBeNull();
     const again = server.app.federation.startRun({ ...config, rounds: 1 });
     await until(() => server.store.getRun(again)?.status === 'done' || undefined, 60_000, 'the second run');
     await server.app.federation.idle();
@@ -65,33 +64,35 @@ describe('a run with compressed updates and delta downloads', () => {
     // One full download (device 0) and two deltas against the previous run's model.
     expect(r!.bytesDown).toBeGreaterThan(full);
     expect(r!.bytesDown).toBeLessThan(3 * full);
-    for (const d of devices) d.leave();
+    await Promise.all(devices.map((d) => d.dispose()));
   }, 180_000);
 
-  it('refuses an update that does not match the run codec, with the reason, and keeps the round open', async () => {
-    const socket = await connect(server.url);
-    await hello(socket, 'codec-raw-device', 100);
-    const starts: RoundStart[] = [];
-    socket.on('round:start', (m) => starts.push(m));
-    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05 });
+  it('refuses updates that do not match the run codec, with the reason, and closes the round on the one that does', async () => {
+    // Four selected devices: three send a payload of the wrong form, one the right one.
+    const sockets = await Promise.all([0, 1, 2, 3].map(() => connect(server.url)));
+    for (const s of sockets) await join(s, 100);
+    const starts = sockets.map((s) => new Promise<RoundStart>((r) => s.once('round:start', r)));
+    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 4, minUpdates: 1, overSelect: 1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05 });
     const runId = server.app.federation.startRun(config);
-    const start = await until(() => starts[0], 10_000, 'round:start');
+    const start = await starts[0]!;
     const global = decodeWeights(new Uint8Array(start.weights));
     const delta = { specs: global.specs, values: global.values.map((_, i) => (i % 17 === 0 ? 0.001 : 0)) };
-    const submit = (payload: Uint8Array<ArrayBuffer>) => socket.emitWithAck('update:submit', { runId, round: 1, attempt: 1, numExamples: 100, delta: payload, metrics: { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 } });
+    const submit = (i: number, payload: Uint8Array<ArrayBuffer>) => sockets[i]!.emitWithAck('update:submit', { runId, round: 1, attempt: 1, numExamples: 100, delta: payload, metrics: { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 } });
+    await Promise.all(starts);
 
-    const plain = await submit(encodeWeights(delta));
+    const plain = await submit(0, encodeWeights(delta));
     expect(plain).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
     expect(!plain.ok && plain.error.message).toMatch(/codec is topk\+q8\+deflate, the payload is not a compressed update/);
     const good = encodeUpdate(delta, start.plan.codec, createRng(1));
-    const truncated = await submit(good.slice(0, good.length - 4));
+    const truncated = await submit(1, good.slice(0, good.length - 4));
     expect(truncated).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
-    const wrongCodec = await submit(encodeUpdate(delta, { ...start.plan.codec, codec: 'topk+q4+deflate' }, createRng(1)));
+    const wrongCodec = await submit(2, encodeUpdate(delta, { ...start.plan.codec, codec: 'topk+q4+deflate' }, createRng(1)));
     expect(!wrongCodec.ok && wrongCodec.error.message).toMatch(/the payload is topk\+q4\+deflate/);
     expect(server.store.listRounds(runId)).toEqual([]);
 
-    expect(await submit(good)).toEqual({ ok: true, data: { accepted: true } });
+    expect(await submit(3, good)).toEqual({ ok: true, data: { accepted: true } });
     await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 30_000, 'the run to finish');
-    socket.disconnect();
+    expect(server.store.listRounds(runId)[0]).toMatchObject({ completed: 1, rejected: 3 });
+    for (const s of sockets) s.disconnect();
   });
 });

@@ -3,6 +3,9 @@ import { codecSpec, decodeUpdate, encodeUpdate, encodeWithFeedback, fromHalf, pa
 import { applyModelDelta, crc32, encodeModelDelta } from '../shared/model-delta.ts';
 import { createRng } from '../shared/rng.ts';
 import { WeightsFormatError, type FlatWeights, type TensorSpec } from '../shared/weights.ts';
+import { validateUpdate } from '../server/fl/validate.ts';
+import { runConfigSchema } from '../shared/schemas.ts';
+import { bomb, hostilePayloads } from './support/hostile.ts';
 
 const specs: TensorSpec[] = [
   { name: 'conv/kernel', shape: [3, 3, 1, 8] },
@@ -209,10 +212,66 @@ describe('corrupt payloads are rejected with a reason', () => {
     new DataView(bomb.buffer).setUint32(16, 2 ** 31, true);
     expectReject(bomb, config, /impossible/);
   });
+  it('a real deflate bomb is refused as soon as it passes the declared size: it is not inflated to its end', () => {
+    for (const c of [cfg('q8+deflate'), cfg('topk+q2+deflate'), cfg('rand+q4+deflate')]) {
+      const payload = bomb(randomUpdate(3), c); // 64 KiB of deflate that inflates to 64 MiB
+      expect(payload.length).toBeLessThan(70_000);
+      let message = '';
+      try {
+        decodeUpdate(payload, specs, c);
+      } catch (err) {
+        expect(err).toBeInstanceOf(WeightsFormatError);
+        message = (err as Error).message;
+      }
+      const m = /inflates past the declared (\d+) bytes \(refused after (\d+) of its (\d+) bytes\)/.exec(message);
+      expect(m, message).not.toBeNull();
+      // It stopped within the first kilobytes of the stream: the work done is bounded by the declared size, not by the bomb.
+      expect(Number(m![2])).toBeLessThanOrEqual(2048);
+      expect(Number(m![3])).toBe(payload.length - 24);
+    }
+  });
+
   it('the encoder refuses non-finite updates', () => {
     const u = randomUpdate(1);
     u.values[3] = Number.NaN;
     expect(() => encodeUpdate(u, config, createRng(1))).toThrow(/value 3 is not finite/);
+  });
+});
+
+describe('fuzzing the decoder', () => {
+  const codecs = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'float32+deflate', 'topk', 'topk+q8+deflate', 'topk+q4', 'rand+q2+deflate', 'rand+float16'];
+
+  it('refuses every kind of hostile but well-formed payload, for every codec, in the decoder or at the server\'s value bound', () => {
+    for (const codec of codecs) {
+      const c = cfg(codec);
+      const config = runConfigSchema.parse({ updateCodec: codec, topkFraction: c.topkFraction, randFraction: c.randFraction, quantBlock: c.quantBlock });
+      for (const { name, payload } of hostilePayloads(specs, c)) {
+        expect(() => validateUpdate(payload, specs, config), `${codec}: ${name}`).toThrow(WeightsFormatError);
+      }
+    }
+  });
+
+  it('10,000 random mutations of valid payloads of every codec: each is refused with a reason or decodes to finite values of the model', () => {
+    const rng = createRng(2024);
+    let refused = 0;
+    let decoded = 0;
+    for (let i = 0; i < 10_000; i++) {
+      const c = cfg(codecs[i % codecs.length]!);
+      const good = encodeUpdate(randomUpdate(i), c, createRng(i));
+      const p = good.slice(0, rng() < 0.2 ? Math.floor(rng() * good.length) : good.length);
+      for (let k = 1 + Math.floor(rng() * 4); k > 0; k--) if (p.length) p[Math.floor(rng() * p.length)] = Math.floor(rng() * 256);
+      try {
+        const d = decodeUpdate(p, specs, c);
+        expect(d.values.length).toBe(n);
+        expect(d.values.every(Number.isFinite)).toBe(true);
+        decoded++;
+      } catch (err) {
+        if (!(err instanceof WeightsFormatError)) throw new Error(`mutation ${i} of ${c.codec}: ${String(err)}`);
+        refused++;
+      }
+    }
+    expect(refused + decoded).toBe(10_000);
+    expect(refused).toBeGreaterThan(7_000); // most mutations break a checksum, a size or a value
   });
 });
 

@@ -1,21 +1,24 @@
 import { describe, expect, it } from 'vitest';
 import { runConfigSchema, type RunConfigInput } from '../shared/schemas.ts';
-import { initialState, step, type CoordinatorEvent, type CoordinatorState, type Effect } from '../server/fl/coordinator.ts';
+import { initialState, nextWake, step, type CoordinatorEvent, type CoordinatorState, type Effect } from '../server/fl/coordinator.ts';
+
+const METRICS = { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 };
 
 /** Drives the reducer like the service does, collecting effects; no sockets, no timers. */
 class Harness {
   state: CoordinatorState = initialState();
   effects: Effect[] = [];
   now = 0;
+  private submission = 0;
   send(event: CoordinatorEvent, at = this.now): Effect[] {
     this.now = at;
     const r = step(this.state, event, at);
     this.state = r.state;
     this.effects.push(...r.effects);
-    return r.effects;
+    return r.effects.filter((e) => e.type !== 'timer:set');
   }
   join(...ids: string[]) {
-    for (const id of ids) this.send({ type: 'device:joined', deviceId: id });
+    for (const id of ids) this.send({ type: 'device:joined', deviceId: id, examples: 100 });
   }
   start(config: RunConfigInput, runId = 1) {
     return this.send({ type: 'run:start', runId, config: runConfigSchema.parse(config) });
@@ -23,22 +26,43 @@ class Harness {
   started() {
     return this.effects.filter((e) => e.type === 'round:start');
   }
-  update(deviceId: string, round = this.state.run!.round, attempt = this.state.run!.attempt, runId = this.state.run!.id) {
-    return this.send({ type: 'update:received', deviceId, runId, round, attempt });
+  /** submits an update; when it passes the round's checks, validates it as the service would */
+  update(deviceId: string, round = this.state.run!.round, attempt = this.state.run!.attempt, runId = this.state.run!.id, numExamples = 100): Effect[] {
+    const submission = ++this.submission;
+    const first = this.send({ type: 'update:submitted', submission, deviceId, runId, round, attempt, numExamples, bytes: 10, metrics: METRICS });
+    if (!first.some((e) => e.type === 'update:validate')) return first;
+    return this.send({ type: 'update:validated', submission, norm: 1, clipped: false });
+  }
+  /** the service's report that the round's model was aggregated and evaluated */
+  finish(round: number, version = round + 1) {
+    this.send({ type: 'round:aggregated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, aggregationMs: 1 });
+    return this.send({ type: 'round:evaluated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, accuracy: 0.9, loss: 0.3, evaluationMs: 1 });
   }
 }
 
 const devices = (n: number) => Array.from({ length: n }, (_, i) => `device-${String(i).padStart(2, '0')}`);
 
 describe('round coordinator', () => {
-  it('over-selects ceil(K · overSelect) idle devices and waits for K', () => {
+  it('over-selects ceil(K · overSelect) idle devices and arms the deadline', () => {
     const h = new Harness();
     h.join(...devices(10));
     const effects = h.start({ clientsPerRound: 4, overSelect: 1.3, roundTimeoutMs: 60_000 });
     const start = effects.find((e) => e.type === 'round:start');
     expect(start?.type === 'round:start' && start.deviceIds).toHaveLength(6);
     expect(h.state.phase).toBe('training');
-    expect(effects).toContainEqual({ type: 'timer:set', at: 60_000 });
+    expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 60_000 });
+  });
+
+  it('ends every step by saying when the next tick is due, early ticks included', () => {
+    const h = new Harness();
+    h.join(...devices(2));
+    h.start({ clientsPerRound: 2, minUpdates: 1, roundTimeoutMs: 1_000 });
+    h.send({ type: 'tick' }, 999); // a timer that fired early
+    expect(h.state.phase).toBe('training');
+    expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 1_000 });
+    h.send({ type: 'device:progress', deviceId: 'device-00', runId: 1, round: 1, attempt: 1, state: 'training' }, 500);
+    expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 1_000 });
+    expect(nextWake(h.state, 500)).toBe(1_000);
   });
 
   it('selection is a function of the seed, round and attempt', () => {
@@ -57,7 +81,7 @@ describe('round coordinator', () => {
     h.join('a-device-1');
     h.start({ clientsPerRound: 3, minUpdates: 2, selectionTimeoutMs: 5_000 });
     expect(h.state.phase).toBe('selecting');
-    expect(h.effects).toContainEqual({ type: 'timer:set', at: 5_000 });
+    expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 5_000 });
     h.now = 1_000;
     h.join('a-device-2');
     expect(h.state.phase).toBe('selecting');
@@ -72,29 +96,30 @@ describe('round coordinator', () => {
     h.start({ clientsPerRound: 3, overSelect: 2 });
     const selected = h.state.current!.selected;
     expect(selected).toHaveLength(6);
-    expect(h.update(selected[0]!)).toEqual([{ type: 'update:accept', deviceId: selected[0], round: 1 }]);
+    expect(h.update(selected[0]!)).toEqual([{ type: 'update:accept', submission: 1, deviceId: selected[0], weight: 100, metrics: METRICS }]);
     h.update(selected[1]!);
     const closing = h.update(selected[2]!);
-    expect(closing.map((e) => e.type)).toEqual(['update:accept', 'round:notify-end', 'round:close']);
-    const close = closing.find((e) => e.type === 'round:close');
-    expect(close?.type === 'round:close' && close.closed.accepted).toEqual(selected.slice(0, 3));
-    expect(close?.type === 'round:close' && close.closed.closedBy).toBe('quorum');
+    expect(closing.map((e) => e.type)).toEqual(['update:accept', 'round:notify-end', 'round:aggregate']);
+    expect(h.state.current!.accepted.map((c) => c.deviceId)).toEqual(selected.slice(0, 3));
+    expect(h.state.current!.closedBy).toBe('quorum');
     expect(h.state.phase).toBe('aggregating');
     const late = h.update(selected[3]!);
-    expect(late).toEqual([{ type: 'update:reject', deviceId: selected[3], code: 'ROUND_FULL', message: expect.stringContaining('the round is closed') }]);
+    expect(late).toEqual([{ type: 'update:reject', submission: 4, deviceId: selected[3], code: 'ROUND_FULL', message: expect.stringContaining('the round is closed'), late: true }]);
   });
 
-  it('ignores duplicate and unsolicited updates, and updates for another round', () => {
+  it('refuses duplicate and unsolicited updates, and updates for another round', () => {
     const h = new Harness();
-    h.join(...devices(3), 'bystander-1');
+    h.join(...devices(4), 'bystander-1');
     h.start({ clientsPerRound: 4, overSelect: 1, minUpdates: 2 });
     const [a] = h.state.current!.selected;
     h.update(a!);
     expect(h.update(a!)[0]).toMatchObject({ type: 'update:reject', code: 'DUPLICATE' });
-    expect(h.update('stranger-9')[0]).toMatchObject({ type: 'update:reject', code: 'NOT_SELECTED' });
+    expect(h.update('stranger-9')[0]).toMatchObject({ type: 'update:reject', code: 'NOT_JOINED' });
+    const outsider = ['bystander-1', ...devices(4)].find((id) => !h.state.current!.selected.includes(id))!;
+    expect(h.update(outsider)[0]).toMatchObject({ type: 'update:reject', code: 'NOT_SELECTED' });
     expect(h.update(h.state.current!.selected[1]!, 7)[0]).toMatchObject({ type: 'update:reject', code: 'WRONG_ROUND' });
-    expect(h.state.current!.accepted).toEqual([a]);
-    expect(h.state.current!.rejected).toBe(2);
+    expect(h.state.current!.accepted.map((c) => c.deviceId)).toEqual([a]);
+    expect(h.state.current!.rejected).toBe(3);
     expect(h.state.current!.late).toBe(1);
   });
 
@@ -107,9 +132,8 @@ describe('round coordinator', () => {
     h.update(sel[1]!, 1, 1);
     h.send({ type: 'tick' }, 9_999);
     expect(h.state.phase).toBe('training');
-    const effects = h.send({ type: 'tick' }, 10_000);
-    const close = effects.find((e) => e.type === 'round:close');
-    expect(close?.type === 'round:close' && close.closed.closedBy).toBe('deadline');
+    h.send({ type: 'tick' }, 10_000);
+    expect(h.state.current!.closedBy).toBe('deadline');
     expect(h.state.phase).toBe('aggregating');
   });
 
@@ -119,14 +143,15 @@ describe('round coordinator', () => {
     h.start({ clientsPerRound: 2, minUpdates: 2, roundTimeoutMs: 1_000, maxRoundRetries: 1 });
     h.update(h.state.current!.selected[0]!);
     const first = h.send({ type: 'tick' }, 1_000);
-    const failed = first.find((e) => e.type === 'round:failed');
-    expect(failed).toMatchObject({ type: 'round:failed', round: 1, attempt: 1, willRetry: true, reason: 'deadline passed with 1 of the 2 required updates (0 dropped)' });
+    const failed = first.find((e) => e.type === 'round:record');
+    expect(failed).toMatchObject({ type: 'round:record', willRetry: true, record: { round: 1, attempt: 1, status: 'failed', completed: 1, reason: 'deadline passed with 1 of the 2 required updates (0 dropped, 0 refused)' } });
     expect(h.state.phase).toBe('training');
     expect(h.state.run).toMatchObject({ round: 1, attempt: 2 });
     const second = h.send({ type: 'tick' }, 2_000);
-    expect(second.find((e) => e.type === 'round:failed')).toMatchObject({ willRetry: false });
+    expect(second.find((e) => e.type === 'round:record')).toMatchObject({ willRetry: false });
     expect(second.find((e) => e.type === 'run:finished')).toMatchObject({ status: 'failed' });
     expect(h.state.phase).toBe('failed');
+    expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: null });
   });
 
   it('counts dropouts and fails early when minUpdates can no longer arrive', () => {
@@ -138,25 +163,36 @@ describe('round coordinator', () => {
     expect(h.state.current!.dropped).toEqual([sel[0]]);
     expect(h.state.phase).toBe('training');
     const effects = h.send({ type: 'device:left', deviceId: sel[1]! });
-    expect(effects.find((e) => e.type === 'round:failed')).toMatchObject({ reason: expect.stringContaining('2 of 3 selected devices dropped out') });
+    expect(effects.find((e) => e.type === 'round:record')).toMatchObject({ record: { status: 'failed', reason: expect.stringContaining('2 of 3 selected devices dropped out') } });
     expect(h.state.phase).toBe('failed');
   });
 
-  it('runs every round to done, freeing devices between rounds', () => {
+  it('runs every round to done, freeing devices between rounds, and records each round once', () => {
     const h = new Harness();
     h.join(...devices(2));
     h.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1 });
     for (let r = 1; r <= 2; r++) {
       for (const id of h.state.current!.selected) h.update(id);
       expect(h.state.phase).toBe('aggregating');
-      h.send({ type: 'round:aggregated', runId: 1, round: r });
+      h.send({ type: 'round:aggregated', runId: 1, round: r, attempt: 1, version: r + 1, aggregationMs: 1 });
       expect(h.state.phase).toBe('evaluating');
-      h.send({ type: 'round:evaluated', runId: 1, round: r });
+      h.send({ type: 'round:evaluated', runId: 1, round: r, attempt: 1, version: r + 1, accuracy: 0.9, loss: 0.3, evaluationMs: 1 });
     }
     expect(h.state.phase).toBe('done');
     expect(h.started().map((e) => e.type === 'round:start' && e.round)).toEqual([1, 2]);
+    expect(h.effects.filter((e) => e.type === 'round:record').map((e) => e.type === 'round:record' && [e.record.round, e.record.modelVersion, e.record.testAccuracy])).toEqual([[1, 2, 0.9], [2, 3, 0.9]]);
     expect([...h.state.devices.values()].every((d) => !d.busy)).toBe(true);
-    expect(h.effects.at(-1)).toMatchObject({ type: 'run:finished', status: 'done' });
+    expect(h.effects.filter((e) => e.type !== 'timer:set').at(-1)).toMatchObject({ type: 'run:finished', status: 'done' });
+  });
+
+  it('ignores stale reports of aggregation and evaluation', () => {
+    const h = new Harness();
+    h.join(...devices(2));
+    h.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1 });
+    for (const id of h.state.current!.selected) h.update(id);
+    expect(h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 1, loss: 0, evaluationMs: 1 })).toEqual([]);
+    expect(h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 2, version: 2, aggregationMs: 1 })).toEqual([]);
+    expect(h.state.phase).toBe('aggregating');
   });
 
   it('stop ends the round and the run; a new run can start', () => {
@@ -172,7 +208,8 @@ describe('round coordinator', () => {
 
   it('rejects updates when no run is active', () => {
     const h = new Harness();
-    expect(h.send({ type: 'update:received', deviceId: 'x-device-1', runId: 1, round: 1, attempt: 1 })[0]).toMatchObject({ code: 'NO_ACTIVE_ROUND' });
+    h.join('x-device-1');
+    expect(h.update('x-device-1', 1, 1, 1)[0]).toMatchObject({ code: 'NO_ACTIVE_ROUND' });
   });
 });
 
@@ -190,14 +227,33 @@ describe('run config validation', () => {
     expect(validateRunConfig({})).toMatchObject({ ok: true, config: { model: 'cnn-small', clientsPerRound: 4, overSelect: 1.3 } });
     expect(validateRunConfig({ extra: 1 })).toMatchObject({ ok: false, issues: [{ field: 'config' }] });
   });
+
+  it('refuses settings that would silently do nothing, naming the field', async () => {
+    const { validateRunConfig } = await import('../shared/schemas.ts');
+    const issues = (input: object) => {
+      const r = validateRunConfig(input);
+      return r.ok ? [] : r.issues;
+    };
+    // ⌊0.2 × 4⌋ = 0 … but the round may close with minUpdates = 2: nothing can be trimmed then.
+    expect(issues({ aggregation: 'trimmed-mean' })).toEqual([{ field: 'minUpdates', message: 'trimmed-mean needs minUpdates ≥ 3: with 2 updates it cannot trim one at each end' }]);
+    expect(issues({ aggregation: 'trimmed-mean', clientsPerRound: 10, minUpdates: 4, trimFraction: 0.2 })).toEqual([{ field: 'trimFraction', message: 'trims nothing when a round closes with minUpdates = 4 updates (⌊0.2 × 4⌋ = 0): use at least 0.25' }]);
+    expect(issues({ aggregation: 'trimmed-mean', clientsPerRound: 10, minUpdates: 5, trimFraction: 0.2 })).toEqual([]);
+    expect(issues({ aggregation: 'median', minUpdates: 2 })).toEqual([{ field: 'minUpdates', message: 'median needs minUpdates ≥ 3: a round may close with 2, and the median of two updates is their mean' }]);
+    expect(issues({ trimFraction: 0.1 })).toEqual([{ field: 'trimFraction', message: 'has no effect: aggregation is fedavg, not trimmed-mean' }]);
+    expect(issues({ updateCodec: 'q8', topkFraction: 0.05 })).toEqual([{ field: 'topkFraction', message: 'has no effect: the codec q8 has no topk stage' }]);
+    expect(issues({ updateCodec: 'topk+q8', randFraction: 0.1, quantBlock: 64 })).toEqual([{ field: 'randFraction', message: 'has no effect: the codec topk+q8 has no rand stage' }]);
+    expect(issues({ updateCodec: 'float16', quantBlock: 64 })).toEqual([{ field: 'quantBlock', message: 'has no effect: the codec float16 does not quantize' }]);
+    // The defaults of fields a codec does not use are fine: the form sends every field.
+    expect(issues({ updateCodec: 'q8', topkFraction: 0.01, randFraction: 0.25, quantBlock: 256, trimFraction: 0.2 })).toEqual([]);
+  });
 });
 
 describe('device join tokens', () => {
   it('a run that requires a token selects only the devices that presented it', () => {
     const h = new Harness();
-    h.send({ type: 'device:joined', deviceId: 'with-token-1', joinToken: 'secret-token' });
-    h.send({ type: 'device:joined', deviceId: 'with-token-2', joinToken: 'secret-token' });
-    h.send({ type: 'device:joined', deviceId: 'wrong-token-1', joinToken: 'guess-guess' });
+    h.send({ type: 'device:joined', deviceId: 'with-token-1', examples: 10, joinToken: 'secret-token' });
+    h.send({ type: 'device:joined', deviceId: 'with-token-2', examples: 10, joinToken: 'secret-token' });
+    h.send({ type: 'device:joined', deviceId: 'wrong-token-1', examples: 10, joinToken: 'guess-guess' });
     h.join('no-token-1');
     h.start({ clientsPerRound: 2, overSelect: 2, joinToken: 'secret-token' });
     expect([...h.state.current!.selected].sort()).toEqual(['with-token-1', 'with-token-2']);

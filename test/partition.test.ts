@@ -58,13 +58,28 @@ describe('partitions', () => {
 
   it('a device slice caps training examples and keeps a disjoint held-out split', () => {
     const part = Array.from({ length: 5000 }, (_, i) => i * 3);
-    const s = deviceSlice(part, 600, 9);
+    const s = deviceSlice(part, { examples: 600, heldOut: 1 / 6, seed: 4, client: 5 });
     expect(s.train).toHaveLength(600);
     expect(s.heldOut).toHaveLength(100);
     expect(s.train.filter((i) => s.heldOut.includes(i))).toEqual([]);
-    expect(deviceSlice(part, 600, 9)).toEqual(s);
-    const small = deviceSlice(part.slice(0, 60), 600, 9);
+    expect(deviceSlice(part, { examples: 600, heldOut: 1 / 6, seed: 4, client: 5 })).toEqual(s);
+    expect(deviceSlice(part, { examples: 600, heldOut: 1 / 6, seed: 4, client: 6 })).not.toEqual(s);
+    const small = deviceSlice(part.slice(0, 60), { examples: 600, heldOut: 1 / 6, seed: 4, client: 5 });
     expect(small.train.length + small.heldOut.length).toBe(60);
     expect(small.heldOut.length).toBeGreaterThan(0);
+    expect(() => deviceSlice(part, { heldOut: 1, seed: 1, client: 0 })).toThrow('held-out share must be in [0, 1)');
+  });
+
+  it('a device slice never takes the partition in its order: a label-sorted shard gives a device all its labels', () => {
+    // The failure this guards against: the first N of a label-sorted partition are its lowest labels only.
+    const sortedLabels = [...Array.from({ length: 300 }, () => 3), ...Array.from({ length: 300 }, () => 8)];
+    const part = Array.from({ length: 600 }, (_, i) => i);
+    for (const heldOut of [0, 0.15]) {
+      const s = deviceSlice(part, { examples: 100, heldOut, seed: 1, client: 0 });
+      const labelsSeen = new Set(s.train.map((i) => sortedLabels[i]));
+      expect(labelsSeen).toEqual(new Set([3, 8]));
+    }
+    const whole = deviceSlice(part, { heldOut: 0, seed: 1, client: 0 });
+    expect([...whole.train].sort((a, b) => a - b)).toEqual(part);
   });
 });

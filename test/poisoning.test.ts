@@ -5,30 +5,32 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { RunConfigInput } from '../shared/schemas.ts';
-import { ADMIN_TOKEN, connect, NodeDevice, startServer, until, useWasm } from './support/server.ts';
+import { decodeWeights, encodeWeights } from '../shared/weights.ts';
+import type { BeforeSubmit } from '../web-client/fl/client.ts';
+import { launch, runEnded, startServer, testDevice, useWasm, type TestDevice } from './support/server.ts';
 
 const BASE: RunConfigInput = { rounds: 5, clientsPerRound: 10, minUpdates: 10, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 60_000, seed: 3 };
-const flip = (d: Float32Array) => d.map((v) => -10 * v);
+/** The attacker trains honestly, then sends −10 × its update. */
+const flip: BeforeSubmit = async (s) => {
+  const d = decodeWeights(s.delta);
+  return { ...s, delta: encodeWeights({ specs: d.specs, values: d.values.map((v) => -10 * v) }) };
+};
 
 async function finalAccuracy(config: RunConfigInput, attacker: boolean): Promise<number> {
   const server = await startServer({ evalLimit: 2000 });
-  const devices: NodeDevice[] = [];
+  const devices: TestDevice[] = [];
   try {
     for (let i = 0; i < 10; i++) {
-      const d = new NodeDevice(await connect(server.url), `poison-device-${i}`, i * 1000, 300, attacker && i === 9 ? flip : undefined);
+      const d = await testDevice(server.url, i, { examples: 300, heldOut: 0.05, ...(attacker && i === 9 ? { beforeSubmit: flip } : {}) });
       await d.join();
       devices.push(d);
     }
-    const res = await fetch(`${server.url}/api/runs`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(config) });
-    const { id } = (await res.json()) as { id: number };
-    const run = await until(() => {
-      const r = server.store.getRun(id);
-      return r?.status !== 'running' ? r : undefined;
-    }, 120_000, 'the run to finish');
+    const id = await launch(server, config);
+    const run = await runEnded(server, id, 120_000);
     expect(run.status, run.reason ?? '').toBe('done');
     return server.store.listRounds(id).at(-1)!.testAccuracy!;
   } finally {
-    for (const d of devices) d.dispose();
+    await Promise.all(devices.map((d) => d.dispose()));
     await server.close();
   }
 }

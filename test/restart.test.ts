@@ -8,9 +8,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { io } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_TOKEN, NodeDevice, until, useWasm, type TestSocket } from './support/server.ts';
+import { ADMIN_TOKEN, testDevice, until, useWasm, type TestDevice } from './support/server.ts';
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -32,7 +31,7 @@ describe('server restart mid-run', () => {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fl-restart-'));
   let server: ChildProcess | undefined;
   let port = 0;
-  const devices: NodeDevice[] = [];
+  const devices: TestDevice[] = [];
   const url = () => `http://127.0.0.1:${port}`;
 
   async function boot(): Promise<void> {
@@ -46,20 +45,20 @@ describe('server restart mid-run', () => {
     port = await freePort();
     await boot();
   }, 90_000);
-  afterAll(() => {
-    for (const d of devices) d.dispose();
+  afterAll(async () => {
+    await Promise.all(devices.map((d) => d.dispose()));
     server?.kill('SIGKILL');
     rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('resumes from the last completed round and loses nothing', async () => {
+    // The browser's device client: it reconnects by itself and proves its identity again.
     for (let i = 0; i < 2; i++) {
-      const socket: TestSocket = io(url(), { transports: ['websocket'], forceNew: true, reconnectionDelay: 200, reconnectionDelayMax: 500 });
-      const device = new NodeDevice(socket, `restart-device-${i}`, i * 500, 200);
-      socket.on('connect', () => void device.join());
+      const device = await testDevice(url(), i, { examples: 200 });
       devices.push(device);
+      await device.join();
     }
-    await until(async () => (await get<{ devices: unknown[] }>('/api/status')).devices.length === 2 || undefined, 20_000, 'two devices');
+    await until(async () => (await get<{ devices: number }>('/api/status')).devices === 2 || undefined, 20_000, 'two devices');
     const created = await fetch(`${url()}/api/runs`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ rounds: 4, clientsPerRound: 2, minUpdates: 2, localEpochs: 2, roundTimeoutMs: 20_000 }) });
     const { id } = (await created.json()) as { id: number };
 

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { clipToNorm, coordinateMedian, l2Norm, trimmedMean } from '../shared/robust.ts';
 import { STRATEGIES } from '../server/fl/strategy.ts';
 import { runConfigSchema } from '../shared/schemas.ts';
+import { encodeWeights } from '../shared/weights.ts';
+import { validateUpdate } from '../server/fl/validate.ts';
 
 const f = (...xs: number[]) => Float32Array.from(xs);
 
@@ -43,11 +45,16 @@ describe('robust aggregation', () => {
     expect(median[1]).toBeCloseTo(0.9, 5);
   });
 
-  it('clipping bounds what one update can move under FedAvg', () => {
+  it('clipping, done once as updates are validated, bounds what one update can move under any strategy', () => {
     const config = runConfigSchema.parse({ clipNorm: 2 });
+    const specs = [{ name: 'w', shape: [2] }];
+    const small = validateUpdate(encodeWeights({ specs, values: f(1, 0) }), specs, config);
+    const big = validateUpdate(encodeWeights({ specs, values: f(-300, -400) }), specs, config);
+    expect(small).toMatchObject({ clipped: false, norm: 1 });
+    expect(big).toMatchObject({ clipped: true, norm: 500 });
     const agg = STRATEGIES.fedavg.createAggregator(2, config);
-    expect(agg.add(f(1, 0), 1)).toEqual({ clipped: false, norm: 1 });
-    expect(agg.add(f(-300, -400), 1)).toMatchObject({ clipped: true, norm: 500 });
+    agg.add(small.delta, 1);
+    agg.add(big.delta, 1);
     const result = [...agg.result(f(0, 0))!];
     expect(result[0]).toBeCloseTo((1 - 1.2) / 2, 5);
     expect(result[1]).toBeCloseTo(-1.6 / 2, 5);

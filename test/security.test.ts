@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { io } from 'socket.io-client';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from './support/server.ts';
+import { createIdentity } from '../shared/identity.ts';
+import { joinFederation } from '../web-client/fl/join.ts';
+import { claims, startServer, type TestServer } from './support/server.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'fl-tls-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,7 +48,7 @@ describe('transport security', () => {
       socket.once('connect', resolve);
       socket.once('connect_error', reject);
     });
-    const r = await socket.emitWithAck('device:hello', { deviceId: 'tls-device-1', backend: 'wasm', backendReason: 'test', examples: 10, heldOut: 2, labelHistogram: new Array(10).fill(1) });
+    const r = await joinFederation(socket as never, await createIdentity(), claims(10));
     expect(r.ok).toBe(true);
     socket.disconnect();
     await server.close();

@@ -4,12 +4,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMnist } from '../server/data/mnist.ts';
-import { strategyFor } from '../server/fl/strategy.ts';
 import { WorkerPool } from '../server/sim/pool.ts';
 import { makeDevices, runSimulation, type SimulationOptions } from '../server/sim/simulation.ts';
-import { runConfigSchema } from '../shared/schemas.ts';
+import type { RoundStart } from '../shared/protocol.ts';
+import type { UpdateSubmit } from '../shared/schemas.ts';
 import { decodeWeights } from '../shared/weights.ts';
-import { browserDevice, startServer, until, useWasm, type TestServer } from './support/server.ts';
+import { launch, mnistSliceIndices, runEnded, startServer, testDevice, useWasm, type TestServer } from './support/server.ts';
 
 const mnist = loadMnist();
 const small: SimulationOptions = { clients: 10, fraction: 0.2, rounds: 2, epochs: 1, batch: 10, lr: 0.1, partition: 'iid', alpha: 0.5, model: 'cnn-small', seed: 3, examples: 100, workers: 2 };
@@ -45,6 +45,8 @@ describe('simulate:node', () => {
         const size = d.train.length + d.heldOut.length;
         expect(size).toBe(6000); // 60,000 examples over 10 clients
         expect(d.heldOut.length).toBe(Math.round(size * heldOut));
+        // drawn from a shuffle of the partition, not from its start
+        expect(Math.max(...d.train)).toBeGreaterThan(30_000);
         const train = new Set(d.train);
         expect(Array.from(d.heldOut).some((i) => train.has(i))).toBe(false);
       }
@@ -68,43 +70,29 @@ describe('a simulated device and a browser device', () => {
     await server.close();
   });
 
-  it('produce the same update for the same weights, data and seed', async () => {
-    // Prepare: one browser device (the page's own DeviceClient, here in Node on wasm) on examples 0..149.
-    const trainIdx = Int32Array.from({ length: 150 }, (_, i) => i);
-    const heldOutIdx = Int32Array.from({ length: 30 }, (_, i) => 150 + i);
-    const { client: device, dispose } = browserDevice(server.url, 'parity-device-1', { offset: 0, train: 150, heldOut: 30 });
-    device.join();
-    await until(() => device.snapshot.connection === 'connected' || undefined, 10_000, 'the device to join');
+  it('produce the same update for the same round, data and seed: they run the same code', async () => {
+    // Prepare: one browser device (the page's own DeviceClient, here in Node on wasm) on slice 0.
+    const slice = { examples: 150, heldOut: 0.2 };
+    let seen: { round: RoundStart; submission: UpdateSubmit } | undefined;
+    const device = await testDevice(server.url, 0, { ...slice, beforeSubmit: async (submission, round) => ((seen = { round, submission }), submission) });
+    await device.join();
 
-    // Execute: one round with this device alone, so the new global model is w0 + Δ.
-    const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.05, seed: 11 });
-    const runId = server.app.federation.startRun(config);
-    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 60_000, 'the run to finish');
-    await server.app.federation.idle();
-    const models = server.store.listModels().filter((m) => m.runId === runId);
-    const w0 = decodeWeights(server.store.getModelWeights(models[0]!.version)!);
-    const w1 = decodeWeights(server.store.getModelWeights(models[1]!.version)!);
-    const browserDelta = w1.values.map((v, i) => v - w0.values[i]!);
+    // Execute: one round with this device alone; then the same round, as the server sent it, in a simulation worker.
+    const runId = await launch(server, { model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.05, seed: 11 });
+    expect((await runEnded(server, runId)).status).toBe('done');
     const browserRound = server.store.listRounds(runId)[0]!;
-
+    const indices = mnistSliceIndices(0, slice);
     const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
-    const plan = strategyFor(config).configureFit(config, 1, 1);
-    const sim = await pool.train({ type: 'train', model: 'cnn-small', specs: w0.specs, weights: w0.values, plan, train: trainIdx, heldOut: heldOutIdx, codec: plan.codec, codecSeed: 1 }).finally(() => pool.close());
-    const simDelta = decodeWeights(sim.payload, w0.specs).values;
-    device.leave();
-    dispose();
+    const sim = await pool.train({ type: 'train', deviceId: device.identity.deviceId, round: seen!.round, train: Int32Array.from(indices.train), heldOut: Int32Array.from(indices.heldOut), held: undefined, residual: undefined }).finally(() => pool.close());
+    await device.dispose();
 
-    // Assert: same Δ (the global model went through float32 addition, hence the tolerance), same metrics.
-    let maxDiff = 0;
-    let maxAbs = 0;
-    for (let i = 0; i < simDelta.length; i++) {
-      maxDiff = Math.max(maxDiff, Math.abs(simDelta[i]! - browserDelta[i]!));
-      maxAbs = Math.max(maxAbs, Math.abs(simDelta[i]!));
-    }
-    expect(maxAbs).toBeGreaterThan(1e-3);
-    expect(maxDiff).toBeLessThan(1e-6);
-    expect(sim.numExamples).toBe(150);
-    expect(browserRound.devices[0]!.accuracyBefore).toBeCloseTo(sim.accuracyBefore, 6);
-    expect(browserRound.devices[0]!.accuracyAfter).toBeCloseTo(sim.accuracyAfter, 6);
+    // Assert: the same Δ, bit for bit, and the same metrics.
+    const browserDelta = decodeWeights(seen!.submission.delta).values;
+    const simDelta = decodeWeights(sim.submission!.delta).values;
+    expect(simDelta.some((v) => Math.abs(v) > 1e-3)).toBe(true);
+    expect(Array.from(simDelta)).toEqual(Array.from(browserDelta));
+    expect(sim.submission!.numExamples).toBe(150);
+    expect(browserRound.devices[0]!.accuracyBefore).toBeCloseTo(sim.submission!.metrics.accuracyBefore, 6);
+    expect(browserRound.devices[0]!.accuracyAfter).toBeCloseTo(sim.submission!.metrics.accuracyAfter, 6);
   }, 120_000);
 });

@@ -1,23 +1,33 @@
-/** Starts the real app on port 0 with an in-memory SQLite store, and Node devices that speak the protocol. */
+/**
+ * Starts the real app on port 0 with an in-memory SQLite store; devices that prove an identity
+ * and speak the protocol: raw sockets (for hostile input) and the browser's own device client
+ * (web-client/fl/client.ts, here in Node on wasm) on slices of MNIST cut by the one slicing function.
+ */
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import type { AddressInfo } from 'node:net';
-import { io, type Socket } from 'socket.io-client';
+import { io } from 'socket.io-client';
 import { createApp, type App } from '../../server/app.ts';
-import { loadMnist } from '../../server/data/mnist.ts';
+import type { UpdateValidator } from '../../server/federation.ts';
+import { loadMnist, type MnistSplit } from '../../server/data/mnist.ts';
 import { createLogger } from '../../server/log.ts';
 import { createEvaluator } from '../../server/ml/evaluator.ts';
 import { openSqliteStore } from '../../server/store/sqlite.ts';
 import type { Store } from '../../server/store/store.ts';
-import { buildModel } from '../../shared/models.ts';
-import type { ClientToServerEvents, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
-import { labelHistogram } from '../../shared/partition.ts';
-import { computeUpdate, toTensors, type LocalData } from '../../shared/train.ts';
-import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
-import { DeviceClient, type DeviceMemory } from '../../web-client/fl/client.ts';
+import { gatherSamples } from '../../shared/dataset.ts';
+import type { DeviceMemory } from '../../shared/device.ts';
+import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
+import { deviceSlice, labelHistogram, partition } from '../../shared/partition.ts';
+import type { RoundStart } from '../../shared/protocol.ts';
+import type { UpdateSubmit } from '../../shared/schemas.ts';
+import { disposeData, toTensors, type LocalData } from '../../shared/train.ts';
 import { registerWasmTrainingKernels } from '../../shared/wasm-kernels.ts';
+import { decodeWeights } from '../../shared/weights.ts';
+import { DeviceClient, type BeforeSubmit } from '../../web-client/fl/client.ts';
+import { joinFederation, type DeviceSocket, type HelloClaims } from '../../web-client/fl/join.ts';
 
 export const ADMIN_TOKEN = 'test-admin-token';
+export const adminHeaders = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
 
 export async function useWasm(): Promise<void> {
   registerWasmTrainingKernels();
@@ -32,77 +42,112 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(options: { maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number }; tls?: { cert: string; key: string }; allowedOrigins?: string[]; apiRequestsPerMinute?: number; crossOriginIsolation?: boolean } = {}): Promise<TestServer> {
+export async function startServer(options: { validate?: UpdateValidator; maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number }; tls?: { cert: string; key: string }; allowedOrigins?: string[]; apiRequestsPerMinute?: number; crossOriginIsolation?: boolean } = {}): Promise<TestServer> {
   const { train, test } = loadMnist();
   const store = openSqliteStore(':memory:');
-  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}), ...(options.tls ? { tls: options.tls } : {}), ...(options.allowedOrigins ? { allowedOrigins: options.allowedOrigins } : {}), ...(options.apiRequestsPerMinute ? { apiRequestsPerMinute: options.apiRequestsPerMinute } : {}), ...(options.crossOriginIsolation ? { crossOriginIsolation: true } : {}) });
+  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.validate ? { validate: options.validate } : {}), ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}), ...(options.tls ? { tls: options.tls } : {}), ...(options.allowedOrigins ? { allowedOrigins: options.allowedOrigins } : {}), ...(options.apiRequestsPerMinute ? { apiRequestsPerMinute: options.apiRequestsPerMinute } : {}), ...(options.crossOriginIsolation ? { crossOriginIsolation: true } : {}) });
   await new Promise<void>((resolve) => app.http.listen(0, '127.0.0.1', resolve));
   const url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${(app.http.address() as AddressInfo).port}`;
   return { app, store, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
 }
 
-export type TestSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+export type TestSocket = DeviceSocket;
 
-export function connect(url: string): Promise<TestSocket> {
-  const socket: TestSocket = io(url, { transports: ['websocket'], forceNew: true, reconnection: false });
+export function connect(url: string, options: Record<string, unknown> = {}): Promise<TestSocket> {
+  const socket: TestSocket = io(url, { transports: ['websocket'], forceNew: true, reconnection: false, ...options });
   return new Promise((resolve, reject) => {
     socket.once('connect', () => resolve(socket));
     socket.once('connect_error', reject);
   });
 }
 
-export async function hello(socket: TestSocket, deviceId: string, examples = 100): Promise<void> {
-  const r = await socket.emitWithAck('device:hello', { deviceId, backend: 'wasm', backendReason: 'test', examples, heldOut: 20, labelHistogram: new Array(10).fill(examples / 10) });
-  if (!r.ok) throw new Error(r.error.message);
+/** Claims of a device with `examples` training examples spread over the ten labels. */
+export function claims(examples = 100, extra: Partial<HelloClaims> = {}): HelloClaims {
+  const labelHistogram = Array.from({ length: 10 }, (_, i) => Math.floor(examples / 10) + (i < examples % 10 ? 1 : 0));
+  return { backend: 'wasm', backendReason: 'test', examples, heldOut: 20, labelHistogram, ...extra };
 }
 
-/** A Node device: trains with the same shared code as the browser, on a slice of MNIST. */
-export class NodeDevice {
-  readonly deltas: { round: number; delta: Float32Array; numExamples: number }[] = [];
-  private readonly train: LocalData;
-  private readonly heldOut: LocalData;
-  private readonly model = buildModel('cnn-small');
-  constructor(readonly socket: TestSocket, readonly id: string, offset: number, count: number, private readonly transform: (delta: Float32Array) => Float32Array = (d) => d) {
-    const { train } = loadMnist();
-    const slice = (from: number, n: number) => ({ pixels: train.images.slice(from * 784, (from + n) * 784), labels: train.labels.slice(from, from + n) });
-    this.train = toTensors(slice(offset, count));
-    this.heldOut = toTensors(slice(offset + count, 20));
-    socket.on('round:start', (msg) => void this.onRound(msg).catch(() => undefined)); // a disposed device abandons its round
-  }
-  async join(): Promise<void> {
-    await this.socket.emitWithAck('device:hello', { deviceId: this.id, backend: 'wasm', backendReason: 'test', examples: this.train.count, heldOut: this.heldOut.count, labelHistogram: labelHistogram(await this.train.y.data()) }).then((r) => {
-      if (!r.ok) throw new Error(r.error.message);
-    });
-  }
-  /** when set, the device finishes training for rounds ≥ gate.fromRound but waits for gate.open before submitting */
-  gate: { fromRound: number; open: Promise<void> } | undefined;
-  private async onRound(msg: RoundStart): Promise<void> {
-    const global = decodeWeights(new Uint8Array(msg.weights));
-    const u = await computeUpdate(this.model, global, this.train, this.heldOut, msg.plan);
-    this.deltas.push({ round: msg.round, delta: u.delta.values, numExamples: u.numExamples });
-    const sent = { specs: u.delta.specs, values: this.transform(u.delta.values) };
-    if (this.gate && msg.round >= this.gate.fromRound) await this.gate.open;
-    await this.socket.emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: u.numExamples, delta: encodeWeights(sent), metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs: 0, evaluateMs: u.evaluateMs, trainMs: u.trainMs } });
-  }
-  dispose(): void {
-    this.socket.disconnect();
-    tf.dispose([this.train.x, this.train.y, this.heldOut.x, this.heldOut.y]);
-    this.model.dispose();
-  }
+/** Joins a raw socket as a new device, proving a fresh identity; returns it. */
+export async function join(socket: TestSocket, examples = 100, identity?: DeviceIdentity): Promise<DeviceIdentity> {
+  const id = identity ?? (await createIdentity());
+  const r = await joinFederation(socket, id, claims(examples));
+  if (!r.ok) throw new Error(`join refused: ${r.error.code}: ${r.error.message}`);
+  return id;
 }
 
-/**
- * The browser's own device client (web-client/fl/client.ts), here in Node, on a contiguous slice of
- * the MNIST training set: `train` examples from `offset`, then `heldOut` more for local evaluation.
- */
-export function browserDevice(url: string, deviceId: string, slice: { offset: number; train: number; heldOut: number }, memory?: DeviceMemory): { client: DeviceClient; dispose(): void } {
-  const mnist = loadMnist().train;
-  const take = (from: number, n: number) => ({ pixels: mnist.images.slice(from * 784, (from + n) * 784), labels: mnist.labels.slice(from, from + n) });
-  const trainSamples = take(slice.offset, slice.train);
-  const train = toTensors(trainSamples);
-  const heldOut = toTensors(take(slice.offset + slice.train, slice.heldOut));
-  const client = new DeviceClient({ url, train, heldOut, ...(memory ? { memory } : {}), hello: { deviceId, backend: 'wasm', backendReason: 'test', examples: slice.train, heldOut: slice.heldOut, labelHistogram: labelHistogram(trainSamples.labels) } });
-  return { client, dispose: () => tf.dispose([train.x, train.y, heldOut.x, heldOut.y]) };
+let mnist: { train: MnistSplit; test: MnistSplit } | undefined;
+const trainSet = () => (mnist ??= loadMnist()).train;
+const iidParts = new Map<number, number[][]>();
+
+/** Device `client`'s slice (indices into MNIST's training set) of an IID partition into `clients`. */
+export function mnistSliceIndices(client: number, o: { examples: number; heldOut?: number; clients?: number }): { train: number[]; heldOut: number[] } {
+  const clients = o.clients ?? 50;
+  let parts = iidParts.get(clients);
+  if (!parts) iidParts.set(clients, (parts = partition(trainSet().labels, { kind: 'iid', clients, seed: 1, alpha: 1 })));
+  return deviceSlice(parts[client] ?? [], { examples: o.examples, heldOut: o.heldOut ?? 0.2, seed: 1, client });
+}
+
+/** Device `client`'s data, as tensors. */
+export function mnistSlice(client: number, o: { examples: number; heldOut?: number; clients?: number }): { train: LocalData; heldOut: LocalData; histogram: number[] } {
+  const slice = mnistSliceIndices(client, o);
+  const set = trainSet();
+  const train = gatherSamples(set.images, set.labels, slice.train);
+  return { train: toTensors(train), heldOut: toTensors(gatherSamples(set.images, set.labels, slice.heldOut)), histogram: labelHistogram(train.labels) };
+}
+
+export interface TestDevice {
+  client: DeviceClient;
+  identity: DeviceIdentity;
+  /** every update it sent, decoded (float32 runs): what the server was given */
+  sent: { round: number; delta: Float32Array; numExamples: number }[];
+  /** joins and resolves once the server has accepted the hello */
+  join(): Promise<void>;
+  /** leaves, and frees the device's data once its round (if any) has unwound */
+  dispose(): Promise<void>;
+}
+
+export interface TestDeviceOptions {
+  examples: number;
+  heldOut?: number;
+  clients?: number;
+  memory?: DeviceMemory;
+  identity?: DeviceIdentity;
+  /** changes what the device sends (a hostile device), or holds it back (a gated or silent one) */
+  beforeSubmit?: BeforeSubmit;
+}
+
+/** The browser's own device client on MNIST slice `client`, in Node. */
+export async function testDevice(url: string, client: number, o: TestDeviceOptions): Promise<TestDevice> {
+  const data = mnistSlice(client, o);
+  const identity = o.identity ?? (await createIdentity());
+  const sent: TestDevice['sent'] = [];
+  const record: BeforeSubmit = async (s: UpdateSubmit, r: RoundStart) => {
+    const out = o.beforeSubmit ? await o.beforeSubmit(s, r) : s;
+    if (out && r.plan.codec.codec === 'float32') sent.push({ round: r.round, delta: decodeWeights(out.delta).values, numExamples: out.numExamples });
+    return out;
+  };
+  const device = new DeviceClient({ url, identity, train: data.train, heldOut: data.heldOut, hello: { backend: 'wasm', backendReason: 'test', examples: data.train.count, heldOut: data.heldOut.count, labelHistogram: data.histogram }, beforeSubmit: record, ...(o.memory ? { memory: o.memory } : {}) });
+  return {
+    client: device,
+    identity,
+    sent,
+    join: async () => {
+      device.join();
+      await until(() => device.snapshot.connection === 'connected' || undefined, 20_000, `device ${identity.deviceId} to join`);
+    },
+    dispose: async () => {
+      await device.leave();
+      disposeData(data.train);
+      disposeData(data.heldOut);
+    },
+  };
+}
+
+/** Holds submissions back until `open()` is called: a device that trains but answers when told. */
+export function gate(): { beforeSubmit: BeforeSubmit; open(): void } {
+  let open!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
+  return { beforeSubmit: async (s) => opened.then(() => s), open };
 }
 
 export async function until<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
@@ -113,4 +158,19 @@ export async function until<T>(probe: () => T | undefined | Promise<T | undefine
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Waits until run `runId` is no longer running, and returns it. */
+export function runEnded(server: TestServer, runId: number, timeoutMs = 60_000) {
+  return until(() => {
+    const r = server.store.getRun(runId);
+    return r && r.status !== 'running' ? r : undefined;
+  }, timeoutMs, `run ${runId} to end`);
+}
+
+export async function launch(server: TestServer, config: Record<string, unknown>): Promise<number> {
+  const res = await fetch(`${server.url}/api/runs`, { method: 'POST', headers: adminHeaders, body: JSON.stringify(config) });
+  const body = (await res.json()) as { id?: number; error?: string };
+  if (res.status !== 201 || body.id === undefined) throw new Error(`launch failed (${res.status}): ${body.error}`);
+  return body.id;
 }

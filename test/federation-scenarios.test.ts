@@ -1,0 +1,337 @@
+/**
+ * The federation as a clock and an attacker see it: the interpreter and the reducer together, with
+ * a fake clock, through silence, lateness, disconnects at every phase, failures of evaluation,
+ * aggregation and persistence, and hostile but well-formed updates from selected devices.
+ */
+import { describe, expect, it } from 'vitest';
+import { VALIDATION_GRACE_MS, WORK_TIMEOUT_MS } from '../server/fl/coordinator.ts';
+import { fedAvg } from '../shared/fedavg.ts';
+import { decodeWeights } from '../shared/weights.ts';
+import { flush, Scenario } from './support/scenario.ts';
+
+const lastModel = (s: Scenario, runId: number) => decodeWeights(s.store.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
+
+describe('a round never waits for nothing', () => {
+  for (const early of [0, 1]) {
+    it(`closes every round at its deadline when a device goes silent after a quorum round${early ? ', with timers that fire 1 ms early' : ''}`, async () => {
+      // The reported hang: A answers every round; B answers round 1, then stays connected and silent.
+      const s = new Scenario();
+      s.clock.early = early;
+      s.join('device-a', 'device-b');
+      const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 4000 });
+      await flush();
+      expect(s.port.selected(1).sort()).toEqual(['device-a', 'device-b']);
+      await s.submit('device-a');
+      await s.submit('device-b');
+      expect(s.rounds(runId).map((r) => r.round)).toEqual([1]);
+
+      for (const round of [2, 3]) {
+        expect(s.port.selected(round).sort()).toEqual(['device-a', 'device-b']);
+        const deadline = s.port.lastStart('device-a')!.deadline;
+        expect(s.clock.armed()).toEqual([deadline]); // exactly the round's deadline is armed
+        await s.submit('device-a');
+        await s.clock.advance(deadline - s.clock.now() - 2); // timers may fire 1 ms early: stop 2 ms short
+        expect(s.rounds(runId)).toHaveLength(round - 1);
+        await s.clock.advance(2);
+        expect(s.rounds(runId).at(-1)).toMatchObject({ round, status: 'completed', completed: 1, participants: 2, reason: 'closed at the deadline with 1 updates' });
+      }
+      expect(s.run(runId)).toMatchObject({ status: 'done' });
+      expect(s.clock.armed()).toEqual([]);
+    });
+  }
+
+  it('closes as soon as every selected device has answered, instead of waiting for the deadline', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 2, clientsPerRound: 4, minUpdates: 2, roundTimeoutMs: 120_000, selectionTimeoutMs: 10_000 });
+    await flush();
+    expect(s.federation.status()).toMatchObject({ phase: 'selecting', waiting: 'selecting: need 4 idle devices, have 2; starts with 2 in 10 s' });
+    await s.clock.advance(10_000);
+    expect(s.port.selected(1)).toHaveLength(2);
+    await s.clock.advance(500);
+    await s.submit('device-a');
+    expect(s.federation.status().waiting).toBe('waiting for updates: 1 of the 2 required in; 1 of 2 selected answered');
+    await s.clock.advance(500);
+    await s.submit('device-b');
+    const [r1] = s.rounds(runId);
+    expect(r1).toMatchObject({ status: 'completed', completed: 2, reason: 'closed when every selected device had answered (2 updates)' });
+    expect(r1!.durationMs).toBe(1_000);
+  });
+
+  it('says why it waits for the deadline once minUpdates are in', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c');
+    s.start({ clientsPerRound: 3, minUpdates: 1, overSelect: 1 });
+    await flush();
+    await s.submit('device-a');
+    expect(s.federation.status().waiting).toBe('waiting for the deadline: 1 of 3 selected answered, 1 counted (closes at 3)');
+  });
+
+  it('waits for devices without a timer once the selection wait is over, and starts when one joins', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    s.start({ clientsPerRound: 3, minUpdates: 2, selectionTimeoutMs: 5_000 });
+    await s.clock.advance(1_000);
+    s.federation.leave('device-b');
+    await s.clock.advance(4_000);
+    expect(s.federation.status()).toMatchObject({ phase: 'selecting', waiting: 'waiting for devices: need at least 2 idle, have 1' });
+    expect(s.clock.armed()).toEqual([]);
+    await s.clock.advance(60_000);
+    s.join('device-c');
+    await flush();
+    expect(s.port.selected(1).sort()).toEqual(['device-a', 'device-c']);
+  });
+});
+
+describe('failures come back to the reducer', () => {
+  it('records a round whose evaluation failed without test metrics, and the run goes on', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    await flush();
+    s.evaluator.failNext = 'out of memory';
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, testLoss: null, reason: 'evaluation failed: out of memory' });
+    expect(s.rounds(runId)[0]!.modelVersion).not.toBeNull();
+    expect(s.federation.status().phase).toBe('training'); // round 2
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.run(runId)).toMatchObject({ status: 'done' });
+    expect(() => s.start({ rounds: 1 })).not.toThrow();
+  });
+
+  it('records a round whose evaluation never finishes after the work timeout, and ignores its late answer', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    await flush();
+    s.evaluator.hold = true;
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.federation.status().phase).toBe('evaluating');
+    await s.clock.advance(WORK_TIMEOUT_MS);
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', testAccuracy: null, reason: 'evaluation did not finish within 10 min' });
+    expect(s.port.selected(2)).toHaveLength(2);
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.9, loss: 0.3, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)).toHaveLength(1);
+    expect(s.federation.status().phase).toBe('training');
+  });
+
+  it('lets an old deadline pass during aggregation and evaluation, and gives the next round its own', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 60_000 });
+    await flush();
+    s.evaluator.hold = true;
+    await s.submit('device-a');
+    // Round 1 closes by quorum: the deadline of round 1 (60 s away) must not touch what follows.
+    const answerB = s.federation.submitUpdate('device-b', s.update('device-b'));
+    expect(s.federation.status().phase).toBe('training');
+    await answerB;
+    expect(s.federation.status().phase).toBe('aggregating');
+    await s.clock.advance(61_000); // aggregation runs, then evaluation holds past the old deadline
+    expect(s.federation.status().phase).toBe('evaluating');
+    expect(s.rounds(runId)).toEqual([]);
+    s.evaluator.hold = false;
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.6, loss: 1.2, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', testAccuracy: 0.6 });
+    const round2 = s.port.lastStart('device-a')!;
+    expect(round2.round).toBe(2);
+    expect(s.clock.armed()).toEqual([round2.deadline]);
+    await s.submit('device-a'); // device-b is silent now
+    await s.clock.advance(60_000);
+    expect(s.rounds(runId)[1]).toMatchObject({ round: 2, status: 'completed', completed: 1 });
+    expect(s.run(runId)).toMatchObject({ status: 'done' });
+  });
+
+  it('redoes a round whose aggregation failed (the store refused the model), as a new attempt', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    await flush();
+    const save = s.store.saveModel.bind(s.store);
+    let refusals = 1;
+    s.store.saveModel = (m, now) => {
+      if (refusals-- > 0) throw new Error('disk full');
+      return save(m, now);
+    };
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.rounds(runId)).toEqual([expect.objectContaining({ round: 1, attempt: 1, status: 'failed', reason: 'aggregation failed: disk full' })]);
+    expect(s.port.selected(1, 2).sort()).toEqual(['device-a', 'device-b']);
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.rounds(runId).map((r) => [r.attempt, r.status])).toEqual([[1, 'failed'], [2, 'completed']]);
+    expect(s.run(runId)).toMatchObject({ status: 'done' });
+  });
+
+  it('fails the run visibly when a round cannot be recorded, and a new run can start', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    await flush();
+    s.store.recordRound = () => {
+      throw new Error('database is locked');
+    };
+    await s.submit('device-a');
+    await s.submit('device-b');
+    expect(s.run(runId)).toMatchObject({ status: 'failed', reason: 'could not round:record: database is locked' });
+    expect(s.federation.status().phase).toBe('failed');
+    expect(s.clock.armed()).toEqual([]);
+    expect(() => s.start({ rounds: 1 })).not.toThrow();
+  });
+});
+
+describe('disconnects at every phase', () => {
+  it('while selecting, training, validating, aggregating and evaluating', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c', 'device-d');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5, roundTimeoutMs: 30_000 });
+    await flush();
+    const selected = s.port.selected(1);
+    expect(selected).toHaveLength(3);
+    const [first, second, third] = selected as [string, string, string];
+    // training: one selected device leaves before answering
+    s.federation.leave(first);
+    expect(s.federation.status().round).toMatchObject({ dropped: 1 });
+    // validating: a device leaves after its update arrived; the update stands
+    s.validator.hold = true;
+    const pending = s.federation.submitUpdate(second, s.update(second));
+    await flush();
+    expect(s.federation.status().round).toMatchObject({ validating: 1 });
+    s.federation.leave(second);
+    expect(s.federation.status().round).toMatchObject({ dropped: 1, validating: 1 });
+    s.validator.hold = false;
+    s.validator.release();
+    expect(await pending).toEqual({ ok: true, data: { accepted: true } });
+    // aggregating: the quorum closes the round, and a device leaves before aggregation runs
+    s.evaluator.hold = true;
+    const closing = s.federation.submitUpdate(third, s.update(third));
+    await Promise.resolve();
+    const idle = ['device-a', 'device-b', 'device-c', 'device-d'].find((id) => !selected.includes(id))!;
+    await closing;
+    s.federation.leave(idle);
+    await flush();
+    // evaluating: the last device leaves
+    expect(s.federation.status().phase).toBe('evaluating');
+    s.federation.leave(third);
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.5, loss: 1, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1 });
+    // nobody is left: round 2 waits for devices, and says so
+    expect(s.federation.status()).toMatchObject({ phase: 'selecting', devices: 0 });
+  });
+
+  it('fails a round as soon as dropouts make minUpdates unreachable, and retries it', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c');
+    const runId = s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1, maxRoundRetries: 1 });
+    await flush();
+    s.federation.leave('device-a');
+    s.federation.leave('device-b');
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'failed', dropped: 2, reason: '2 of 3 selected devices dropped out and 0 were refused; at most 1 of the 2 required updates can arrive' });
+    expect(s.federation.status()).toMatchObject({ phase: 'selecting', run: { attempt: 2 } });
+  });
+
+  it('a device that drops and rejoins mid-round is not counted in that round, and is selected again in the next', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5 });
+    await flush();
+    const round1 = s.port.lastStart('device-b')!;
+    s.federation.leave('device-b');
+    s.join('device-b');
+    expect(await s.submit('device-b', { round: round1 })).toMatchObject({ ok: false, error: { code: 'NOT_SELECTED', message: expect.stringContaining('the device left the round') } });
+    await s.submit('device-a');
+    await s.submit('device-c');
+    expect(s.rounds(runId)[0]).toMatchObject({ completed: 2, dropped: 1 });
+    expect(s.port.selected(2)).toContain('device-b');
+    await s.submit('device-b');
+    await s.submit(s.port.selected(2).find((id) => id !== 'device-b')!);
+    expect(s.rounds(runId)[1]!.devices.map((d) => d.id)).toContain('device-b');
+  });
+});
+
+describe('updates that arrive at the deadline', () => {
+  it('waits for an update that arrived in time and is still being validated', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
+    await flush();
+    await s.clock.advance(9_999);
+    s.validator.hold = true;
+    const answer = s.federation.submitUpdate('device-a', s.update('device-a'));
+    await s.clock.advance(5_000);
+    expect(s.federation.status()).toMatchObject({ phase: 'training', waiting: 'deadline passed: validating 1 update that arrived in time' });
+    s.validator.release();
+    expect(await answer).toMatchObject({ ok: true });
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 1 });
+  });
+
+  it('stops waiting for validation after the grace period: the update is late and the round fails without it', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000, maxRoundRetries: 0 });
+    await flush();
+    s.validator.hold = true;
+    const answer = s.federation.submitUpdate('device-a', s.update('device-a'));
+    await s.clock.advance(10_000 + VALIDATION_GRACE_MS);
+    expect(await answer).toMatchObject({ ok: false, error: { code: 'ROUND_FULL' } });
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'failed', late: 1 });
+    expect(s.run(runId)).toMatchObject({ status: 'failed' });
+    s.validator.release();
+    await flush();
+    expect(s.rounds(runId)).toHaveLength(1);
+  });
+});
+
+describe('hostile but well-formed updates from selected devices', () => {
+  it('refuses a device that claims more examples than it declared; it has answered, and cannot answer again', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c');
+    const runId = s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1 });
+    await flush();
+    const before = s.validator.calls;
+    expect(await s.submit('device-a', { numExamples: 60_000, step: 5 })).toMatchObject({ ok: false, error: { code: 'TOO_MANY_EXAMPLES', message: 'update from device device-a for run 1 round 1.1: claims 60000 examples, the device declared 100 when it joined' } });
+    expect(await s.submit('device-a', { numExamples: 100 })).toMatchObject({ ok: false, error: { code: 'DUPLICATE' } });
+    expect(s.validator.calls).toBe(before); // refused before any decoding
+    const w0 = s.globalFor('device-b');
+    await s.submit('device-b', { step: 0.01 });
+    await s.submit('device-c', { step: 0.03 });
+    const [r] = s.rounds(runId);
+    expect(r).toMatchObject({ status: 'completed', completed: 2, rejected: 2, reason: 'closed when every selected device had answered (2 updates)' });
+    const expected = fedAvg(w0.values, [{ delta: new Float32Array(w0.values.length).fill(0.01), numExamples: 100 }, { delta: new Float32Array(w0.values.length).fill(0.03), numExamples: 100 }]);
+    expect(lastModel(s, runId).values[0]).toBeCloseTo(expected[0]!, 6);
+  });
+
+  it('caps what one device weighs at maxExamplesPerDevice', async () => {
+    const s = new Scenario();
+    s.federation.join({ deviceId: 'big-device', backend: 'wasm', backendReason: 'x', examples: 60_000, heldOut: 0, labelHistogram: new Array(10).fill(6_000) });
+    s.join('small-a', 'small-b', 'small-c');
+    const runId = s.start({ rounds: 1, clientsPerRound: 4, minUpdates: 4, overSelect: 1, maxExamplesPerDevice: 600 });
+    await flush();
+    const w0 = s.globalFor('big-device');
+    await s.submit('big-device', { numExamples: 60_000, step: 1 });
+    for (const id of ['small-a', 'small-b', 'small-c']) await s.submit(id, { numExamples: 100, step: 0 });
+    const [r] = s.rounds(runId);
+    expect(r!.devices.find((d) => d.id === 'big-device')).toMatchObject({ numExamples: 60_000, weight: 600 });
+    // Δ = 600·1 / (600 + 3·100) = 2/3, not the 60000/60300 ≈ 1 the claim alone would give.
+    expect(lastModel(s, runId).values[0]! - w0.values[0]!).toBeCloseTo(2 / 3, 5);
+  });
+
+  it('refuses an update whose values could overflow the model, after decoding it', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1 });
+    await flush();
+    expect(await s.submit('device-a', { step: 3e38 })).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS', message: expect.stringContaining('beyond the bound of ±1000000') } });
+    expect(s.validator.calls).toBe(1);
+    await s.submit('device-b');
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 1, rejected: 1 });
+    expect(lastModel(s, runId).values.every(Number.isFinite)).toBe(true);
+  });
+});
