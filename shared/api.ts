@@ -39,9 +39,16 @@ export interface RoundRecord {
   attempt: number;
   status: 'completed' | 'failed';
   reason: string | null;
+  /** devices selected */
   participants: number;
+  /** updates counted */
   completed: number;
+  /** selected devices whose update was refused (malformed, or claiming more examples than declared) */
+  refused: number;
+  /** selected devices that had neither answered nor dropped out when the round closed (silent or slow) */
+  unanswered: number;
   dropped: number;
+  /** updates for this round that arrived after it closed (while it was aggregated and evaluated) */
   late: number;
   rejected: number;
   /** counted updates that were scaled down to the run's L2 bound (clipNorm) */

@@ -289,6 +289,30 @@ describe('updates that arrive at the deadline', () => {
   });
 });
 
+describe('late updates', () => {
+  it('count in the record of the round they were meant for, while it is still being aggregated and evaluated — never in another', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c');
+    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1.5, roundTimeoutMs: 10_000 });
+    await flush();
+    const round1 = s.port.lastStart('device-c')!;
+    s.evaluator.hold = true;
+    await s.submit('device-a');
+    await s.submit('device-b'); // quorum: round 1 closes with device-c unanswered
+    expect(s.federation.status().phase).toBe('evaluating');
+    expect(await s.submit('device-c', { round: round1 })).toMatchObject({ ok: false, error: { code: 'ROUND_FULL' } });
+    s.evaluator.hold = false;
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.5, loss: 1, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, completed: 2, unanswered: 1, late: 1, rejected: 0 });
+    // Round 2 is under way: another update for round 1 is late, but round 2's ledger does not count it.
+    expect(await s.submit('device-c', { round: round1 })).toMatchObject({ ok: false, error: { code: 'WRONG_ROUND' } });
+    for (const id of s.port.selected(2).slice(0, 2)) await s.submit(id);
+    expect(s.rounds(runId)[1]).toMatchObject({ round: 2, late: 0, rejected: 0, unanswered: 1 });
+    expect(s.federation.counters.lateUpdates).toBe(2);
+  });
+});
+
 describe('hostile but well-formed updates from selected devices', () => {
   it('refuses a device that claims more examples than it declared; it has answered, and cannot answer again', async () => {
     const s = new Scenario();

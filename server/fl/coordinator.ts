@@ -79,6 +79,8 @@ export interface RoundState {
   bytesDown: number;
   bytesUp: number;
   closedBy?: 'quorum' | 'all answered' | 'deadline';
+  /** selected devices that had neither answered nor dropped when the round closed */
+  unanswered?: number;
   /** when the current step (aggregation, evaluation) began: its timeout runs from here */
   workStartedAt?: number;
   aggregationMs?: number;
@@ -269,6 +271,8 @@ function roundRecord(cur: RoundState, now: number, outcome: { status: 'completed
     reason: outcome.reason,
     participants: cur.selected.length,
     completed: m.length,
+    refused: cur.refused.length,
+    unanswered: cur.unanswered ?? cur.selected.length - m.length - cur.refused.length - cur.dropped.length - cur.validating.length,
     dropped: cur.dropped.length,
     late: cur.late,
     rejected: cur.rejected,
@@ -338,7 +342,7 @@ function lateValidations(cur: RoundState): Effect[] {
 
 function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<RoundState['closedBy']>): StepResult {
   const cur = state.current as RoundState;
-  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, closedBy, workStartedAt: now };
+  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, closedBy, workStartedAt: now, unanswered: cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length - cur.validating.length };
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
     effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length }],
@@ -383,10 +387,16 @@ function settle(state: CoordinatorState, now: number): StepResult {
   return { state, effects: [] };
 }
 
-function reject(state: CoordinatorState, submission: number, deviceId: string, code: ErrorCode, message: string, late = false): StepResult {
+/**
+ * Refuses an update. It counts (as rejected, or as late) in the ledger of the round it was meant
+ * for while that round's ledger is still open — through its aggregation and evaluation, so an
+ * update that comes after its round closed is counted as late there, not in another round.
+ */
+function reject(state: CoordinatorState, update: RoundRef & { submission: number; deviceId: string }, code: ErrorCode, message: string, late = false): StepResult {
   const cur = state.current;
-  const counted = cur && state.phase === 'training' ? { ...state, current: { ...cur, rejected: cur.rejected + (late ? 0 : 1), late: cur.late + (late ? 1 : 0) } } : state;
-  return { state: counted, effects: [{ type: 'update:reject', submission, deviceId, code, message, late }] };
+  const open = cur !== undefined && (state.phase === 'training' || state.phase === 'aggregating' || state.phase === 'evaluating') && same(cur, update);
+  const counted = open ? { ...state, current: { ...cur, rejected: cur.rejected + (late ? 0 : 1), late: cur.late + (late ? 1 : 0) } } : state;
+  return { state: counted, effects: [{ type: 'update:reject', submission: update.submission, deviceId: update.deviceId, code, message, late }] };
 }
 
 /** The recorded end of a completed round: publish the model, then the next round or the end of the run. */
@@ -439,19 +449,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now } };
       return select(started, now, event.fromRound ?? 1, event.fromAttempt ?? 1);
     }
-    case 'run:stop': {
-      if (!isActive(state) || !run) return { state, effects: [] };
-      const reason = event.reason ?? 'stopped by admin';
-      const effects: Effect[] = [];
-      let devices = state.devices;
-      if (state.phase === 'training' && cur) {
-        devices = freeAll(devices, cur.selected);
-        effects.push(...lateValidations(cur), notifyEnd(cur, 'stopped'));
-      }
-      effects.push({ type: 'run:finished', runId: run.id, status: 'stopped', reason });
-      const timeline = state.timeline && state.timeline.closedAt === undefined ? { ...state.timeline, failedAt: now } : state.timeline;
-      return { state: { ...state, phase: 'stopped', devices, run: { ...run, reason }, current: undefined, ...(timeline ? { timeline } : {}) }, effects };
-    }
+    case 'run:stop':
+      return endRun(state, now, 'stopped', event.reason ?? 'stopped by admin');
     case 'tick': {
       if (state.phase === 'selecting') return trySelect(state, now);
       if (state.phase === 'training' && cur) {
@@ -473,15 +472,15 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     case 'update:submitted': {
       const { submission, deviceId } = event;
       const what = `update from device ${deviceId} for run ${event.runId} round ${event.round}.${event.attempt}`;
-      if (!state.devices.has(deviceId)) return reject(state, submission, deviceId, 'NOT_JOINED', `${what}: the device has not joined`);
-      if (!run || !isActive(state)) return reject(state, submission, deviceId, 'NO_ACTIVE_ROUND', `${what}: no run is active`);
+      if (!state.devices.has(deviceId)) return reject(state, event, 'NOT_JOINED', `${what}: the device has not joined`);
+      if (!run || !isActive(state)) return reject(state, event, 'NO_ACTIVE_ROUND', `${what}: no run is active`);
       if (event.runId !== run.id || event.round !== run.round || event.attempt !== run.attempt) {
-        return reject(state, submission, deviceId, 'WRONG_ROUND', `${what}: the current round is run ${run.id} round ${run.round}.${run.attempt}`, true);
+        return reject(state, event, 'WRONG_ROUND', `${what}: the current round is run ${run.id} round ${run.round}.${run.attempt}`, true);
       }
-      if (state.phase !== 'training' || !cur) return reject(state, submission, deviceId, 'ROUND_FULL', `${what}: the round is closed`, true);
-      if (!cur.selected.includes(deviceId)) return reject(state, submission, deviceId, 'NOT_SELECTED', `${what}: the device was not selected`);
-      if (ids(cur.accepted).includes(deviceId) || ids(cur.validating).includes(deviceId) || cur.refused.includes(deviceId)) return reject(state, submission, deviceId, 'DUPLICATE', `${what}: the device has already answered this round`);
-      if (cur.dropped.includes(deviceId)) return reject(state, submission, deviceId, 'NOT_SELECTED', `${what}: the device left the round`);
+      if (state.phase !== 'training' || !cur) return reject(state, event, 'ROUND_FULL', `${what}: the round is closed`, true);
+      if (!cur.selected.includes(deviceId)) return reject(state, event, 'NOT_SELECTED', `${what}: the device was not selected`);
+      if (ids(cur.accepted).includes(deviceId) || ids(cur.validating).includes(deviceId) || cur.refused.includes(deviceId)) return reject(state, event, 'DUPLICATE', `${what}: the device has already answered this round`);
+      if (cur.dropped.includes(deviceId)) return reject(state, event, 'NOT_SELECTED', `${what}: the device left the round`);
       const ledger: RoundState = { ...cur, bytesUp: cur.bytesUp + event.bytes };
       const declared = cur.declared[deviceId] ?? 0;
       if (event.numExamples > declared) {
@@ -522,23 +521,28 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (event.type === 'round:evaluation-failed') return finishRound(state, now, { testAccuracy: null, testLoss: null, evaluationMs: now - (cur.workStartedAt ?? now), reason: `evaluation failed: ${event.reason}` });
       return finishRound(state, now, { testAccuracy: event.accuracy, testLoss: event.loss, evaluationMs: event.evaluationMs, reason: null });
     }
-    case 'effect:failed': {
-      if (!isActive(state) || !run) return { state, effects: [] };
-      const reason = `could not ${event.effect}: ${event.reason}`;
-      const effects: Effect[] = [];
-      let devices = state.devices;
-      if (state.phase === 'training' && cur) {
-        devices = freeAll(devices, cur.selected);
-        effects.push(...lateValidations(cur), notifyEnd(cur, 'failed'));
-      }
-      effects.push({ type: 'run:finished', runId: run.id, status: 'failed', reason });
-      return { state: { ...state, phase: 'failed', devices, run: { ...run, reason }, current: undefined }, effects };
-    }
+    case 'effect:failed':
+      return endRun(state, now, 'failed', `could not ${event.effect}: ${event.reason}`);
     default: {
       const never: never = event;
       throw new Error(`coordinator: unknown event ${JSON.stringify(never)}`);
     }
   }
+}
+
+/** Ends an active run at once (stopped by the admin, or failed): the round under way ends with it, unrecorded. */
+function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'failed', reason: string): StepResult {
+  const { run, current: cur } = state;
+  if (!isActive(state) || !run) return { state, effects: [] };
+  const effects: Effect[] = [];
+  let devices = state.devices;
+  if (state.phase === 'training' && cur) {
+    devices = freeAll(devices, cur.selected);
+    effects.push(...lateValidations(cur), notifyEnd(cur, status));
+  }
+  effects.push({ type: 'run:finished', runId: run.id, status, reason });
+  const timeline = state.timeline && state.timeline.closedAt === undefined ? { ...state.timeline, failedAt: now } : state.timeline;
+  return { state: { ...state, phase: status, devices, run: { ...run, reason }, current: undefined, ...(timeline ? { timeline } : {}) }, effects };
 }
 
 /** At the end of the validation grace, updates still being validated are late; the round closes or fails on what was counted. */
