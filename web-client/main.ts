@@ -7,6 +7,7 @@ import type { TrainingBench } from './ml/bench.ts';
 import { toTensors, disposeData } from '../shared/train.ts';
 import { clearDataset, deviceIdentity, ensureDataset, indexedDbMemory, type SliceSpec } from './data/store.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
+import { faultsFromQuery, faultyDevice, type Fault } from './fl/faults.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
 import { barChart, lineChart } from './ui/charts.ts';
 import { byId } from './ui/dom.ts';
@@ -25,6 +26,10 @@ export interface DeviceTestApi {
   loadModel(url: string): Promise<number>;
   /** measures training samples/s on a backend: raw model.fit vs the device's training step */
   benchTraining(backend: string, model: ModelName, examples: number): Promise<TrainingBench>;
+  /** the faults injected by ?faultSilent/faultLate, round by round (simulation only) */
+  faults: { round: number; fault: Fault }[];
+  /** live TF.js tensors on this page */
+  tensors(): number;
 }
 declare global {
   interface Window {
@@ -33,6 +38,8 @@ declare global {
 }
 window.__fl = {
   ready: false,
+  faults: [],
+  tensors: () => tf.memory().numTensors,
   loadModel: async (url) => {
     const model = await tf.loadLayersModel(url);
     const n = model.countParams();
@@ -122,7 +129,8 @@ async function join(): Promise<void> {
   const train = toTensors(data.train);
   const heldOut = toTensors(data.heldOut);
   const joinToken = params.get('joinToken') ?? undefined;
-  client = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory });
+  const faults = faultsFromQuery(params);
+  client = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
   const unsubscribe = client.subscribe(render);
   client.join();
   Object.assign(window.__fl, { ready: true, deviceId: id, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source });

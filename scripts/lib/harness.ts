@@ -64,13 +64,18 @@ export interface Tab {
   page: Page;
 }
 
+/** The page of device `client` of `n`, joining by itself. */
+export function deviceUrl(baseUrl: string, n: number, client: number, query: Record<string, string | number>): string {
+  const q = new URLSearchParams({ autojoin: '1', clients: String(n), client: String(client), ...Object.fromEntries(Object.entries(query).map(([k, v]) => [k, String(v)])) });
+  return `${baseUrl}/?${q}`;
+}
+
 export async function openDevices(browser: Browser, baseUrl: string, n: number, query: Record<string, string | number>): Promise<Tab[]> {
   const tabs = await Promise.all(
     Array.from({ length: n }, async (_, client) => {
       const context = await browser.newContext();
       const page = await context.newPage();
-      const q = new URLSearchParams({ autojoin: '1', clients: String(n), client: String(client), ...Object.fromEntries(Object.entries(query).map(([k, v]) => [k, String(v)])) });
-      await page.goto(`${baseUrl}/?${q}`, { timeout: 120_000 }); // a busy machine loads 4 tabs slowly
+      await page.goto(deviceUrl(baseUrl, n, client, query), { timeout: 120_000 }); // a busy machine loads 4 tabs slowly
       return { context, page };
     }),
   );
@@ -86,7 +91,7 @@ export async function api<T>(server: ServerHandle, route: string, init: { method
 export type RoundRow = RoundRecord;
 
 /** Polls the run until it ends, calling onRound once per newly recorded round. */
-export async function followRun(server: ServerHandle, runId: number, onRound: (r: RoundRow) => void, onTick?: () => Promise<void>): Promise<{ status: string; reason: string | null; rounds: RoundRow[] }> {
+export async function followRun(server: ServerHandle, runId: number, onRound: (r: RoundRow) => void, onTick?: () => Promise<void>, everyMs = 500): Promise<{ status: string; reason: string | null; rounds: RoundRow[] }> {
   let seen = 0;
   for (;;) {
     const { body: rounds } = await api<RoundRow[]>(server, `/api/runs/${runId}/rounds`);
@@ -99,7 +104,7 @@ export async function followRun(server: ServerHandle, runId: number, onRound: (r
       return { ...run, rounds: final };
     }
     await onTick?.();
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 
