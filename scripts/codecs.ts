@@ -7,11 +7,12 @@
  *
  *   npm run codecs -- [--model mlp] [--clients 100] [--fraction 0.1] [--rounds 20] [--lr 0.1]
  *     [--partitions iid,shards] [--codecs float32,float16,q8,topk+q8+deflate@0.03,…] [--target iid=0.95,shards=0.85]
+ *     [--only throughput]   (just the encode/decode figures, keeping the simulation rows in docs/codecs)
  *     [--out docs/codecs]
  *
  * A codec written name@f keeps the share f of the entries (topkFraction or randFraction).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { codecSpec, decodeUpdate, encodeUpdate, type CodecConfig } from '../shared/codec.ts';
 import { createRng } from '../shared/rng.ts';
@@ -37,7 +38,11 @@ const args = parseArgs(process.argv.slice(2), {
   target: 'iid=0.95,shards=0.85',
   'quant-block': '256',
   out: 'docs/codecs',
+  /** "throughput": only the encode/decode figures, kept beside the simulation rows already in --out */
+  only: '',
 });
+const throughputOnly = args.only === 'throughput';
+if (args.only && !throughputOnly) throw new Error(`--only takes "throughput", got "${args.only}"`);
 const line = (s = '') => process.stdout.write(s + '\n');
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '—');
 /** one target for all partitions, or per partition: iid=0.95,shards=0.85 */
@@ -75,9 +80,11 @@ interface Row {
   curve: { round: number; accuracy: number; cumulativeUpBytes: number }[];
 }
 const rows: Row[] = [];
+const kept = path.join(args.out as string, 'codecs.json');
+if (throughputOnly && existsSync(kept)) rows.push(...(JSON.parse(readFileSync(kept, 'utf8')) as { rows: Row[] }).rows);
 
 line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}, ${args.rounds} rounds, seed ${args.seed}`);
-for (const partition of partitions) {
+for (const partition of throughputOnly ? [] : partitions) {
   const target = targetFor(partition);
   line(`\n## ${partition} (target ${target})`);
   line('codec | up/device/round | vs float32 | down/device (round 1 → later) | encode ms | accuracy after R | best | rounds to target | wall s');
@@ -154,7 +161,7 @@ line('\n## Encode / decode of one real update (median of 7)');
   writeFileSync(path.join(args.out as string, 'codecs.json'), JSON.stringify({ args, rows, throughput }, null, 1));
 }
 
-for (const partition of partitions) {
+for (const partition of throughputOnly ? [] : partitions) {
   const files = await writeChart(path.join(args.out as string, `accuracy-vs-bytes-${partition}.png`), {
     title: `Test accuracy against upload bytes (all devices), ${args.model}, ${partition}`,
     xLabel: 'cumulative bytes uploaded by all devices (log scale)',
