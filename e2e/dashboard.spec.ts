@@ -1,7 +1,26 @@
+import type { Page } from '@playwright/test';
 import { E2E_TOKEN } from '../playwright.config.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
+
+/** Elements wider than the card they are in (or than the page), measured in the page. */
+async function overflowing(page: Page): Promise<string[]> {
+  return page.evaluate(() => {
+    const out: string[] = [];
+    if (document.documentElement.scrollWidth > window.innerWidth) out.push(`the page: ${document.documentElement.scrollWidth} px in ${window.innerWidth}`);
+    for (const card of Array.from(document.querySelectorAll<HTMLElement>('section.card, .drawer'))) {
+      if (card.hidden || card.offsetParent === null) continue;
+      const box = card.getBoundingClientRect();
+      for (const node of Array.from(card.querySelectorAll<HTMLElement>('*'))) {
+        const r = node.getBoundingClientRect();
+        if (r.width === 0 || node.closest('[hidden]')) continue;
+        if (r.right > box.right + 1 || r.left < box.left - 1) out.push(`${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''} in ${card.querySelector('h2')?.textContent ?? card.id}: ${Math.round(r.width)} px wide in ${Math.round(box.width)}`);
+      }
+    }
+    return out.slice(0, 10);
+  });
+}
 
 test('the dashboard follows devices and a run launched from its form, live', async ({ openDevices, page, admin }) => {
   const consoleErrors: string[] = [];
@@ -19,52 +38,85 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await page.getByLabel('Admin token').fill(E2E_TOKEN);
   await page.keyboard.press('Enter');
   await expect(page.locator('#live')).toHaveText('live');
+  await expect(page.locator('#stop')).toBeDisabled();
 
   // Devices appear without a reload.
   const devices = await openDevices([0, 1].map((client) => ({ clients: 2, client, examples: 300 })));
   await expect(page.locator('#devices tbody tr[data-device]')).toHaveCount(2);
+  await expect(page.locator('#devices tbody')).toContainText('connected · active');
   await expect(page.locator('#log li').first()).toContainText('joined');
 
+  // The launch form opens in a drawer; an empty field shows the default it takes.
+  await page.getByRole('button', { name: 'New run' }).click();
   const field = (label: string) => page.locator('#launch').getByLabel(label, { exact: true });
+  await expect(field('Rounds')).toHaveAttribute('placeholder', '5 (default)');
 
-  // Field errors for bad values, with the API's rules, next to the fields.
+  // Field errors for bad values, with the API's rules, in the form's words, next to the fields.
   await field('Rounds').fill('0');
   await field('Batch size (B)').fill('2.5');
   await field('Min updates').fill('9');
   await page.getByRole('button', { name: 'Launch' }).click();
-  await expect(page.locator('#e-rounds')).toHaveText('must be at least 1');
-  await expect(page.locator('#e-batchSize')).toHaveText('must be a whole number');
-  await expect(page.locator('#e-minUpdates')).toContainText('minUpdates must not exceed clientsPerRound');
+  await expect(page.locator('#e-rounds')).toHaveText('Must be at least 1');
+  await expect(page.locator('#e-batchSize')).toHaveText('Must be a whole number');
+  await expect(page.locator('#e-minUpdates')).toHaveText('Min updates must not exceed Clients per round (K)');
   expect(((await (await admin.get('/api/runs')).json()) as unknown[]).length).toBe(0);
   await page.screenshot({ path: `${shots}/admin-field-errors.png`, fullPage: true });
 
-  // A run from the form: the quick preset, adjusted to the two tabs here.
+  // A run from the form: the quick preset, adjusted to the two tabs here (the preset becomes "custom").
   await page.getByLabel('Preset').selectOption('quick');
   await field('Rounds').fill('2');
+  await expect(page.getByLabel('Preset')).toHaveValue('custom');
   await field('Clients per round (K)').fill('2');
   await field('Min updates').fill('2');
   await field('Local epochs (E)').fill('2');
   await page.getByRole('button', { name: 'Launch' }).click();
-  await expect(page.locator('#launch-error')).toHaveText(/Run \d+ launched\./);
-  const runId = Number((await page.locator('#launch-error').textContent())?.match(/\d+/)?.[0]);
+  await expect(page.locator('#action-line')).toHaveText(/Run \d+ launched\./);
+  await expect(page.locator('#action-line')).toHaveClass(/ok/);
+  await expect(page.locator('#launch-drawer')).toBeHidden();
+  const runId = Number((await page.locator('#action-line').textContent())?.match(/\d+/)?.[0]);
 
-  // The dashboard shows the devices at work, live.
+  // The dashboard shows the devices at work, live; the first screen holds what is live.
   await expect(page.locator('#devices [data-state="training"], #devices [data-state="evaluating"], #devices [data-state="downloading"], #devices [data-state="uploading"], #devices [data-state="selected"]').first()).toBeVisible({ timeout: 60_000 });
-  // The live version is listed without a reload (v1, or v2 if round 1 already finished).
-  await expect(page.locator('#models tbody')).toContainText(/\d+ \(live\)/);
-  await page.screenshot({ path: `${shots}/admin-during-run.png`, fullPage: true });
+  await expect(page.locator('#stop')).toBeEnabled();
+  await expect(page.locator('#models tbody')).toContainText(/v\d+ \(live\)/);
+  await page.screenshot({ path: `${shots}/admin-during-run.png` });
+  for (const id of ['#round-card', '#devices', '#accuracy-wrap, #acc-empty']) {
+    const box = await page.locator(id).first().boundingBox();
+    expect(box, id).not.toBeNull();
+    expect(box!.y + Math.min(box!.height, 120), `${id} on the first screen`).toBeLessThanOrEqual(800);
+  }
 
   const run = await waitForRun(admin, runId, 4 * 60_000);
   expect(run.status, run.reason ?? '').toBe('done');
-  await expect(page.locator('#rounds tbody tr')).toHaveCount(2);
+  await expect(page.locator('#rounds tbody tr[data-round-row]')).toHaveCount(2);
   await expect(page.locator('#phase')).toHaveText('done');
+  await expect(page.locator('#stop')).toBeDisabled();
   await expect(page.locator('#log')).toContainText(`run ${runId} done`);
-  await expect(page.locator('#timeline .evaluation')).toBeVisible();
+  await expect(page.locator('#timeline [data-phase="evaluation"]')).toBeVisible();
+  // The outcome stays in view: the final accuracy in the header, the reason, the run in the runs list.
+  await expect(page.locator('#run-line')).toContainText(/final test accuracy \d+\.\d+ %/);
+  await expect(page.locator('#status')).toContainText('completed 2 rounds');
+  await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText('2 of 2');
+  // The rounds table and the phase chart tell the same duration (the phases add up to it).
+  const table = await page.locator('#rounds tbody tr[data-round-row]').evaluateAll((rows) => rows.map((r) => ({ key: r.getAttribute('data-round-row') ?? '', ms: Number(r.getAttribute('data-duration-ms')) })));
+  const chart = await page.evaluate(() => window.__dash.phaseChartTotals());
+  for (const c of chart) {
+    const row = table.find((t) => t.key.endsWith(`:${c.round}:1`));
+    expect(row, `round ${c.round} in the table`).toBeDefined();
+    expect(Math.abs(c.totalMs - row!.ms) / row!.ms, `round ${c.round}: chart ${c.totalMs} ms, table ${row!.ms} ms`).toBeLessThanOrEqual(0.05);
+  }
+  // A round's details open on demand.
+  await page.locator('#rounds tbody button[data-round]').first().click();
+  await expect(page.locator('#rounds tr.detail')).toContainText('devices at work');
   await page.screenshot({ path: `${shots}/admin-after-run.png`, fullPage: true });
+  expect(await overflowing(page)).toEqual([]);
   await devices[0]!.page.screenshot({ path: `${shots}/device-after-run.png`, fullPage: true });
 
-  // The download link of the live model returns a loadable TF.js model.
-  const href = await page.locator('#models a').first().getAttribute('href');
+  // The live model downloads as one archive, or as the TF.js files, which load.
+  const zip = await admin.get((await page.locator('#models a[href$="model.zip"]').first().getAttribute('href')) as string);
+  expect(zip.headers()['content-type']).toBe('application/zip');
+  expect((await zip.body()).subarray(0, 2).toString()).toBe('PK');
+  const href = await page.locator('#models a[href$="model.json"]').first().getAttribute('href');
   expect(href).toMatch(/^\/api\/models\/\d+\/model\.json$/);
   expect(await devices[0]!.page.evaluate((url) => window.__fl.loadModel(url), href as string)).toBe(5258);
 
@@ -73,14 +125,46 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#devices [data-state="disconnected"]')).toHaveCount(1);
   await expect(page.locator('#log')).toContainText('left');
 
-  // Narrow screens: the page stays usable at 400 px.
+  // Narrow screens: every card's content fits in it at 400 px, drawer included.
   await page.setViewportSize({ width: 400, height: 800 });
+  // the charts follow the new width a frame later: measure once they have, then take the picture
+  await expect.poll(() => overflowing(page)).toEqual([]);
   await page.screenshot({ path: `${shots}/admin-400px.png`, fullPage: true });
-  expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(400);
+  await page.getByRole('button', { name: 'New run' }).click();
+  expect(await overflowing(page)).toEqual([]);
+  await page.screenshot({ path: `${shots}/admin-400px-launch.png` });
   await devices[0]!.page.setViewportSize({ width: 400, height: 800 });
+  await expect.poll(() => overflowing(devices[0]!.page)).toEqual([]);
   await devices[0]!.page.screenshot({ path: `${shots}/device-400px.png`, fullPage: true });
-  expect(await devices[0]!.page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(400);
 
   expect(consoleErrors).toEqual([]);
   expect(devices[0]!.errors).toEqual([]);
+});
+
+test('a stopped run keeps its round and its outcome visible', async ({ openDevices, page, admin }) => {
+  // Two devices; the second is silent (it trains, then never answers), so the round waits for its deadline.
+  await openDevices([{ clients: 2, client: 0, examples: 300 }, { clients: 2, client: 1, examples: 300, query: { faultSilent: '1', faultSeed: '1' } }]);
+  const created = await admin.post('/api/runs', { data: { rounds: 3, clientsPerRound: 2, minUpdates: 1, roundTimeoutMs: 600_000, selectionTimeoutMs: 0 } });
+  const { id } = (await created.json()) as { id: number };
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.keyboard.press('Enter');
+  // The round waits for the deadline with its one device done, and says so.
+  await expect(page.locator('#phase')).toHaveText('waiting for the deadline', { timeout: 60_000 });
+  await expect(page.locator('#status')).toContainText('waiting for the deadline: 1 of 2 selected answered');
+  await expect(page.locator('#timeline [data-phase="waiting for the close"]')).toBeVisible();
+  await page.getByRole('button', { name: 'Stop' }).click();
+  await expect(page.locator('#action-line')).toHaveText('Run stopped.');
+  await expect(page.locator('#action-line')).toHaveClass(/ok/);
+  await expect(page.locator('#phase')).toHaveText('stopped');
+  const widths = await page.locator('#timeline > div').evaluateAll((d) => d.map((x) => x.getBoundingClientRect().width));
+  await page.waitForTimeout(2_000); // a stopped round's timeline must stand still
+  expect(await page.locator('#timeline > div').evaluateAll((d) => d.map((x) => x.getBoundingClientRect().width))).toEqual(widths);
+  await expect(page.locator('#rounds tbody tr[data-round-row]')).toHaveCount(1);
+  await expect(page.locator('#rounds tbody')).toContainText('stopped');
+  await expect(page.locator(`#runs tr[data-run-row="${id}"]`)).toContainText('stopped');
+  await expect(page.locator('#log')).toContainText('round 1 stopped: stopped by admin');
+  // charts with no completed round show their note, not an empty axis
+  await expect(page.locator('#time-chart')).toHaveCSS('visibility', 'hidden');
+  await page.screenshot({ path: `${shots}/admin-stopped.png`, fullPage: true });
 });

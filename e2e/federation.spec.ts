@@ -54,7 +54,7 @@ test('four tabs train cnn-small with FedAvg and the global model learns', async 
   expect(last).toBeGreaterThanOrEqual(0.9);
   expect(last).toBeGreaterThan(first);
 
-  await expect(page.locator('#rounds tbody tr')).toHaveCount(3);
+  await expect(page.locator('#rounds tbody tr[data-round-row]')).toHaveCount(3);
   await page.screenshot({ path: `${shots}/admin-four-tabs.png`, fullPage: true });
   await expect(devices[0]!.page.locator('#history tbody tr').first()).toBeVisible();
   await devices[0]!.page.screenshot({ path: `${shots}/device-four-tabs.png`, fullPage: true });
@@ -114,11 +114,11 @@ test('a run with topk+q8 updates completes, the dashboard shows its bytes per ro
   await page.goto('/admin');
   await page.getByLabel('Admin token').fill(E2E_TOKEN);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page.locator('#rounds tbody tr')).toHaveCount(2);
+  await expect(page.locator('#rounds tbody tr[data-round-row]')).toHaveCount(2);
   const header = await page.locator('#rounds thead th').allTextContents();
-  const upColumn = header.indexOf('Up');
+  const upColumn = header.indexOf('Up / device');
   expect(upColumn).toBeGreaterThan(0);
-  const shown = await page.locator(`#rounds tbody tr:first-child td:nth-child(${upColumn + 1})`).textContent();
+  const shown = await page.locator(`#rounds tbody tr[data-round-row]:first-child td:nth-child(${upColumn + 1})`).textContent();
   expect(shown).toMatch(/^\d+(\.\d+)? (B|kB)$/);
   await page.screenshot({ path: `${shots}/admin-topk-q8.png`, fullPage: true });
 
@@ -127,7 +127,7 @@ test('a run with topk+q8 updates completes, the dashboard shows its bytes per ro
     devices[0]!.page.evaluate(
       () =>
         new Promise<{ key: string; length: number; sumAbs: number } | null>((resolve, reject) => {
-          const open = indexedDB.open('fl-device');
+          const open = indexedDB.open(window.__fl.database as string);
           open.onerror = () => reject(open.error);
           open.onsuccess = () => {
             const get = open.result.transaction('state').objectStore('state').get('residual');

@@ -15,11 +15,14 @@ export interface DeviceOptions {
   examples?: number;
   seed?: number;
   backend?: 'webgl' | 'wasm' | 'cpu';
+  /** more query parameters (e.g. the simulation's faults: faultSilent=1) */
+  query?: Record<string, string>;
 }
 
 export const deviceUrl = (o: DeviceOptions) => {
   const q = new URLSearchParams({ autojoin: '1', partition: o.partition ?? 'iid', clients: String(o.clients), client: String(o.client), examples: String(o.examples ?? 600), seed: String(o.seed ?? 1) });
   if (o.backend) q.set('backend', o.backend);
+  for (const [k, v] of Object.entries(o.query ?? {})) q.set(k, v);
   return `/?${q}`;
 };
 

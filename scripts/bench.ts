@@ -14,8 +14,11 @@
  */
 import { execSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { deflateSync, inflateSync } from 'fflate';
+import { decodeUpdate, encodeUpdate } from '../shared/codec.ts';
 import { WeightedDeltaSum } from '../shared/fedavg.ts';
-import { countParams, type ModelName } from '../shared/models.ts';
+import { countParams, initialWeights, type ModelName } from '../shared/models.ts';
+import { createRng } from '../shared/rng.ts';
 import { decodeWeights, encodeWeights } from '../shared/weights.ts';
 import { loadMnist } from '../server/data/mnist.ts';
 import { runSimulation } from '../server/sim/simulation.ts';
@@ -65,6 +68,40 @@ function benchAggregation(): void {
   };
   results.aggregation = { ...r, efficiency: r.aggregateGBps / r.plainAddGBps };
   line(`encode ${fmt(r.encodeMBps, 0)} MB/s · decode+validate ${fmt(r.decodeMBps, 0)} MB/s · FedAvg ${fmt(r.aggregateUpdatesPerS, 0)} updates/s = ${fmt(r.aggregateGBps, 2)} GB/s vs plain Float32 add ${fmt(r.plainAddGBps, 2)} GB/s (ratio ${fmt(r.aggregateGBps / r.plainAddGBps, 2)})`);
+  line();
+}
+
+// ─── 2b. a decompression bomb against the update decoder (Node) ─────────────
+function benchBomb(): void {
+  line('## A deflate bomb: a real 64 KiB DEFLATE stream that inflates to 64 MiB, behind a well-formed q8+deflate header');
+  const codec = { codec: 'q8+deflate', topkFraction: 0.01, quantBlock: 256 };
+  const rows: Record<string, unknown>[] = [];
+  for (const model of ['cnn-small', 'cnn'] as const) {
+    const w = initialWeights(model, 1);
+    const good = encodeUpdate(w, codec, createRng(1));
+    const stream = deflateSync(new Uint8Array(64 * 1024 * 1024), { level: 9 });
+    const bomb = new Uint8Array(24 + stream.length);
+    bomb.set(good.subarray(0, 24));
+    bomb.set(stream, 24);
+    const time = (fn: () => void) => median(Array.from({ length: 5 }, () => {
+      const t0 = performance.now();
+      fn();
+      return performance.now() - t0;
+    }));
+    let reason = '';
+    const refuseMs = time(() => {
+      try {
+        decodeUpdate(bomb, w.specs, codec);
+      } catch (err) {
+        reason = err instanceof Error ? err.message : String(err);
+      }
+    });
+    const wholeMs = time(() => inflateSync(stream));
+    const legitMs = time(() => decodeUpdate(good, w.specs, codec));
+    rows.push({ model, bombBytes: bomb.length, refuseMs, inflateWholeMs: wholeMs, legitimateDecodeMs: legitMs, reason });
+    line(`${model}: refused in ${fmt(refuseMs, 1)} ms (a legitimate q8+deflate update of this model decodes in ${fmt(legitMs, 1)} ms; inflating the stream whole takes ${fmt(wholeMs, 0)} ms) — ${reason}`);
+  }
+  results.bomb = rows;
   line();
 }
 
@@ -128,6 +165,7 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
     const result = await followRun(server, created.body.id, () => undefined, sample);
     const done = result.rounds.filter((r: RoundRow) => r.status === 'completed');
     const t = (k: keyof NonNullable<RoundRow['timings']>) => median(done.map((r) => r.timings?.[k] ?? Number.NaN));
+    const p = (k: keyof RoundRow['phases']) => median(done.map((r) => r.phases[k]));
     const summary = {
       label,
       tabs,
@@ -135,12 +173,15 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
       rounds: done.length,
       status: result.status,
       roundMs: median(done.map((r) => r.durationMs)),
+      waitingForDevicesMs: p('waitingForDevicesMs'),
+      devicesAtWorkMs: p('devicesAtWorkMs'),
+      waitingForCloseMs: p('waitingForCloseMs'),
+      aggregationMs: p('aggregationMs'),
+      serverEvaluationMs: p('evaluationMs'),
       downloadMs: t('downloadMs'),
       evaluateOnDeviceMs: t('evaluateMs'),
       trainMs: t('trainMs'),
       uploadMs: t('uploadMs'),
-      aggregationMs: t('aggregationMs'),
-      serverEvaluationMs: t('evaluationMs'),
       bytesUpPerDevice: median(done.map((r) => r.bytesUp / Math.max(1, r.completed))),
       bytesDownPerDevice: median(done.map((r) => r.bytesDown / Math.max(1, r.participants))),
       serverRssMaxMB: Math.max(...rss) / 1e6,
@@ -148,7 +189,8 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
       finalTestAccuracy: done.at(-1)?.testAccuracy ?? null,
     };
     const serverShare = (summary.aggregationMs + summary.serverEvaluationMs) / summary.roundMs;
-    line(`run ${result.status}, ${done.length} rounds on ${backends.join('/')} · round ${fmt(summary.roundMs / 1000, 2)} s (median) = download ${fmt(summary.downloadMs, 0)} ms + device eval ${fmt(summary.evaluateOnDeviceMs, 0)} ms + train ${fmt(summary.trainMs, 0)} ms + upload ${fmt(summary.uploadMs, 0)} ms + aggregate ${fmt(summary.aggregationMs, 0)} ms + server eval ${fmt(summary.serverEvaluationMs, 0)} ms`);
+    line(`run ${result.status}, ${done.length} rounds on ${backends.join('/')} · round ${fmt(summary.roundMs / 1000, 2)} s (median) = waiting for devices ${fmt(summary.waitingForDevicesMs, 0)} ms + devices at work ${fmt(summary.devicesAtWorkMs, 0)} ms + waiting for the close ${fmt(summary.waitingForCloseMs, 0)} ms + aggregation ${fmt(summary.aggregationMs, 0)} ms + server evaluation ${fmt(summary.serverEvaluationMs, 0)} ms (medians of each phase)`);
+    line(`devices at work, as the devices report it (medians): download ${fmt(summary.downloadMs, 0)} ms + evaluation ${fmt(summary.evaluateOnDeviceMs, 0)} ms + training ${fmt(summary.trainMs, 0)} ms + upload ${fmt(summary.uploadMs, 0)} ms`);
     line(`server share of the round (aggregate + evaluate): ${fmt(serverShare * 100)} % · bytes per device per round: up ${fmt(summary.bytesUpPerDevice / 1024)} KiB, down ${fmt(summary.bytesDownPerDevice / 1024)} KiB`);
     line(`server RSS max ${fmt(summary.serverRssMaxMB)} MB · tab JS heap (median) ${fmt(summary.tabJsHeapMedianMB)} MB · final test accuracy ${summary.finalTestAccuracy === null ? '—' : fmt(summary.finalTestAccuracy * 100, 2) + ' %'}`);
     roundResults.push({ ...summary, serverShare });
@@ -229,6 +271,7 @@ async function benchWasmThreads(): Promise<void> {
 }
 
 benchAggregation();
+benchBomb();
 if (!skip.has('threads')) await benchWasmThreads();
 if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();

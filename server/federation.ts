@@ -11,7 +11,7 @@ import type { ModelPublished, Result, RoundEnd, RoundStart } from '../shared/pro
 import { publicConfig, type DeviceHello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
 import { WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
-import { describeWaiting, initialState, isActive, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
+import { describeWaiting, initialState, isActive, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
@@ -141,10 +141,13 @@ export class Federation {
   report(deviceId: string, report: StateReport): void {
     if (!this.devices.isConnected(deviceId)) return;
     this.devices.report(deviceId, report, this.deps.clock.now());
-    const { runId, round, attempt, state } = report;
-    if (runId !== undefined && round !== undefined && attempt !== undefined && (state === 'evaluating' || state === 'training' || state === 'uploading')) {
-      this.dispatch({ type: 'device:progress', deviceId, runId, round, attempt, state });
-    } else this.changed();
+    this.changed();
+  }
+
+  /** The latest global model of any run, as devices are told of it. */
+  latestModel(): ModelPublished | null {
+    const m = this.deps.store.latestModel();
+    return m ? { version: m.version, runId: m.runId ?? 0, round: m.round, testAccuracy: m.testAccuracy, testLoss: m.testLoss } : null;
   }
 
   listDevices(includeDisconnected = false): DeviceInfo[] {
@@ -213,6 +216,7 @@ export class Federation {
     const live = current && phase === 'training' ? current : undefined;
     return {
       phase,
+      stage: stageOf(this.state),
       run: run ? { id: run.id, config: publicConfig(run.config), round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
       round: live ? { round: live.round, attempt: live.attempt, selected: live.selected.length, accepted: live.accepted.length, validating: live.validating.length, refused: live.refused.length, dropped: live.dropped.length, deadline: live.deadline } : null,
       waiting: describeWaiting(this.state, this.deps.clock.now()),
@@ -324,6 +328,8 @@ export class Federation {
         if (r.status === 'completed') {
           const acc = r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
           this.note('info', 'round:completed', `round ${r.round} completed: ${r.completed} updates, ${acc}${r.reason ? ` (${r.reason})` : ''}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy, durationMs: r.durationMs });
+        } else if (r.status === 'stopped') {
+          this.note('warn', 'round:stopped', `round ${r.round} stopped: ${r.reason}`, { runId: r.runId, round: r.round, attempt: r.attempt });
         } else {
           this.note('warn', 'round:failed', `round ${r.round} failed: ${r.reason}${effect.willRetry ? '; retrying' : ''}`, { runId: r.runId, round: r.round, attempt: r.attempt, willRetry: effect.willRetry });
         }
@@ -407,13 +413,12 @@ export class Federation {
     this.track(
       (async () => {
         await new Promise<void>((resolve) => setImmediate(resolve)); // off the caller's stack: a deadline may pass meanwhile
-        const t0 = this.deps.clock.now();
         if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
         const next = aggregator.sum.result(global.weights.values);
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
-        this.dispatch({ type: 'round:aggregated', ...ref, version: saved.version, aggregationMs: this.deps.clock.now() - t0 });
+        this.dispatch({ type: 'round:aggregated', ...ref, version: saved.version });
       })().catch((err: unknown) => {
         this.log.error('aggregation failed', { round: effect.round, error: errorText(err) });
         this.dispatch({ type: 'round:aggregation-failed', ...ref, reason: errorText(err) });
@@ -424,11 +429,10 @@ export class Federation {
   private evaluate(effect: Extract<Effect, { type: 'model:evaluate' }>): void {
     const ref = { runId: effect.runId, round: effect.round, attempt: effect.attempt };
     const global = this.models.current;
-    const t0 = this.deps.clock.now();
     if (!global || global.version !== effect.version) throw new Error(`model v${effect.version} is not the current model`);
     this.track(
       this.deps.evaluator.evaluate(global.model, global.weights).then(
-        (r) => this.dispatch({ type: 'round:evaluated', ...ref, version: effect.version, accuracy: r.accuracy, loss: r.loss, evaluationMs: this.deps.clock.now() - t0 }),
+        (r) => this.dispatch({ type: 'round:evaluated', ...ref, version: effect.version, accuracy: r.accuracy, loss: r.loss }),
         (err: unknown) => {
           this.log.error('evaluation failed', { round: effect.round, error: errorText(err) });
           this.dispatch({ type: 'round:evaluation-failed', ...ref, version: effect.version, reason: errorText(err) });

@@ -3,7 +3,10 @@
  * that writes them and the pages, scripts and tests that read them.
  */
 import type { ModelName } from './models-names.ts';
+import type { RoundPhases, RoundTimeline } from './phases.ts';
 import type { Hello, RunConfig, StateReport } from './schemas.ts';
+
+export type { RoundPhases, RoundTimeline } from './phases.ts';
 
 export type RunStatus = 'running' | 'done' | 'failed' | 'stopped';
 
@@ -20,24 +23,52 @@ export interface RunRecord {
   finishedAt: number | null;
 }
 
-export interface PhaseTimings {
-  /** waiting for enough devices before the round began */
-  selectionMs: number;
-  /** median over the counted devices, as each reported it */
+/** A run as the runs list shows it: its record and what came of it. */
+export interface RunSummary extends RunRecord {
+  roundsCompleted: number;
+  /** round attempts that failed (and were retried, or ended the run) */
+  failedAttempts: number;
+  /** the test accuracy and model of its last completed round */
+  finalTestAccuracy: number | null;
+  finalModelVersion: number | null;
+  /** from its start to its end (or to now, while it runs) */
+  durationMs: number;
+}
+
+/** What the model archive's model-card.json says of a version: where it came from and how it does. */
+export interface ModelCard {
+  version: number;
+  model: ModelName;
+  parameters: number;
+  createdAt: number;
+  runId: number | null;
+  round: number;
+  /** the version it was trained from (the run's previous round), null for a run's initial model */
+  parentVersion: number | null;
+  testAccuracy: number | null;
+  testLoss: number | null;
+  /** the run's configuration (a join token is masked) */
+  config: RunConfig | null;
+  /** the round that produced it: devices counted, examples and FedAvg weight */
+  training: { devices: number; examples: number; weight: number } | null;
+  format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)';
+}
+
+/** How the counted devices spent their part of a round, as they reported it (medians over them). */
+export interface DeviceTimings {
   downloadMs: number;
+  /** evaluating the global model on held-out data, before and after training */
   evaluateMs: number;
   trainMs: number;
-  /** median over the counted devices of (arrival − start − download − evaluate − train) */
+  /** arrival − start − download − evaluation − training */
   uploadMs: number;
-  aggregationMs: number;
-  evaluationMs: number;
 }
 
 export interface RoundRecord {
   runId: number;
   round: number;
   attempt: number;
-  status: 'completed' | 'failed';
+  status: 'completed' | 'failed' | 'stopped';
   reason: string | null;
   /** devices selected */
   participants: number;
@@ -53,9 +84,14 @@ export interface RoundRecord {
   rejected: number;
   /** counted updates that were scaled down to the run's L2 bound (clipNorm) */
   clipped: number;
+  /** when its selection began */
   startedAt: number;
+  /** from the start of its selection to its evaluated model (or its failure): the sum of its phases */
   durationMs: number;
-  timings: PhaseTimings | null;
+  /** the round's phases on the server's clock (phases.ts) */
+  phases: RoundPhases;
+  /** how the counted devices spent their part (null when none counted) */
+  timings: DeviceTimings | null;
   bytesUp: number;
   bytesDown: number;
   testAccuracy: number | null;
@@ -102,7 +138,7 @@ export interface DeviceInfo {
 export interface FederationEvent {
   at: number;
   level: 'info' | 'warn';
-  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'update:rejected';
+  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'round:stopped' | 'update:rejected';
   message: string;
 }
 
@@ -121,9 +157,13 @@ export interface RoundStatus {
   deadline: number;
 }
 
+/** What the federation is doing, in the words the dashboard shows (finer than the phase). */
+export type Stage = 'idle' | 'waiting for devices' | 'devices at work' | 'waiting for the deadline' | 'aggregating' | 'evaluating' | 'done' | 'failed' | 'stopped';
+
 /** `GET /api/status`: what anyone may see. Per-device details need the admin token (the admin snapshot). */
 export interface FederationStatus {
   phase: Phase;
+  stage: Stage;
   run: { id: number; config: RunConfig; round: number; attempt: number; reason: string | null } | null;
   round: RoundStatus | null;
   /** why the federation is waiting, in words (null when it is not) */
@@ -142,18 +182,3 @@ export interface AdminSnapshot extends Omit<FederationStatus, 'devices'> {
   now: number;
 }
 
-export interface RoundTimeline {
-  runId: number;
-  round: number;
-  attempt: number;
-  selectionStartedAt: number;
-  selectedAt?: number;
-  /** the first device of the round to start evaluating or training (its download is done) */
-  trainingStartedAt?: number;
-  /** the first device of the round to start uploading */
-  uploadStartedAt?: number;
-  closedAt?: number;
-  aggregatedAt?: number;
-  evaluatedAt?: number;
-  failedAt?: number;
-}

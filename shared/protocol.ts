@@ -89,7 +89,8 @@ export interface ServerToClientEvents {
 export interface ClientToServerEvents {
   /** a fresh challenge for this connection, to be signed in device:hello (identity.ts) */
   'device:challenge': (ack: Ack<{ challenge: Uint8Array }>) => void;
-  'device:hello': (msg: Hello, ack: Ack<{ deviceId: string }>) => void;
+  /** the answer names the latest global model, so a device that joins between rounds knows it */
+  'device:hello': (msg: Hello, ack: Ack<{ deviceId: string; globalModel: ModelPublished | null }>) => void;
   /** the ack is optional: devices report progress without waiting; errors come as server:error then */
   'device:state': (msg: StateReport, ack?: Ack<null>) => void;
   'update:submit': (msg: UpdateSubmit, ack: Ack<{ accepted: true }>) => void;

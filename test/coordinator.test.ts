@@ -35,8 +35,8 @@ class Harness {
   }
   /** the service's report that the round's model was aggregated and evaluated */
   finish(round: number, version = round + 1) {
-    this.send({ type: 'round:aggregated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, aggregationMs: 1 });
-    return this.send({ type: 'round:evaluated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, accuracy: 0.9, loss: 0.3, evaluationMs: 1 });
+    this.send({ type: 'round:aggregated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version });
+    return this.send({ type: 'round:evaluated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, accuracy: 0.9, loss: 0.3 });
   }
 }
 
@@ -60,7 +60,7 @@ describe('round coordinator', () => {
     h.send({ type: 'tick' }, 999); // a timer that fired early
     expect(h.state.phase).toBe('training');
     expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 1_000 });
-    h.send({ type: 'device:progress', deviceId: 'device-00', runId: 1, round: 1, attempt: 1, state: 'training' }, 500);
+    h.send({ type: 'device:joined', deviceId: 'device-09', examples: 10 }, 500);
     expect(h.effects.at(-1)).toEqual({ type: 'timer:set', at: 1_000 });
     expect(nextWake(h.state, 500)).toBe(1_000);
   });
@@ -174,9 +174,9 @@ describe('round coordinator', () => {
     for (let r = 1; r <= 2; r++) {
       for (const id of h.state.current!.selected) h.update(id);
       expect(h.state.phase).toBe('aggregating');
-      h.send({ type: 'round:aggregated', runId: 1, round: r, attempt: 1, version: r + 1, aggregationMs: 1 });
+      h.send({ type: 'round:aggregated', runId: 1, round: r, attempt: 1, version: r + 1 });
       expect(h.state.phase).toBe('evaluating');
-      h.send({ type: 'round:evaluated', runId: 1, round: r, attempt: 1, version: r + 1, accuracy: 0.9, loss: 0.3, evaluationMs: 1 });
+      h.send({ type: 'round:evaluated', runId: 1, round: r, attempt: 1, version: r + 1, accuracy: 0.9, loss: 0.3 });
     }
     expect(h.state.phase).toBe('done');
     expect(h.started().map((e) => e.type === 'round:start' && e.round)).toEqual([1, 2]);
@@ -190,8 +190,8 @@ describe('round coordinator', () => {
     h.join(...devices(2));
     h.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1 });
     for (const id of h.state.current!.selected) h.update(id);
-    expect(h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 1, loss: 0, evaluationMs: 1 })).toEqual([]);
-    expect(h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 2, version: 2, aggregationMs: 1 })).toEqual([]);
+    expect(h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 1, loss: 0 })).toEqual([]);
+    expect(h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 2, version: 2 })).toEqual([]);
     expect(h.state.phase).toBe('aggregating');
   });
 
@@ -200,7 +200,8 @@ describe('round coordinator', () => {
     h.join(...devices(2));
     h.start({ clientsPerRound: 2 });
     const effects = h.send({ type: 'run:stop' });
-    expect(effects.map((e) => e.type)).toEqual(['round:notify-end', 'run:finished']);
+    expect(effects.map((e) => e.type)).toEqual(['round:notify-end', 'round:record', 'run:finished']);
+    expect(effects.find((e) => e.type === 'round:record')).toMatchObject({ record: { round: 1, status: 'stopped', completed: 0 } });
     expect(h.state.phase).toBe('stopped');
     expect(() => h.start({}, 2)).not.toThrow();
     expect(() => h.start({}, 3)).toThrow('cannot start run 3 while selecting');

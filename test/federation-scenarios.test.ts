@@ -55,7 +55,9 @@ describe('a round never waits for nothing', () => {
     await s.submit('device-b');
     const [r1] = s.rounds(runId);
     expect(r1).toMatchObject({ status: 'completed', completed: 2, reason: 'closed when every selected device had answered (2 updates)' });
-    expect(r1!.durationMs).toBe(1_000);
+    // the round's time is the sum of its phases: 10 s waiting for devices, then 1 s of work
+    expect(r1!.durationMs).toBe(11_000);
+    expect(r1!.phases).toMatchObject({ waitingForDevicesMs: 10_000, devicesAtWorkMs: 1_000, waitingForCloseMs: 0 });
   });
 
   it('says why it waits for the deadline once minUpdates are in', async () => {

@@ -1,26 +1,34 @@
-/** The demo page: one device of the federation. */
+/**
+ * The demo page: this tab is one device of the federation. Each tab has its own identity and its
+ * own database (data/tab.ts), and a reload rejoins with the same slice.
+ */
 import * as tf from '@tensorflow/tfjs';
 import { decodeDataset, type DeviceDataset } from '../shared/dataset.ts';
 import type { ModelName } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
 import type { TrainingBench } from './ml/bench.ts';
 import { toTensors, disposeData } from '../shared/train.ts';
-import { clearDataset, deviceIdentity, ensureDataset, indexedDbMemory, type SliceSpec } from './data/store.ts';
+import { clearDataset, deviceIdentity, ensureDataset, indexedDbMemory, readMeta, sameSpec, useDatabase, type SliceSpec } from './data/store.ts';
+import { databaseOf, loadTabJoin, saveTabJoin, tabSlot } from './data/tab.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
 import { faultsFromQuery, faultyDevice, type Fault } from './fl/faults.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
 import { barChart, lineChart } from './ui/charts.ts';
 import { byId } from './ui/dom.ts';
-import { renderFacts, renderHistory, renderProgress, renderSamples, renderState } from './ui/device.ts';
+import { describeSlice, renderFacts, renderHistory, renderProgress, renderSamples, renderState } from './ui/device.ts';
 
 /** A small, typed, read-only API for scripts and tests (instead of scraping the page). */
 export interface DeviceTestApi {
   ready: boolean;
+  /** this tab's slot and database: each tab is its own device */
+  slot?: string;
+  database?: string;
   deviceId?: string;
   backend?: BackendChoice;
   examples?: number;
   heldOut?: number;
   source?: 'indexeddb' | 'provisioned';
+  spec?: SliceSpec;
   snapshot?: DeviceSnapshot;
   /** loads a model with tf.loadLayersModel and returns its parameter count */
   loadModel(url: string): Promise<number>;
@@ -56,18 +64,27 @@ window.__fl = {
 const params = new URLSearchParams(location.search);
 const form = byId<HTMLFormElement>('join-form');
 const errorLine = byId('error');
+const statusLine = byId('join-status');
 const joinButton = byId<HTMLButtonElement>('join');
 const leaveButton = byId<HTMLButtonElement>('leave');
 const clearButton = byId<HTMLButtonElement>('clear');
+const FIELDS = ['partition', 'clients', 'client', 'examples', 'seed', 'alpha', 'backend'] as const;
 
-// Query parameters pre-fill the form: partition, clients, client, examples, seed, alpha, backend.
-for (const name of ['partition', 'clients', 'client', 'examples', 'seed', 'alpha', 'backend']) {
-  const value = params.get(name);
-  const field = form.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement | null;
-  if (value !== null && field) field.value = value;
+interface JoinSpec {
+  spec: SliceSpec;
+  backend?: BackendName;
 }
 
-function readSpec(): { spec: SliceSpec; backend?: BackendName } {
+const setField = (name: string, value: string) => {
+  const field = form.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement | null;
+  if (field) field.value = value;
+};
+const fillForm = (j: JoinSpec) => {
+  for (const [k, v] of Object.entries(j.spec)) setField(k, String(v));
+  setField('backend', j.backend ?? '');
+};
+
+function readSpec(): JoinSpec {
   const data = new FormData(form);
   const int = (name: string, min: number) => {
     const v = Number(data.get(name));
@@ -98,74 +115,146 @@ const historyChart = lineChart(byId<HTMLCanvasElement>('history-chart'), [], [
 ], 1);
 
 let client: DeviceClient | undefined;
+let joining = false;
 
-function render(s: DeviceSnapshot): void {
+function render(s: DeviceSnapshot | undefined): void {
   window.__fl.snapshot = s;
   renderState(byId('connection'), byId('state'), s);
   renderProgress(byId('progress'), byId('progress-line'), byId('round-line'), s);
-  byId('global-line').textContent = s.globalModel ? `Latest global model: version ${s.globalModel.version} (round ${s.globalModel.round}), test accuracy ${s.globalModel.testAccuracy === null ? '—' : (s.globalModel.testAccuracy * 100).toFixed(2) + ' %'}` : 'No global model published yet.';
-  renderHistory(byId<HTMLTableElement>('history'), s.history);
-  const trained = s.history.filter((h) => h.accuracyBefore !== null);
-  historyChart.data.labels = trained.map((h) => `r${h.round}`);
+  const g = s?.globalModel;
+  byId('global-line').textContent = !s || s.connection === 'offline' ? '' : g ? `Latest global model: version ${g.version}${g.round > 0 ? ` (after round ${g.round})` : ' (initial)'}, test accuracy ${g.testAccuracy === null ? 'not measured yet' : (g.testAccuracy * 100).toFixed(2) + ' %'}` : 'No global model yet: no run has started.';
+  const history = s?.history ?? [];
+  renderHistory(byId<HTMLTableElement>('history'), history);
+  // The chart shows the latest run only: rounds of different runs do not continue each other.
+  const latest = history.at(-1)?.runId;
+  const trained = history.filter((h) => h.runId === latest && h.accuracyBefore !== null);
+  byId('history-empty').hidden = history.length > 0;
+  byId('history').hidden = history.length === 0;
+  byId('history-chart-wrap').hidden = trained.length === 0;
+  byId('history-run').hidden = trained.length === 0;
+  byId('history-run').textContent = `Run ${latest}: held-out accuracy of the global model before local training, and of the local model after it.`;
+  historyChart.data.labels = trained.map((h) => (h.attempt > 1 ? `r${h.round}.${h.attempt}` : `r${h.round}`));
   historyChart.data.datasets[0]!.data = trained.map((h) => h.accuracyBefore);
   historyChart.data.datasets[1]!.data = trained.map((h) => h.accuracyAfter);
   historyChart.update();
-  errorLine.textContent = s.error ?? '';
+  if (s?.error) errorLine.textContent = s.error;
 }
 
-async function join(): Promise<void> {
-  errorLine.textContent = '';
-  const { spec, backend } = readSpec();
-  joinButton.disabled = true;
-  for (const field of Array.from(form.elements)) (field as HTMLInputElement).disabled = true;
-  const choice = await chooseBackend(backend);
-  const identity = await deviceIdentity();
-  const id = identity.deviceId;
-  const { meta, data, source } = await ensureDataset(spec, fetchSlice);
-  renderFacts(byId('facts'), { deviceId: id, backend: choice.backend, backendReason: choice.reason, examples: meta.trainCount, heldOut: meta.heldOutCount, source: source === 'indexeddb' ? 'read from IndexedDB' : 'provisioned once, stored in IndexedDB', slice: `${spec.partition}, slice ${spec.client} of ${spec.clients}, seed ${spec.seed}` });
-  histogramChart.data.datasets[0]!.data = meta.histogram;
-  histogramChart.update();
-  renderSamples(byId('samples'), data.train);
-  const train = toTensors(data.train);
-  const heldOut = toTensors(data.heldOut);
-  const joinToken = params.get('joinToken') ?? undefined;
-  const faults = faultsFromQuery(params);
-  client = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
-  const unsubscribe = client.subscribe(render);
-  client.join();
-  Object.assign(window.__fl, { ready: true, deviceId: id, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source });
-  leaveButton.disabled = false;
-  leaveButton.onclick = async () => {
-    const leaving = client;
-    client = undefined;
-    leaveButton.disabled = true;
-    window.__fl.ready = false;
-    await leaving?.leave(); // the round in progress unwinds first: its data may be disposed then
-    unsubscribe();
-    if (leaving) render(leaving.snapshot);
-    disposeData(train);
-    disposeData(heldOut);
-    joinButton.disabled = false;
-    for (const field of Array.from(form.elements)) (field as HTMLInputElement).disabled = false;
-  };
+function setBusy(busy: boolean): void {
+  joinButton.disabled = busy || client !== undefined;
+  for (const field of Array.from(form.elements)) if (field !== joinButton) (field as HTMLInputElement).disabled = busy || client !== undefined;
+  byId('progress').classList.toggle('indeterminate', busy);
 }
+
+/** Joins with `j`; `replace` confirms that a different slice may replace the tab's stored one. */
+async function join(j: JoinSpec, replace: boolean): Promise<void> {
+  if (joining || client) return;
+  const stored = await readMeta();
+  if (stored && !sameSpec(stored.spec, j.spec) && !replace) {
+    byId('replace-text').textContent = `This tab holds ${describeSlice(stored.spec)} (${stored.trainCount} training examples). Joining with ${describeSlice(j.spec)} replaces it, and this device's data with it.`;
+    byId('replace-warning').hidden = false;
+    return;
+  }
+  byId('replace-warning').hidden = true;
+  joining = true;
+  errorLine.textContent = '';
+  setBusy(true);
+  try {
+    statusLine.textContent = j.backend ? `Checking the ${j.backend} backend…` : 'Choosing the fastest backend that trains correctly (webgl, wasm, cpu)…';
+    const choice = await chooseBackend(j.backend);
+    const identity = await deviceIdentity();
+    statusLine.textContent = stored && sameSpec(stored.spec, j.spec) ? 'Reading this tab’s data from IndexedDB…' : 'Fetching this tab’s slice of MNIST (once) and storing it in IndexedDB…';
+    const { meta, data, source } = await ensureDataset(j.spec, fetchSlice);
+    renderFacts(byId('facts'), { deviceId: identity.deviceId, slot: window.__fl.slot ?? '', backend: choice.backend, backendReason: choice.reason, examples: meta.trainCount, heldOut: meta.heldOutCount, source: source === 'indexeddb' ? 'read from IndexedDB' : 'provisioned once, stored in IndexedDB', slice: describeSlice(j.spec) });
+    byId('device-empty').hidden = true;
+    byId('histogram-wrap').hidden = false;
+    histogramChart.data.datasets[0]!.data = meta.histogram;
+    histogramChart.update();
+    renderSamples(byId('samples'), data.train);
+    statusLine.textContent = 'Connecting, and proving this device’s identity…';
+    const train = toTensors(data.train);
+    const heldOut = toTensors(data.heldOut);
+    const joinToken = params.get('joinToken') ?? undefined;
+    const faults = faultsFromQuery(params);
+    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
+    client = device;
+    saveTabJoin({ spec: j, joined: true });
+    const unsubscribe = device.subscribe((s) => {
+      render(s);
+      if (s.connection === 'connected') statusLine.textContent = '';
+    });
+    device.join();
+    Object.assign(window.__fl, { ready: true, deviceId: identity.deviceId, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source, spec: j.spec });
+    leaveButton.disabled = false;
+    leaveButton.onclick = async () => {
+      client = undefined;
+      leaveButton.disabled = true;
+      window.__fl.ready = false;
+      saveTabJoin({ spec: j, joined: false });
+      await device.leave(); // the round in progress unwinds first: its data may be disposed then
+      unsubscribe();
+      render(undefined);
+      disposeData(train);
+      disposeData(heldOut);
+      setBusy(false);
+    };
+  } finally {
+    joining = false;
+    setBusy(false);
+  }
+}
+
+const fail = (err: unknown) => {
+  errorLine.textContent = err instanceof Error ? err.message : String(err);
+  statusLine.textContent = '';
+};
 
 form.addEventListener('submit', (event) => {
   event.preventDefault();
-  join().catch((err: unknown) => {
-    errorLine.textContent = err instanceof Error ? err.message : String(err);
-    joinButton.disabled = false;
-    for (const field of Array.from(form.elements)) (field as HTMLInputElement).disabled = false;
-  });
+  try {
+    join(readSpec(), false).catch(fail);
+  } catch (err) {
+    fail(err);
+  }
 });
-clearButton.addEventListener('click', () => {
+byId('replace-yes').addEventListener('click', () => {
+  try {
+    join(readSpec(), true).catch(fail);
+  } catch (err) {
+    fail(err);
+  }
+});
+byId('replace-no').addEventListener('click', () => {
+  byId('replace-warning').hidden = true;
+  void readMeta().then((m) => m && fillForm({ spec: m.spec, ...(readSpec().backend ? { backend: readSpec().backend as BackendName } : {}) }));
+});
+clearButton.addEventListener('click', async () => {
   if (client) leaveButton.click();
-  clearDataset().then(
-    () => (errorLine.textContent = 'Local data cleared; it will be provisioned again on the next join.'),
-    (err: unknown) => (errorLine.textContent = String(err)),
-  );
+  try {
+    await clearDataset();
+    saveTabJoin({ spec: readSpec(), joined: false });
+    errorLine.textContent = '';
+    statusLine.textContent = 'This tab’s data was cleared; it will be provisioned again on the next join.';
+  } catch (err) {
+    fail(err);
+  }
 });
 // Leave cleanly when the tab closes or reloads; the server also sees the socket close.
 window.addEventListener('pagehide', () => void client?.leave());
 
-if (params.get('autojoin') === '1') form.requestSubmit();
+async function start(): Promise<void> {
+  const slot = await tabSlot();
+  useDatabase(databaseOf(slot));
+  Object.assign(window.__fl, { slot, database: databaseOf(slot) });
+  // The form: defaults, then the query's values, then what this tab joined with before (a reload).
+  for (const name of FIELDS) {
+    const value = params.get(name);
+    if (value !== null) setField(name, value);
+  }
+  const saved = loadTabJoin<JoinSpec>();
+  if (saved) fillForm(saved.spec);
+  render(undefined);
+  // A reload rejoins by itself; so does a scripted visit (autojoin=1), whose query decides the slice.
+  if (saved?.joined || params.get('autojoin') === '1') await join(readSpec(), params.get('autojoin') === '1');
+}
+start().catch(fail);

@@ -17,7 +17,8 @@
  * something (or null), recomputed from the state. The interpreter arms exactly that, so a tick
  * that comes early, late or twice can never lose a deadline.
  */
-import type { Phase, PhaseTimings, RoundRecord, RoundTimeline } from '../../shared/api.ts';
+import type { DeviceTimings, Phase, RoundRecord, RoundTimeline, Stage } from '../../shared/api.ts';
+import { phaseDurations } from '../../shared/phases.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
@@ -83,7 +84,6 @@ export interface RoundState {
   unanswered?: number;
   /** when the current step (aggregation, evaluation) began: its timeout runs from here */
   workStartedAt?: number;
-  aggregationMs?: number;
   modelVersion?: number;
 }
 
@@ -104,7 +104,7 @@ export interface CoordinatorState {
   devices: ReadonlyMap<string, DeviceSlot>;
   run?: RunState;
   current?: RoundState;
-  /** the phases of the current or last round, for the dashboard */
+  /** the moments that divide the current (or last) round into its phases (phases.ts): the record and the dashboard read them */
   timeline?: RoundTimeline;
 }
 
@@ -117,7 +117,6 @@ interface RoundRef {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
-  | ({ type: 'device:progress'; deviceId: string; state: 'evaluating' | 'training' | 'uploading' } & RoundRef)
   | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
@@ -125,9 +124,9 @@ export type CoordinatorEvent =
   | ({ type: 'update:submitted'; submission: number; deviceId: string; numExamples: number; bytes: number; metrics: UpdateMetrics } & RoundRef)
   | { type: 'update:validated'; submission: number; norm: number; clipped: boolean }
   | { type: 'update:invalid'; submission: number; reason: string }
-  | ({ type: 'round:aggregated'; version: number; aggregationMs: number } & RoundRef)
+  | ({ type: 'round:aggregated'; version: number } & RoundRef)
   | ({ type: 'round:aggregation-failed'; reason: string } & RoundRef)
-  | ({ type: 'round:evaluated'; version: number; accuracy: number; loss: number; evaluationMs: number } & RoundRef)
+  | ({ type: 'round:evaluated'; version: number; accuracy: number; loss: number } & RoundRef)
   | ({ type: 'round:evaluation-failed'; version: number; reason: string } & RoundRef)
   /** an effect the service could not perform (the store refused a write, …) */
   | { type: 'effect:failed'; effect: Effect['type']; reason: string };
@@ -211,6 +210,27 @@ export function nextWake(state: CoordinatorState, now: number): number | null {
   }
 }
 
+/** What the federation is doing, finer than the phase: a round in training is either waiting for its devices' updates or, with minUpdates in, for its deadline. */
+export function stageOf(state: CoordinatorState): Stage {
+  switch (state.phase) {
+    case 'selecting':
+      return 'waiting for devices';
+    case 'training':
+      return state.current && state.run && state.current.accepted.length >= state.run.config.minUpdates ? 'waiting for the deadline' : 'devices at work';
+    case 'idle':
+    case 'done':
+    case 'failed':
+    case 'stopped':
+    case 'aggregating':
+    case 'evaluating':
+      return state.phase;
+    default: {
+      const never: never = state.phase;
+      throw new Error(`coordinator: unknown phase ${String(never)}`);
+    }
+  }
+}
+
 /** Why the federation is waiting, in words for the dashboard (null when it is not). */
 export function describeWaiting(state: CoordinatorState, now: number): string | null {
   const { run, current } = state;
@@ -249,20 +269,18 @@ const median = (xs: number[]): number => {
 };
 const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
 
-function roundRecord(cur: RoundState, now: number, outcome: { status: 'completed' | 'failed'; reason: string | null; testAccuracy: number | null; testLoss: number | null; evaluationMs: number }): RoundRecord {
+/** The record of a round, from its ledger and its timeline (which must be ended: evaluated, failed or stopped). */
+function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status: RoundRecord['status']; reason: string | null; testAccuracy: number | null; testLoss: number | null }): RoundRecord {
   const m = cur.accepted;
-  const timings: PhaseTimings | null =
-    outcome.status === 'completed'
-      ? {
-          selectionMs: cur.selectedAt - cur.selectionStartedAt,
-          downloadMs: median(m.map((x) => x.metrics.downloadMs)),
-          evaluateMs: median(m.map((x) => x.metrics.evaluateMs)),
-          trainMs: median(m.map((x) => x.metrics.trainMs)),
-          uploadMs: median(m.map((x) => Math.max(0, x.arrivedAt - cur.selectedAt - x.metrics.downloadMs - x.metrics.evaluateMs - x.metrics.trainMs))),
-          aggregationMs: cur.aggregationMs ?? 0,
-          evaluationMs: outcome.evaluationMs,
-        }
-      : null;
+  const end = timeline.evaluatedAt ?? timeline.endedAt ?? timeline.selectionStartedAt;
+  const timings: DeviceTimings | null = m.length
+    ? {
+        downloadMs: median(m.map((x) => x.metrics.downloadMs)),
+        evaluateMs: median(m.map((x) => x.metrics.evaluateMs)),
+        trainMs: median(m.map((x) => x.metrics.trainMs)),
+        uploadMs: median(m.map((x) => Math.max(0, x.arrivedAt - cur.selectedAt - x.metrics.downloadMs - x.metrics.evaluateMs - x.metrics.trainMs))),
+      }
+    : null;
   return {
     runId: cur.runId,
     round: cur.round,
@@ -277,15 +295,16 @@ function roundRecord(cur: RoundState, now: number, outcome: { status: 'completed
     late: cur.late,
     rejected: cur.rejected,
     clipped: m.filter((x) => x.clipped).length,
-    startedAt: cur.selectedAt,
-    durationMs: now - cur.selectedAt,
+    startedAt: timeline.selectionStartedAt,
+    durationMs: end - timeline.selectionStartedAt,
+    phases: phaseDurations(timeline, end),
     timings,
     bytesUp: cur.bytesUp,
     bytesDown: cur.bytesDown,
     testAccuracy: outcome.testAccuracy,
     testLoss: outcome.testLoss,
-    localAccuracyBefore: outcome.status === 'completed' ? mean(m.map((x) => x.metrics.accuracyBefore)) : null,
-    localAccuracyAfter: outcome.status === 'completed' ? mean(m.map((x) => x.metrics.accuracyAfter)) : null,
+    localAccuracyBefore: mean(m.map((x) => x.metrics.accuracyBefore)),
+    localAccuracyAfter: mean(m.map((x) => x.metrics.accuracyAfter)),
     devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
   };
@@ -355,10 +374,10 @@ function failRound(state: CoordinatorState, now: number, reason: string): StepRe
   const cur = state.current as RoundState;
   const willRetry = run.attempt <= run.config.maxRoundRetries;
   const devices = freeAll(state.devices, cur.selected);
+  const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), endedAt: now, outcome: 'failed' };
   const effects: Effect[] = [...lateValidations(cur)];
   if (state.phase === 'training') effects.push(notifyEnd(cur, 'failed'));
-  effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, now, { status: 'failed', reason, testAccuracy: null, testLoss: null, evaluationMs: 0 }), willRetry });
-  const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), failedAt: now };
+  effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status: 'failed', reason, testAccuracy: null, testLoss: null }), willRetry });
   if (!willRetry) {
     const message = `round ${cur.round} failed ${run.attempt} time(s); last: ${reason}`;
     effects.push({ type: 'run:finished', runId: run.id, status: 'failed', reason: message });
@@ -400,22 +419,23 @@ function reject(state: CoordinatorState, update: RoundRef & { submission: number
 }
 
 /** The recorded end of a completed round: publish the model, then the next round or the end of the run. */
-function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; evaluationMs: number; reason: string | null }): StepResult {
+function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null }): StepResult {
   const run = state.run as RunState;
   const cur = state.current as RoundState;
   const closedHow = cur.closedBy === 'deadline' ? `closed at the deadline with ${cur.accepted.length} updates` : cur.closedBy === 'all answered' ? `closed when every selected device had answered (${cur.accepted.length} updates)` : null;
   const reason = [closedHow, result.reason].filter(Boolean).join('; ') || null;
-  const record = roundRecord(cur, now, { ...result, status: 'completed', reason });
-  const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now };
+  const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now, outcome: 'completed' };
+  const record = roundRecord(cur, timeline, { ...result, status: 'completed', reason });
   const effects: Effect[] = [
     { type: 'round:record', record, willRetry: false },
     { type: 'model:publish', version: cur.modelVersion as number, runId: run.id, round: cur.round, testAccuracy: result.testAccuracy, testLoss: result.testLoss },
   ];
   if (run.round >= run.config.rounds) {
-    effects.push({ type: 'run:finished', runId: run.id, status: 'done', reason: `completed ${run.round} rounds` });
-    return { state: { ...state, phase: 'done', current: undefined, timeline }, effects };
+    const done = `completed ${run.round} rounds`;
+    effects.push({ type: 'run:finished', runId: run.id, status: 'done', reason: done });
+    return { state: { ...state, phase: 'done', current: undefined, run: { ...run, reason: done }, timeline }, effects };
   }
-  const next = select({ ...state, timeline }, now, run.round + 1, 1);
+  const next = select(state, now, run.round + 1, 1);
   return { state: next.state, effects: [...effects, ...next.effects] };
 }
 
@@ -436,14 +456,6 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (state.phase !== 'training' || !cur || !cur.selected.includes(id) || cur.dropped.includes(id) || cur.refused.includes(id) || ids(cur.accepted).includes(id) || ids(cur.validating).includes(id)) return { state: next, effects: [] };
       return settle({ ...next, current: { ...cur, dropped: [...cur.dropped, id] } }, now);
     }
-    case 'device:progress': {
-      if (state.phase !== 'training' || !cur || !same(cur, event) || !cur.selected.includes(event.deviceId) || !state.timeline) return { state, effects: [] };
-      const timeline = { ...state.timeline };
-      if ((event.state === 'evaluating' || event.state === 'training') && timeline.trainingStartedAt === undefined) timeline.trainingStartedAt = now;
-      else if (event.state === 'uploading' && timeline.uploadStartedAt === undefined) timeline.uploadStartedAt = now;
-      else return { state, effects: [] };
-      return { state: { ...state, timeline }, effects: [] };
-    }
     case 'run:start': {
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);
       const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now } };
@@ -461,7 +473,7 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if ((state.phase === 'aggregating' || state.phase === 'evaluating') && cur?.workStartedAt !== undefined && now >= cur.workStartedAt + WORK_TIMEOUT_MS) {
         const minutes = WORK_TIMEOUT_MS / 60_000;
         if (state.phase === 'aggregating') return failRound(state, now, `aggregation did not finish within ${minutes} min`);
-        return finishRound(state, now, { testAccuracy: null, testLoss: null, evaluationMs: now - cur.workStartedAt, reason: `evaluation did not finish within ${minutes} min` });
+        return finishRound(state, now, { testAccuracy: null, testLoss: null, reason: `evaluation did not finish within ${minutes} min` });
       }
       return { state, effects: [] };
     }
@@ -502,13 +514,14 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
         return { state: settled.state, effects: [{ type: 'update:reject', submission: pending.submission, deviceId: pending.deviceId, code: 'BAD_WEIGHTS', message: `update from device ${pending.deviceId} for round ${cur.round}: ${event.reason}`, late: false }, ...settled.effects] };
       }
       const contribution: Contribution = { deviceId: pending.deviceId, numExamples: pending.numExamples, weight: Math.min(pending.numExamples, run.config.maxExamplesPerDevice), norm: event.norm, clipped: event.clipped, bytes: pending.bytes, arrivedAt: pending.arrivedAt, metrics: pending.metrics };
-      const accepted = { ...state, current: { ...cur, validating, accepted: [...cur.accepted, contribution] } };
+      const timeline = state.timeline && { ...state.timeline, lastUpdateAt: Math.max(state.timeline.lastUpdateAt ?? 0, pending.arrivedAt) };
+      const accepted = { ...state, current: { ...cur, validating, accepted: [...cur.accepted, contribution] }, ...(timeline ? { timeline } : {}) };
       const settled = settle(accepted, now);
       return { state: settled.state, effects: [{ type: 'update:accept', submission: pending.submission, deviceId: pending.deviceId, weight: contribution.weight, metrics: pending.metrics }, ...settled.effects] };
     }
     case 'round:aggregated': {
       if (state.phase !== 'aggregating' || !cur || !same(cur, event)) return { state, effects: [] };
-      const next: RoundState = { ...cur, aggregationMs: event.aggregationMs, modelVersion: event.version, workStartedAt: now };
+      const next: RoundState = { ...cur, modelVersion: event.version, workStartedAt: now };
       return { state: { ...state, phase: 'evaluating', current: next, timeline: { ...(state.timeline as RoundTimeline), aggregatedAt: now } }, effects: [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: event.version }] };
     }
     case 'round:aggregation-failed': {
@@ -518,11 +531,11 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     case 'round:evaluated':
     case 'round:evaluation-failed': {
       if (state.phase !== 'evaluating' || !cur || !same(cur, event) || event.version !== cur.modelVersion) return { state, effects: [] };
-      if (event.type === 'round:evaluation-failed') return finishRound(state, now, { testAccuracy: null, testLoss: null, evaluationMs: now - (cur.workStartedAt ?? now), reason: `evaluation failed: ${event.reason}` });
-      return finishRound(state, now, { testAccuracy: event.accuracy, testLoss: event.loss, evaluationMs: event.evaluationMs, reason: null });
+      if (event.type === 'round:evaluation-failed') return finishRound(state, now, { testAccuracy: null, testLoss: null, reason: `evaluation failed: ${event.reason}` });
+      return finishRound(state, now, { testAccuracy: event.accuracy, testLoss: event.loss, reason: null });
     }
     case 'effect:failed':
-      return endRun(state, now, 'failed', `could not ${event.effect}: ${event.reason}`);
+      return endRun(state, now, 'failed', `could not ${event.effect}: ${event.reason}`, event.effect !== 'round:record');
     default: {
       const never: never = event;
       throw new Error(`coordinator: unknown event ${JSON.stringify(never)}`);
@@ -530,18 +543,22 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
   }
 }
 
-/** Ends an active run at once (stopped by the admin, or failed): the round under way ends with it, unrecorded. */
-function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'failed', reason: string): StepResult {
+/**
+ * Ends an active run at once (stopped by the admin, or failed): the round under way ends with it,
+ * and is recorded as such — unless the store itself is what failed.
+ */
+function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'failed', reason: string, record = true): StepResult {
   const { run, current: cur } = state;
   if (!isActive(state) || !run) return { state, effects: [] };
   const effects: Effect[] = [];
   let devices = state.devices;
-  if (state.phase === 'training' && cur) {
+  const timeline = state.timeline && state.timeline.endedAt === undefined && state.timeline.evaluatedAt === undefined ? { ...state.timeline, endedAt: now, outcome: status } : state.timeline;
+  if (cur) {
     devices = freeAll(devices, cur.selected);
-    effects.push(...lateValidations(cur), notifyEnd(cur, status));
+    if (state.phase === 'training') effects.push(...lateValidations(cur), notifyEnd(cur, status));
+    if (record && timeline) effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status, reason, testAccuracy: null, testLoss: null }), willRetry: false });
   }
   effects.push({ type: 'run:finished', runId: run.id, status, reason });
-  const timeline = state.timeline && state.timeline.closedAt === undefined ? { ...state.timeline, failedAt: now } : state.timeline;
   return { state: { ...state, phase: status, devices, run: { ...run, reason }, current: undefined, ...(timeline ? { timeline } : {}) }, effects };
 }
 

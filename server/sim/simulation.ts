@@ -226,7 +226,7 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   durationMs: r.durationMs,
   elapsedMs: r.startedAt + r.durationMs - runStartedAt,
   trainMs: r.timings?.trainMs ?? 0,
-  evaluationMs: r.timings?.evaluationMs ?? 0,
+  evaluationMs: r.phases.evaluationMs,
   bytesUpPerDevice: r.completed ? r.bytesUp / r.completed : 0,
   bytesDownPerDevice: r.participants ? r.bytesDown / r.participants : 0,
 });

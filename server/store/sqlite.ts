@@ -64,6 +64,12 @@ export function openSqliteStore(file: string): Store {
     listRuns: db.prepare<[], RunRow>('SELECT * FROM runs ORDER BY id'),
     upsertRound: db.prepare('INSERT OR REPLACE INTO rounds (run_id, round, attempt, status, data) VALUES (?, ?, ?, ?, ?)'),
     listRounds: db.prepare<[number], { data: string }>('SELECT data FROM rounds WHERE run_id = ? ORDER BY round, attempt'),
+    outcomes: db.prepare<[], { run_id: number; completed: number; failed: number; accuracy: number | null; version: number | null }>(
+      `SELECT run_id, SUM(status = 'completed') AS completed, SUM(status = 'failed') AS failed,
+         (SELECT json_extract(data, '$.testAccuracy') FROM rounds l WHERE l.run_id = r.run_id AND l.status = 'completed' ORDER BY round DESC, attempt DESC LIMIT 1) AS accuracy,
+         (SELECT json_extract(data, '$.modelVersion') FROM rounds l WHERE l.run_id = r.run_id AND l.status = 'completed' ORDER BY round DESC, attempt DESC LIMIT 1) AS version
+       FROM rounds r GROUP BY run_id`,
+    ),
     insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)'),
     setMetrics: db.prepare('UPDATE models SET test_accuracy = ?, test_loss = ? WHERE version = ?'),
     getModel: db.prepare<[number], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = ?`),
@@ -83,6 +89,7 @@ export function openSqliteStore(file: string): Store {
     listRuns: () => q.listRuns.all().map(toRun),
     recordRound: (r: RoundRecord) => void q.upsertRound.run(r.runId, r.round, r.attempt, r.status, JSON.stringify(r)),
     listRounds: (runId) => q.listRounds.all(runId).map((row) => JSON.parse(row.data) as RoundRecord),
+    runOutcomes: () => new Map(q.outcomes.all().map((r) => [r.run_id, { roundsCompleted: r.completed, failedAttempts: r.failed, finalTestAccuracy: r.accuracy, finalModelVersion: r.version }])),
     saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, Buffer.from(m.weights.buffer, m.weights.byteOffset, m.weights.byteLength)).lastInsertRowid),
     setModelMetrics: (version, acc, loss) => void q.setMetrics.run(acc, loss, version),
     getModel: (version) => {

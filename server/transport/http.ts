@@ -9,7 +9,9 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
 import { publicConfig, validateRunConfig } from '../../shared/schemas.ts';
-import { decodeWeights } from '../../shared/weights.ts';
+import { decodeWeights, totalSize } from '../../shared/weights.ts';
+import type { ModelCard, RunSummary } from '../../shared/api.ts';
+import { zipSync } from 'fflate';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { ConflictError, type Federation } from '../federation.ts';
@@ -97,8 +99,12 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.json({ ok: true });
   });
 
+  /** every run with what came of it: rounds completed, failed attempts, final accuracy and model, duration */
   app.get('/api/runs', (_req, res) => {
-    res.json(store.listRuns().map((r) => ({ ...r, config: publicConfig(r.config) })));
+    const outcomes = store.runOutcomes();
+    const now = Date.now();
+    const runs: RunSummary[] = store.listRuns().map((r) => ({ ...r, config: publicConfig(r.config), roundsCompleted: 0, failedAttempts: 0, finalTestAccuracy: null, finalModelVersion: null, ...outcomes.get(r.id), durationMs: (r.finishedAt ?? now) - r.createdAt }));
+    res.json(runs);
   });
   app.post('/api/runs', admin, (req, res) => {
     const checked = validateRunConfig(req.body ?? {});
@@ -137,23 +143,50 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.json(store.listModels());
   });
   const modelVersion = (raw: string | undefined) => (raw === 'latest' ? store.latestModel()?.version : runId(raw));
-  app.get('/api/models/:version/model.json', (req, res) => {
-    const version = modelVersion(req.params.version);
-    const model = version === undefined ? undefined : store.getModel(version);
-    const weights = version === undefined ? undefined : store.getModelWeights(version);
-    if (!model || !weights) {
-      res.status(404).json({ error: `model ${req.params.version} not found` });
-      return;
-    }
+  /** The TF.js model.json of a version; its weights file is named relative to it, so the two files work side by side offline. */
+  const modelJson = (version: number, weightsPath: string) => {
+    const model = store.getModel(version);
+    const weights = store.getModelWeights(version);
+    if (!model || !weights) return undefined;
     const { specs } = decodeWeights(weights);
-    res.json({
+    return {
       format: 'layers-model',
       generatedBy: 'fedbrowser',
       convertedBy: null,
       modelTopology: topologyOf(model.model),
-      weightsManifest: [{ paths: [`weights.bin?v=${model.version}`], weights: specs.map((s) => ({ name: s.name, shape: s.shape, dtype: 'float32' })) }],
-      userDefinedMetadata: { version: model.version, runId: model.runId, round: model.round, testAccuracy: model.testAccuracy, testLoss: model.testLoss },
-    });
+      weightsManifest: [{ paths: [weightsPath], weights: specs.map((s) => ({ name: s.name, shape: s.shape, dtype: 'float32' })) }],
+      userDefinedMetadata: { modelCard: modelCard(version) },
+    };
+  };
+  /** Where a version came from and how it does (the model card in model.json and in the archive). */
+  const modelCard = (version: number): ModelCard | undefined => {
+    const m = store.getModel(version);
+    if (!m) return undefined;
+    const run = m.runId === null ? undefined : store.getRun(m.runId);
+    const rounds = m.runId === null ? [] : store.listRounds(m.runId);
+    const produced = rounds.find((r) => r.modelVersion === version);
+    const parent = m.round === 0 ? null : (rounds.filter((r) => r.status === 'completed' && r.round < m.round && r.modelVersion !== null).at(-1)?.modelVersion ?? store.listModels().find((x) => x.runId === m.runId && x.round === 0)?.version ?? null);
+    return {
+      version,
+      model: m.model,
+      parameters: totalSize(decodeWeights(store.getModelWeights(version) as Uint8Array).specs),
+      createdAt: m.createdAt,
+      runId: m.runId,
+      round: m.round,
+      parentVersion: parent,
+      testAccuracy: m.testAccuracy,
+      testLoss: m.testLoss,
+      config: run ? publicConfig(run.config) : null,
+      training: produced ? { devices: produced.completed, examples: produced.devices.reduce((a, d) => a + d.numExamples, 0), weight: produced.devices.reduce((a, d) => a + d.weight, 0) } : null,
+      format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)',
+    };
+  };
+  app.get('/api/models/:version/model.json', (req, res) => {
+    const version = modelVersion(req.params.version);
+    // "latest" names its weights by version, so a new model between the two requests cannot mix them.
+    const json = version === undefined ? undefined : modelJson(version, req.params.version === 'latest' ? `weights.bin?v=${version}` : 'weights.bin');
+    if (!json) res.status(404).json({ error: `model ${req.params.version} not found` });
+    else res.json(json);
   });
   app.get('/api/models/:version/weights.bin', (req, res) => {
     const version = req.params.version === 'latest' && typeof req.query.v === 'string' ? runId(req.query.v) : modelVersion(req.params.version);
@@ -164,6 +197,26 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     }
     const { values } = decodeWeights(weights);
     res.type('application/octet-stream').send(Buffer.from(values.buffer, values.byteOffset, values.byteLength));
+  });
+  app.get('/api/models/:version/card.json', (req, res) => {
+    const version = modelVersion(req.params.version);
+    const card = version === undefined ? undefined : modelCard(version);
+    if (!card) res.status(404).json({ error: `model ${req.params.version} not found` });
+    else res.json(card);
+  });
+  /** One archive for offline use: model.json, weights.bin and model-card.json (tf.loadLayersModel(tf.io.browserFiles([json, bin]))). */
+  app.get('/api/models/:version/model.zip', (req, res) => {
+    const version = modelVersion(req.params.version);
+    const json = version === undefined ? undefined : modelJson(version, 'weights.bin');
+    const payload = version === undefined ? undefined : store.getModelWeights(version);
+    if (!json || !payload || version === undefined) {
+      res.status(404).json({ error: `model ${req.params.version} not found` });
+      return;
+    }
+    const { values } = decodeWeights(payload);
+    const text = (o: unknown) => new TextEncoder().encode(JSON.stringify(o, null, 1));
+    const zip = zipSync({ 'model.json': text(json), 'weights.bin': [new Uint8Array(values.buffer, values.byteOffset, values.byteLength), { level: 0 }], 'model-card.json': text(modelCard(version)) });
+    res.type('application/zip').set('Content-Disposition', `attachment; filename="fedbrowser-model-v${version}.zip"`).send(Buffer.from(zip.buffer, zip.byteOffset, zip.byteLength));
   });
 
   app.use(provisioningRouter(train));

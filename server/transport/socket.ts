@@ -146,7 +146,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       deviceId = hello.deviceId;
       port.sockets.set(deviceId, socket);
       federation.join(hello);
-      answer(ack, { ok: true, data: { deviceId } });
+      answer(ack, { ok: true, data: { deviceId, globalModel: federation.latestModel() } });
     });
 
     on('device:state', 1, (raw, ack) => {

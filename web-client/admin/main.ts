@@ -1,19 +1,32 @@
 /**
  * The admin page: sign in with the admin token, launch and stop runs over the HTTP API, and watch
- * everything live over the authenticated `/admin` socket.io channel (no polling, no reload).
+ * everything live over the authenticated `/admin` socket.io channel (no polling, no reload). What
+ * is live comes first — the current round, the global model's accuracy, the devices — then the
+ * runs; the launch form opens in a drawer.
  */
 import { io, type Socket } from 'socket.io-client';
-import type { AdminSnapshot } from '../../shared/api.ts';
-import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
+import type { AdminSnapshot, FederationEvent, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
-import { AGGREGATIONS, DOWNLINKS, runConfigSchema, validateRunConfig, type RunConfigInput } from '../../shared/schemas.ts';
-import { renderDevices, renderLog, renderModels, renderRounds, renderTimeline, type DeviceRow, type LogEntry, type ModelRow, type RoundRow, type Timeline } from '../ui/admin.ts';
+import { ROUND_PHASES, phaseKey } from '../../shared/phases.ts';
+import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
+import { AGGREGATIONS, DOWNLINKS, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
+import { PHASE_COLORS, renderDevices, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
 
+/** A read-only view for tests: what the rounds table and the phase chart show, as numbers. */
+export interface DashboardTestApi {
+  /** the phase chart's total per round (its stacked segments summed), ms */
+  phaseChartTotals(): { round: string; totalMs: number }[];
+}
+declare global {
+  interface Window {
+    __dash: DashboardTestApi;
+  }
+}
+
 const TOKEN_KEY = 'fl-admin-token';
-const defaults = runConfigSchema.parse({});
-type Field = keyof typeof defaults;
+type Field = keyof RunConfig;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },
@@ -38,6 +51,10 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'quantBlock', label: 'Quantization block (0 = per tensor)' },
   { name: 'downlink', label: 'Model download' },
 ];
+const LABELS = new Map(FIELDS.map((f) => [f.name as string, f.label]));
+/** A rule's message in the words of the form: field names become their labels. */
+const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, (w) => LABELS.get(w) ?? w).replace(/^./, (c) => c.toUpperCase());
+
 /** the codecs offered in the form; the API takes any pipeline [topk+|rand+](float32|float16|q8|q4|q2)[+deflate] */
 const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
@@ -51,29 +68,62 @@ const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
   'paper-noniid': { config: { model: 'cnn', rounds: 50, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'Pathological non-IID (2 label shards per client): devices join with /?partition=shards&clients=100&client=K.' },
 };
 
-// ─── launch form ─────────────────────────────────────────────────────────────
+// ─── launch drawer ───────────────────────────────────────────────────────────
 const launch = byId<HTMLFormElement>('launch');
+const drawer = byId('launch-drawer');
 for (const f of FIELDS) {
   const choices = CHOICES[f.name];
+  const fallback = RUN_CONFIG_DEFAULTS[f.name];
   const input = choices
-      ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === defaults[f.name] }, m)))
-      : TEXT.has(f.name)
-        ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
-        : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', value: String(defaults[f.name]), step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${defaults[f.name]}` });
+    ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === fallback }, m)))
+    : TEXT.has(f.name)
+      ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
+      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
-
+const field = (name: Field) => launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement;
 const setField = (name: Field, value: string | number | undefined) => {
-  (launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement).value = value === undefined ? '' : String(value);
+  const f = field(name);
+  // Number fields left at their default stay empty: the grey default shows through.
+  f.value = value === undefined || (!CHOICES[name] && value === RUN_CONFIG_DEFAULTS[name]) ? (CHOICES[name] ? String(RUN_CONFIG_DEFAULTS[name]) : '') : String(value);
 };
-byId<HTMLSelectElement>('preset').addEventListener('change', (event) => {
-  const preset = PRESETS[(event.target as HTMLSelectElement).value];
+const presetSelect = byId<HTMLSelectElement>('preset');
+const formBody = (): Record<string, unknown> => {
+  const data = new FormData(launch);
+  const body: Record<string, unknown> = {};
+  for (const f of FIELDS) {
+    const raw = String(data.get(f.name) ?? '').trim();
+    if (raw === '') continue;
+    body[f.name] = CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
+  }
+  return body;
+};
+presetSelect.addEventListener('change', () => {
+  const preset = PRESETS[presetSelect.value];
   if (!preset) return;
   const config = runConfigSchema.parse(preset.config);
   for (const f of FIELDS) setField(f.name, config[f.name]);
   byId('preset-hint').textContent = preset.hint;
   clearFieldErrors();
 });
+// Editing a field makes the settings "custom" unless they still match the preset.
+launch.addEventListener('input', () => {
+  const preset = PRESETS[presetSelect.value];
+  if (!preset) return;
+  const now = validateRunConfig(formBody());
+  const want = runConfigSchema.parse(preset.config);
+  if (!now.ok || FIELDS.some((f) => now.config[f.name] !== want[f.name])) {
+    presetSelect.value = 'custom';
+    byId('preset-hint').textContent = '';
+  }
+});
+const openDrawer = (open: boolean) => {
+  drawer.hidden = !open;
+  byId('open-launch').setAttribute('aria-expanded', String(open));
+  if (open) field('rounds').focus();
+};
+byId('open-launch').addEventListener('click', () => openDrawer(drawer.hidden === true));
+byId('close-launch').addEventListener('click', () => openDrawer(false));
 
 let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
 const api = async <T>(path: string, init: RequestInit = {}): Promise<{ status: number; body: T }> => {
@@ -93,40 +143,46 @@ function signedOut(message: string): void {
   byId<HTMLInputElement>('token').focus();
 }
 
+/** A short message about what an action did, near the header; errors in red, the rest in green. */
+let sayTimer: ReturnType<typeof setTimeout> | undefined;
+function say(message: string, ok: boolean): void {
+  const line = byId('action-line');
+  line.hidden = false;
+  line.textContent = message;
+  line.classList.toggle('ok', ok);
+  // What an action did matters for a moment; what a run came to stays in the header and the runs list.
+  if (sayTimer) clearTimeout(sayTimer);
+  sayTimer = setTimeout(() => (line.hidden = true), 15_000);
+}
+
+const showIssues = (issues: { field: string; message: string }[]) => {
+  for (const issue of issues) {
+    const target = document.getElementById(`e-${issue.field}`);
+    if (target) target.textContent = inFormWords(issue.message);
+    else byId('launch-error').textContent = inFormWords(issue.message);
+  }
+};
+
 launch.addEventListener('submit', (event) => {
   event.preventDefault();
   clearFieldErrors();
   byId('launch-error').textContent = '';
-  byId('launch-error').classList.remove('ok');
-  const data = new FormData(launch);
-  const body: Record<string, unknown> = {};
-  for (const f of FIELDS) {
-    const raw = String(data.get(f.name) ?? '').trim();
-    if (raw === '') continue;
-    body[f.name] = CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
-  }
-  // The same rules as the API, so the messages next to the fields are the API's.
+  const body = formBody();
+  // The same rules as the API, so the messages next to the fields are the API's (in the form's words).
   const checked = validateRunConfig(body);
   if (!checked.ok) {
-    for (const issue of checked.issues) {
-      const target = document.getElementById(`e-${issue.field}`);
-      if (target) target.textContent = issue.message;
-      else byId('launch-error').textContent = issue.message;
-    }
+    showIssues(checked.issues);
     byId('launch-error').textContent ||= 'Fix the fields marked above.';
     return;
   }
   api<{ id?: number; error?: string; issues?: { field: string; message: string }[] }>('/api/runs', { method: 'POST', body: JSON.stringify(body) }).then(({ status, body: res }) => {
     if (status === 201) {
-      byId('launch-error').textContent = `Run ${res.id} launched.`;
-      byId('launch-error').classList.add('ok');
-    }
-    else if (status === 401) signedOut('Sign in with the admin token first.');
+      openDrawer(false);
+      say(`Run ${res.id} launched.`, true);
+      selectedRun = res.id;
+    } else if (status === 401) signedOut('Sign in with the admin token first.');
     else {
-      for (const issue of res.issues ?? []) {
-        const target = document.getElementById(`e-${issue.field}`);
-        if (target) target.textContent = issue.message;
-      }
+      showIssues(res.issues ?? []);
       byId('launch-error').textContent = res.error ?? `launch failed (${status})`;
     }
   }, (err: unknown) => (byId('launch-error').textContent = String(err)));
@@ -135,8 +191,8 @@ launch.addEventListener('submit', (event) => {
 byId('stop').addEventListener('click', () => {
   api<{ error?: string }>('/api/runs/current/stop', { method: 'POST' }).then(({ status, body }) => {
     if (status === 401) signedOut('Sign in with the admin token first.');
-    else byId('launch-error').textContent = status === 200 ? 'Run stopped.' : (body.error ?? `stop failed (${status})`);
-  }, (err: unknown) => (byId('launch-error').textContent = String(err)));
+    else say(status === 200 ? 'Run stopped.' : (body.error ?? `stop failed (${status})`), status === 200);
+  }, (err: unknown) => say(String(err), false));
 });
 
 // ─── charts ──────────────────────────────────────────────────────────────────
@@ -144,6 +200,7 @@ const accuracyChart = lineChart(byId<HTMLCanvasElement>('accuracy-chart'), [], [
   { label: 'test accuracy', color: '#1f8a4c' },
   { label: 'test loss', color: '#c0392b' },
 ]);
+accuracyChart.options.scales = { x: { title: { display: true, text: 'round' } }, y: { min: 0 } };
 const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCanvasElement>('spread-chart'), {
   type: 'scatter',
   data: {
@@ -157,67 +214,96 @@ const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCa
 const bytesChart = barChart(byId<HTMLCanvasElement>('bytes-chart'), [], 'bytes up', '#2f6fde');
 bytesChart.data.datasets.push({ label: 'bytes down', data: [], backgroundColor: '#8a94a6' });
 bytesChart.options.plugins = { legend: { display: true, position: 'bottom' } };
-const PHASES: [keyof NonNullable<RoundRow['timings']>, string, string][] = [
-  ['selectionMs', 'selection', '#8a94a6'],
-  ['downloadMs', 'download', '#f0a830'],
-  ['evaluateMs', 'device evaluation', '#9b59b6'],
-  ['trainMs', 'local training', '#2f6fde'],
-  ['uploadMs', 'upload', '#e67e22'],
-  ['aggregationMs', 'aggregation', '#b26a00'],
-  ['evaluationMs', 'server evaluation', '#1f8a4c'],
-];
+// The same phases, colours and names as the live timeline (phases.ts); they add up to the round's duration.
 const timeChart = new Chart<'bar', number[], string>(byId<HTMLCanvasElement>('time-chart'), {
   type: 'bar',
-  data: { labels: [], datasets: PHASES.map(([, label, color]) => ({ label, data: [] as number[], backgroundColor: color })) },
-  options: { scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: 'seconds (device phases: median)' } } }, plugins: { legend: { position: 'bottom' } } },
+  data: { labels: [], datasets: ROUND_PHASES.map((p) => ({ label: p, data: [] as number[], backgroundColor: PHASE_COLORS[p] })) },
+  options: { scales: { x: { stacked: true, title: { display: true, text: 'round' } }, y: { stacked: true, title: { display: true, text: 'seconds' } } }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 12 } } } },
 });
+window.__dash = {
+  phaseChartTotals: () => (timeChart.data.labels ?? []).map((round, i) => ({ round: String(round), totalMs: timeChart.data.datasets.reduce((a, d) => a + ((d.data[i] as number) ?? 0), 0) * 1000 })),
+};
 
-function renderCharts(rounds: readonly RoundRow[]): void {
+function renderCharts(rounds: readonly RoundRecord[]): void {
   const done = rounds.filter((r) => r.status === 'completed');
-  const labels = done.map((r) => String(r.round));
-  accuracyChart.data.labels = labels;
-  accuracyChart.data.datasets[0]!.data = done.map((r) => r.testAccuracy);
-  accuracyChart.data.datasets[1]!.data = done.map((r) => r.testLoss);
+  const label = (r: RoundRecord) => (r.attempt > 1 ? `${r.round}.${r.attempt}` : String(r.round));
+  const evaluated = done.filter((r) => r.testAccuracy !== null);
+  byId('acc-empty').hidden = evaluated.length > 0;
+  byId('accuracy-wrap').hidden = evaluated.length === 0;
+  accuracyChart.data.labels = evaluated.map(label);
+  accuracyChart.data.datasets[0]!.data = evaluated.map((r) => r.testAccuracy);
+  accuracyChart.data.datasets[1]!.data = evaluated.map((r) => r.testLoss);
   accuracyChart.update();
-  spreadChart.data.datasets[0]!.data = done.flatMap((r) => (r.devices ?? []).map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
-  spreadChart.data.datasets[1]!.data = done.flatMap((r) => (r.devices ?? []).map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));
+  spreadChart.data.datasets[0]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
+  spreadChart.data.datasets[1]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));
   spreadChart.update();
-  bytesChart.data.labels = rounds.map((r) => (r.attempt > 1 ? `${r.round}.${r.attempt}` : String(r.round)));
+  bytesChart.data.labels = rounds.map(label);
   bytesChart.data.datasets[0]!.data = rounds.map((r) => r.bytesUp);
   bytesChart.data.datasets[1]!.data = rounds.map((r) => r.bytesDown);
   bytesChart.update();
-  timeChart.data.labels = labels;
-  PHASES.forEach(([key], i) => (timeChart.data.datasets[i]!.data = done.map((r) => (r.timings?.[key] ?? 0) / 1000)));
+  for (const note of Array.from(document.querySelectorAll<HTMLElement>('[data-empty-for]'))) {
+    note.hidden = done.length > 0;
+    // an empty chart shows its note alone: no axis, no legend
+    byId(note.dataset.emptyFor!).style.visibility = done.length > 0 ? '' : 'hidden';
+  }
+  timeChart.data.labels = done.map(label);
+  ROUND_PHASES.forEach((p, i) => (timeChart.data.datasets[i]!.data = done.map((r) => r.phases[phaseKey(p)] / 1000)));
   timeChart.update();
 }
 
 // ─── live channel ────────────────────────────────────────────────────────────
-type Snapshot = AdminSnapshot;
-
-let log: LogEntry[] = [];
-let last: Snapshot | undefined;
+let log: FederationEvent[] = [];
+let last: AdminSnapshot | undefined;
 let clockSkew = 0;
+let runs: RunSummary[] = [];
+/** the run whose rounds, charts and versions are shown: the current one unless another was chosen */
+let selectedRun: number | undefined;
+let showAllModels = false;
+const openRounds = new Set<string>();
+const ACTIVE = new Set(['selecting', 'training', 'aggregating', 'evaluating']);
 
-function renderSnapshot(s: Snapshot): void {
+function renderRunLine(): void {
+  const id = last?.run?.id ?? runs.at(-1)?.id;
+  const summary = runs.find((r) => r.id === id);
+  if (!last?.run && !summary) {
+    byId('run-line').textContent = 'no run yet';
+    return;
+  }
+  const run = last?.run;
+  const parts = [`run ${id}`, run?.config.model ?? summary?.config.model];
+  if (run && ACTIVE.has(last?.phase ?? '')) parts.push(`round ${run.round} of ${run.config.rounds}${run.attempt > 1 ? ` (try ${run.attempt})` : ''}`);
+  else if (summary) parts.push(`${summary.status}, ${summary.roundsCompleted} of ${summary.config.rounds} rounds`);
+  if (summary?.finalTestAccuracy !== null && summary?.finalTestAccuracy !== undefined) parts.push(`${ACTIVE.has(last?.phase ?? '') ? 'latest' : 'final'} test accuracy ${pct(summary.finalTestAccuracy, 2)}`);
+  byId('run-line').textContent = parts.filter(Boolean).join(' · ');
+}
+
+function renderSnapshot(s: AdminSnapshot): void {
   last = s;
   clockSkew = s.now - Date.now();
-  byId('phase').textContent = s.phase;
+  const active = ACTIVE.has(s.phase);
+  byId('phase').textContent = s.stage;
   byId('phase').className = `pill ${s.phase}`;
-  byId('run-line').textContent = s.run ? `run ${s.run.id} · ${s.run.config.model} · round ${s.run.round} of ${s.run.config.rounds}` : 'no run yet';
-  const facts: [string, string][] = s.round
-    ? [['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''}`], ['Selected', String(s.round.selected)], ['Updates in', String(s.round.accepted)], ['Refused', String(s.round.refused)], ['Dropped', String(s.round.dropped)], ['Deadline in', `${Math.max(0, Math.round((s.round.deadline - s.now) / 1000))} s`]]
-    : [['Phase', s.phase], ['Reason', s.run?.reason ?? '—']];
-  if (s.waiting) facts.unshift(['Waiting', s.waiting]);
+  byId('phase').title = s.waiting ?? s.run?.reason ?? '';
+  byId<HTMLButtonElement>('stop').disabled = !active;
+  byId<HTMLButtonElement>('launch-button').disabled = active;
+  byId<HTMLButtonElement>('launch-button').title = active ? 'a run is active: stop it first' : '';
+  const facts: [string, string][] = [['Now', s.waiting ?? s.stage]];
+  if (s.round) {
+    facts.push(['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''} of ${s.run?.config.rounds ?? '?'}`]);
+    facts.push(['Updates', `${s.round.accepted} counted of ${s.run?.config.clientsPerRound ?? '?'} wanted (${s.round.selected} selected, min ${s.run?.config.minUpdates ?? '?'})`]);
+    facts.push(['Dropped / refused', `${s.round.dropped} / ${s.round.refused}`]);
+    facts.push(['Deadline in', `${Math.max(0, Math.round((s.round.deadline - s.now) / 1000))} s`]);
+  } else if (s.run) facts.push(['Run', `${s.run.id}: ${s.phase}${s.run.reason ? ` — ${s.run.reason}` : ''}`]);
   facts.push(['Live model', s.modelVersion === null ? '—' : `v${s.modelVersion}`], ['Rejected / late / bad', `${s.counters.rejectedUpdates} / ${s.counters.lateUpdates} / ${s.counters.badMessages}`]);
   byId('status').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
   renderTimeline(byId('timeline'), s.timeline, s.now);
   renderDevices(byId<HTMLTableElement>('devices'), s.devices, s.now);
+  renderRunLine();
 }
 
-let roundsFor: number | undefined;
 let refreshing: Promise<void> | undefined;
 let refreshAgain = false;
-/** Refreshes rounds, charts and models; calls that arrive while one runs coalesce into one more run, so an older answer never overwrites a newer one. */
+/** Refreshes runs, rounds, charts and models; calls that arrive while one runs coalesce into one more run, so an older answer never overwrites a newer one. */
 function refreshHistory(): Promise<void> {
   if (refreshing) {
     refreshAgain = true;
@@ -236,20 +322,32 @@ function refreshHistory(): Promise<void> {
 }
 
 async function loadHistory(): Promise<void> {
-  const { body: runs } = await api<{ id: number; config: RunConfigInput }[]>('/api/runs');
-  const configs = new Map(runs.map((r) => [r.id, `${r.config.model} · ${r.config.rounds} rounds · K=${r.config.clientsPerRound} · E=${r.config.localEpochs} · B=${r.config.batchSize} · η=${r.config.learningRate}${r.config.aggregation && r.config.aggregation !== 'fedavg' ? ` · ${r.config.aggregation}` : ''}${r.config.updateCodec && r.config.updateCodec !== 'float32' ? ` · ${r.config.updateCodec}${r.config.updateCodec.startsWith('topk') ? ` (${+((r.config.topkFraction ?? 0) * 100).toFixed(2)} %)` : ''}` : ''}`]));
-  const runId = last?.run?.id ?? runs.at(-1)?.id;
-  if (runId !== undefined) {
-    roundsFor = runId;
-    const { body: rounds } = await api<RoundRow[]>(`/api/runs/${runId}/rounds`);
-    renderRounds(byId<HTMLTableElement>('rounds'), rounds);
-    renderCharts(rounds);
-    const lastDone = rounds.filter((r) => r.status === 'completed').at(-1);
-    if (lastDone) byId('run-line').textContent = `${byId('run-line').textContent?.split(' · last')[0] ?? ''} · last test accuracy ${pct(lastDone.testAccuracy, 2)}`;
-  }
-  const { body: models } = await api<ModelRow[]>('/api/models');
-  renderModels(byId<HTMLTableElement>('models'), models, last?.modelVersion ?? null, configs);
+  ({ body: runs } = await api<RunSummary[]>('/api/runs'));
+  const runId = selectedRun ?? last?.run?.id ?? runs.at(-1)?.id;
+  renderRuns(byId<HTMLTableElement>('runs'), runs, runId, (id) => {
+    selectedRun = id;
+    showAllModels = false;
+    void refreshHistory();
+  });
+  renderRunLine();
+  const runLabel = runId === undefined ? '' : `· run ${runId}`;
+  for (const id of ['acc-run', 'rounds-run', 'models-run']) byId(id).textContent = runLabel;
+  const { body: models } = await api<ModelRecord[]>('/api/models');
+  const ofRun = models.filter((m) => m.runId === runId);
+  const shown = showAllModels ? ofRun : ofRun.slice(-10);
+  renderModels(byId<HTMLTableElement>('models'), shown, last?.modelVersion ?? null);
+  const more = byId<HTMLButtonElement>('models-more');
+  more.hidden = ofRun.length <= 10;
+  more.textContent = showAllModels ? 'Show the latest 10' : `Show all ${ofRun.length} versions of this run`;
+  if (runId === undefined) return;
+  const { body: rounds } = await api<RoundRecord[]>(`/api/runs/${runId}/rounds`);
+  renderRounds(byId<HTMLTableElement>('rounds'), rounds, openRounds);
+  renderCharts(rounds);
 }
+byId('models-more').addEventListener('click', () => {
+  showAllModels = !showAllModels;
+  void refreshHistory();
+});
 
 let socket: Socket<AdminServerToClientEvents, AdminClientToServerEvents> | undefined;
 function connectLive(): void {
@@ -273,8 +371,9 @@ function connectLive(): void {
   });
   socket.on('admin:snapshot', (s) => {
     const runChanged = s.run?.id !== last?.run?.id;
+    if (runChanged) selectedRun = undefined; // a new run is what one wants to watch
     renderSnapshot(s);
-    if (runChanged || roundsFor === undefined) void refreshHistory();
+    if (runChanged) void refreshHistory();
   });
   socket.on('admin:events', (entries) => {
     log = entries;
@@ -283,7 +382,7 @@ function connectLive(): void {
   socket.on('admin:event', (e) => {
     log = [...log.slice(-199), e];
     renderLog(byId('log'), log);
-    if (e.kind === 'round:completed' || e.kind === 'round:failed' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();
+    if (e.kind === 'round:completed' || e.kind === 'round:failed' || e.kind === 'round:stopped' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();
   });
 }
 
@@ -302,9 +401,9 @@ byId<HTMLFormElement>('signin').addEventListener('submit', (event) => {
   }, (err: unknown) => (byId('signin-error').textContent = String(err)));
 });
 
-// The deadline countdown and the timeline's running segment advance between snapshots.
+// The deadline countdown and the timeline's running segment advance between snapshots; a finished run's stay still.
 setInterval(() => {
-  if (last && (last.phase === 'training' || last.phase === 'selecting' || last.phase === 'aggregating' || last.phase === 'evaluating')) renderSnapshot({ ...last, now: Date.now() + clockSkew });
+  if (last && ACTIVE.has(last.phase)) renderSnapshot({ ...last, now: Date.now() + clockSkew });
 }, 1000);
 
 if (token) connectLive();

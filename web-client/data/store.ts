@@ -1,6 +1,7 @@
 /**
- * The device's own data, in IndexedDB (through `idb`). A slice is stored as a few chunked Uint8
- * records (one record per sample is ~25x slower to write), plus one metadata record.
+ * The device's own data, in IndexedDB (through `idb`): one database per tab (tab.ts), holding its
+ * identity, its slice — a few chunked Uint8 records (one record per sample is ~25x slower to
+ * write) plus one metadata record — and what it keeps between rounds.
  */
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
 import { PIXELS, type DeviceDataset, type Samples } from '../../shared/dataset.ts';
@@ -10,8 +11,14 @@ import type { ModelName } from '../../shared/models-names.ts';
 import { labelHistogram } from '../../shared/partition.ts';
 import type { TensorSpec } from '../../shared/weights.ts';
 
-export const DB_NAME = 'fl-device';
 export const DB_VERSION = 3;
+
+let dbName: string | undefined;
+/** Chooses this tab's database; must be called before anything else here. */
+export function useDatabase(name: string): void {
+  if (dbName !== undefined && dbName !== name) throw new Error(`local data: already using ${dbName}`);
+  dbName = name;
+}
 const CHUNK_SAMPLES = 1000;
 
 /** What identifies a provisioned slice; a different spec means re-provisioning. */
@@ -57,7 +64,8 @@ interface StoredResidual {
 
 let dbPromise: Promise<IDBPDatabase<DeviceDB>> | undefined;
 function db(): Promise<IDBPDatabase<DeviceDB>> {
-  dbPromise ??= openDB<DeviceDB>(DB_NAME, DB_VERSION, {
+  if (dbName === undefined) throw new Error('local data: no database chosen (useDatabase)');
+  dbPromise ??= openDB<DeviceDB>(dbName, DB_VERSION, {
     upgrade(database, oldVersion) {
       if (oldVersion < 1) {
         database.createObjectStore('meta');
@@ -120,8 +128,8 @@ export async function loadDataset(meta: DatasetMeta): Promise<DeviceDataset> {
 
 export async function clearDataset(): Promise<void> {
   const database = await db();
-  const tx = database.transaction(['meta', 'chunks'], 'readwrite');
-  await Promise.all([tx.objectStore('meta').clear(), tx.objectStore('chunks').clear(), tx.done]);
+  const tx = database.transaction(['meta', 'chunks', 'state'], 'readwrite');
+  await Promise.all([tx.objectStore('meta').clear(), tx.objectStore('chunks').clear(), tx.objectStore('state').clear(), tx.done]);
 }
 
 /**
@@ -138,11 +146,15 @@ export async function deviceIdentity(): Promise<DeviceIdentity> {
   return identityOf(keys);
 }
 
-/** Fetches the slice from the provisioning endpoint (once), or reads it back from IndexedDB. */
+/**
+ * Fetches the slice from the provisioning endpoint (once), or reads it back from IndexedDB. A
+ * different slice replaces the stored one, and with it the model and residual kept for it.
+ */
 export async function ensureDataset(spec: SliceSpec, fetchSlice: (spec: SliceSpec) => Promise<DeviceDataset>): Promise<{ meta: DatasetMeta; data: DeviceDataset; source: 'indexeddb' | 'provisioned' }> {
   const meta = await readMeta();
   if (meta && sameSpec(meta.spec, spec)) return { meta, data: await loadDataset(meta), source: 'indexeddb' };
   const data = await fetchSlice(spec);
+  if (meta) await (await db()).clear('state');
   return { meta: await saveDataset(spec, data), data, source: 'provisioned' };
 }
 

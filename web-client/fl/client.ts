@@ -127,7 +127,7 @@ export class DeviceClient {
     const held = await this.memory.loadModel().catch(() => undefined);
     this.heldVersion = held?.version ?? 0;
     const result = await joinFederation(socket, this.options.identity, { ...this.options.hello, ...(this.heldVersion ? { modelVersion: this.heldVersion } : {}) });
-    if (result.ok) this.set({ connection: 'connected', error: null });
+    if (result.ok) this.set({ connection: 'connected', error: null, ...(result.data.globalModel ? { globalModel: { version: result.data.globalModel.version, round: result.data.globalModel.round, testAccuracy: result.data.globalModel.testAccuracy } } : {}) });
     else this.set({ error: `the server refused to join: ${result.error.code}: ${result.error.message}` });
   }
 
@@ -187,7 +187,10 @@ export class DeviceClient {
   private async round(msg: RoundStart): Promise<void> {
     this.stopRound = undefined;
     const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, lossAfter: null, trainMs: null, bytesDown: msg.weights.byteLength, bytesUp: 0, outcome: 'trained' };
-    this.set({ current: { runId: msg.runId, round: msg.round, attempt: msg.attempt }, state: 'downloading', progress: null, batches: null, loss: null });
+    // The round's model is the latest global model, even if this device missed its publication.
+    const known = this.snapshot.globalModel;
+    const globalModel = !known || known.version < msg.modelVersion ? { version: msg.modelVersion, round: msg.round - 1, testAccuracy: null } : known;
+    this.set({ current: { runId: msg.runId, round: msg.round, attempt: msg.attempt }, state: 'downloading', progress: null, batches: null, loss: null, globalModel });
     this.report('downloading');
     const shouldStop = () => this.stopRound !== undefined && this.stopRound.runId === msg.runId && this.stopRound.round === msg.round;
     try {

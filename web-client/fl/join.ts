@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'socket.io-client';
 import { signHello, type DeviceIdentity } from '../../shared/identity.ts';
-import type { ClientToServerEvents, Result, ServerToClientEvents } from '../../shared/protocol.ts';
+import type { ClientToServerEvents, ModelPublished, Result, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DeviceHello } from '../../shared/schemas.ts';
 
 export type DeviceSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -13,7 +13,7 @@ export type DeviceSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
 /** The device's claims at hello; its id comes from the identity. */
 export type HelloClaims = Omit<DeviceHello, 'deviceId'>;
 
-export async function joinFederation(socket: DeviceSocket, identity: DeviceIdentity, claims: HelloClaims): Promise<Result<{ deviceId: string }>> {
+export async function joinFederation(socket: DeviceSocket, identity: DeviceIdentity, claims: HelloClaims): Promise<Result<{ deviceId: string; globalModel: ModelPublished | null }>> {
   const issued = await socket.emitWithAck('device:challenge');
   if (!issued.ok) return issued;
   const signature = await signHello(identity, new Uint8Array(issued.data.challenge));

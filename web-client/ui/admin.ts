@@ -1,99 +1,186 @@
-/** Render functions of the admin page. */
-import type { DeviceInfo, ModelRecord, RoundRecord, RoundTimeline } from '../../shared/api.ts';
+/** Render functions of the admin page: they take elements and data, never the network. */
+import type { DeviceInfo, FederationEvent, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import { phaseKey, phaseSpans, ROUND_PHASES, type RoundPhase, type RoundTimeline } from '../../shared/phases.ts';
 import { bytes, el, ms, num, pct } from './dom.ts';
 
-export type DeviceRow = DeviceInfo;
-export type RoundRow = RoundRecord;
-export type ModelRow = ModelRecord;
-export type Timeline = RoundTimeline;
+/** A column of a table; `optional` ones are hidden on narrow screens. */
+interface Column<T> {
+  head: string;
+  cell: (row: T) => Node | string | number;
+  optional?: boolean;
+  title?: (row: T) => string;
+}
 
-
-
-
-const table = (target: HTMLTableElement, headers: string[], rows: HTMLTableRowElement[], empty: string) => {
-  target.replaceChildren(el('thead', {}, el('tr', {}, ...headers.map((h) => el('th', { scope: 'col' }, h)))), el('tbody', {}, ...(rows.length ? rows : [el('tr', {}, el('td', { colspan: headers.length, class: 'muted' }, empty))])));
-};
+function table<T>(target: HTMLTableElement, columns: Column<T>[], rows: readonly T[], empty: string, rowAttrs: (row: T) => Record<string, string | undefined> = () => ({}), after?: (row: T) => HTMLTableRowElement | undefined): void {
+  const cls = (c: Column<T>) => (c.optional ? 'opt' : undefined);
+  const body: HTMLTableRowElement[] = [];
+  for (const r of rows) {
+    body.push(el('tr', rowAttrs(r), ...columns.map((c) => el('td', { class: cls(c), title: c.title?.(r) }, c.cell(r)))));
+    const extra = after?.(r);
+    if (extra) body.push(extra);
+  }
+  target.replaceChildren(el('thead', {}, el('tr', {}, ...columns.map((c) => el('th', { scope: 'col', class: cls(c) }, c.head)))), el('tbody', {}, ...(body.length ? body : [el('tr', {}, el('td', { colspan: columns.length, class: 'muted' }, empty))])));
+}
 
 const ago = (t: number, now: number) => {
   const s = Math.max(0, Math.round((now - t) / 1000));
-  return s < 2 ? 'now' : s < 120 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
+  return s < 2 ? 'now' : s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
 };
 
-export function renderDevices(target: HTMLTableElement, devices: readonly DeviceRow[], now: number): void {
-  table(
+export const duration = (x: number): string => (x < 1000 ? `${Math.round(x)} ms` : x < 120_000 ? `${(x / 1000).toFixed(1)} s` : `${Math.floor(x / 60_000)} min ${Math.round((x % 60_000) / 1000)} s`);
+
+const shortId = (id: string) => (id.length > 14 ? `${id.slice(0, 12)}…` : id);
+
+export function renderDevices(target: HTMLTableElement, devices: readonly DeviceInfo[], now: number): void {
+  const sorted = [...devices].sort((a, b) => Number(b.connected) - Number(a.connected) || a.id.localeCompare(b.id));
+  table<DeviceInfo>(
     target,
-    ['Device', 'Backend', 'Examples', 'Labels', 'State', 'Rounds', 'Acc. before', 'Acc. after', 'Last seen'],
-    [...devices].sort((a, b) => Number(b.connected) - Number(a.connected) || a.id.localeCompare(b.id)).map((d) => {
-      const state = !d.connected ? 'disconnected' : d.state === 'training' && d.progress !== null ? `training ${Math.round(d.progress * 100)} %` : d.state;
-      const stateClass = d.connected ? d.state : 'disconnected';
-      const max = Math.max(1, ...d.labelHistogram);
-      const spark = d.labelHistogram.map((c) => '▁▂▃▄▅▆▇█'[Math.min(7, Math.floor((c / max) * 7.999))]).join('');
-      return el('tr', { 'data-device': d.id, class: d.connected ? undefined : 'disconnected' }, el('td', {}, d.id), el('td', { title: d.backendReason }, d.backend), el('td', {}, d.examples), el('td', { title: `examples per label 0–9: ${d.labelHistogram.join(', ')}`, style: 'font-family: monospace' }, spark), el('td', {}, el('span', { class: `pill ${stateClass}`, 'data-state': stateClass }, state)), el('td', {}, d.rounds), el('td', {}, pct(d.lastAccuracyBefore)), el('td', {}, pct(d.lastAccuracyAfter)), el('td', {}, ago(d.lastSeen, now)));
-    }),
-    'No device is connected. Open the demo page (/) in a few tabs.',
+    [
+      { head: 'Device', cell: (d) => shortId(d.id), title: (d) => d.id },
+      { head: 'Backend', cell: (d) => d.backend, title: (d) => d.backendReason, optional: true },
+      { head: 'Examples', cell: (d) => d.examples, optional: true },
+      {
+        head: 'Labels',
+        optional: true,
+        title: (d) => `examples per label 0–9: ${d.labelHistogram.join(', ')}`,
+        cell: (d) => {
+          const max = Math.max(1, ...d.labelHistogram);
+          return el('span', { class: 'spark' }, d.labelHistogram.map((c) => '▁▂▃▄▅▆▇█'[Math.min(7, Math.floor((c / max) * 7.999))]).join(''));
+        },
+      },
+      {
+        head: 'State',
+        cell: (d) => {
+          const state = !d.connected ? 'disconnected' : d.state === 'training' && d.progress !== null ? `training ${Math.round(d.progress * 100)} %` : d.state;
+          const cls = d.connected ? d.state : 'disconnected';
+          return el('span', { class: `pill ${cls}`, 'data-state': cls }, state);
+        },
+      },
+      { head: 'Rounds', cell: (d) => d.rounds, optional: true },
+      { head: 'Held-out acc. before → after', cell: (d) => (d.lastAccuracyBefore === null ? '—' : `${pct(d.lastAccuracyBefore)} → ${pct(d.lastAccuracyAfter)}`), optional: true },
+      // A connected device says when it last reported; a disconnected one since when it is gone.
+      { head: 'Connection', cell: (d) => (d.connected ? `connected · active ${ago(d.lastSeen, now)}` : `disconnected ${ago(d.lastSeen, now)}`) },
+    ],
+    sorted,
+    'No device is connected. Open the demo page (/) in a few tabs: each tab is a device.',
+    (d) => ({ 'data-device': d.id, class: d.connected ? undefined : 'disconnected' }),
   );
 }
 
-export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRow[]): void {
-  table(
+/** The runs list: selecting a run shows its rounds, charts and model versions. */
+export function renderRuns(target: HTMLTableElement, runs: readonly RunSummary[], selected: number | undefined, onSelect: (id: number) => void): void {
+  const configLine = (r: RunSummary) => {
+    const c = r.config;
+    return `${c.model} · K=${c.clientsPerRound} · E=${c.localEpochs} · B=${c.batchSize} · η=${c.learningRate}${c.aggregation !== 'fedavg' ? ` · ${c.aggregation}` : ''}${c.updateCodec !== 'float32' ? ` · ${c.updateCodec}` : ''}`;
+  };
+  table<RunSummary>(
     target,
-    ['Round', 'Status', 'Selected', 'Counted', 'Dropped', 'Late', 'Clipped', 'Test acc.', 'Test loss', 'Local before → after', 'Duration', 'Train (median)', 'Aggregate', 'Evaluate', 'Up', 'Up / device', 'Down', 'Model v'],
-    [...rounds].reverse().map((r) =>
-      el('tr', {}, el('td', {}, r.attempt > 1 ? `${r.round} (try ${r.attempt})` : r.round), el('td', { title: r.reason ?? '' }, el('span', { class: `pill ${r.status}` }, r.status)), el('td', {}, r.participants), el('td', {}, r.completed), el('td', {}, r.dropped), el('td', {}, r.late), el('td', {}, r.clipped ?? 0), el('td', {}, pct(r.testAccuracy, 2)), el('td', {}, num(r.testLoss)), el('td', {}, `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`), el('td', {}, ms(r.durationMs)), el('td', {}, ms(r.timings?.trainMs)), el('td', {}, ms(r.timings?.aggregationMs)), el('td', {}, ms(r.timings?.evaluationMs)), el('td', {}, bytes(r.bytesUp)), el('td', {}, r.completed ? bytes(Math.round(r.bytesUp / r.completed)) : '—'), el('td', {}, bytes(r.bytesDown)), el('td', {}, r.modelVersion ?? '—')),
-    ),
+    [
+      { head: 'Run', cell: (r) => r.id },
+      { head: 'Status', cell: (r) => el('span', { class: `pill ${r.status === 'done' ? 'completed' : r.status}` }, r.status), title: (r) => r.reason ?? '' },
+      { head: 'Rounds', cell: (r) => `${r.roundsCompleted} of ${r.config.rounds}${r.failedAttempts ? ` (+${r.failedAttempts} failed)` : ''}` },
+      { head: 'Final test acc.', cell: (r) => pct(r.finalTestAccuracy, 2) },
+      { head: 'Duration', cell: (r) => duration(r.durationMs), optional: true },
+      { head: 'Config', cell: (r) => configLine(r), optional: true, title: (r) => r.reason ?? '' },
+      { head: '', cell: (r) => (r.id === selected ? el('span', { class: 'muted' }, 'shown') : el('button', { type: 'button', class: 'secondary small', 'data-run': r.id }, 'Show')) },
+    ],
+    [...runs].reverse().slice(0, 30),
+    'No run yet. Launch one with “New run”.',
+    (r) => ({ 'data-run-row': String(r.id), class: r.id === selected ? 'selected' : undefined }),
+  );
+  for (const b of Array.from(target.querySelectorAll<HTMLButtonElement>('button[data-run]'))) b.onclick = () => onSelect(Number(b.dataset.run));
+}
+
+const PHASE_CLASS: Record<RoundPhase, string> = { 'waiting for devices': 'selection', 'devices at work': 'devices', 'waiting for the close': 'waiting', aggregation: 'aggregation', evaluation: 'evaluation' };
+export const PHASE_COLORS: Record<RoundPhase, string> = { 'waiting for devices': '#8a94a6', 'devices at work': '#2f6fde', 'waiting for the close': '#c7a047', aggregation: '#b26a00', evaluation: '#1f8a4c' };
+
+/** The rounds of a run: a compact row each, the rest of its record in a detail row that opens on demand. */
+export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRecord[], open: Set<string>): void {
+  const key = (r: RoundRecord) => `${r.runId}:${r.round}:${r.attempt}`;
+  const detail = (r: RoundRecord): HTMLTableRowElement | undefined => {
+    if (!open.has(key(r))) return undefined;
+    const facts: [string, string][] = [
+      ['Reason', r.reason ?? '—'],
+      ['Phases', ROUND_PHASES.map((p) => `${p} ${duration(r.phases[phaseKey(p)])}`).join(' · ')],
+      ['Devices (medians)', r.timings ? `download ${ms(r.timings.downloadMs)} · evaluation ${ms(r.timings.evaluateMs)} · training ${ms(r.timings.trainMs)} · upload ${ms(r.timings.uploadMs)}` : '—'],
+      ['Answers', `${r.completed} counted, ${r.refused} refused, ${r.dropped} dropped, ${r.unanswered} unanswered, ${r.late} late, ${r.clipped} clipped, ${r.rejected} rejected`],
+      ['Test loss', num(r.testLoss)],
+      ['Held-out acc. before → after', `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`],
+      ['Bytes', `up ${bytes(r.bytesUp)}, down ${bytes(r.bytesDown)}`],
+    ];
+    return el('tr', { class: 'detail' }, el('td', { colspan: 8 }, el('dl', { class: 'facts' }, ...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]))));
+  };
+  table<RoundRecord>(
+    target,
+    [
+      { head: 'Round', cell: (r) => (r.attempt > 1 ? `${r.round} (try ${r.attempt})` : r.round) },
+      { head: 'Status', cell: (r) => el('span', { class: `pill ${r.status}` }, r.status), title: (r) => r.reason ?? '' },
+      { head: 'Counted', cell: (r) => `${r.completed}/${r.participants}`, title: (r) => `${r.completed} counted of ${r.participants} selected`, optional: true },
+      { head: 'Test acc.', cell: (r) => pct(r.testAccuracy, 2) },
+      { head: 'Duration', cell: (r) => duration(r.durationMs) },
+      { head: 'Up / device', cell: (r) => (r.completed ? bytes(Math.round(r.bytesUp / r.completed)) : '—'), optional: true },
+      { head: 'Model', cell: (r) => (r.modelVersion === null ? '—' : `v${r.modelVersion}`), optional: true },
+      { head: '', cell: (r) => el('button', { type: 'button', class: 'secondary small', 'data-round': key(r), 'aria-expanded': String(open.has(key(r))) }, open.has(key(r)) ? 'Less' : 'More') },
+    ],
+    [...rounds].reverse(),
     'No round yet.',
+    (r) => ({ 'data-round-row': key(r), 'data-duration-ms': String(r.durationMs) }),
+    detail,
   );
+  for (const b of Array.from(target.querySelectorAll<HTMLButtonElement>('button[data-round]'))) {
+    b.onclick = () => {
+      const k = b.dataset.round as string;
+      if (open.has(k)) open.delete(k);
+      else open.add(k);
+      renderRounds(target, rounds, open);
+    };
+  }
 }
 
-export function renderModels(target: HTMLTableElement, models: readonly ModelRow[], live: number | null, configs: ReadonlyMap<number, string>): void {
-  table(
+
+/** The model versions of a run; each downloads as one archive (model.json, weights.bin, model card) or as the TF.js files. */
+export function renderModels(target: HTMLTableElement, models: readonly ModelRecord[], live: number | null): void {
+  table<ModelRecord>(
     target,
-    ['Version', 'Run', 'Round', 'Model', 'Test acc.', 'Test loss', 'Created', 'Run config', 'Download'],
-    [...models].reverse().slice(0, 50).map((m) =>
-      el('tr', {}, el('td', {}, m.version === live ? el('strong', {}, `${m.version} (live)`) : m.version), el('td', {}, m.runId ?? '—'), el('td', {}, m.round), el('td', {}, m.model), el('td', {}, pct(m.testAccuracy, 2)), el('td', {}, num(m.testLoss)), el('td', {}, new Date(m.createdAt).toLocaleTimeString()), el('td', { class: 'muted' }, m.runId === null ? '—' : (configs.get(m.runId) ?? '—')), el('td', {}, el('a', { href: `/api/models/${m.version}/model.json`, download: `model-v${m.version}.json`, 'aria-label': `download model version ${m.version} (TF.js)` }, 'model.json'))),
-    ),
+    [
+      { head: 'Version', cell: (m) => (m.version === live ? el('strong', {}, `v${m.version} (live)`) : `v${m.version}`) },
+      { head: 'Round', cell: (m) => (m.round === 0 ? 'initial' : m.round) },
+      { head: 'Test acc.', cell: (m) => pct(m.testAccuracy, 2) },
+      { head: 'Test loss', cell: (m) => num(m.testLoss), optional: true },
+      { head: 'Created', cell: (m) => new Date(m.createdAt).toLocaleTimeString(), optional: true },
+      {
+        head: 'Download',
+        cell: (m) =>
+          el('span', { class: 'links' },
+            el('a', { href: `/api/models/${m.version}/model.zip`, download: `fedbrowser-model-v${m.version}.zip`, 'aria-label': `download model version ${m.version}: model.json, weights.bin and model card, zipped` }, 'model.zip'),
+            el('a', { href: `/api/models/${m.version}/model.json`, 'aria-label': `model version ${m.version}, TF.js model.json` }, 'model.json'),
+            el('a', { href: `/api/models/${m.version}/card.json`, 'aria-label': `model card of version ${m.version}` }, 'card')),
+      },
+    ],
+    [...models].reverse(),
     'No model yet.',
+    (m) => ({ 'data-version': String(m.version) }),
   );
 }
 
-
-/** The current round's phases as proportional segments, each labelled with its duration. */
-export function renderTimeline(target: HTMLElement, t: Timeline | null, now: number): void {
+/** The round's phases as proportional segments, each labelled with its name and duration (phases.ts). */
+export function renderTimeline(target: HTMLElement, t: RoundTimeline | null, now: number): void {
   if (!t) {
     target.replaceChildren(el('div', { class: 'selection', style: 'flex: 1' }, 'no round yet'));
     return;
   }
-  // Device phases are as the first device of the round reported them: download until one starts
-  // evaluating/training, training until one starts uploading, upload until the round closes.
-  const devicesEnd = t.closedAt ?? t.failedAt;
-  const trainingStart = t.trainingStartedAt ?? (devicesEnd !== undefined ? t.selectedAt : undefined);
-  const uploadStart = t.uploadStartedAt ?? (devicesEnd !== undefined ? trainingStart : undefined);
-  const segments: [string, string, number, number | undefined][] = [
-    ['selection', 'selection', t.selectionStartedAt, t.selectedAt],
-    ['download', 'download', t.selectedAt ?? now, trainingStart],
-    ['devices', 'local training', trainingStart ?? now, uploadStart],
-    ['upload', 'upload', uploadStart ?? now, devicesEnd],
-    ['aggregation', 'aggregate', t.closedAt ?? now, t.aggregatedAt],
-    ['evaluation', 'evaluate', t.aggregatedAt ?? now, t.evaluatedAt],
-  ];
-  const parts: HTMLElement[] = [];
-  let previousDone = true;
-  for (const [cls, label, start, end] of segments) {
-    if (!previousDone) break;
-    const stop = end ?? (t.failedAt ?? now);
-    const d = Math.max(0, stop - start);
-    const failedHere = t.failedAt !== undefined && cls === 'upload';
-    parts.push(el('div', { class: failedHere ? 'failed' : cls, style: `flex: ${Math.max(d, 1)}`, title: `${label}: ${ms(d)}${end === undefined ? ' (so far)' : ''}${failedHere ? ' — the round failed' : ''}` }, `${label} ${ms(d)}`));
-    previousDone = end !== undefined && !failedHere;
-  }
+  const spans = phaseSpans(t, now);
+  const parts = spans.map((s, i) => {
+    const d = Math.max(0, s.end - s.start);
+    const last = i === spans.length - 1;
+    const failed = last && (t.outcome === 'failed' || t.outcome === 'stopped');
+    const label = `${s.phase} ${duration(d)}${!s.done && !failed ? ' (so far)' : ''}${failed ? ` — ${t.outcome}` : ''}`;
+    return el('div', { class: failed ? 'failed' : PHASE_CLASS[s.phase], 'data-phase': s.phase, style: `flex: ${Math.max(d, 1)}`, title: label }, label);
+  });
   target.replaceChildren(...parts);
 }
 
-export interface LogEntry {
-  at: number;
-  level: 'info' | 'warn';
-  message: string;
-}
+export type LogEntry = FederationEvent;
 
 export function renderLog(target: HTMLElement, entries: readonly LogEntry[]): void {
   target.replaceChildren(...[...entries].reverse().slice(0, 200).map((e) => el('li', { class: e.level }, el('time', { datetime: new Date(e.at).toISOString() }, new Date(e.at).toLocaleTimeString()), e.message)));

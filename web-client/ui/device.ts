@@ -5,6 +5,8 @@ import { bytes, el, ms, pct } from './dom.ts';
 
 export interface DeviceFacts {
   deviceId: string;
+  /** the tab's slot: its own database */
+  slot: string;
   backend: string;
   backendReason: string;
   examples: number;
@@ -16,6 +18,7 @@ export interface DeviceFacts {
 export function renderFacts(dl: HTMLElement, f: DeviceFacts): void {
   const rows: [string, string][] = [
     ['Device id', f.deviceId],
+    ['This tab', `slot ${f.slot} (its own identity and data)`],
     ['Backend', f.backend],
     ['Why', f.backendReason],
     ['Training examples', String(f.examples)],
@@ -45,15 +48,30 @@ export function renderSamples(container: HTMLElement, samples: Samples, count = 
   container.replaceChildren(...cells);
 }
 
-export function renderState(connection: HTMLElement, state: HTMLElement, s: DeviceSnapshot): void {
-  connection.textContent = s.connection;
-  connection.className = `pill ${s.connection}`;
+/** A slice in words: "slice 1 of 4 of the iid partition (seed 1, 600 examples)". */
+export function describeSlice(s: { partition: string; clients: number; client: number; examples: number; seed: number; alpha: number }): string {
+  return `slice ${s.client} of ${s.clients} of the ${s.partition}${s.partition === 'dirichlet' ? ` (α ${s.alpha})` : ''} partition, seed ${s.seed}, up to ${s.examples} examples`;
+}
+
+/** Before joining, one pill says so; once joined, the connection and the device's state. */
+export function renderState(connection: HTMLElement, state: HTMLElement, s: DeviceSnapshot | undefined): void {
+  const joined = s !== undefined && s.connection !== 'offline';
+  connection.textContent = joined ? s.connection : 'not joined';
+  connection.className = `pill ${joined ? s.connection : 'idle'}`;
+  state.hidden = !joined || s.connection !== 'connected';
+  if (!s) return;
   const label = s.state === 'training' && s.progress !== null ? `training ${Math.round(s.progress * 100)} %` : s.state;
   state.textContent = label;
   state.className = `pill ${s.state}`;
 }
 
-export function renderProgress(bar: HTMLElement, line: HTMLElement, roundLine: HTMLElement, s: DeviceSnapshot): void {
+export function renderProgress(bar: HTMLElement, line: HTMLElement, roundLine: HTMLElement, s: DeviceSnapshot | undefined): void {
+  if (!s) {
+    (bar.firstElementChild as HTMLElement).style.width = '0%';
+    line.textContent = '';
+    roundLine.textContent = 'Not joined.';
+    return;
+  }
   const p = s.progress ?? (s.state === 'idle' ? 0 : null);
   const inner = bar.firstElementChild as HTMLElement;
   // Download, evaluation and upload have no byte-level progress over socket.io: show them as busy.
@@ -66,9 +84,12 @@ export function renderProgress(bar: HTMLElement, line: HTMLElement, roundLine: H
 }
 
 export function renderHistory(table: HTMLTableElement, history: readonly RoundHistoryEntry[]): void {
-  const head = el('tr', {}, ...['Run', 'Round', 'Model v', 'Acc. before', 'Acc. after', 'Train', 'Down', 'Up', 'Outcome'].map((h) => el('th', { scope: 'col' }, h)));
-  const rows = [...history].reverse().map((h) =>
-    el('tr', {}, el('td', {}, h.runId), el('td', {}, h.attempt > 1 ? `${h.round} (try ${h.attempt})` : h.round), el('td', {}, h.modelVersion), el('td', {}, pct(h.accuracyBefore)), el('td', {}, pct(h.accuracyAfter)), el('td', {}, ms(h.trainMs)), el('td', {}, bytes(h.bytesDown)), el('td', {}, bytes(h.bytesUp)), el('td', {}, el('span', { class: `pill ${h.outcome.replace(' ', '-')}`, title: h.message }, h.outcome))),
-  );
+  // Columns marked optional give way on narrow screens.
+  const cols: [string, boolean][] = [['Run', false], ['Round', false], ['Model v', true], ['Acc. before', false], ['Acc. after', false], ['Train', true], ['Down', true], ['Up', true], ['Outcome', false]];
+  const head = el('tr', {}, ...cols.map(([h, opt]) => el('th', { scope: 'col', class: opt ? 'opt' : undefined }, h)));
+  const rows = [...history].reverse().map((h) => {
+    const cells = [h.runId, h.attempt > 1 ? `${h.round} (try ${h.attempt})` : h.round, h.modelVersion, pct(h.accuracyBefore), pct(h.accuracyAfter), ms(h.trainMs), bytes(h.bytesDown), bytes(h.bytesUp), el('span', { class: `pill ${h.outcome.replace(' ', '-')}`, title: h.message }, h.outcome)];
+    return el('tr', {}, ...cells.map((c, i) => el('td', { class: cols[i]?.[1] ? 'opt' : undefined }, c)));
+  });
   table.replaceChildren(el('thead', {}, head), el('tbody', {}, ...rows));
 }
