@@ -7,11 +7,14 @@
  * updates being validated and the acks waiting for an answer.
  */
 import type { AdminSnapshot, DeviceInfo, FederationEvent, FederationStatus } from '../shared/api.ts';
-import type { ModelPublished, Result, RoundEnd, RoundStart } from '../shared/protocol.ts';
+import type { ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../shared/protocol.ts';
+import { roundContext } from '../shared/secagg/plan.ts';
+import { neighbourToWire, sharesToWire } from '../shared/secagg/wire.ts';
 import { publicConfig, type DeviceHello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
 import { WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
-import { describeWaiting, initialState, isActive, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
+import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
+import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
 import type { RoundAggregator, Strategy } from './fl/strategy.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
@@ -25,6 +28,8 @@ export interface DevicePort {
   sendRoundStart(deviceId: string, msg: RoundStart): void;
   sendRoundEnd(deviceId: string, msg: RoundEnd): void;
   broadcastModel(msg: ModelPublished): void;
+  /** a secure-aggregation message for one device (secagg/) */
+  sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): void;
 }
 
 export interface Clock {
@@ -61,6 +66,8 @@ export class ConflictError extends Error {
 interface Submission {
   deviceId: string;
   payload: Uint8Array;
+  /** a masked input's signature, under secure aggregation */
+  signature?: Uint8Array;
   answer: (result: Result<{ accepted: true }>) => void;
   validated?: ValidatedUpdate;
 }
@@ -86,6 +93,11 @@ export class Federation {
   private aggregator: { key: string; sum: RoundAggregator } | undefined;
   private readonly submissions = new Map<number, Submission>();
   private nextSubmission = 1;
+  /** devices' identity keys (proven at hello) and whether they do X25519: secure aggregation checks and picks with them */
+  private readonly identityKeys = new Map<string, { key: Uint8Array<ArrayBuffer>; x25519: boolean }>();
+  /** the secure round under way: its adverts, shares, reveals and the sum of masked inputs */
+  private secure: SecureRound | undefined;
+  private readonly secAggPending = new Map<number, { deviceId: string; message: SecAggMessage; answer: (r: Result<null>) => void }>();
   private timer: { at: number; cancel: () => void } | undefined;
   private closed = false;
   private readonly queue: CoordinatorEvent[] = [];
@@ -126,8 +138,9 @@ export class Federation {
 
   // ─── devices ─────────────────────────────────────────────────────────────
   /** A device whose identity the transport has proven joins (or rejoins) with its claims. */
-  join(hello: DeviceHello): void {
+  join(hello: DeviceHello, identityKey?: Uint8Array): void {
     this.devices.join(hello, this.deps.clock.now());
+    if (identityKey) this.identityKeys.set(hello.deviceId, { key: Uint8Array.from(identityKey), x25519: hello.x25519 === true });
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
     this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
   }
@@ -256,8 +269,25 @@ export class Federation {
   submitUpdate(deviceId: string, msg: UpdateSubmit): Promise<Result<{ accepted: true }>> {
     const submission = this.nextSubmission++;
     return new Promise((answer) => {
-      this.submissions.set(submission, { deviceId, payload: msg.delta, answer });
+      this.submissions.set(submission, { deviceId, payload: msg.delta, answer, ...(msg.signature ? { signature: msg.signature } : {}) });
       this.dispatch({ type: 'update:submitted', submission, deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: msg.numExamples, bytes: msg.delta.byteLength, metrics: msg.metrics });
+    });
+  }
+
+  /**
+   * A secure-aggregation message (keys, shares or reveal): checked against the round and the
+   * sender's identity key, then given to the coordinator, which takes or refuses it.
+   */
+  async secAggMessage(deviceId: string, ref: { runId: number; round: number; attempt: number }, message: SecAggMessage): Promise<Result<null>> {
+    const identity = this.identityKeys.get(deviceId);
+    if (!identity) return { ok: false, error: { code: 'IDENTITY', message: `secagg:${message.what} from ${deviceId}: the device has not proven an identity key` } };
+    const secure = this.secure;
+    const current = secure && secure.key === roundKey(ref) ? secure : undefined;
+    const invalid = current ? await current.check(deviceId, identity.key, message) : undefined;
+    const id = this.nextSubmission++;
+    return new Promise((answer) => {
+      this.secAggPending.set(id, { deviceId, message, answer });
+      this.dispatch({ type: 'secagg:received', what: message.what, message: id, deviceId, ...ref, ...(invalid !== undefined ? { invalid } : {}) });
     });
   }
 
@@ -299,8 +329,9 @@ export class Federation {
       case 'update:accept': {
         const s = this.submissions.get(effect.submission);
         this.submissions.delete(effect.submission);
-        if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
-        this.aggregator.sum.add(s.validated.delta, effect.weight);
+        if (this.secure && s) this.secure.add(s.payload);
+        else if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
+        else this.aggregator.sum.add(s.validated.delta, effect.weight);
         this.devices.counted(effect.deviceId, effect.metrics);
         s.answer({ ok: true, data: { accepted: true } });
         return;
@@ -346,11 +377,47 @@ export class Federation {
         return;
       case 'timer:set':
         return this.arm(effect.at);
+      case 'secagg:answer': {
+        const p = this.secAggPending.get(effect.message);
+        this.secAggPending.delete(effect.message);
+        if (!p) return;
+        if (effect.error) {
+          this.counters.badMessages++;
+          this.log.warn('secure aggregation message refused', { deviceId: effect.deviceId, code: effect.error.code, message: effect.error.message });
+          return p.answer({ ok: false, error: effect.error });
+        }
+        this.secure?.keep(p.deviceId, this.identityKeys.get(p.deviceId)!.key, p.message);
+        return p.answer({ ok: true, data: null });
+      }
+      case 'secagg:neighbours': {
+        const secure = this.requireSecure(effect);
+        secure.neighbours = effect.neighbours;
+        const devices = Object.keys(effect.neighbours).length;
+        for (const id of Object.keys(effect.neighbours)) this.deps.port.sendSecAgg(id, 'secagg:neighbours', { runId: effect.runId, round: effect.round, attempt: effect.attempt, devices, neighbours: secure.neighbourKeys(id).map(neighbourToWire) });
+        return;
+      }
+      case 'secagg:forward': {
+        const secure = this.requireSecure(effect);
+        const survivors = new Set(effect.survivors);
+        for (const id of effect.survivors) this.deps.port.sendSecAgg(id, 'secagg:shares', { runId: effect.runId, round: effect.round, attempt: effect.attempt, shares: sharesToWire(secure.sharesFor(id, survivors)) });
+        return;
+      }
+      case 'secagg:unmask': {
+        const secure = this.requireSecure(effect);
+        secure.requests = effect.requests;
+        for (const [id, request] of Object.entries(effect.requests)) this.deps.port.sendSecAgg(id, 'secagg:unmask', { runId: effect.runId, round: effect.round, attempt: effect.attempt, ...request });
+        return;
+      }
       default: {
         const never: never = effect;
         throw new Error(`federation: unknown effect ${JSON.stringify(never)}`);
       }
     }
+  }
+
+  private requireSecure(ref: { runId: number; round: number; attempt: number }): SecureRound {
+    if (!this.secure || this.secure.key !== roundKey(ref)) throw new Error(`round ${ref.round}: no secure round material`);
+    return this.secure;
   }
 
   /** Keeps exactly one timer, at the moment the coordinator named (none for null). */
@@ -374,6 +441,14 @@ export class Federation {
     const strategy = this.deps.strategyFor(run.config);
     this.aggregator = { key: roundKey(effect), sum: strategy.createAggregator(global.weights.values.length, run.config) };
     const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload };
+    this.secure = undefined;
+    if (run.config.secureAggregation) {
+      // X25519 when every selected device has it, else P-256 (all of a round's keys must agree)
+      const curve = effect.deviceIds.every((id) => this.identityKeys.get(id)?.x25519) ? 'X25519' : 'P-256';
+      const plan = { context: roundContext(effect.runId, effect.round, effect.attempt), curve, neighbours: run.config.secAggNeighbours, threshold: run.config.secAggThreshold, bounds: { maxInputs: selectionSize(run.config), maxWeight: run.config.maxExamplesPerDevice, clipNorm: run.config.clipNorm } } as const;
+      this.secure = new SecureRound(roundKey(effect), plan, global.weights.values.length);
+      msg.secureAggregation = plan;
+    }
     const download = this.models.downloads(run.config);
     let bytesDown = 0;
     this.devices.selected(effect.deviceIds);
@@ -391,6 +466,18 @@ export class Federation {
     const run = this.state.run;
     const global = this.models.current;
     if (!s || !run || !global) throw new Error(`update ${submission}: nothing to validate it against`);
+    const secure = this.secure;
+    if (secure) {
+      // a masked input: only its size and its signature can be checked; its content is the sum's
+      const signature = s.signature ? Uint8Array.from(s.signature) : undefined;
+      const key = this.identityKeys.get(s.deviceId)?.key;
+      this.track(
+        (signature && key ? verifyInput(secure.plan.context, s.deviceId, key, Uint8Array.from(s.payload), signature, secure.sum.length) : Promise.resolve('a masked input must be signed by a device with a proven identity key')).then((problem) =>
+          this.dispatch(problem === undefined ? { type: 'update:validated', submission, norm: 0, clipped: false } : { type: 'update:invalid', submission, reason: problem }),
+        ),
+      );
+      return;
+    }
     const validate = this.deps.validate ?? inlineValidator;
     this.track(
       validate(s.payload, global.weights.specs, run.config).then(
@@ -414,7 +501,7 @@ export class Federation {
       (async () => {
         await new Promise<void>((resolve) => setImmediate(resolve)); // off the caller's stack: a deadline may pass meanwhile
         if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
-        const next = aggregator.sum.result(global.weights.values);
+        const next = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
@@ -424,6 +511,13 @@ export class Federation {
         this.dispatch({ type: 'round:aggregation-failed', ...ref, reason: errorText(err) });
       }),
     );
+  }
+
+  /** The secure round's new global model: the old one plus the unmasked FedAvg mean. */
+  private async unmasked(ref: { runId: number; round: number; attempt: number }, a: NonNullable<Extract<Effect, { type: 'round:aggregate' }>['secagg']>, global: Float32Array): Promise<Float32Array> {
+    const { mean, totalWeight } = await this.requireSecure(ref).mean(a);
+    this.log.info('secure round unmasked', { round: ref.round, inputs: a.inputs.length, totalWeight });
+    return global.map((w, i) => w + mean[i]!);
   }
 
   private evaluate(effect: Extract<Effect, { type: 'model:evaluate' }>): void {

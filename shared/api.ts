@@ -50,7 +50,8 @@ export interface ModelCard {
   /** the run's configuration (a join token is masked) */
   config: RunConfig | null;
   /** the round that produced it: devices counted, examples and FedAvg weight */
-  training: { devices: number; examples: number; weight: number } | null;
+  /** weight is null when the round aggregated securely: the server never learns single weights */
+  training: { devices: number; examples: number; weight: number | null } | null;
   format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)';
 }
 
@@ -62,6 +63,21 @@ export interface DeviceTimings {
   trainMs: number;
   /** arrival − start − download − evaluation − training */
   uploadMs: number;
+}
+
+/** What a round with secure aggregation did at each stage of its protocol. */
+export interface SecAggRecord {
+  /** neighbours per device and the shares that rebuild a secret, in this round */
+  neighbours: number;
+  threshold: number;
+  /** devices at each stage: selected, advertised keys, shared (and could be unmasked), sent a masked input, revealed */
+  selected: number;
+  advertised: number;
+  shared: number;
+  inputs: number;
+  revealed: number;
+  /** how long each stage took (the unmask stage until every reveal was in) */
+  stageMs: { keys: number; shares: number; inputs: number; unmask: number };
 }
 
 export interface RoundRecord {
@@ -99,9 +115,11 @@ export interface RoundRecord {
   /** mean over the counted devices of their held-out accuracy before/after local training */
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
-  /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice), its held-out accuracy before/after local training */
-  devices: { id: string; numExamples: number; weight: number; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
+  /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice; null under secure aggregation), its held-out accuracy before/after local training */
+  devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
   modelVersion: number | null;
+  /** set when the round aggregated securely: then the server never saw a device's update or weight (weight is null) */
+  secureAggregation: SecAggRecord | null;
 }
 
 export interface ModelRecord {

@@ -92,6 +92,8 @@ export interface DeviceRound {
   submission?: UpdateSubmit;
   /** the topk codec's residual, to keep once the server has counted the update */
   residual: Float32Array | undefined;
+  /** Δ itself, unencoded: what a secure-aggregation round masks instead (secagg/session.ts) */
+  delta?: Float32Array;
   bytesDown: number;
   accuracyBefore: number;
   accuracyAfter: number;
@@ -122,7 +124,7 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
     delta: encoded.payload,
     metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs },
   };
-  return { ...round, submission, residual: encoded.residual, encodeMs };
+  return { ...round, submission, residual: encoded.residual, delta: u.delta.values, encodeMs };
 }
 
 /** Keeps the codec's residual once the server has counted the update (a refused update leaves the old one). */

@@ -77,3 +77,35 @@ export async function verifyHello(deviceId: string, publicKey: Uint8Array<ArrayB
   const ok = await subtle().verify(SIGNATURE_ALGORITHM, key, signature, helloMessage(challenge, deviceId));
   return ok ? undefined : 'the signature does not match the challenge of this connection';
 }
+
+/**
+ * Length-prefixed concatenation of a message's parts: the bytes a device signs for a protocol
+ * message, so no two different messages sign the same bytes.
+ */
+export function transcript(context: string, parts: readonly (string | number | Uint8Array)[]): Uint8Array<ArrayBuffer> {
+  const encoded = [context, ...parts].map((p) => (p instanceof Uint8Array ? p : new TextEncoder().encode(String(p))));
+  const out = new Uint8Array(encoded.reduce((n, p) => n + 4 + p.length, 0));
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const p of encoded) {
+    view.setUint32(at, p.length);
+    out.set(p, at + 4);
+    at += 4 + p.length;
+  }
+  return out;
+}
+
+/** Signs a protocol message (its `transcript`) with the device's identity key. */
+export async function signMessage(identity: DeviceIdentity, message: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
+  return new Uint8Array(await subtle().sign(SIGNATURE_ALGORITHM, identity.keys.privateKey, message));
+}
+
+/** Whether `signature` signs `message` under this raw P-256 identity key. */
+export async function verifyMessage(publicKey: Uint8Array<ArrayBuffer>, signature: Uint8Array<ArrayBuffer>, message: Uint8Array<ArrayBuffer>): Promise<boolean> {
+  try {
+    const key = await subtle().importKey('raw', publicKey, KEY_ALGORITHM, false, ['verify']);
+    return await subtle().verify(SIGNATURE_ALGORITHM, key, signature, message);
+  } catch {
+    return false;
+  }
+}

@@ -6,7 +6,9 @@
 import type { AdminSnapshot, FederationEvent } from './api.ts';
 import type { CodecConfig } from './codec.ts';
 import type { ModelName } from './models-names.ts';
-import type { Hello, StateReport, UpdateSubmit } from './schemas.ts';
+import type { Hello, SecAggKeys, SecAggReveal, SecAggShares, StateReport, UpdateSubmit } from './schemas.ts';
+import type { NeighbourKeysWire, SealedShareWire } from './secagg/wire.ts';
+import type { SecAggRoundPlan } from './secagg/session.ts';
 
 export const ERROR_CODES = {
   BAD_MESSAGE: 'BAD_MESSAGE',
@@ -60,6 +62,31 @@ export interface RoundStart {
   weights: Uint8Array;
   /** set when `weights` is a delta against this version, which the device said it holds */
   baseVersion?: number;
+  /** set when the round aggregates securely: the device advertises keys at once (secagg:keys) */
+  secureAggregation?: SecAggRoundPlan;
+}
+
+interface SecAggRef {
+  runId: number;
+  round: number;
+  attempt: number;
+}
+
+/** secagg:neighbours — the devices this one shares its secrets with, and how many advertised keys */
+export interface SecAggNeighbours extends SecAggRef {
+  devices: number;
+  neighbours: NeighbourKeysWire[];
+}
+
+/** secagg:shares — the shares its neighbours sealed for this device (`peer` = the sender) */
+export interface SecAggSharesIn extends SecAggRef {
+  shares: SealedShareWire[];
+}
+
+/** secagg:unmask — which neighbours' self-mask seeds, and which dropped neighbours' mask keys, to reveal */
+export interface SecAggUnmask extends SecAggRef {
+  survivors: string[];
+  dropped: string[];
 }
 
 export interface RoundEnd {
@@ -82,6 +109,9 @@ export interface ModelPublished {
 export interface ServerToClientEvents {
   'round:start': (msg: RoundStart) => void;
   'round:end': (msg: RoundEnd) => void;
+  'secagg:neighbours': (msg: SecAggNeighbours) => void;
+  'secagg:shares': (msg: SecAggSharesIn) => void;
+  'secagg:unmask': (msg: SecAggUnmask) => void;
   'model:published': (msg: ModelPublished) => void;
   'server:error': (error: ProtocolError) => void;
 }
@@ -94,6 +124,9 @@ export interface ClientToServerEvents {
   /** the ack is optional: devices report progress without waiting; errors come as server:error then */
   'device:state': (msg: StateReport, ack?: Ack<null>) => void;
   'update:submit': (msg: UpdateSubmit, ack: Ack<{ accepted: true }>) => void;
+  'secagg:keys': (msg: SecAggKeys, ack: Ack<null>) => void;
+  'secagg:shares': (msg: SecAggShares, ack: Ack<null>) => void;
+  'secagg:reveal': (msg: SecAggReveal, ack: Ack<null>) => void;
 }
 
 export const SOCKET_PATH = '/socket.io';

@@ -4,6 +4,10 @@
  */
 import { z } from 'zod';
 import { parseCodec, type CodecConfig } from './codec.ts';
+import { CURVES } from './secagg/crypto.ts';
+import { planProblem } from './secagg/plan.ts';
+import { fromBase64 } from './secagg/wire.ts';
+import { quantProblem } from './secagg/quantize.ts';
 import { MODEL_NAMES } from './models-names.ts';
 import { PARTITIONS } from './partition.ts';
 
@@ -37,6 +41,8 @@ export const helloSchema = z
     publicKey: z.instanceof(Uint8Array).refine((k) => k.byteLength === 65, 'must be a 65-byte raw P-256 public key'),
     /** its ECDSA P-256 / SHA-256 signature (64 bytes, r‖s) of the connection's challenge */
     signature: z.instanceof(Uint8Array).refine((s) => s.byteLength === 64, 'must be a 64-byte ECDSA signature'),
+    /** whether its WebCrypto does X25519 (secure aggregation falls back to P-256 for a round where one device cannot) */
+    x25519: z.boolean().optional(),
   })
   .refine((h) => h.labelHistogram.reduce((a, b) => a + b, 0) === h.examples, { message: 'must add up to examples', path: ['labelHistogram'] });
 export type Hello = z.infer<typeof helloSchema>;
@@ -75,7 +81,52 @@ export const updateSubmitSchema = z.strictObject({
   /** Δ = w_local − w_global, encoded with the run's update codec (codec.ts; float32: weights.ts) */
   delta: z.instanceof(Uint8Array),
   metrics: updateMetricsSchema,
+  /** under secure aggregation `delta` is the masked input, signed by the device for its round (secagg/device.ts) */
+  signature: z.instanceof(Uint8Array).refine((s) => s.byteLength === 64, 'must be a 64-byte ECDSA signature').optional(),
 });
+
+// ─── secure aggregation (secagg/) ────────────────────────────────────────────
+/** bytes as base64 text (wire.ts): decoded here, their length bounded */
+const sized = (min: number, max: number) =>
+  z
+    .string()
+    .max(Math.ceil(max / 3) * 4)
+    .transform((text, ctx) => {
+      try {
+        return fromBase64(text);
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be base64' });
+        return z.NEVER;
+      }
+    })
+    .refine((b) => b.byteLength >= min && b.byteLength <= max, `must be ${min === max ? min : `${min}–${max}`} bytes`);
+const roundRef = { runId: z.number().int().positive(), round: z.number().int().positive(), attempt: z.number().int().min(1) };
+const ecdsaSignature = sized(64, 64);
+/** at most 254 neighbours: Shamir shares over GF(2^8) */
+const MAX_NEIGHBOURS = 254;
+
+export const secAggKeysSchema = z.strictObject({
+  ...roundRef,
+  curve: z.enum(CURVES),
+  maskPublicKey: sized(32, 65),
+  encPublicKey: sized(32, 65),
+  seedCommitment: z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 in hex'),
+  keyCommitment: z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 in hex'),
+  signature: ecdsaSignature,
+});
+export type SecAggKeys = z.input<typeof secAggKeysSchema>;
+
+export const secAggSharesSchema = z.strictObject({
+  ...roundRef,
+  /** one sealed share for each neighbour: 12-byte IV, the shares (≤ 2 + 33 + 139 bytes), 16-byte tag */
+  shares: z.array(z.strictObject({ peer: deviceId, sealed: sized(28, 512) })).max(MAX_NEIGHBOURS),
+  signature: ecdsaSignature,
+});
+export type SecAggShares = z.input<typeof secAggSharesSchema>;
+
+const revealed = z.array(z.strictObject({ of: deviceId, share: sized(2, 256) })).max(MAX_NEIGHBOURS);
+export const secAggRevealSchema = z.strictObject({ ...roundRef, seeds: revealed, keys: revealed, signature: ecdsaSignature });
+export type SecAggReveal = z.input<typeof secAggRevealSchema>;
 export type UpdateSubmit = z.infer<typeof updateSubmitSchema>;
 
 /** Readable field rules: these messages appear next to the admin form's fields and in API errors. */
@@ -131,6 +182,12 @@ export const runConfigSchema = z.strictObject({
   quantBlock: whole(0, 1 << 20).default(256),
   /** how the global model reaches a device that holds an older version: in full, or as a lossless delta */
   downlink: z.enum(DOWNLINKS, { error: `must be one of ${DOWNLINKS.join(', ')}` }).default('delta'),
+  /** masks every update so that the server learns only their sum (SecAgg+; secagg/) */
+  secureAggregation: z.boolean({ error: 'must be true or false' }).default(false),
+  /** neighbours each device shares its secrets with (even; 0: about 2·log2 of the round's devices, at least 4) */
+  secAggNeighbours: whole(0, 254).default(0),
+  /** shares that rebuild a secret (more than half the neighbours; 0: a bare majority) */
+  secAggThreshold: whole(0, 254).default(0),
 }).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
@@ -175,6 +232,27 @@ function silentNoOps(c: RunConfig): FieldIssue[] {
     if (c.randFraction !== RUN_CONFIG_DEFAULTS.randFraction && !codec.random) issues.push({ field: 'randFraction', message: `has no effect: the codec ${codec.name} has no rand stage` });
     if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values)) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
   }
+  return [...issues, ...secureAggregationIssues(c)];
+}
+
+/**
+ * What cannot go with secure aggregation: the server sees only the sum, so rules that look at
+ * single updates cannot run, the masked vector is dense 32-bit integers (no codec), and the
+ * devices must clip so that the sum of a full round cannot wrap.
+ */
+function secureAggregationIssues(c: RunConfig): FieldIssue[] {
+  if (!c.secureAggregation) {
+    return (['secAggNeighbours', 'secAggThreshold'] as const).filter((f) => c[f] !== RUN_CONFIG_DEFAULTS[f]).map((field) => ({ field, message: 'has no effect: secure aggregation is off' }));
+  }
+  const issues: FieldIssue[] = [];
+  if (c.aggregation !== 'fedavg') issues.push({ field: 'aggregation', message: `${c.aggregation} must see every update; under secure aggregation the server sees only their sum: use fedavg` });
+  if (c.updateCodec !== 'float32') issues.push({ field: 'updateCodec', message: 'under secure aggregation a device sends its masked update as dense 32-bit integers: use float32' });
+  if (c.minUpdates < 3) issues.push({ field: 'minUpdates', message: 'secure aggregation needs at least 3 devices in a round' });
+  const devices = Math.ceil(c.clientsPerRound * c.overSelect - 1e-9);
+  const bounds = quantProblem({ maxInputs: devices, maxWeight: c.maxExamplesPerDevice, clipNorm: c.clipNorm });
+  if (bounds) issues.push({ field: c.clipNorm > 0 ? 'maxExamplesPerDevice' : 'clipNorm', message: bounds });
+  const shape = planProblem(c.secAggNeighbours, c.secAggThreshold, devices);
+  if (shape) issues.push(shape);
   return issues;
 }
 

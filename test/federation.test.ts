@@ -46,7 +46,7 @@ describe('federation over real sockets', () => {
       expect(r.testAccuracy).toBeGreaterThanOrEqual(0);
       expect(r.testLoss).toBeGreaterThan(0);
       expect(r.bytesUp).toBe(3 * full);
-      expect(r.devices.map((d) => d.weight).sort((a, b) => a - b)).toEqual([60, 100, 140]);
+      expect(r.devices.map((d) => d.weight!).sort((a, b) => a - b)).toEqual([60, 100, 140]);
     }
 
     // The stored round-1 model is exactly w0 + Σ nΔ / Σ n of what the devices sent.

@@ -13,15 +13,23 @@
  *   evaluating ─failure or timeout→ the round is recorded without test metrics; the run goes on
  *   any active phase ─run:stop→ stopped
  *
+ * A round with secure aggregation (SecAgg+, secagg/) runs its protocol inside these phases:
+ *   training:    keys (every selected device advertises keys) → shares (neighbours named, sealed
+ *                shares sent) → inputs (masked updates, as the updates above)
+ *   aggregating: unmask (the devices in the sum reveal shares) → aggregation
+ * The keys, shares and unmask stages each wait at most SECAGG_STAGE_MS for devices that are slow.
+ *
  * Every step ends with one `timer:set` effect: the next moment at which time alone changes
  * something (or null), recomputed from the state. The interpreter arms exactly that, so a tick
  * that comes early, late or twice can never lose a deadline.
  */
-import type { DeviceTimings, Phase, RoundRecord, RoundTimeline, Stage } from '../../shared/api.ts';
+import type { DeviceTimings, Phase, RoundRecord, RoundTimeline, SecAggRecord, Stage } from '../../shared/api.ts';
 import { phaseDurations } from '../../shared/phases.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
+import { keepRebuildable, ringNeighbours, roundShape, unmaskRequest } from '../../shared/secagg/plan.ts';
+import type { UnmaskRequest } from '../../shared/secagg/device.ts';
 
 const ACTIVE: ReadonlySet<Phase> = new Set(['selecting', 'training', 'aggregating', 'evaluating']);
 
@@ -29,6 +37,8 @@ const ACTIVE: ReadonlySet<Phase> = new Set(['selecting', 'training', 'aggregatin
 export const VALIDATION_GRACE_MS = 10_000;
 /** Aggregating or evaluating longer than this is a failure of that step (the run goes on). */
 export const WORK_TIMEOUT_MS = 10 * 60_000;
+/** How long a secure-aggregation stage (keys, shares, unmask) waits for devices that have not answered. */
+export const SECAGG_STAGE_MS = 15_000;
 
 export interface DeviceSlot {
   busy: boolean;
@@ -85,6 +95,29 @@ export interface RoundState {
   /** when the current step (aggregation, evaluation) began: its timeout runs from here */
   workStartedAt?: number;
   modelVersion?: number;
+  /** the secure-aggregation protocol of this round, when the run asks for it */
+  secagg?: SecAggState;
+}
+
+export type SecAggStage = 'keys' | 'shares' | 'inputs' | 'unmask' | 'done';
+
+export interface SecAggState {
+  stage: SecAggStage;
+  /** when the keys, shares or unmask stage stops waiting */
+  stageEnds: number;
+  /** when each stage began */
+  began: Partial<Record<SecAggStage, number>>;
+  /** devices whose keys were taken (U1), whose shares were (then those of them whose secrets can be rebuilt: U2), that revealed */
+  advertised: readonly string[];
+  shared: readonly string[];
+  survivors: readonly string[];
+  revealed: readonly string[];
+  /** devices in the sum that left before revealing */
+  lost: readonly string[];
+  /** neighbours per device and shares needed, fixed when the keys stage ends */
+  k: number;
+  t: number;
+  neighbours: Readonly<Record<string, readonly string[]>>;
 }
 
 export interface RunState {
@@ -124,6 +157,8 @@ export type CoordinatorEvent =
   | ({ type: 'update:submitted'; submission: number; deviceId: string; numExamples: number; bytes: number; metrics: UpdateMetrics } & RoundRef)
   | { type: 'update:validated'; submission: number; norm: number; clipped: boolean }
   | { type: 'update:invalid'; submission: number; reason: string }
+  /** a secure-aggregation message whose signature and shape the service has checked (or not: `invalid`) */
+  | ({ type: 'secagg:received'; what: 'keys' | 'shares' | 'reveal'; message: number; deviceId: string; invalid?: string } & RoundRef)
   | ({ type: 'round:aggregated'; version: number } & RoundRef)
   | ({ type: 'round:aggregation-failed'; reason: string } & RoundRef)
   | ({ type: 'round:evaluated'; version: number; accuracy: number; loss: number } & RoundRef)
@@ -138,7 +173,12 @@ export type Effect =
   /** `submission` is absent for a refusal decided before the update was taken in */
   | { type: 'update:reject'; submission: number; deviceId: string; code: ErrorCode; message: string; late: boolean }
   | ({ type: 'round:notify-end'; deviceIds: readonly string[]; counted: readonly string[]; outcome: 'completed' | 'failed' | 'stopped' } & RoundRef)
-  | ({ type: 'round:aggregate'; updates: number } & RoundRef)
+  | ({ type: 'round:aggregate'; updates: number; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
+  /** keep (ok) or drop a secure-aggregation message, and answer its sender */
+  | { type: 'secagg:answer'; message: number; deviceId: string; error?: { code: ErrorCode; message: string } }
+  | ({ type: 'secagg:neighbours'; neighbours: Readonly<Record<string, readonly string[]>> } & RoundRef)
+  | ({ type: 'secagg:forward'; survivors: readonly string[] } & RoundRef)
+  | ({ type: 'secagg:unmask'; requests: Readonly<Record<string, UnmaskRequest>> } & RoundRef)
   | ({ type: 'model:evaluate'; version: number } & RoundRef)
   | { type: 'round:record'; record: RoundRecord; willRetry: boolean }
   | { type: 'model:publish'; version: number; runId: number; round: number; testAccuracy: number | null; testLoss: number | null }
@@ -194,8 +234,11 @@ export function nextWake(state: CoordinatorState, now: number): number | null {
     }
     case 'training':
       if (!current) return null;
+      if (current.secagg && current.secagg.stage !== 'inputs') return now < current.secagg.stageEnds ? current.secagg.stageEnds : null;
       return now < current.deadline ? current.deadline : current.deadline + VALIDATION_GRACE_MS;
     case 'aggregating':
+      if (current?.secagg?.stage === 'unmask') return now < current.secagg.stageEnds ? current.secagg.stageEnds : null;
+      return current?.workStartedAt !== undefined ? current.workStartedAt + WORK_TIMEOUT_MS : null;
     case 'evaluating':
       return current?.workStartedAt !== undefined ? current.workStartedAt + WORK_TIMEOUT_MS : null;
     case 'idle':
@@ -245,6 +288,9 @@ export function describeWaiting(state: CoordinatorState, now: number): string | 
     }
     case 'training': {
       if (!current) return null;
+      const s = current.secagg;
+      if (s?.stage === 'keys') return `secure aggregation, keys: ${s.advertised.length} of ${current.selected.length - current.dropped.length} selected devices advertised (waits until ${Math.max(0, Math.ceil((s.stageEnds - now) / 1000))} s from now)`;
+      if (s?.stage === 'shares') return `secure aggregation, shares: ${s.shared.length} of ${s.advertised.length} devices sent theirs (k = ${s.k}, t = ${s.t})`;
       const answered = current.accepted.length + current.refused.length + current.dropped.length;
       const of = `${answered} of ${current.selected.length} selected answered`;
       if (now >= current.deadline) return `deadline passed: validating ${current.validating.length} update${current.validating.length === 1 ? '' : 's'} that arrived in time`;
@@ -252,6 +298,7 @@ export function describeWaiting(state: CoordinatorState, now: number): string | 
       return `waiting for updates: ${current.accepted.length} of the ${config.minUpdates} required in; ${of}`;
     }
     case 'aggregating':
+      if (current?.secagg?.stage === 'unmask') return `secure aggregation, unmasking: ${current.secagg.revealed.length} of ${current.accepted.length} devices revealed their shares`;
       return `aggregating ${current?.accepted.length ?? 0} updates`;
     case 'evaluating':
       return `evaluating model v${current?.modelVersion ?? '?'} on the test set`;
@@ -305,8 +352,27 @@ function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status
     testLoss: outcome.testLoss,
     localAccuracyBefore: mean(m.map((x) => x.metrics.accuracyBefore)),
     localAccuracyAfter: mean(m.map((x) => x.metrics.accuracyAfter)),
-    devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
+    devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
+    secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
+  };
+}
+
+function secAggRecord(cur: RoundState, end: number): SecAggRecord {
+  const s = cur.secagg as SecAggState;
+  const span = (from: SecAggStage, to: SecAggStage | 'done') => {
+    const a = s.began[from];
+    return a === undefined ? 0 : (s.began[to] ?? end) - a;
+  };
+  return {
+    neighbours: s.k,
+    threshold: s.t,
+    selected: cur.selected.length,
+    advertised: s.advertised.length,
+    shared: s.survivors.length,
+    inputs: cur.accepted.length,
+    revealed: s.revealed.length,
+    stageMs: { keys: span('keys', 'shares'), shares: span('shares', 'inputs'), inputs: span('inputs', 'unmask'), unmask: span('unmask', 'done') },
   };
 }
 
@@ -331,6 +397,9 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     declared[id] = slot.examples;
   }
   const current: RoundState = { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now, deadline, selected, declared, validating: [], accepted: [], refused: [], dropped: [], late: 0, rejected: 0, bytesDown: 0, bytesUp: 0 };
+  if (config.secureAggregation) {
+    current.secagg = { stage: 'keys', stageEnds: Math.min(now + SECAGG_STAGE_MS, deadline), began: { keys: now }, advertised: [], shared: [], survivors: [], revealed: [], lost: [], k: 0, t: 0, neighbours: {} };
+  }
   return {
     state: { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } },
     effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline }],
@@ -362,6 +431,18 @@ function lateValidations(cur: RoundState): Effect[] {
 function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<RoundState['closedBy']>): StepResult {
   const cur = state.current as RoundState;
   const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, closedBy, workStartedAt: now, unanswered: cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length - cur.validating.length };
+  if (cur.secagg) {
+    // the masked inputs are in: the devices in the sum now reveal what removes the masks
+    const inputs = new Set(ids(closed.accepted));
+    const shared = new Set(cur.secagg.survivors);
+    const requests = Object.fromEntries([...inputs].map((id) => [id, unmaskRequest(id, cur.secagg!.neighbours, shared, inputs)]));
+    // a device whose input is in but which has left cannot reveal: do not wait for it
+    const lost = [...inputs].filter((id) => !state.devices.has(id));
+    const secagg: SecAggState = { ...cur.secagg, stage: 'unmask', stageEnds: now + SECAGG_STAGE_MS, began: { ...cur.secagg.began, unmask: now }, lost };
+    const unmasking: CoordinatorState = { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: { ...closed, secagg }, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } };
+    const settled = settleUnmask(unmasking, now);
+    return { state: settled.state, effects: [...lateValidations(cur), { type: 'secagg:unmask', runId: cur.runId, round: cur.round, attempt: cur.attempt, requests }, ...settled.effects] };
+  }
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
     effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length }],
@@ -369,14 +450,14 @@ function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<
 }
 
 /** The round failed: it is recorded, then redone as a new attempt, or the run fails after maxRoundRetries. */
-function failRound(state: CoordinatorState, now: number, reason: string): StepResult {
+function failRound(state: CoordinatorState, now: number, reason: string, before: Effect[] = []): StepResult {
   const run = state.run as RunState;
   const cur = state.current as RoundState;
   const willRetry = run.attempt <= run.config.maxRoundRetries;
   const devices = freeAll(state.devices, cur.selected);
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), endedAt: now, outcome: 'failed' };
-  const effects: Effect[] = [...lateValidations(cur)];
-  if (state.phase === 'training') effects.push(notifyEnd(cur, 'failed'));
+  const effects: Effect[] = [...before, ...lateValidations(cur)];
+  if (state.phase === 'training' || cur.secagg?.stage === 'unmask') effects.push(notifyEnd(cur, 'failed'));
   effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status: 'failed', reason, testAccuracy: null, testLoss: null }), willRetry });
   if (!willRetry) {
     const message = `round ${cur.round} failed ${run.attempt} time(s); last: ${reason}`;
@@ -387,14 +468,87 @@ function failRound(state: CoordinatorState, now: number, reason: string): StepRe
   return { state: next.state, effects: [...effects, ...next.effects] };
 }
 
+/**
+ * Moves a secure round through the stages before its inputs (keys, then shares) once everyone
+ * expected has answered or the stage's wait is over; fails the round when too few are left.
+ */
+function advanceSecAgg(state: CoordinatorState, now: number): StepResult {
+  const effects: Effect[] = [];
+  for (;;) {
+    const cur = state.current;
+    const run = state.run;
+    const s = cur?.secagg;
+    if (state.phase !== 'training' || !cur || !run || !s) return { state, effects };
+    const gone = new Set([...cur.dropped, ...cur.refused]);
+    const ref = { runId: cur.runId, round: cur.round, attempt: cur.attempt };
+    const stageEnds = Math.min(now + SECAGG_STAGE_MS, cur.deadline);
+    if (s.stage === 'keys') {
+      const pending = cur.selected.filter((id) => !gone.has(id) && !s.advertised.includes(id));
+      if (pending.length && now < s.stageEnds) return { state, effects };
+      const advertised = s.advertised.filter((id) => !gone.has(id));
+      const shape = roundShape({ neighbours: run.config.secAggNeighbours, threshold: run.config.secAggThreshold }, advertised.length);
+      if (shape.problem) return failRound(state, now, `secure aggregation: ${shape.problem}`, effects);
+      const rng = createRng(run.config.seed * 104_729 + cur.round * 31 + cur.attempt);
+      const neighbours = Object.fromEntries(ringNeighbours(advertised, shape.k, (xs) => shuffleInPlace(xs, rng)));
+      state = { ...state, current: { ...cur, secagg: { ...s, stage: 'shares', stageEnds, began: { ...s.began, shares: now }, advertised, k: shape.k, t: shape.t, neighbours } } };
+      effects.push({ type: 'secagg:neighbours', ...ref, neighbours });
+      continue;
+    }
+    if (s.stage === 'shares') {
+      const pending = s.advertised.filter((id) => !gone.has(id) && !s.shared.includes(id));
+      if (pending.length && now < s.stageEnds) return { state, effects };
+      const survivors = keepRebuildable(s.shared.filter((id) => !gone.has(id)), s.neighbours, s.t);
+      const need = Math.max(3, run.config.minUpdates);
+      if (survivors.length < need) return failRound(state, now, `secure aggregation: ${survivors.length} devices shared their keys in time with enough neighbours to be unmasked, ${need} are needed`, effects);
+      state = { ...state, current: { ...cur, secagg: { ...s, stage: 'inputs', began: { ...s.began, inputs: now }, survivors } } };
+      effects.push({ type: 'secagg:forward', ...ref, survivors });
+      continue;
+    }
+    return { state, effects };
+  }
+}
+
+/**
+ * Ends the unmask stage once every device in the sum has revealed (or left, or the wait is over):
+ * on to aggregation when every secret can be rebuilt from t shares, else the round fails.
+ */
+function settleUnmask(state: CoordinatorState, now: number): StepResult {
+  const cur = state.current as RoundState;
+  const s = cur.secagg as SecAggState;
+  const inputs = ids(cur.accepted);
+  const pending = inputs.filter((id) => !s.revealed.includes(id) && !s.lost.includes(id));
+  if (pending.length && now < s.stageEnds) return { state, effects: [] };
+  for (const id of s.survivors) {
+    const holders = (s.neighbours[id] ?? []).filter((n) => s.survivors.includes(n) && s.revealed.includes(n));
+    if (holders.length < s.t) return failRound(state, now, `secure aggregation: ${holders.length} of the ${s.t} shares needed to unmask device ${id} were revealed (of its ${s.k} neighbours, the others are out of the sum or did not reveal)`);
+  }
+  const done: RoundState = { ...cur, workStartedAt: now, secagg: { ...s, stage: 'done', began: { ...s.began, done: now } } };
+  return {
+    state: { ...state, current: done },
+    effects: [notifyEnd(done, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: inputs.length, secagg: { t: s.t, neighbours: s.neighbours, shared: s.survivors, inputs } }],
+  };
+}
+
 /** Closes or fails the round when its updates decide it: K counted, or nobody left to answer. */
-function settle(state: CoordinatorState, now: number): StepResult {
+function settle(state0: CoordinatorState, now: number): StepResult {
+  if (state0.phase === 'aggregating' && state0.current?.secagg?.stage === 'unmask') return settleUnmask(state0, now);
+  const before = advanceSecAgg(state0, now);
+  const state = before.state;
   const cur = state.current;
   const run = state.run;
-  if (state.phase !== 'training' || !cur || !run) return { state, effects: [] };
+  if (state.phase !== 'training' || !cur || !run || (cur.secagg && cur.secagg.stage !== 'inputs')) return before;
+  const after = settleInputs(state, now);
+  return { state: after.state, effects: [...before.effects, ...after.effects] };
+}
+
+function settleInputs(state: CoordinatorState, now: number): StepResult {
+  const cur = state.current as RoundState;
+  const run = state.run as RunState;
   const { clientsPerRound, minUpdates } = run.config;
   if (cur.accepted.length >= clientsPerRound) return closeRound(state, now, 'quorum');
-  const waiting = cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length; // not yet answered, validating included
+  // the devices that can still answer: the selected ones, or under secure aggregation those that shared keys
+  const answered = new Set([...ids(cur.accepted), ...cur.refused, ...cur.dropped]);
+  const waiting = (cur.secagg ? cur.secagg.survivors : cur.selected).filter((id) => !answered.has(id)).length; // validating included
   if (cur.accepted.length + waiting < minUpdates) {
     return failRound(state, now, `${cur.dropped.length} of ${cur.selected.length} selected devices dropped out and ${cur.refused.length} were refused; at most ${cur.accepted.length + waiting} of the ${minUpdates} required updates can arrive`);
   }
@@ -452,6 +606,10 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (!state.devices.has(event.deviceId)) return { state, effects: [] };
       const next: CoordinatorState = { ...state, devices: withDevice(state.devices, event.deviceId, undefined) };
       const id = event.deviceId;
+      // A device in a secure sum that leaves before revealing its shares: the others may still be enough.
+      if (state.phase === 'aggregating' && cur?.secagg?.stage === 'unmask' && ids(cur.accepted).includes(id) && !cur.secagg.revealed.includes(id)) {
+        return settle({ ...next, current: { ...cur, secagg: { ...cur.secagg, lost: [...cur.secagg.lost, id] } } }, now);
+      }
       // A device that leaves after its update arrived has answered: the update (being validated or counted) stands.
       if (state.phase !== 'training' || !cur || !cur.selected.includes(id) || cur.dropped.includes(id) || cur.refused.includes(id) || ids(cur.accepted).includes(id) || ids(cur.validating).includes(id)) return { state: next, effects: [] };
       return settle({ ...next, current: { ...cur, dropped: [...cur.dropped, id] } }, now);
@@ -470,6 +628,7 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
         if (cur.validating.length > 0 && now >= cur.deadline + VALIDATION_GRACE_MS) return closeAfterGrace(state, now);
         return settle(state, now);
       }
+      if (state.phase === 'aggregating' && cur?.secagg?.stage === 'unmask') return settle(state, now);
       if ((state.phase === 'aggregating' || state.phase === 'evaluating') && cur?.workStartedAt !== undefined && now >= cur.workStartedAt + WORK_TIMEOUT_MS) {
         const minutes = WORK_TIMEOUT_MS / 60_000;
         if (state.phase === 'aggregating') return failRound(state, now, `aggregation did not finish within ${minutes} min`);
@@ -493,6 +652,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (!cur.selected.includes(deviceId)) return reject(state, event, 'NOT_SELECTED', `${what}: the device was not selected`);
       if (ids(cur.accepted).includes(deviceId) || ids(cur.validating).includes(deviceId) || cur.refused.includes(deviceId)) return reject(state, event, 'DUPLICATE', `${what}: the device has already answered this round`);
       if (cur.dropped.includes(deviceId)) return reject(state, event, 'NOT_SELECTED', `${what}: the device left the round`);
+      if (cur.secagg && cur.secagg.stage !== 'inputs') return reject(state, event, 'WRONG_ROUND', `${what}: the secure round takes masked inputs once its shares are out; it is at its ${cur.secagg.stage} stage`);
+      if (cur.secagg && !cur.secagg.survivors.includes(deviceId)) return reject(state, event, 'NOT_SELECTED', `${what}: the device's keys and shares are not in this secure round`);
       const ledger: RoundState = { ...cur, bytesUp: cur.bytesUp + event.bytes };
       const declared = cur.declared[deviceId] ?? 0;
       if (event.numExamples > declared) {
@@ -534,6 +695,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (event.type === 'round:evaluation-failed') return finishRound(state, now, { testAccuracy: null, testLoss: null, reason: `evaluation failed: ${event.reason}` });
       return finishRound(state, now, { testAccuracy: event.accuracy, testLoss: event.loss, reason: null });
     }
+    case 'secagg:received':
+      return receiveSecAgg(state, event, now);
     case 'effect:failed':
       return endRun(state, now, 'failed', `could not ${event.effect}: ${event.reason}`, event.effect !== 'round:record');
     default: {
@@ -541,6 +704,33 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       throw new Error(`coordinator: unknown event ${JSON.stringify(never)}`);
     }
   }
+}
+
+/** A checked secure-aggregation message: taken when its sender may send it now, once; refused otherwise. */
+function receiveSecAgg(state: CoordinatorState, event: Extract<CoordinatorEvent, { type: 'secagg:received' }>, now: number): StepResult {
+  const { deviceId: id } = event;
+  const what = `secagg:${event.what} from device ${id} for run ${event.runId} round ${event.round}.${event.attempt}`;
+  const answer = (error?: { code: ErrorCode; message: string }): Effect => ({ type: 'secagg:answer', message: event.message, deviceId: id, ...(error ? { error: { code: error.code, message: `${what}: ${error.message}` } } : {}) });
+  const refuse = (code: ErrorCode, message: string): StepResult => ({ state, effects: [answer({ code, message })] });
+  const cur = state.current;
+  const s = cur?.secagg;
+  if (!cur || !s || !same(cur, event) || !isActive(state)) return refuse('WRONG_ROUND', 'it is not the secure round under way');
+  const stage = ({ keys: 'keys', shares: 'shares', reveal: 'unmask' } as const)[event.what];
+  if (s.stage !== stage) return refuse('WRONG_ROUND', `the round is at its ${s.stage} stage`);
+  const gone = cur.dropped.includes(id) || cur.refused.includes(id) || s.lost.includes(id);
+  const expected = event.what === 'keys' ? cur.selected : event.what === 'shares' ? s.advertised : ids(cur.accepted);
+  if (!expected.includes(id) || gone) return refuse('NOT_SELECTED', 'the device is not expected at this stage');
+  const list = event.what === 'keys' ? s.advertised : event.what === 'shares' ? s.shared : s.revealed;
+  if (list.includes(id)) return refuse('DUPLICATE', 'the device already sent it');
+  if (event.invalid !== undefined) {
+    // a device whose message fails its checks takes no further part: in the unmask stage it counts as lost
+    const excluded: RoundState = event.what === 'reveal' ? { ...cur, secagg: { ...s, lost: [...s.lost, id] } } : { ...cur, refused: [...cur.refused, id], rejected: cur.rejected + 1 };
+    const settled = settle({ ...state, current: excluded }, now);
+    return { state: settled.state, effects: [answer({ code: 'BAD_MESSAGE', message: event.invalid }), ...settled.effects] };
+  }
+  const taken: SecAggState = event.what === 'keys' ? { ...s, advertised: [...s.advertised, id] } : event.what === 'shares' ? { ...s, shared: [...s.shared, id] } : { ...s, revealed: [...s.revealed, id] };
+  const settled = settle({ ...state, current: { ...cur, secagg: taken } }, now);
+  return { state: settled.state, effects: [answer(), ...settled.effects] };
 }
 
 /**
@@ -555,7 +745,7 @@ function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'faile
   const timeline = state.timeline && state.timeline.endedAt === undefined && state.timeline.evaluatedAt === undefined ? { ...state.timeline, endedAt: now, outcome: status } : state.timeline;
   if (cur) {
     devices = freeAll(devices, cur.selected);
-    if (state.phase === 'training') effects.push(...lateValidations(cur), notifyEnd(cur, status));
+    if (state.phase === 'training' || cur.secagg?.stage === 'unmask') effects.push(...lateValidations(cur), notifyEnd(cur, status));
     if (record && timeline) effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status, reason, testAccuracy: null, testLoss: null }), willRetry: false });
   }
   effects.push({ type: 'run:finished', runId: run.id, status, reason });

@@ -182,6 +182,9 @@ class SimulatedDevices implements DevicePort {
   }
 
   sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
+  sendSecAgg(): void {
+    throw new Error('the Node simulation does not run secure aggregation yet: use npm run simulate (real tabs)');
+  }
   broadcastModel(_msg: ModelPublished): void {}
 
   private async runRound(starts: { id: string; msg: RoundStart }[]): Promise<void> {

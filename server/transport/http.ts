@@ -177,7 +177,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       testAccuracy: m.testAccuracy,
       testLoss: m.testLoss,
       config: run ? publicConfig(run.config) : null,
-      training: produced ? { devices: produced.completed, examples: produced.devices.reduce((a, d) => a + d.numExamples, 0), weight: produced.devices.reduce((a, d) => a + d.weight, 0) } : null,
+      training: produced ? { devices: produced.completed, examples: produced.devices.reduce((a, d) => a + d.numExamples, 0), weight: produced.devices.some((d) => d.weight === null) ? null : produced.devices.reduce((a, d) => a + (d.weight ?? 0), 0) } : null,
       format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)',
     };
   };

@@ -8,7 +8,7 @@ import type { Server as HttpServer } from 'node:http';
 import { Server, type Socket } from 'socket.io';
 import type { ClientToServerEvents, ErrorCode, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import { CHALLENGE_BYTES, verifyHello } from '../../shared/identity.ts';
-import { describeIssues, helloSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
+import { describeIssues, helloSchema, secAggKeysSchema, secAggRevealSchema, secAggSharesSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
 import type { DevicePort, Federation } from '../federation.ts';
 import type { Logger } from '../log.ts';
 import { TokenBucket, type RateLimit } from './rate-limit.ts';
@@ -28,6 +28,9 @@ export class SocketDevicePort implements DevicePort {
   }
   broadcastModel(msg: ModelPublished): void {
     this.io?.emit('model:published', msg);
+  }
+  sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): void {
+    (this.sockets.get(deviceId) as unknown as { emit(e: string, m: unknown): void } | undefined)?.emit(event, msg);
   }
 }
 
@@ -54,6 +57,7 @@ export function originAllowed(origin: string | undefined, host: string | undefin
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 50, burst: 100 };
 /** A connection refused this many times within one window is dropped. */
 const DISCONNECT_AFTER_REFUSALS = 1000;
+const KNOWN_EVENTS: ReadonlySet<string> = new Set(['device:challenge', 'device:hello', 'device:state', 'update:submit', 'secagg:keys', 'secagg:shares', 'secagg:reveal']);
 const REFUSAL_WINDOW_MS = 10_000;
 
 export function attachSockets(http: HttpServer, federation: Federation, port: SocketDevicePort, logger: Logger, options: SocketOptions): FlServer {
@@ -96,7 +100,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       }
     });
     socket.onAny((event: unknown, ...args: unknown[]) => {
-      if (event === 'device:challenge' || event === 'device:hello' || event === 'device:state' || event === 'update:submit') return;
+      if (typeof event === 'string' && KNOWN_EVENTS.has(event)) return;
       bad(args.at(-1), 'BAD_MESSAGE', `unknown event ${JSON.stringify(String(event)).slice(0, 80)}`);
     });
     const answer = <T>(ack: unknown, result: Result<T>) => {
@@ -145,7 +149,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       }
       deviceId = hello.deviceId;
       port.sockets.set(deviceId, socket);
-      federation.join(hello);
+      federation.join(hello, publicKey);
       answer(ack, { ok: true, data: { deviceId, globalModel: federation.latestModel() } });
     });
 
@@ -162,6 +166,30 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       const parsed = updateSubmitSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `update:submit from device ${deviceId}: ${describeIssues(parsed.error)}`);
       answer(ack, await federation.submitUpdate(deviceId, parsed.data));
+    });
+
+    // Secure aggregation: each message is parsed, then checked (signature, round, sender) by the federation.
+    on('secagg:keys', 1, async (raw, ack) => {
+      if (!deviceId) return bad(ack, 'NOT_JOINED', 'secagg:keys: send device:hello first');
+      const parsed = secAggKeysSchema.safeParse(raw);
+      if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:keys from device ${deviceId}: ${describeIssues(parsed.error)}`);
+      const { runId, round, attempt, ...advert } = parsed.data;
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'keys', msg: { ...advert, maskPublicKey: Uint8Array.from(advert.maskPublicKey), encPublicKey: Uint8Array.from(advert.encPublicKey), signature: Uint8Array.from(advert.signature) } }));
+    });
+    on('secagg:shares', 1, async (raw, ack) => {
+      if (!deviceId) return bad(ack, 'NOT_JOINED', 'secagg:shares: send device:hello first');
+      const parsed = secAggSharesSchema.safeParse(raw);
+      if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:shares from device ${deviceId}: ${describeIssues(parsed.error)}`);
+      const { runId, round, attempt, shares, signature } = parsed.data;
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'shares', msg: { shares: shares.map((s) => ({ peer: s.peer, sealed: Uint8Array.from(s.sealed) })), signature: Uint8Array.from(signature) } }));
+    });
+    on('secagg:reveal', 1, async (raw, ack) => {
+      if (!deviceId) return bad(ack, 'NOT_JOINED', 'secagg:reveal: send device:hello first');
+      const parsed = secAggRevealSchema.safeParse(raw);
+      if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:reveal from device ${deviceId}: ${describeIssues(parsed.error)}`);
+      const { runId, round, attempt, seeds, keys, signature } = parsed.data;
+      const own = (xs: typeof seeds) => xs.map((s) => ({ of: s.of, share: Uint8Array.from(s.share) }));
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'reveal', msg: { seeds: own(seeds), keys: own(keys), signature: Uint8Array.from(signature) } }));
     });
 
     socket.on('disconnect', () => {

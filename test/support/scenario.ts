@@ -70,6 +70,10 @@ export class RecordingPort implements DevicePort {
   broadcastModel(msg: ModelPublished): void {
     this.published.push(msg);
   }
+  readonly secagg: { deviceId: string; event: string; msg: unknown }[] = [];
+  sendSecAgg(deviceId: string, event: string, msg: unknown): void {
+    this.secagg.push({ deviceId, event, msg });
+  }
   /** the devices selected for a round */
   selected(round: number, attempt = 1): string[] {
     return this.starts.filter((s) => s.msg.round === round && s.msg.attempt === attempt).map((s) => s.deviceId);

@@ -100,6 +100,8 @@ export interface TestDevice {
   identity: DeviceIdentity;
   /** every update it sent, decoded (float32 runs): what the server was given */
   sent: { round: number; delta: Float32Array; numExamples: number }[];
+  /** under secure aggregation: the masked inputs it sent, as the server received them */
+  masked: { round: number; payload: Uint8Array }[];
   /** joins and resolves once the server has accepted the hello */
   join(): Promise<void>;
   /** leaves, and frees the device's data once its round (if any) has unwound */
@@ -121,9 +123,11 @@ export async function testDevice(url: string, client: number, o: TestDeviceOptio
   const data = mnistSlice(client, o);
   const identity = o.identity ?? (await createIdentity());
   const sent: TestDevice['sent'] = [];
+  const masked: TestDevice['masked'] = [];
   const record: BeforeSubmit = async (s: UpdateSubmit, r: RoundStart) => {
     const out = o.beforeSubmit ? await o.beforeSubmit(s, r) : s;
-    if (out && r.plan.codec.codec === 'float32') sent.push({ round: r.round, delta: decodeWeights(out.delta).values, numExamples: out.numExamples });
+    if (out && r.secureAggregation) masked.push({ round: r.round, payload: out.delta });
+    else if (out && r.plan.codec.codec === 'float32') sent.push({ round: r.round, delta: decodeWeights(out.delta).values, numExamples: out.numExamples });
     return out;
   };
   const device = new DeviceClient({ url, identity, train: data.train, heldOut: data.heldOut, hello: { backend: 'wasm', backendReason: 'test', examples: data.train.count, heldOut: data.heldOut.count, labelHistogram: data.histogram }, beforeSubmit: record, ...(o.memory ? { memory: o.memory } : {}) });
@@ -131,6 +135,7 @@ export async function testDevice(url: string, client: number, o: TestDeviceOptio
     client: device,
     identity,
     sent,
+    masked,
     join: async () => {
       device.join();
       await until(() => device.snapshot.connection === 'connected' || undefined, 20_000, `device ${identity.deviceId} to join`);

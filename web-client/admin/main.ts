@@ -50,6 +50,9 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'randFraction', label: 'Random-mask fraction', step: 'any' },
   { name: 'quantBlock', label: 'Quantization block (0 = per tensor)' },
   { name: 'downlink', label: 'Model download' },
+  { name: 'secureAggregation', label: 'Secure aggregation' },
+  { name: 'secAggNeighbours', label: 'Secure aggregation: neighbours (0 = auto)' },
+  { name: 'secAggThreshold', label: 'Secure aggregation: threshold (0 = majority)' },
 ];
 const LABELS = new Map(FIELDS.map((f) => [f.name as string, f.label]));
 /** A rule's message in the words of the form: field names become their labels. */
@@ -59,11 +62,14 @@ const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, 
 const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
 const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
-const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS };
+const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS, secureAggregation: ['false', 'true'] };
+/** yes/no fields: a select of "false"/"true", sent as a boolean */
+const BOOLEAN: ReadonlySet<Field> = new Set(['secureAggregation']);
 
 const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
   quick: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, hint: 'Open / in 4 or more tabs (or run npm run simulate).' },
   compressed: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' }, hint: 'Updates as the top 5 % of entries, 8-bit, deflated, with error feedback; models downloaded as deltas. Watch the bytes per round.' },
+  secure: { config: { model: 'cnn-small', rounds: 3, clientsPerRound: 5, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, clipNorm: 5, secureAggregation: true }, hint: 'Updates masked so that the server learns only their sum (SecAgg+); devices clip to L2 5. Open / in 5 or more tabs.' },
   'paper-iid': { config: { model: 'cnn', rounds: 20, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'McMahan et al. 2017, CNN, C=0.1 of 100 clients: devices join with /?partition=iid&clients=100&client=K.' },
   'paper-noniid': { config: { model: 'cnn', rounds: 50, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'Pathological non-IID (2 label shards per client): devices join with /?partition=shards&clients=100&client=K.' },
 };
@@ -75,14 +81,14 @@ for (const f of FIELDS) {
   const choices = CHOICES[f.name];
   const fallback = RUN_CONFIG_DEFAULTS[f.name];
   const input = choices
-    ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === fallback }, m)))
+    ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === String(fallback) }, BOOLEAN.has(f.name) ? (m === 'true' ? 'on' : 'off') : m)))
     : TEXT.has(f.name)
       ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
       : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 const field = (name: Field) => launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement;
-const setField = (name: Field, value: string | number | undefined) => {
+const setField = (name: Field, value: string | number | boolean | undefined) => {
   const f = field(name);
   // Number fields left at their default stay empty: the grey default shows through.
   f.value = value === undefined || (!CHOICES[name] && value === RUN_CONFIG_DEFAULTS[name]) ? (CHOICES[name] ? String(RUN_CONFIG_DEFAULTS[name]) : '') : String(value);
@@ -94,7 +100,7 @@ const formBody = (): Record<string, unknown> => {
   for (const f of FIELDS) {
     const raw = String(data.get(f.name) ?? '').trim();
     if (raw === '') continue;
-    body[f.name] = CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
+    body[f.name] = BOOLEAN.has(f.name) ? raw === 'true' : CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
   }
   return body;
 };

@@ -12,6 +12,9 @@ import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents }
 import type { DEVICE_STATES, UpdateSubmit } from '../../shared/schemas.ts';
 import type { LocalData } from '../../shared/train.ts';
 import { createYielder } from '../../shared/yield.ts';
+import { SecAggSession, type SecAggStage } from '../../shared/secagg/session.ts';
+import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire, toBase64 } from '../../shared/secagg/wire.ts';
+import { codecSeed } from '../../shared/device.ts';
 import { joinFederation, type HelloClaims } from './join.ts';
 
 export { memoryInProcess, type DeviceMemory, type HeldModel } from '../../shared/device.ts';
@@ -43,6 +46,8 @@ export interface DeviceSnapshot {
   current: { runId: number; round: number; attempt: number } | null;
   history: RoundHistoryEntry[];
   globalModel: { version: number; round: number; testAccuracy: number | null } | null;
+  /** the stage of the secure-aggregation protocol, in a round that aggregates securely */
+  secure: SecAggStage | null;
   error: string | null;
 }
 
@@ -84,7 +89,9 @@ export class DeviceClient {
   private lastEnd: RoundEnd | undefined;
   /** the global model version held, as last told to the server */
   private heldVersion = 0;
-  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, error: null };
+  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, secure: null, error: null };
+  /** the secure-aggregation session of the current round: it outlives the round's work until the round ends (the reveal comes after the upload) */
+  private secure: { key: string; session: Promise<SecAggSession> } | undefined;
 
   private readonly memory: DeviceMemory;
 
@@ -115,9 +122,26 @@ export class DeviceClient {
     socket.on('connect', () => {
       this.hello(socket).catch((err: unknown) => this.set({ error: `could not join: ${err instanceof Error ? err.message : String(err)}` }));
     });
-    socket.on('disconnect', () => this.set({ connection: this.socket ? 'disconnected' : 'offline' }));
+    socket.on('disconnect', () => {
+      // the server dropped this device from a secure round: nothing more will come for it
+      void this.secure?.session.then((s) => s.abort('disconnected'), () => undefined);
+      this.set({ connection: this.socket ? 'disconnected' : 'offline' });
+    });
     socket.on('round:start', (msg) => void this.runRound(msg));
     socket.on('round:end', (msg) => this.onRoundEnd(msg));
+    socket.on('secagg:neighbours', (msg) =>
+      void this.secureStep(msg, async (session) => {
+        const reply = await session.onNeighbours({ devices: msg.devices, neighbours: msg.neighbours.map(neighbourFromWire) });
+        return socket.timeout(30_000).emitWithAck('secagg:shares', { runId: msg.runId, round: msg.round, attempt: msg.attempt, shares: sharesToWire(reply.shares), signature: toBase64(reply.signature) });
+      }),
+    );
+    socket.on('secagg:shares', (msg) => void this.secureStep(msg, async (session) => void (await session.onShares(sharesFromWire(msg.shares)))));
+    socket.on('secagg:unmask', (msg) =>
+      void this.secureStep(msg, async (session) => {
+        const reveal = await session.onUnmask({ survivors: msg.survivors, dropped: msg.dropped });
+        return socket.timeout(30_000).emitWithAck('secagg:reveal', { runId: msg.runId, round: msg.round, attempt: msg.attempt, ...revealToWire(reveal) });
+      }),
+    );
     socket.on('model:published', (msg) => this.set({ globalModel: { version: msg.version, round: msg.round, testAccuracy: msg.testAccuracy } }));
     socket.on('server:error', (err) => this.set({ error: `${err.code}: ${err.message}` }));
   }
@@ -156,7 +180,25 @@ export class DeviceClient {
     this.socket?.emit('device:state', { state, ...(current ? { runId: current.runId, round: current.round, attempt: current.attempt } : {}), modelVersion: this.heldVersion, ...extra });
   }
 
+  /** One step of the round's secure-aggregation session; a refusal or failure shows as the device's error. */
+  private async secureStep(ref: { runId: number; round: number; attempt: number }, act: (s: SecAggSession) => Promise<{ ok: boolean; error?: { code: string; message: string } } | void>): Promise<void> {
+    const secure = this.secure;
+    if (!secure || secure.key !== `${ref.runId}:${ref.round}:${ref.attempt}`) return;
+    try {
+      const ack = await act(await secure.session);
+      if (ack && !ack.ok) this.set({ error: `secure aggregation, round ${ref.round}: ${ack.error?.code}: ${ack.error?.message}` });
+    } catch (err) {
+      this.set({ error: `secure aggregation, round ${ref.round}: ${err instanceof Error ? err.message : String(err)}` });
+    }
+  }
+
   private onRoundEnd(msg: RoundEnd): void {
+    if (this.secure?.key === `${msg.runId}:${msg.round}:${msg.attempt}`) {
+      const ended = this.secure;
+      this.secure = undefined;
+      void ended.session.then((s) => s.abort('the round ended'), () => undefined);
+      this.set({ secure: null });
+    }
     const current = this.snapshot.current;
     if (this.busy && current && current.runId === msg.runId && current.round === msg.round) {
       // The round closed (quorum, failure or stop) while this device still works on it; the
@@ -184,6 +226,18 @@ export class DeviceClient {
     return this.working;
   }
 
+  /** Starts the round's secure-aggregation session and sends its key advert. */
+  private startSecure(msg: RoundStart, plan: NonNullable<RoundStart['secureAggregation']>): Promise<SecAggSession> {
+    const key = `${msg.runId}:${msg.round}:${msg.attempt}`;
+    const session = SecAggSession.begin(this.options.identity, plan, (stage) => this.set({ secure: stage }));
+    this.secure = { key, session };
+    session.catch(() => undefined);
+    void this.secureStep(msg, async (s) => {
+      return this.socket?.timeout(30_000).emitWithAck('secagg:keys', { runId: msg.runId, round: msg.round, attempt: msg.attempt, ...advertToWire(s.advert) });
+    });
+    return session;
+  }
+
   private async round(msg: RoundStart): Promise<void> {
     this.stopRound = undefined;
     const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, lossAfter: null, trainMs: null, bytesDown: msg.weights.byteLength, bytesUp: 0, outcome: 'trained' };
@@ -193,6 +247,9 @@ export class DeviceClient {
     this.set({ current: { runId: msg.runId, round: msg.round, attempt: msg.attempt }, state: 'downloading', progress: null, batches: null, loss: null, globalModel });
     this.report('downloading');
     const shouldStop = () => this.stopRound !== undefined && this.stopRound.runId === msg.runId && this.stopRound.round === msg.round;
+    // A secure round: keys go out at once, while the device trains.
+    const plan = msg.secureAggregation;
+    const secure = plan ? this.startSecure(msg, plan) : undefined;
     try {
       const round = await runDeviceRound(msg, {
         deviceId: this.deviceId,
@@ -221,7 +278,13 @@ export class DeviceClient {
         entry.message = 'the round closed before local training finished';
         return;
       }
-      const submission = this.options.beforeSubmit ? await this.options.beforeSubmit(round.submission, msg) : round.submission;
+      let prepared = round.submission;
+      if (secure) {
+        const session = await secure;
+        const masked = await session.maskedInput(round.delta as Float32Array, round.submission.numExamples, codecSeed(msg.plan.seed, this.deviceId));
+        prepared = { ...round.submission, delta: masked.payload, signature: masked.signature };
+      }
+      const submission = this.options.beforeSubmit ? await this.options.beforeSubmit(prepared, msg) : prepared;
       if (!submission) {
         entry.outcome = 'not sent';
         return;
@@ -236,7 +299,7 @@ export class DeviceClient {
       }
       await keepResidual(msg, round, ack.ok, this.memory);
     } catch (err) {
-      entry.outcome = 'failed';
+      entry.outcome = shouldStop() ? 'stopped' : 'failed';
       entry.message = err instanceof Error ? err.message : String(err);
       if (msg.baseVersion !== undefined) this.heldVersion = 0; // a delta that cannot be applied: ask for the full model
       this.set({ error: `round ${msg.round}: ${entry.message}` });

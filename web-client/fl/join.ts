@@ -7,6 +7,9 @@ import type { Socket } from 'socket.io-client';
 import { signHello, type DeviceIdentity } from '../../shared/identity.ts';
 import type { ClientToServerEvents, ModelPublished, Result, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DeviceHello } from '../../shared/schemas.ts';
+import { hasX25519 } from '../../shared/secagg/crypto.ts';
+
+let x25519: Promise<boolean> | undefined;
 
 export type DeviceSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
 
@@ -17,5 +20,7 @@ export async function joinFederation(socket: DeviceSocket, identity: DeviceIdent
   const issued = await socket.emitWithAck('device:challenge');
   if (!issued.ok) return issued;
   const signature = await signHello(identity, new Uint8Array(issued.data.challenge));
-  return socket.emitWithAck('device:hello', { ...claims, deviceId: identity.deviceId, publicKey: identity.publicKey, signature });
+  // whether this runtime can take part in an X25519 secure round (else the round uses P-256)
+  const curves = claims.x25519 === undefined ? { x25519: await (x25519 ??= hasX25519()) } : {};
+  return socket.emitWithAck('device:hello', { ...claims, ...curves, deviceId: identity.deviceId, publicKey: identity.publicKey, signature });
 }

@@ -1,0 +1,99 @@
+/**
+ * Secure aggregation against the real server, with the browser's device client in Node: rounds
+ * complete with every update masked, the server's model equals plain FedAvg of the same updates
+ * within the quantization bound, and dropouts and hostile devices are survived or refused.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeWeights } from '../shared/weights.ts';
+import { gate, launch, runEnded, startServer, testDevice, until, useWasm, type TestDevice, type TestServer } from './support/server.ts';
+
+const CONFIG = { model: 'cnn-small', rounds: 1, clientsPerRound: 5, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, clipNorm: 5, selectionTimeoutMs: 0, roundTimeoutMs: 60_000 };
+
+let server: TestServer;
+let devices: TestDevice[] = [];
+
+beforeAll(async () => {
+  await useWasm();
+  server = await startServer();
+});
+afterAll(async () => {
+  await Promise.all(devices.map((d) => d.dispose()));
+  await server.close();
+});
+
+async function fleet(n: number, extra: Parameters<typeof testDevice>[2] extends infer O ? (i: number) => Partial<O> : never = () => ({})): Promise<TestDevice[]> {
+  await Promise.all(devices.map((d) => d.dispose()));
+  devices = await Promise.all(Array.from({ length: n }, (_, i) => testDevice(server.url, i, { examples: 100, clients: 10, ...extra(i) })));
+  await Promise.all(devices.map((d) => d.join()));
+  return devices;
+}
+
+const modelOf = (version: number) => decodeWeights(server.store.getModelWeights(version)!).values;
+
+describe('secure aggregation in a federation', () => {
+  it('trains with masked updates, and lands on plain FedAvg of the same updates within the quantization bound', async () => {
+    await fleet(5);
+    const secureRun = await launch(server, { ...CONFIG, secureAggregation: true });
+    expect(await runEnded(server, secureRun)).toMatchObject({ status: 'done' });
+    const [r1] = server.store.listRounds(secureRun);
+    expect(r1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { neighbours: 4, threshold: 3, selected: 5, advertised: 5, shared: 5, inputs: 5, revealed: 5 } });
+    expect(r1!.devices.every((d) => d.weight === null)).toBe(true);
+    expect(devices.every((d) => d.masked.length === 1 && d.sent.length === 0)).toBe(true);
+
+    // The same round in the clear: same initial model, data and seeds, so the same updates.
+    const plainRun = await launch(server, CONFIG);
+    expect(await runEnded(server, plainRun)).toMatchObject({ status: 'done' });
+    const [p1] = server.store.listRounds(plainRun);
+    const secure = modelOf(r1!.modelVersion!);
+    const plain = modelOf(p1!.modelVersion!);
+    const initial = modelOf(server.store.listModels().find((m) => m.runId === plainRun && m.round === 0)!.version);
+    let maxDiff = 0;
+    let moved = 0;
+    for (let i = 0; i < plain.length; i++) {
+      maxDiff = Math.max(maxDiff, Math.abs(secure[i]! - plain[i]!));
+      moved = Math.max(moved, Math.abs(plain[i]! - initial[i]!));
+    }
+    expect(moved).toBeGreaterThan(1e-3); // the round did change the model…
+    expect(maxDiff).toBeLessThan(1e-5); // …and both ways agree (float32 FedAvg vs a 32-bit fixed-point sum)
+    expect(r1!.testAccuracy).toBeCloseTo(p1!.testAccuracy!, 2);
+  }, 120_000);
+
+  it('completes a round when a device closes after sending its masked input', async () => {
+    const held = gate();
+    const ds = await fleet(5, (i) => (i === 0 ? {} : { beforeSubmit: held.beforeSubmit }));
+    const runId = await launch(server, { ...CONFIG, secureAggregation: true });
+    // device 0 sends its masked input first; then it closes, before anyone is asked to unmask
+    await until(() => server.app.federation.status().round?.accepted === 1 || undefined, 60_000, 'the first masked input');
+    await ds[0]!.client.leave();
+    held.open();
+    expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
+    const [r1] = server.store.listRounds(runId);
+    expect(r1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { inputs: 5, revealed: 4 } });
+    expect(r1!.testAccuracy).toBeGreaterThan(0.1);
+  }, 120_000);
+
+  it('completes a round when a device shares its keys and then never sends its input, and refuses a forged input', async () => {
+    const ds = await fleet(6, (i) => ({
+      beforeSubmit: async (s) => {
+        if (i === 1) return undefined; // silent after sharing
+        if (i === 2) return { ...s, signature: new Uint8Array(64) }; // a forged signature
+        return s;
+      },
+    }));
+    // six devices: each has five neighbours and any three rebuild its secrets, so two may fall out
+    const runId = await launch(server, { ...CONFIG, clientsPerRound: 6, secureAggregation: true, roundTimeoutMs: 8_000 });
+    expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
+    const [r1] = server.store.listRounds(runId);
+    expect(r1).toMatchObject({ status: 'completed', completed: 4, refused: 1, unanswered: 1, secureAggregation: { neighbours: 5, threshold: 3, shared: 6, inputs: 4, revealed: 4 } });
+    expect(ds[2]!.client.snapshot.history.at(-1)).toMatchObject({ outcome: 'rejected', message: expect.stringMatching(/BAD_WEIGHTS: .*not signed/) });
+    expect(r1!.testAccuracy).toBeGreaterThan(0.1);
+  }, 120_000);
+
+  it('fails the round with its reason when more devices drop than the threshold tolerates', async () => {
+    await fleet(5, (i) => ({ beforeSubmit: async (s) => (i < 2 ? undefined : s) }));
+    const runId = await launch(server, { ...CONFIG, secureAggregation: true, roundTimeoutMs: 5_000, maxRoundRetries: 0 });
+    expect(await runEnded(server, runId)).toMatchObject({ status: 'failed' });
+    const [r1] = server.store.listRounds(runId);
+    expect(r1).toMatchObject({ status: 'failed', reason: expect.stringMatching(/secure aggregation: 2 of the 3 shares needed to unmask device .* were revealed/), secureAggregation: { inputs: 3, revealed: 3 } });
+  }, 120_000);
+});
