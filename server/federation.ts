@@ -278,7 +278,7 @@ export class Federation {
    * A secure-aggregation message (keys, shares or reveal): checked against the round and the
    * sender's identity key, then given to the coordinator, which takes or refuses it.
    */
-  async secAggMessage(deviceId: string, ref: { runId: number; round: number; attempt: number }, message: SecAggMessage): Promise<Result<null>> {
+  async secAggMessage(deviceId: string, ref: { runId: number; round: number; attempt: number }, message: SecAggMessage, bytes: number): Promise<Result<null>> {
     const identity = this.identityKeys.get(deviceId);
     if (!identity) return { ok: false, error: { code: 'IDENTITY', message: `secagg:${message.what} from ${deviceId}: the device has not proven an identity key` } };
     const secure = this.secure;
@@ -287,7 +287,7 @@ export class Federation {
     const id = this.nextSubmission++;
     return new Promise((answer) => {
       this.secAggPending.set(id, { deviceId, message, answer });
-      this.dispatch({ type: 'secagg:received', what: message.what, message: id, deviceId, ...ref, ...(invalid !== undefined ? { invalid } : {}) });
+      this.dispatch({ type: 'secagg:received', what: message.what, message: id, deviceId, bytes, ...ref, ...(invalid !== undefined ? { invalid } : {}) });
     });
   }
 
@@ -393,19 +393,25 @@ export class Federation {
         const secure = this.requireSecure(effect);
         secure.neighbours = effect.neighbours;
         const devices = Object.keys(effect.neighbours).length;
-        for (const id of Object.keys(effect.neighbours)) this.deps.port.sendSecAgg(id, 'secagg:neighbours', { runId: effect.runId, round: effect.round, attempt: effect.attempt, devices, neighbours: secure.neighbourKeys(id).map(neighbourToWire) });
+        let sent = 0;
+        for (const id of Object.keys(effect.neighbours)) sent += this.sendSecAgg(id, 'secagg:neighbours', { runId: effect.runId, round: effect.round, attempt: effect.attempt, devices, neighbours: secure.neighbourKeys(id).map(neighbourToWire) });
+        this.queue.push({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown: sent });
         return;
       }
       case 'secagg:forward': {
         const secure = this.requireSecure(effect);
         const survivors = new Set(effect.survivors);
-        for (const id of effect.survivors) this.deps.port.sendSecAgg(id, 'secagg:shares', { runId: effect.runId, round: effect.round, attempt: effect.attempt, shares: sharesToWire(secure.sharesFor(id, survivors)) });
+        let sent = 0;
+        for (const id of effect.survivors) sent += this.sendSecAgg(id, 'secagg:shares', { runId: effect.runId, round: effect.round, attempt: effect.attempt, shares: sharesToWire(secure.sharesFor(id, survivors)) });
+        this.queue.push({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown: sent });
         return;
       }
       case 'secagg:unmask': {
         const secure = this.requireSecure(effect);
         secure.requests = effect.requests;
-        for (const [id, request] of Object.entries(effect.requests)) this.deps.port.sendSecAgg(id, 'secagg:unmask', { runId: effect.runId, round: effect.round, attempt: effect.attempt, ...request });
+        let sent = 0;
+        for (const [id, request] of Object.entries(effect.requests)) sent += this.sendSecAgg(id, 'secagg:unmask', { runId: effect.runId, round: effect.round, attempt: effect.attempt, ...request });
+        this.queue.push({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown: sent });
         return;
       }
       default: {
@@ -413,6 +419,12 @@ export class Federation {
         throw new Error(`federation: unknown effect ${JSON.stringify(never)}`);
       }
     }
+  }
+
+  /** Sends a secure-aggregation message; returns its size on the wire (its text: the byte fields are base64). */
+  private sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): number {
+    this.deps.port.sendSecAgg(deviceId, event, msg);
+    return JSON.stringify(msg).length;
   }
 
   private requireSecure(ref: { runId: number; round: number; attempt: number }): SecureRound {

@@ -260,3 +260,87 @@ describe('device join tokens', () => {
     expect([...h.state.current!.selected].sort()).toEqual(['with-token-1', 'with-token-2']);
   });
 });
+
+describe('round coordinator: a secure round, as a clock and as an attacker', () => {
+  const SECURE: RunConfigInput = { clientsPerRound: 5, overSelect: 1, minUpdates: 3, clipNorm: 5, secureAggregation: true, roundTimeoutMs: 120_000, selectionTimeoutMs: 0 };
+  let message = 0;
+  const secagg = (h: Harness, what: 'keys' | 'shares' | 'reveal', deviceId: string, extra: { invalid?: string; round?: number } = {}) =>
+    h.send({ type: 'secagg:received', what, message: ++message, deviceId, bytes: 100, runId: 1, round: extra.round ?? h.state.run!.round, attempt: 1, ...(extra.invalid ? { invalid: extra.invalid } : {}) });
+  const timers = (h: Harness) => h.effects.filter((e) => e.type === 'timer:set').map((e) => (e as { at: number | null }).at);
+  const ids = devices(5);
+
+  it('a device silent at the keys stage is left out when the stage ends; the round goes on with the others', async () => {
+    const { SECAGG_STAGE_MS } = await import('../server/fl/coordinator.ts');
+    const h = new Harness();
+    h.join(...ids);
+    h.start(SECURE);
+    for (const id of ids.slice(0, 4)) secagg(h, 'keys', id);
+    expect(timers(h).at(-1)).toBe(SECAGG_STAGE_MS); // waits for the fifth, no longer
+    const next = h.send({ type: 'tick' }, SECAGG_STAGE_MS);
+    const named = next.find((e) => e.type === 'secagg:neighbours');
+    expect(named && Object.keys((named as { neighbours: object }).neighbours).sort()).toEqual(ids.slice(0, 4));
+    // the silent device cannot join later, nor send an update
+    expect(secagg(h, 'keys', ids[4]!)[0]).toMatchObject({ type: 'secagg:answer', error: { code: 'WRONG_ROUND' } });
+    for (const id of ids.slice(0, 4)) secagg(h, 'shares', id);
+    expect(h.update(ids[4]!)[0]).toMatchObject({ type: 'update:reject', code: 'NOT_SELECTED' });
+    for (const id of ids.slice(0, 4)) h.update(id);
+    expect(h.state.phase).toBe('aggregating');
+    const reveals = ids.slice(0, 4).flatMap((id) => secagg(h, 'reveal', id));
+    const aggregate = reveals.find((e) => e.type === 'round:aggregate');
+    expect(aggregate).toMatchObject({ updates: 4, secagg: { t: 2, inputs: ids.slice(0, 4) } });
+    h.finish(1);
+    const record = h.effects.find((e) => e.type === 'round:record');
+    expect(record).toMatchObject({ record: { status: 'completed', secureAggregation: { selected: 5, advertised: 4, shared: 4, inputs: 4, revealed: 4, neighbours: 3, threshold: 2 } } });
+  });
+
+  it('silence at the shares stage and during unmasking: each stage waits its time, then decides', async () => {
+    const { SECAGG_STAGE_MS } = await import('../server/fl/coordinator.ts');
+    const six = devices(6);
+    const h = new Harness();
+    h.join(...six);
+    h.start({ ...SECURE, clientsPerRound: 6 }); // k = 5, t = 3: two may fall out of any neighbourhood
+    for (const id of six) secagg(h, 'keys', id);
+    for (const id of six.slice(0, 5)) secagg(h, 'shares', id); // the sixth never shares
+    h.send({ type: 'tick' }, h.now + SECAGG_STAGE_MS - 1); // early: nothing yet
+    expect(h.effects.some((e) => e.type === 'secagg:forward')).toBe(false);
+    const forward = h.send({ type: 'tick' }, h.now + 1).find((e) => e.type === 'secagg:forward');
+    expect(forward).toMatchObject({ survivors: six.slice(0, 5) });
+    for (const id of six.slice(0, 5)) h.update(id);
+    const t0 = h.now;
+    // one of the five never reveals: after the unmask wait, the shares of the other four suffice
+    for (const id of six.slice(0, 4)) secagg(h, 'reveal', id);
+    expect(h.effects.some((e) => e.type === 'round:aggregate')).toBe(false);
+    expect(timers(h).at(-1)).toBe(t0 + SECAGG_STAGE_MS);
+    const after = h.send({ type: 'tick' }, t0 + SECAGG_STAGE_MS);
+    expect(after.find((e) => e.type === 'round:aggregate')).toMatchObject({ updates: 5 });
+  });
+
+  it('fails the round with its reason when the survivors cannot rebuild a secret, and redoes it', () => {
+    const h = new Harness();
+    h.join(...ids);
+    h.start({ ...SECURE, maxRoundRetries: 1 });
+    for (const id of ids) secagg(h, 'keys', id);
+    for (const id of ids) secagg(h, 'shares', id);
+    for (const id of ids.slice(0, 3)) h.update(id);
+    h.send({ type: 'device:left', deviceId: ids[3]! });
+    h.send({ type: 'device:left', deviceId: ids[4]! }); // the round closes with three inputs
+    const failed = [ids[0]!, ids[1]!, ids[2]!].flatMap((id) => secagg(h, 'reveal', id));
+    expect(failed.find((e) => e.type === 'round:record')).toMatchObject({ record: { status: 'failed', reason: expect.stringMatching(/secure aggregation: 2 of the 3 shares needed to unmask/) }, willRetry: true });
+    expect(failed.some((e) => e.type === 'round:notify-end')).toBe(true);
+    expect(h.started().at(-1)).toMatchObject({ round: 1, attempt: 2 });
+  });
+
+  it('refuses what a selected device must not send: a forged message, one for another round, one twice, one at the wrong stage', () => {
+    const h = new Harness();
+    h.join(...ids);
+    h.start(SECURE);
+    expect(secagg(h, 'keys', ids[0]!, { invalid: 'the keys of x are not signed by its identity key for this round' })[0]).toMatchObject({ error: { code: 'BAD_MESSAGE' } });
+    expect(h.state.current!.refused).toEqual([ids[0]]);
+    expect(secagg(h, 'keys', ids[1]!, { round: 7 })[0]).toMatchObject({ error: { code: 'WRONG_ROUND' } });
+    secagg(h, 'keys', ids[1]!);
+    expect(secagg(h, 'keys', ids[1]!)[0]).toMatchObject({ error: { code: 'DUPLICATE' } });
+    expect(secagg(h, 'shares', ids[1]!)[0]).toMatchObject({ error: { code: 'WRONG_ROUND', message: expect.stringContaining('keys stage') } });
+    expect(secagg(h, 'reveal', ids[1]!)[0]).toMatchObject({ error: { code: 'WRONG_ROUND' } });
+    expect(h.update(ids[1]!)[0]).toMatchObject({ type: 'update:reject', code: 'WRONG_ROUND' });
+  });
+});

@@ -117,12 +117,23 @@ const historyChart = lineChart(byId<HTMLCanvasElement>('history-chart'), [], [
 let client: DeviceClient | undefined;
 let joining = false;
 
+/** what each stage of a secure round means, in the page's words */
+const SECURE_STAGES: Record<NonNullable<DeviceSnapshot['secure']>, string> = {
+  keys: 'keys advertised; waiting for the neighbours',
+  shares: 'secrets shared with the neighbours',
+  masking: 'masking the update',
+  unmasking: 'masked update sent; waiting to reveal shares for the sum',
+  done: 'shares revealed: the server can remove the masks from the sum only',
+};
+
 function render(s: DeviceSnapshot | undefined): void {
   window.__fl.snapshot = s;
   renderState(byId('connection'), byId('state'), s);
   renderProgress(byId('progress'), byId('progress-line'), byId('round-line'), s);
   const g = s?.globalModel;
   byId('global-line').textContent = !s || s.connection === 'offline' ? '' : g ? `Latest global model: version ${g.version}${g.round > 0 ? ` (after round ${g.round})` : ' (initial)'}, test accuracy ${g.testAccuracy === null ? 'not measured yet' : (g.testAccuracy * 100).toFixed(2) + ' %'}` : 'No global model yet: no run has started.';
+  const stage = s?.secure;
+  byId('secure-line').textContent = stage ? `Secure aggregation: ${SECURE_STAGES[stage]}` : '';
   const history = s?.history ?? [];
   renderHistory(byId<HTMLTableElement>('history'), history);
   // The chart shows the latest run only: rounds of different runs do not continue each other.

@@ -158,7 +158,7 @@ export type CoordinatorEvent =
   | { type: 'update:validated'; submission: number; norm: number; clipped: boolean }
   | { type: 'update:invalid'; submission: number; reason: string }
   /** a secure-aggregation message whose signature and shape the service has checked (or not: `invalid`) */
-  | ({ type: 'secagg:received'; what: 'keys' | 'shares' | 'reveal'; message: number; deviceId: string; invalid?: string } & RoundRef)
+  | ({ type: 'secagg:received'; what: 'keys' | 'shares' | 'reveal'; message: number; deviceId: string; bytes: number; invalid?: string } & RoundRef)
   | ({ type: 'round:aggregated'; version: number } & RoundRef)
   | ({ type: 'round:aggregation-failed'; reason: string } & RoundRef)
   | ({ type: 'round:evaluated'; version: number; accuracy: number; loss: number } & RoundRef)
@@ -728,8 +728,10 @@ function receiveSecAgg(state: CoordinatorState, event: Extract<CoordinatorEvent,
     const settled = settle({ ...state, current: excluded }, now);
     return { state: settled.state, effects: [answer({ code: 'BAD_MESSAGE', message: event.invalid }), ...settled.effects] };
   }
+  // what the protocol costs in traffic is part of the round's bytes up
+  const ledger: RoundState = { ...cur, bytesUp: cur.bytesUp + event.bytes };
   const taken: SecAggState = event.what === 'keys' ? { ...s, advertised: [...s.advertised, id] } : event.what === 'shares' ? { ...s, shared: [...s.shared, id] } : { ...s, revealed: [...s.revealed, id] };
-  const settled = settle({ ...state, current: { ...cur, secagg: taken } }, now);
+  const settled = settle({ ...state, current: { ...ledger, secagg: taken } }, now);
   return { state: settled.state, effects: [answer(), ...settled.effects] };
 }
 

@@ -57,6 +57,8 @@ export function originAllowed(origin: string | undefined, host: string | undefin
 export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 50, burst: 100 };
 /** A connection refused this many times within one window is dropped. */
 const DISCONNECT_AFTER_REFUSALS = 1000;
+/** a message's size on the wire: its JSON text (secure-aggregation messages carry no binary attachments) */
+const wireBytes = (raw: unknown): number => JSON.stringify(raw).length;
 const KNOWN_EVENTS: ReadonlySet<string> = new Set(['device:challenge', 'device:hello', 'device:state', 'update:submit', 'secagg:keys', 'secagg:shares', 'secagg:reveal']);
 const REFUSAL_WINDOW_MS = 10_000;
 
@@ -174,14 +176,14 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       const parsed = secAggKeysSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:keys from device ${deviceId}: ${describeIssues(parsed.error)}`);
       const { runId, round, attempt, ...advert } = parsed.data;
-      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'keys', msg: { ...advert, maskPublicKey: Uint8Array.from(advert.maskPublicKey), encPublicKey: Uint8Array.from(advert.encPublicKey), signature: Uint8Array.from(advert.signature) } }));
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'keys', msg: { ...advert, maskPublicKey: Uint8Array.from(advert.maskPublicKey), encPublicKey: Uint8Array.from(advert.encPublicKey), signature: Uint8Array.from(advert.signature) } }, wireBytes(raw)));
     });
     on('secagg:shares', 1, async (raw, ack) => {
       if (!deviceId) return bad(ack, 'NOT_JOINED', 'secagg:shares: send device:hello first');
       const parsed = secAggSharesSchema.safeParse(raw);
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:shares from device ${deviceId}: ${describeIssues(parsed.error)}`);
       const { runId, round, attempt, shares, signature } = parsed.data;
-      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'shares', msg: { shares: shares.map((s) => ({ peer: s.peer, sealed: Uint8Array.from(s.sealed) })), signature: Uint8Array.from(signature) } }));
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'shares', msg: { shares: shares.map((s) => ({ peer: s.peer, sealed: Uint8Array.from(s.sealed) })), signature: Uint8Array.from(signature) } }, wireBytes(raw)));
     });
     on('secagg:reveal', 1, async (raw, ack) => {
       if (!deviceId) return bad(ack, 'NOT_JOINED', 'secagg:reveal: send device:hello first');
@@ -189,7 +191,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `secagg:reveal from device ${deviceId}: ${describeIssues(parsed.error)}`);
       const { runId, round, attempt, seeds, keys, signature } = parsed.data;
       const own = (xs: typeof seeds) => xs.map((s) => ({ of: s.of, share: Uint8Array.from(s.share) }));
-      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'reveal', msg: { seeds: own(seeds), keys: own(keys), signature: Uint8Array.from(signature) } }));
+      answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'reveal', msg: { seeds: own(seeds), keys: own(keys), signature: Uint8Array.from(signature) } }, wireBytes(raw)));
     });
 
     socket.on('disconnect', () => {

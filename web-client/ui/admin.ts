@@ -108,6 +108,14 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRec
       ['Held-out acc. before → after', `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`],
       ['Bytes', `up ${bytes(r.bytesUp)}, down ${bytes(r.bytesDown)}`],
     ];
+    const s = r.secureAggregation;
+    if (s) {
+      facts.push(
+        ['Secure aggregation', `on: ${s.neighbours} neighbours per device, any ${s.threshold} rebuild its secrets (tolerates ${s.neighbours - s.threshold} out per neighbourhood)`],
+        ['Devices per stage', `${s.selected} selected → ${s.advertised} advertised keys → ${s.shared} shared → ${s.inputs} masked inputs → ${s.revealed} revealed`],
+        ['Stages', `keys ${duration(s.stageMs.keys)} · shares ${duration(s.stageMs.shares)} · inputs ${duration(s.stageMs.inputs)} · unmask ${duration(s.stageMs.unmask)}`],
+      );
+    }
     return el('tr', { class: 'detail' }, el('td', { colspan: 8 }, el('dl', { class: 'facts' }, ...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]))));
   };
   table<RoundRecord>(
