@@ -11,6 +11,12 @@
  *   5. server memory against the number of devices in a round (socket devices sending real-size updates)
  *   6. the Node simulation: training samples/s with 1 worker and with one per core
  *   7. wasm threads: a cross-origin-isolated page (CROSS_ORIGIN_ISOLATION=1) against a plain one
+ *   8. secure aggregation: the protocol's CPU per stage (devices and server) and bytes per device
+ *      against plain float32 updates, at 10–200 devices a round and 0–30 % dropouts (Node); then
+ *      5 tabs, plain against secure
+ *
+ *   npm run bench -- [--repeats 3] [--skip threads,simulation,training,rounds,memory,cnn,secagg,secagg-tabs]
+ *                    [--only aggregation,bomb,secagg,…]   (just these sections)
  */
 import { execSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -25,9 +31,11 @@ import { runSimulation } from '../server/sim/simulation.ts';
 import { measure } from './lib/load-round.ts';
 import { api, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
 
-const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '' });
+const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '', only: '' });
 const repeats = Number(args.repeats);
-const skip = new Set(String(args.skip).split(',').filter(Boolean));
+const skipped = new Set(String(args.skip).split(',').filter(Boolean));
+const only = new Set(String(args.only).split(',').filter(Boolean));
+const skip = { has: (section: string): boolean => skipped.has(section) || (only.size > 0 && !only.has(section)) };
 const roundResults: unknown[] = [];
 const results: Record<string, unknown> = { date: new Date().toISOString(), repeats, rounds: roundResults };
 const line = (s = '') => process.stdout.write(s + '\n');
@@ -68,6 +76,51 @@ function benchAggregation(): void {
   };
   results.aggregation = { ...r, efficiency: r.aggregateGBps / r.plainAddGBps };
   line(`encode ${fmt(r.encodeMBps, 0)} MB/s · decode+validate ${fmt(r.decodeMBps, 0)} MB/s · FedAvg ${fmt(r.aggregateUpdatesPerS, 0)} updates/s = ${fmt(r.aggregateGBps, 2)} GB/s vs plain Float32 add ${fmt(r.plainAddGBps, 2)} GB/s (ratio ${fmt(r.aggregateGBps / r.plainAddGBps, 2)})`);
+  line();
+}
+
+// ─── 8. secure aggregation (Node, the real protocol code in one process) ──────
+async function benchSecAgg(): Promise<void> {
+  const { identities, secAggRound } = await import('../server/sim/secagg-round.ts');
+  const { advertToWire, neighbourToWire, revealToWire, sharesToWire } = await import('../shared/secagg/wire.ts');
+  const model: ModelName = 'mlp';
+  const d = countParams(model);
+  line(`## Secure aggregation: the 2NN (${d.toLocaleString('en')} parameters), devices dropping after sharing their keys (the server's costliest case)`);
+  line('devices | dropped | k, t | device CPU ms: keys + shares + mask + reveal = total | server CPU ms: keys + shares + inputs + unmask = total | bytes up / device (× plain) | bytes down / device, protocol only');
+  const rows: unknown[] = [];
+  const plainUp = 4 * d + 64; // a float32 update: the values and the payload's header
+  const json = (x: unknown) => JSON.stringify(x).length;
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const warm = await identities(5);
+  await secAggRound(warm, warm.map(() => new Uint32Array(d + 1))); // JIT and WebCrypto warm-up, not measured
+  for (const n of [10, 50, 100, 200]) {
+    const ids = await identities(n);
+    const rng = createRng(n);
+    const inputs = Array.from({ length: n }, () => Uint32Array.from({ length: d + 1 }, () => (rng() * 2 ** 32) >>> 0));
+    for (const dropout of [0, 0.1, 0.3]) {
+      const dropAt = Object.fromEntries(ids.slice(0, Math.round(n * dropout)).map((i) => [i.deviceId, 'input' as const]));
+      // at 30 % dropouts a neighbourhood of about 2·log2(n) loses more than k − t too often: twice as many neighbours
+      const neighbours = dropout >= 0.3 ? Math.min(2 * Math.floor((n - 1) / 2), 4 * Math.ceil(Math.log2(n))) : 0;
+      let r: Awaited<ReturnType<typeof secAggRound>>;
+      try {
+        r = await secAggRound(ids, inputs, { dropAt, neighbours });
+      } catch (err) {
+        line(`${n} | ${Object.keys(dropAt).length} | — | the round fails: ${err instanceof Error ? err.message : String(err)}`);
+        continue;
+      }
+      // what one device that goes through the whole protocol sends and receives (the socket.io envelope aside)
+      const up = mean(r.captured.adverts.map((x) => json(advertToWire(x)))) + mean(r.captured.shares.map((m) => json({ shares: sharesToWire(m.shares), signature: 'x'.repeat(88) }))) + mean(r.captured.inputs.map((x) => x.payload.byteLength)) + mean(r.captured.reveals.map((x) => json(revealToWire(x))));
+      const down = mean([...r.neighbours.values()].map((near) => json(near.map((id) => neighbourToWire(r.adverts.get(id)!))))) + mean(r.captured.shares.map((m) => json({ shares: sharesToWire(m.shares) })));
+      const c = r.cpu.client;
+      const s = r.cpu.server;
+      const perDevice = { keys: c.keys / n, shares: c.shares / n, mask: c.mask / Math.max(1, r.captured.inputs.length), reveal: c.reveal / Math.max(1, r.captured.reveals.length) };
+      const deviceTotal = perDevice.keys + perDevice.shares + perDevice.mask + perDevice.reveal;
+      const serverTotal = s.keys + s.shares + s.inputs + s.unmask;
+      rows.push({ devices: n, dropped: Object.keys(dropAt).length, k: r.shape.k, t: r.shape.t, deviceMs: { ...perDevice, total: deviceTotal }, serverMs: { ...s, total: serverTotal }, bytesUpPerDevice: up, plainBytesUp: plainUp, bytesDownProtocolPerDevice: down });
+      line(`${n} | ${Object.keys(dropAt).length} | ${r.shape.k}, ${r.shape.t} | ${fmt(perDevice.keys)} + ${fmt(perDevice.shares)} + ${fmt(perDevice.mask)} + ${fmt(perDevice.reveal)} = ${fmt(deviceTotal)} | ${fmt(s.keys, 0)} + ${fmt(s.shares, 0)} + ${fmt(s.inputs, 0)} + ${fmt(s.unmask, 0)} = ${fmt(serverTotal, 0)} | ${fmt(up / 1024)} KiB (${fmt(up / plainUp, 3)}x) | ${fmt(down / 1024)} KiB`);
+    }
+  }
+  results.secagg = rows;
   line();
 }
 
@@ -270,8 +323,9 @@ async function benchWasmThreads(): Promise<void> {
   line();
 }
 
-benchAggregation();
-benchBomb();
+if (!skip.has('aggregation')) benchAggregation();
+if (!skip.has('bomb')) benchBomb();
+if (!skip.has('secagg')) await benchSecAgg();
 if (!skip.has('threads')) await benchWasmThreads();
 if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();
@@ -280,6 +334,11 @@ try {
   if (!skip.has('rounds')) await benchRounds(server, 'Federation: 4 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, 600);
   if (!skip.has('rounds')) await benchRounds(server, 'The same with compressed updates (rand+q2+deflate, 25 %) and delta downloads', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'rand+q2+deflate', randFraction: 0.25, downlink: 'delta' }, 600);
   if (!skip.has('memory')) await benchServerMemory(server);
+  if (!skip.has('secagg-tabs')) {
+    const five = { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, overSelect: 1, clipNorm: 5, seed: 1 };
+    await benchRounds(server, 'Federation: 5 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds, clipNorm 5 — plain', 5, five, 600);
+    await benchRounds(server, 'The same with secure aggregation (k = 4, t = 3)', 5, { ...five, secureAggregation: true }, 600);
+  }
   if (!skip.has('cnn')) await benchRounds(server, 'Federation: 2 tabs, the paper CNN (6.65 MB updates), 300 examples each, E=1, B=10, 1 round', 2, { model: 'cnn', rounds: 1, localEpochs: 1, batchSize: 10, learningRate: 0.05 }, 300);
 } finally {
   await server.stop();
