@@ -6,6 +6,7 @@
  *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
  *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
+ *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -42,6 +43,8 @@ const argsSchema = z.strictObject({
   rand: z.coerce.number().gt(0).max(1).default(0.25),
   'quant-block': z.coerce.number().int().min(0).max(1 << 20).default(256),
   downlink: z.enum(['full', 'delta']).default('delta'),
+  'secure-aggregation': z.literal(true).optional(),
+  'clip-norm': z.coerce.number().min(0).max(1e6).optional(),
   json: z.string().optional(),
   plot: z.string().optional(),
   quiet: z.literal(true).optional(),
@@ -73,7 +76,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -109,6 +112,8 @@ const result = await runSimulation(
     randFraction: args.rand,
     quantBlock: args['quant-block'],
     downlink: args.downlink,
+    ...(args['secure-aggregation'] ? { secureAggregation: true } : {}),
+    ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
   },
   mnist,
   (r) => {

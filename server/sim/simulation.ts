@@ -15,9 +15,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
-import { residualKey, type HeldModel } from '../../shared/device.ts';
+import { codecSeed, residualKey, type HeldModel } from '../../shared/device.ts';
+import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
+import { SecAggSession } from '../../shared/secagg/session.ts';
+import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire } from '../../shared/secagg/wire.ts';
+import { decodeWeights } from '../../shared/weights.ts';
 import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
-import type { ModelPublished, RoundEnd, RoundStart } from '../../shared/protocol.ts';
+import type { ModelPublished, RoundEnd, RoundStart, SecAggNeighbours, SecAggSharesIn, SecAggUnmask, ServerToClientEvents } from '../../shared/protocol.ts';
 import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
 import type { FlatWeights } from '../../shared/weights.ts';
 import type { MnistSplit } from '../data/mnist.ts';
@@ -58,6 +62,10 @@ export interface SimulationOptions {
   randFraction?: number;
   quantBlock?: number;
   downlink?: 'full' | 'delta';
+  /** SecAgg+: every device masks its update; the server learns only the sum (needs clipNorm) */
+  secureAggregation?: boolean;
+  /** L2 bound on each update (0: none) */
+  clipNorm?: number;
 }
 
 export interface SimRound {
@@ -110,6 +118,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.randFraction !== undefined ? { randFraction: o.randFraction } : {}),
     ...(o.quantBlock !== undefined ? { quantBlock: o.quantBlock } : {}),
     ...(o.downlink !== undefined ? { downlink: o.downlink } : {}),
+    ...(o.secureAggregation ? { secureAggregation: true } : {}),
+    ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}),
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
     maxRoundRetries: 0,
@@ -179,11 +189,50 @@ class SimulatedDevices implements DevicePort {
       queueMicrotask(() => void this.runRound(batch.starts).catch((err: unknown) => this.onFailure(err instanceof Error ? err : new Error(String(err)))));
     }
     this.batch.starts.push({ id: deviceId, msg });
+    if (msg.secureAggregation) this.beginSecure(deviceId, msg, msg.secureAggregation);
   }
 
   sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
-  sendSecAgg(): void {
-    throw new Error('the Node simulation does not run secure aggregation yet: use npm run simulate (real tabs)');
+  /** the devices' identity keys and this round's secure-aggregation sessions (secure runs only) */
+  identities = new Map<string, DeviceIdentity>();
+  private readonly sessions = new Map<string, Promise<SecAggSession>>();
+
+  /** A device of a secure round: keys out at once, like a browser device (secagg/session.ts). */
+  private beginSecure(id: string, msg: RoundStart, plan: NonNullable<RoundStart['secureAggregation']>): void {
+    const identity = this.identities.get(id) as DeviceIdentity;
+    const ref = { runId: msg.runId, round: msg.round, attempt: msg.attempt };
+    const session = SecAggSession.begin(identity, plan);
+    this.sessions.set(id, session);
+    void session
+      .then(async (s) => {
+        const { deviceId: _id, ...advert } = s.advert;
+        const ack = await (this.federation as Federation).secAggMessage(id, ref, { what: 'keys', msg: advert }, JSON.stringify(advertToWire(advert)).length);
+        if (!ack.ok) throw new Error(`${ack.error.code}: ${ack.error.message}`);
+      })
+      .catch((err: unknown) => this.onFailure(new Error(`simulated device ${id}, round ${msg.round}, keys: ${err instanceof Error ? err.message : String(err)}`)));
+  }
+
+  sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, m: Parameters<ServerToClientEvents[E]>[0]): void {
+    const session = this.sessions.get(deviceId);
+    if (!session) return;
+    const federation = this.federation as Federation;
+    const ref = { runId: m.runId, round: m.round, attempt: m.attempt };
+    const step = async (s: SecAggSession): Promise<void> => {
+      if (event === 'secagg:neighbours') {
+        const msg = m as SecAggNeighbours;
+        const reply = await s.onNeighbours({ devices: msg.devices, neighbours: msg.neighbours.map(neighbourFromWire) });
+        const ack = await federation.secAggMessage(deviceId, ref, { what: 'shares', msg: reply }, JSON.stringify(sharesToWire(reply.shares)).length + 100);
+        if (!ack.ok) throw new Error(`${ack.error.code}: ${ack.error.message}`);
+      } else if (event === 'secagg:shares') {
+        await s.onShares(sharesFromWire((m as SecAggSharesIn).shares));
+      } else {
+        const msg = m as SecAggUnmask;
+        const reveal = await s.onUnmask({ survivors: msg.survivors, dropped: msg.dropped });
+        const ack = await federation.secAggMessage(deviceId, ref, { what: 'reveal', msg: reveal }, JSON.stringify(revealToWire(reveal)).length);
+        if (!ack.ok) throw new Error(`${ack.error.code}: ${ack.error.message}`);
+      }
+    };
+    void session.then(step).catch((err: unknown) => this.onFailure(new Error(`simulated device ${deviceId}, round ${m.round}, ${event}: ${err instanceof Error ? err.message : String(err)}`)));
   }
   broadcastModel(_msg: ModelPublished): void {}
 
@@ -205,7 +254,14 @@ class SimulatedDevices implements DevicePort {
       if (!r.submission) throw new Error(`simulated device ${id}, round ${msg.round}: training stopped`);
       this.encodeMs.push(r.encodeMs);
       federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
-      const ack = await federation.submitUpdate(id, r.submission);
+      let submission = r.submission;
+      if (msg.secureAggregation) {
+        // the worker's float32 update, masked in the main thread where the device's session lives
+        const session = await (this.sessions.get(id) as Promise<SecAggSession>);
+        const masked = await session.maskedInput(decodeWeights(submission.delta).values, submission.numExamples, codecSeed(msg.plan.seed, id));
+        submission = { ...submission, delta: masked.payload, signature: masked.signature };
+      }
+      const ack = await federation.submitUpdate(id, submission);
       if (ack.ok && r.residual) this.residuals.set(id, { key: residualKey(msg.runId, msg.model), values: r.residual });
       if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
       federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
@@ -239,18 +295,29 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   const config = simulationConfig(options);
   await tf.ready(); // the main thread builds the initial model; the workers train
   const devices = makeDevices(mnist.train, options);
+  // Secure aggregation checks that a device's id derives from its identity key: secure runs give
+  // their devices real identities (and so ids that differ from run to run).
+  const identities = new Map<string, DeviceIdentity>();
+  if (config.secureAggregation) {
+    for (const d of devices) {
+      const identity = await createIdentity();
+      d.id = identity.deviceId;
+      identities.set(d.id, identity);
+    }
+  }
   const pool = await WorkerPool.start(mnist.train, mnist.test, options.workers);
   const dir = mkdtempSync(path.join(tmpdir(), 'fl-simulate-'));
   const store = openSqliteStore(path.join(dir, 'fl.sqlite'));
   const port = new SimulatedDevices(pool, new Map(devices.map((d) => [d.id, d])));
   const federation = new Federation({ store, strategyFor, evaluator: poolEvaluator(pool, mnist.test.count), clock: systemClock, logger: createLogger('simulate', (l) => process.stderr.write(l + '\n'), true), port });
   port.federation = federation;
+  port.identities = identities;
   const stopAtTarget = options.stopAtTarget ?? options.target !== undefined;
   const rounds: SimRound[] = [];
   const t0 = Date.now();
   try {
     for (const d of devices) {
-      federation.join({ deviceId: d.id, backend: 'wasm', backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)) });
+      federation.join({ deviceId: d.id, backend: 'wasm', backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)), ...(identities.has(d.id) ? { x25519: true } : {}) }, identities.get(d.id)?.publicKey);
     }
     const ended = new Promise<void>((resolve, reject) => {
       port.onFailure = (err) => {
