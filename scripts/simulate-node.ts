@@ -7,6 +7,7 @@
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
  *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
+ *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -44,6 +45,7 @@ const argsSchema = z.strictObject({
   'quant-block': z.coerce.number().int().min(0).max(1 << 20).default(256),
   downlink: z.enum(['full', 'delta']).default('delta'),
   'secure-aggregation': z.literal(true).optional(),
+  drop: z.coerce.number().min(0).max(1).default(0),
   'clip-norm': z.coerce.number().min(0).max(1e6).optional(),
   json: z.string().optional(),
   plot: z.string().optional(),
@@ -76,18 +78,18 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
-const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)}`;
+const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)} | ${String(r.dropped).padStart(7)}`;
 
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });
 const partial: SimRound[] = [];
 const mnist = loadMnist();
 process.stdout.write(`simulate:node ${name}: ${args.clients} clients, C=${args.fraction}, ${args.rounds} rounds${args.target ? `, target ${args.target}` : ''}\n`);
-process.stdout.write(`round |   test acc | test loss |   round |   elapsed |  up/device | down/device\n`);
+process.stdout.write(`round |   test acc | test loss |   round |   elapsed |  up/device | down/device | dropped\n`);
 const result = await runSimulation(
   {
     clients: args.clients,
@@ -114,6 +116,7 @@ const result = await runSimulation(
     downlink: args.downlink,
     ...(args['secure-aggregation'] ? { secureAggregation: true } : {}),
     ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
+    ...(args.drop > 0 ? { dropout: args.drop } : {}),
   },
   mnist,
   (r) => {

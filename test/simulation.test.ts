@@ -30,6 +30,18 @@ describe('simulate:node', () => {
     expect(a.rounds[1]!.testAccuracy).toBeGreaterThan(a.initial.testAccuracy + 0.3);
   }, 180_000);
 
+  it('runs secure aggregation with devices that drop out after sharing their keys, and learns as the plain run does', async () => {
+    const o: SimulationOptions = { ...small, fraction: 1, rounds: 3, clipNorm: 5 };
+    const plain = await runSimulation(o, mnist);
+    const secure = await runSimulation({ ...o, secureAggregation: true, dropout: 0.2 }, mnist);
+    expect(secure.status, secure.reason).toBe('done');
+    expect(secure.rounds.map((r) => r.round)).toEqual([1, 2, 3]);
+    const dropped = secure.rounds.reduce((a, r) => a + r.dropped, 0);
+    expect(dropped).toBeGreaterThan(0); // the dropouts did happen, and the rounds were unmasked around them
+    for (const r of secure.rounds) expect(r.updates).toBe(10 - r.dropped);
+    expect(secure.rounds.at(-1)!.testAccuracy).toBeGreaterThan(plain.rounds.at(-1)!.testAccuracy - 0.05);
+  }, 180_000);
+
   it('stops at the target accuracy and reports the round that reached it', async () => {
     const r = await runSimulation({ ...small, rounds: 20, target: 0.5 }, mnist);
     expect(r.status).toBe('stopped');

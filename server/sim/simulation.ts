@@ -17,12 +17,13 @@ import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import { codecSeed, residualKey, type HeldModel } from '../../shared/device.ts';
 import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
+import { createRng, hashString } from '../../shared/rng.ts';
 import { SecAggSession } from '../../shared/secagg/session.ts';
 import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire } from '../../shared/secagg/wire.ts';
 import { decodeWeights } from '../../shared/weights.ts';
 import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
 import type { ModelPublished, RoundEnd, RoundStart, SecAggNeighbours, SecAggSharesIn, SecAggUnmask, ServerToClientEvents } from '../../shared/protocol.ts';
-import { validateRunConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
+import { validateRunConfig, type Aggregation, type DeviceHello, type RunConfig } from '../../shared/schemas.ts';
 import type { FlatWeights } from '../../shared/weights.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { Federation, systemClock, type DevicePort } from '../federation.ts';
@@ -66,6 +67,12 @@ export interface SimulationOptions {
   secureAggregation?: boolean;
   /** L2 bound on each update (0: none) */
   clipNorm?: number;
+  /**
+   * probability that a selected device drops out of its round (drawn per device and round from the
+   * seed): in a secure round once its shares have gone out and it holds its neighbours' (the
+   * server's costliest case), else once it has trained; it is back for the next round
+   */
+  dropout?: number;
 }
 
 export interface SimRound {
@@ -81,6 +88,8 @@ export interface SimRound {
   evaluationMs: number;
   bytesUpPerDevice: number;
   bytesDownPerDevice: number;
+  /** selected devices that dropped out */
+  dropped: number;
 }
 
 export interface SimulationResult {
@@ -102,12 +111,14 @@ export interface SimulationResult {
 
 export function simulationConfig(o: SimulationOptions): RunConfig {
   const k = Math.max(1, Math.round(o.fraction * o.clients));
+  // with dropouts a round closes on the devices that answered, once everyone has answered or left
+  const minUpdates = o.dropout ? Math.min(k, Math.max(3, Math.ceil(k / 2))) : k;
   const checked = validateRunConfig({
     model: o.model,
     rounds: o.rounds,
     clientsPerRound: k,
     overSelect: o.overSelect ?? 1,
-    minUpdates: k,
+    minUpdates,
     localEpochs: o.epochs,
     batchSize: o.batch,
     learningRate: o.lr,
@@ -192,7 +203,33 @@ class SimulatedDevices implements DevicePort {
     if (msg.secureAggregation) this.beginSecure(deviceId, msg, msg.secureAggregation);
   }
 
-  sendRoundEnd(_deviceId: string, _msg: RoundEnd): void {}
+  sendRoundEnd(deviceId: string, _msg: RoundEnd): void {
+    void this.sessions.get(deviceId)?.then((s) => s.abort('the round ended'), () => undefined);
+  }
+  /** how devices joined (to rejoin after a dropout), and the dropout probability with its seed */
+  readonly hellos = new Map<string, { hello: DeviceHello; identityKey: Uint8Array | undefined }>();
+  dropout = { p: 0, seed: 0 };
+  private readonly gone = new Set<string>();
+
+  /** Whether the device drops out of this round: a function of the seed, the device and the round. */
+  private drops(id: string, msg: RoundStart): boolean {
+    return this.dropout.p > 0 && createRng(hashString(`${this.dropout.seed}:${id}:${msg.runId}:${msg.round}:${msg.attempt}`))() < this.dropout.p;
+  }
+
+  private leave(id: string): void {
+    this.gone.add(id);
+    (this.federation as Federation).leave(id);
+  }
+
+  /** The devices that dropped out come back once their round's work is done. */
+  private rejoinAll(): void {
+    for (const id of this.gone) {
+      const h = this.hellos.get(id);
+      if (h) (this.federation as Federation).join(h.hello, h.identityKey);
+    }
+    this.gone.clear();
+  }
+
   /** the devices' identity keys and this round's secure-aggregation sessions (secure runs only) */
   identities = new Map<string, DeviceIdentity>();
   private readonly sessions = new Map<string, Promise<SecAggSession>>();
@@ -252,6 +289,12 @@ class SimulatedDevices implements DevicePort {
         this.held.set(id, r.held.version);
       }
       if (!r.submission) throw new Error(`simulated device ${id}, round ${msg.round}: training stopped`);
+      if (this.drops(id, msg)) {
+        // a secure round's device leaves once it holds its neighbours' shares: they must then unmask around it
+        if (msg.secureAggregation) await (await (this.sessions.get(id) as Promise<SecAggSession>)).ready().catch(() => undefined);
+        this.leave(id);
+        continue;
+      }
       this.encodeMs.push(r.encodeMs);
       federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
       let submission = r.submission;
@@ -266,6 +309,7 @@ class SimulatedDevices implements DevicePort {
       if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
       federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
     }
+    this.rejoinAll();
     // Versions no device holds any more are dropped.
     const inUse = new Set(this.held.values());
     for (const v of this.versions.keys()) if (!inUse.has(v)) this.versions.delete(v);
@@ -288,6 +332,7 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   evaluationMs: r.phases.evaluationMs,
   bytesUpPerDevice: r.completed ? r.bytesUp / r.completed : 0,
   bytesDownPerDevice: r.participants ? r.bytesDown / r.participants : 0,
+  dropped: r.dropped,
 });
 
 /** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */
@@ -312,12 +357,15 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   const federation = new Federation({ store, strategyFor, evaluator: poolEvaluator(pool, mnist.test.count), clock: systemClock, logger: createLogger('simulate', (l) => process.stderr.write(l + '\n'), true), port });
   port.federation = federation;
   port.identities = identities;
+  port.dropout = { p: options.dropout ?? 0, seed: options.seed };
   const stopAtTarget = options.stopAtTarget ?? options.target !== undefined;
   const rounds: SimRound[] = [];
   const t0 = Date.now();
   try {
     for (const d of devices) {
-      federation.join({ deviceId: d.id, backend: 'wasm', backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)), ...(identities.has(d.id) ? { x25519: true } : {}) }, identities.get(d.id)?.publicKey);
+      const hello = { deviceId: d.id, backend: 'wasm' as const, backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)), ...(identities.has(d.id) ? { x25519: true } : {}) };
+      port.hellos.set(d.id, { hello, identityKey: identities.get(d.id)?.publicKey });
+      federation.join(hello, identities.get(d.id)?.publicKey);
     }
     const ended = new Promise<void>((resolve, reject) => {
       port.onFailure = (err) => {

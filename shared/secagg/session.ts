@@ -100,6 +100,11 @@ export class SecAggSession {
     return masked;
   }
 
+  /** Settles once the neighbours' shares are in (rejects if the round ended first). */
+  async ready(): Promise<void> {
+    await this.sharesReady;
+  }
+
   /** The round ended (or the device left): a device still waiting for shares stops waiting. */
   abort(reason: string): void {
     this.failedWith?.(new Error(`secure aggregation: ${reason}`));
