@@ -246,7 +246,11 @@ async function benchRounds(server: ServerHandle, label: string, tabs: number, co
     line(`devices at work, as the devices report it (medians): download ${fmt(summary.downloadMs, 0)} ms + evaluation ${fmt(summary.evaluateOnDeviceMs, 0)} ms + training ${fmt(summary.trainMs, 0)} ms + upload ${fmt(summary.uploadMs, 0)} ms`);
     line(`server share of the round (aggregate + evaluate): ${fmt(serverShare * 100)} % · bytes per device per round: up ${fmt(summary.bytesUpPerDevice / 1024)} KiB, down ${fmt(summary.bytesDownPerDevice / 1024)} KiB`);
     line(`server RSS max ${fmt(summary.serverRssMaxMB)} MB · tab JS heap (median) ${fmt(summary.tabJsHeapMedianMB)} MB · final test accuracy ${summary.finalTestAccuracy === null ? '—' : fmt(summary.finalTestAccuracy * 100, 2) + ' %'}`);
-    roundResults.push({ ...summary, serverShare });
+    // a secure run: what the protocol cost each tab, step by step (secagg/session.ts)
+    const costs = (await Promise.all(devices.map((d) => d.page.evaluate(() => window.__fl.snapshot?.secureCosts ?? [])))).flat();
+    const secureMs = costs.length ? { keys: median(costs.map((c) => c.keys)), shares: median(costs.map((c) => c.shares)), mask: median(costs.map((c) => c.mask)), reveal: median(costs.map((c) => c.reveal)) } : null;
+    if (secureMs) line(`secure aggregation in the tab (medians over ${costs.length} device-rounds): keys ${fmt(secureMs.keys)} + shares ${fmt(secureMs.shares)} + mask ${fmt(secureMs.mask)} + reveal ${fmt(secureMs.reveal)} ms`);
+    roundResults.push({ ...summary, serverShare, secureMs });
     for (const cdp of sessions) await cdp.detach();
     for (const d of devices) await d.context.close();
   } finally {

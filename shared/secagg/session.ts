@@ -38,6 +38,8 @@ export class SecAggSession {
   private failedWith: ((err: Error) => void) | undefined;
   private readonly sharesReady: Promise<true>;
   stage: SecAggStage = 'keys';
+  /** wall milliseconds this device spent in each step of the protocol (its CPU cost, on a device doing nothing else) */
+  readonly spentMs = { keys: 0, shares: 0, mask: 0, reveal: 0 };
 
   private constructor(
     readonly plan: SecAggRoundPlan,
@@ -54,9 +56,12 @@ export class SecAggSession {
 
   /** Fresh keys for the round; send `session.advert` to the server. */
   static async begin(identity: DeviceIdentity, plan: SecAggRoundPlan, onStage?: (stage: SecAggStage) => void): Promise<SecAggSession> {
+    const t0 = performance.now();
     const { device, advert } = await SecAggDevice.start(identity, plan.context, plan.curve);
+    const session = new SecAggSession(plan, device, advert, onStage);
+    session.spentMs.keys = performance.now() - t0;
     onStage?.('keys');
-    return new SecAggSession(plan, device, advert, onStage);
+    return session;
   }
 
   private to(stage: SecAggStage): void {
@@ -70,22 +75,28 @@ export class SecAggSession {
     if (problem) throw new Error(`secure aggregation: ${problem}`);
     if (msg.neighbours.length !== k) throw new Error(`secure aggregation: a round of ${msg.devices} devices gives ${k} neighbours, the server named ${msg.neighbours.length}`);
     this.to('shares');
+    const t0 = performance.now();
     try {
       return await this.device.share(msg.neighbours, t);
     } catch (err) {
       this.failedWith?.(err as Error);
       throw err;
+    } finally {
+      this.spentMs.shares += performance.now() - t0;
     }
   }
 
   /** The shares neighbours sealed for this device arrived: the input can be masked now. */
   async onShares(shares: SealedShare[]): Promise<void> {
+    const t0 = performance.now();
     try {
       await this.device.receive(shares);
       this.sharesIn(true);
     } catch (err) {
       this.failedWith?.(err as Error);
       throw err;
+    } finally {
+      this.spentMs.shares += performance.now() - t0;
     }
   }
 
@@ -93,9 +104,11 @@ export class SecAggSession {
   async maskedInput(delta: Float32Array, numExamples: number, seed: number): Promise<{ payload: Uint8Array<ArrayBuffer>; signature: Uint8Array<ArrayBuffer> }> {
     await this.sharesReady;
     this.to('masking');
+    const t0 = performance.now();
     const { bounds } = this.plan;
     const input = quantizeInput(clipToNorm(delta, bounds.clipNorm), Math.min(numExamples, bounds.maxWeight), bounds, createRng(seed));
     const masked = await this.device.mask(input);
+    this.spentMs.mask = performance.now() - t0;
     this.to('unmasking');
     return masked;
   }
@@ -111,7 +124,9 @@ export class SecAggSession {
   }
 
   async onUnmask(request: UnmaskRequest): Promise<Reveal> {
+    const t0 = performance.now();
     const reveal = await this.device.reveal(request);
+    this.spentMs.reveal = performance.now() - t0;
     this.to('done');
     return reveal;
   }

@@ -48,6 +48,8 @@ export interface DeviceSnapshot {
   globalModel: { version: number; round: number; testAccuracy: number | null } | null;
   /** the stage of the secure-aggregation protocol, in a round that aggregates securely */
   secure: SecAggStage | null;
+  /** what the protocol cost this device in its last secure rounds (ms per step), newest last */
+  secureCosts: { runId: number; round: number; attempt: number; keys: number; shares: number; mask: number; reveal: number }[];
   error: string | null;
 }
 
@@ -89,7 +91,7 @@ export class DeviceClient {
   private lastEnd: RoundEnd | undefined;
   /** the global model version held, as last told to the server */
   private heldVersion = 0;
-  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, secure: null, error: null };
+  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, secure: null, secureCosts: [], error: null };
   /** the secure-aggregation session of the current round: it outlives the round's work until the round ends (the reveal comes after the upload) */
   private secure: { key: string; session: Promise<SecAggSession> } | undefined;
 
@@ -139,6 +141,7 @@ export class DeviceClient {
     socket.on('secagg:unmask', (msg) =>
       void this.secureStep(msg, async (session) => {
         const reveal = await session.onUnmask({ survivors: msg.survivors, dropped: msg.dropped });
+        this.set({ secureCosts: [...this.snapshot.secureCosts.slice(-49), { runId: msg.runId, round: msg.round, attempt: msg.attempt, ...session.spentMs }] });
         return socket.timeout(30_000).emitWithAck('secagg:reveal', { runId: msg.runId, round: msg.round, attempt: msg.attempt, ...revealToWire(reveal) });
       }),
     );
