@@ -8,6 +8,7 @@
  *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
+ *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -46,6 +47,8 @@ const argsSchema = z.strictObject({
   downlink: z.enum(['full', 'delta']).default('delta'),
   'secure-aggregation': z.literal(true).optional(),
   drop: z.coerce.number().min(0).max(1).default(0),
+  neighbours: z.coerce.number().int().min(0).max(254).default(0),
+  threshold: z.coerce.number().int().min(0).max(254).default(0),
   'clip-norm': z.coerce.number().min(0).max(1e6).optional(),
   json: z.string().optional(),
   plot: z.string().optional(),
@@ -117,6 +120,8 @@ const result = await runSimulation(
     ...(args['secure-aggregation'] ? { secureAggregation: true } : {}),
     ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
     ...(args.drop > 0 ? { dropout: args.drop } : {}),
+    ...(args.neighbours ? { secAggNeighbours: args.neighbours } : {}),
+    ...(args.threshold ? { secAggThreshold: args.threshold } : {}),
   },
   mnist,
   (r) => {

@@ -73,6 +73,9 @@ export interface SimulationOptions {
    * server's costliest case), else once it has trained; it is back for the next round
    */
   dropout?: number;
+  /** secure aggregation's k and t (0: automatic) */
+  secAggNeighbours?: number;
+  secAggThreshold?: number;
 }
 
 export interface SimRound {
@@ -131,6 +134,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.downlink !== undefined ? { downlink: o.downlink } : {}),
     ...(o.secureAggregation ? { secureAggregation: true } : {}),
     ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}),
+    ...(o.secAggNeighbours ? { secAggNeighbours: o.secAggNeighbours } : {}),
+    ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
     maxRoundRetries: 0,
