@@ -43,6 +43,8 @@ export interface AppDeps {
 export interface App {
   http: HttpServer;
   federation: Federation;
+  /** the device sockets' server (tests observe what it receives) */
+  io: Server;
   close(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export function createApp(deps: AppDeps): App {
   return {
     http,
     federation,
+    io,
     close: async () => {
       // The run is not stopped: it stays running in the store and the next start resumes it.
       federation.shutdown();

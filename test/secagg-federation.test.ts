@@ -4,6 +4,10 @@
  * within the quantization bound, and dropouts and hostile devices are survived or refused.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { codecSeed } from '../shared/device.ts';
+import { createRng } from '../shared/rng.ts';
+import { quantizeInput } from '../shared/secagg/quantize.ts';
+import { clipToNorm } from '../shared/secagg/session.ts';
 import { decodeWeights } from '../shared/weights.ts';
 import { gate, launch, runEnded, startServer, testDevice, until, useWasm, type TestDevice, type TestServer } from './support/server.ts';
 
@@ -31,10 +35,16 @@ async function fleet(n: number, extra: Parameters<typeof testDevice>[2] extends 
 const modelOf = (version: number) => decodeWeights(server.store.getModelWeights(version)!).values;
 
 describe('secure aggregation in a federation', () => {
-  it('trains with masked updates, and lands on plain FedAvg of the same updates within the quantization bound', async () => {
+  it('trains with masked updates the server cannot read, and lands on plain FedAvg of the same updates within the quantization bound', async () => {
     await fleet(5);
+    // Every packet the server receives from the devices during the secure run, as socket.io hands it over.
+    const received: (string | Uint8Array)[] = [];
+    let capturing = true;
+    const engine = server.app.io.engine as unknown as { clients: Record<string, { on(e: 'packet', f: (p: { data?: unknown }) => void): void }> };
+    for (const socket of Object.values(engine.clients)) socket.on('packet', (p) => capturing && (typeof p.data === 'string' || p.data instanceof Uint8Array) && received.push(p.data));
     const secureRun = await launch(server, { ...CONFIG, secureAggregation: true });
     expect(await runEnded(server, secureRun)).toMatchObject({ status: 'done' });
+    capturing = false;
     const [r1] = server.store.listRounds(secureRun);
     expect(r1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { neighbours: 4, threshold: 3, selected: 5, advertised: 5, shared: 5, inputs: 5, revealed: 5 } });
     expect(r1!.devices.every((d) => d.weight === null)).toBe(true);
@@ -56,6 +66,38 @@ describe('secure aggregation in a federation', () => {
     expect(moved).toBeGreaterThan(1e-3); // the round did change the model…
     expect(maxDiff).toBeLessThan(1e-5); // …and both ways agree (float32 FedAvg vs a 32-bit fixed-point sum)
     expect(r1!.testAccuracy).toBeCloseTo(p1!.testAccuracy!, 2);
+
+    // What the server received holds no device's update: not its float32 Δ, not its quantized input.
+    const binary = received.filter((x): x is Uint8Array => x instanceof Uint8Array);
+    const windows = new Set<string>();
+    for (const b of binary) for (let i = 0; i + 16 <= b.length; i += 4) windows.add(Buffer.from(b.subarray(i, i + 16)).toString('hex'));
+    const leaks = (bytes: Uint8Array) => {
+      let found = 0;
+      for (let i = 0; i + 16 <= bytes.length; i += 4) {
+        const w = bytes.subarray(i, i + 16);
+        if (w.some((x) => x !== 0) && windows.has(Buffer.from(w).toString('hex'))) found++;
+      }
+      return found;
+    };
+    const chiSquare = (bytes: Uint8Array) => {
+      const counts = new Array<number>(256).fill(0);
+      for (const b of bytes) counts[b]!++;
+      const expected = bytes.length / 256;
+      return counts.reduce((a, c) => a + (c - expected) ** 2 / expected, 0);
+    };
+    for (const d of devices) {
+      const { payload, start } = d.masked[0]!;
+      // the capture saw this device's masked input (so the checks below ran on what was sent)…
+      expect(binary.some((b) => b.length === payload.length && Buffer.compare(Buffer.from(b), Buffer.from(payload)) === 0)).toBe(true);
+      // …which looks like uniform bytes (χ², 255 degrees of freedom, p ≈ 1e-6 at 380)
+      expect(chiSquare(payload)).toBeLessThan(380);
+      const plainDelta = d.sent[0]!.delta;
+      const bounds = start.secureAggregation!.bounds;
+      const input = quantizeInput(clipToNorm(plainDelta, bounds.clipNorm), Math.min(d.sent[0]!.numExamples, bounds.maxWeight), bounds, createRng(codecSeed(start.plan.seed, d.identity.deviceId)));
+      expect(chiSquare(new Uint8Array(input.buffer))).toBeGreaterThan(10_000); // the input itself is far from uniform
+      expect(leaks(new Uint8Array(plainDelta.buffer, plainDelta.byteOffset, plainDelta.byteLength))).toBe(0);
+      expect(leaks(new Uint8Array(input.buffer))).toBe(0);
+    }
   }, 120_000);
 
   it('completes a round when a device closes after sending its masked input', async () => {

@@ -101,7 +101,7 @@ export interface TestDevice {
   /** every update it sent, decoded (float32 runs): what the server was given */
   sent: { round: number; delta: Float32Array; numExamples: number }[];
   /** under secure aggregation: the masked inputs it sent, as the server received them */
-  masked: { round: number; payload: Uint8Array }[];
+  masked: { round: number; payload: Uint8Array; start: RoundStart }[];
   /** joins and resolves once the server has accepted the hello */
   join(): Promise<void>;
   /** leaves, and frees the device's data once its round (if any) has unwound */
@@ -126,7 +126,7 @@ export async function testDevice(url: string, client: number, o: TestDeviceOptio
   const masked: TestDevice['masked'] = [];
   const record: BeforeSubmit = async (s: UpdateSubmit, r: RoundStart) => {
     const out = o.beforeSubmit ? await o.beforeSubmit(s, r) : s;
-    if (out && r.secureAggregation) masked.push({ round: r.round, payload: out.delta });
+    if (out && r.secureAggregation) masked.push({ round: r.round, payload: out.delta, start: r });
     else if (out && r.plan.codec.codec === 'float32') sent.push({ round: r.round, delta: decodeWeights(out.delta).values, numExamples: out.numExamples });
     return out;
   };
