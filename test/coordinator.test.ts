@@ -250,6 +250,19 @@ describe('run config validation', () => {
 });
 
 describe('device join tokens', () => {
+  it('refuses what cannot go with secure aggregation, on its field', async () => {
+    const { validateRunConfig } = await import('../shared/schemas.ts');
+    const bad = validateRunConfig({ secureAggregation: true, aggregation: 'median', updateCodec: 'q8', minUpdates: 2, secAggNeighbours: 5 });
+    expect(!bad.ok && [...new Set(bad.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm', 'minUpdates', 'secAggNeighbours', 'updateCodec']);
+    expect(!bad.ok && bad.issues.find((i) => i.field === 'clipNorm')?.message).toMatch(/needs clipNorm > 0/);
+    const wraps = validateRunConfig({ secureAggregation: true, clipNorm: 1, clientsPerRound: 10_000, minUpdates: 3, maxExamplesPerDevice: 60_000 });
+    expect(!wraps.ok && wraps.issues).toEqual([expect.objectContaining({ field: 'maxExamplesPerDevice', message: expect.stringMatching(/wrap/) })]);
+    const minority = validateRunConfig({ secureAggregation: true, clipNorm: 1, clientsPerRound: 10, minUpdates: 3, secAggNeighbours: 6, secAggThreshold: 3 });
+    expect(!minority.ok && minority.issues).toEqual([expect.objectContaining({ field: 'secAggThreshold', message: expect.stringMatching(/more than half/) })]);
+    expect(validateRunConfig({ secAggThreshold: 3 })).toMatchObject({ ok: false, issues: [{ field: 'secAggThreshold', message: 'has no effect: secure aggregation is off' }] });
+    expect(validateRunConfig({ secureAggregation: true, clipNorm: 5, clientsPerRound: 5, minUpdates: 3 })).toMatchObject({ ok: true });
+  });
+
   it('a run that requires a token selects only the devices that presented it', () => {
     const h = new Harness();
     h.send({ type: 'device:joined', deviceId: 'with-token-1', examples: 10, joinToken: 'secret-token' });
