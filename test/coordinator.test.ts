@@ -255,7 +255,7 @@ describe('device join tokens', () => {
     const bad = validateRunConfig({ secureAggregation: true, aggregation: 'median', updateCodec: 'q8', minUpdates: 2, secAggNeighbours: 5 });
     expect(!bad.ok && [...new Set(bad.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm', 'minUpdates', 'secAggNeighbours', 'updateCodec']);
     expect(!bad.ok && bad.issues.find((i) => i.field === 'clipNorm')?.message).toMatch(/needs clipNorm > 0/);
-    const wraps = validateRunConfig({ secureAggregation: true, clipNorm: 1, clientsPerRound: 10_000, minUpdates: 3, maxExamplesPerDevice: 60_000 });
+    const wraps = validateRunConfig({ secureAggregation: true, clipNorm: 1, clientsPerRound: 10_000, overSelect: 10, minUpdates: 3, maxExamplesPerDevice: 60_000 });
     expect(!wraps.ok && wraps.issues).toEqual([expect.objectContaining({ field: 'maxExamplesPerDevice', message: expect.stringMatching(/wrap/) })]);
     const minority = validateRunConfig({ secureAggregation: true, clipNorm: 1, clientsPerRound: 10, minUpdates: 3, secAggNeighbours: 6, secAggThreshold: 3 });
     expect(!minority.ok && minority.issues).toEqual([expect.objectContaining({ field: 'secAggThreshold', message: expect.stringMatching(/more than half/) })]);
