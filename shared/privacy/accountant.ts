@@ -1,0 +1,153 @@
+/**
+ * The privacy accountant of DP-FedAvg: Rényi differential privacy of the sampled Gaussian mechanism
+ * (Mironov, Talwar, Zhang 2019, "Rényi Differential Privacy of the Sampled Gaussian Mechanism"),
+ * composed over rounds by adding RDP, and converted to (ε, δ) with the conversion of Balle et al.
+ * 2020 ("Hypothesis testing interpretations and Rényi differential privacy", Theorem 21), which is
+ * tighter than the classic ε = RDP − ln δ / (α − 1). Everything in log space, with a log-erfc that
+ * stays finite far into the tails, so large orders and small sampling rates do not overflow.
+ *
+ * The mechanism accounted for: each round, every device is in the round independently with
+ * probability q (Poisson sampling), its update is clipped to L2 norm S, and the sum of the round's
+ * updates gets Gaussian noise of standard deviation z·S.
+ */
+
+/** Opacus's orders: 1.1 … 10.9 in steps of 0.1, then 12 … 63, and 128, 256, 512. */
+export const DEFAULT_ORDERS: readonly number[] = [...Array.from({ length: 99 }, (_, x) => 1 + (x + 1) / 10), ...Array.from({ length: 52 }, (_, x) => 12 + x), 128, 256, 512];
+
+function logAdd(a: number, b: number): number {
+  if (a === -Infinity) return b;
+  if (b === -Infinity) return a;
+  const hi = Math.max(a, b);
+  return hi + Math.log1p(Math.exp(Math.min(a, b) - hi));
+}
+
+/** log(e^a − e^b), for a ≥ b */
+function logSub(a: number, b: number): number {
+  if (b === -Infinity) return a;
+  if (a < b) throw new RangeError('accountant: log of a negative difference');
+  if (a === b) return -Infinity;
+  return Math.log(Math.expm1(a - b)) + b;
+}
+
+/** erf by its Taylor series: accurate to double precision for |x| < 2.5 */
+function erfSeries(x: number): number {
+  let term = x;
+  let sum = x;
+  for (let n = 1; n < 200; n++) {
+    term *= (-x * x) / n;
+    const add = term / (2 * n + 1);
+    sum += add;
+    if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
+  }
+  return (2 / Math.sqrt(Math.PI)) * sum;
+}
+
+/** ln erfc(x) for x ≥ 2: erfc(x) = e^{−x²}/√π · 1/K(x), K the continued fraction x + ½/(x + 1/(x + 3/2/(x + …))) */
+function logErfcTail(x: number): number {
+  let k = x;
+  for (let n = 120; n >= 1; n--) k = x + n / 2 / k;
+  return -x * x - 0.5 * Math.log(Math.PI) - Math.log(k);
+}
+
+/** ln erfc(x), finite for every finite x (erfc(40) ≈ 1e-697 is still ln −1,603.6) */
+export function logErfc(x: number): number {
+  if (x >= 2) return logErfcTail(x);
+  if (x >= 0) return Math.log1p(-erfSeries(x));
+  if (x > -2) return Math.log1p(erfSeries(-x));
+  return Math.log(2 - Math.exp(logErfcTail(-x)));
+}
+
+/** ln A_α for an integer order (Mironov et al. 2019, section 3.3) */
+function logAInt(q: number, sigma: number, alpha: number): number {
+  let logA = -Infinity;
+  let logBinom = 0; // ln C(α, i)
+  for (let i = 0; i <= alpha; i++) {
+    if (i > 0) logBinom += Math.log(alpha - i + 1) - Math.log(i);
+    const s = logBinom + i * Math.log(q) + (alpha - i) * Math.log1p(-q) + (i * i - i) / (2 * sigma * sigma);
+    logA = logAdd(logA, s);
+  }
+  return logA;
+}
+
+/** ln A_α for a fractional order (Mironov et al. 2019, section 3.3), summed until its terms vanish */
+function logAFrac(q: number, sigma: number, alpha: number): number {
+  let logA0 = -Infinity;
+  let logA1 = -Infinity;
+  const z0 = sigma * sigma * Math.log(1 / q - 1) + 0.5;
+  let logAbsBinom = 0; // ln |C(α, i)|
+  let sign = 1;
+  for (let i = 0; ; i++) {
+    if (i > 0) {
+      const f = alpha - i + 1;
+      logAbsBinom += Math.log(Math.abs(f)) - Math.log(i);
+      if (f < 0) sign = -sign;
+    }
+    const j = alpha - i;
+    const logT0 = logAbsBinom + i * Math.log(q) + j * Math.log1p(-q);
+    const logT1 = logAbsBinom + j * Math.log(q) + i * Math.log1p(-q);
+    const logE0 = Math.log(0.5) + logErfc((i - z0) / (Math.SQRT2 * sigma));
+    const logE1 = Math.log(0.5) + logErfc((z0 - j) / (Math.SQRT2 * sigma));
+    const logS0 = logT0 + (i * i - i) / (2 * sigma * sigma) + logE0;
+    const logS1 = logT1 + (j * j - j) / (2 * sigma * sigma) + logE1;
+    if (sign > 0) {
+      logA0 = logAdd(logA0, logS0);
+      logA1 = logAdd(logA1, logS1);
+    } else {
+      logA0 = logSub(logA0, logS0);
+      logA1 = logSub(logA1, logS1);
+    }
+    if (Math.max(logS0, logS1) < -30 || i > 10_000) break;
+  }
+  return logAdd(logA0, logA1);
+}
+
+/** RDP of one round of the sampled Gaussian mechanism at order α (rate q, noise multiplier z). */
+export function rdpOfRound(q: number, noiseMultiplier: number, alpha: number): number {
+  if (!(q >= 0 && q <= 1)) throw new RangeError(`accountant: the sampling rate must be in [0, 1], got ${q}`);
+  if (!(noiseMultiplier > 0)) throw new RangeError(`accountant: the noise multiplier must be > 0, got ${noiseMultiplier}`);
+  if (!(alpha > 1)) throw new RangeError(`accountant: orders must be > 1, got ${alpha}`);
+  if (q === 0) return 0;
+  if (q === 1) return alpha / (2 * noiseMultiplier * noiseMultiplier);
+  const logA = Number.isInteger(alpha) ? logAInt(q, noiseMultiplier, alpha) : logAFrac(q, noiseMultiplier, alpha);
+  return logA / (alpha - 1);
+}
+
+export interface PrivacySpent {
+  epsilon: number;
+  delta: number;
+  /** the order at which ε is smallest */
+  order: number;
+}
+
+/** (ε, δ) after `rounds` rounds, at the best of `orders`; `classic` uses ε = RDP − ln δ / (α − 1). */
+export function epsilonAfter(q: number, noiseMultiplier: number, rounds: number, delta: number, options: { orders?: readonly number[]; classic?: boolean } = {}): PrivacySpent {
+  if (!(delta > 0 && delta < 1)) throw new RangeError(`accountant: δ must be in (0, 1), got ${delta}`);
+  if (!(rounds >= 0)) throw new RangeError(`accountant: rounds must be ≥ 0, got ${rounds}`);
+  if (rounds === 0 || q === 0) return { epsilon: 0, delta, order: Number.NaN }; // nothing was released
+  let best: PrivacySpent = { epsilon: Infinity, delta, order: Number.NaN };
+  for (const alpha of options.orders ?? DEFAULT_ORDERS) {
+    const rdp = rounds * rdpOfRound(q, noiseMultiplier, alpha);
+    const epsilon = options.classic
+      ? rdp - Math.log(delta) / (alpha - 1)
+      : rdp - (Math.log(delta) + Math.log(alpha)) / (alpha - 1) + Math.log((alpha - 1) / alpha);
+    if (Number.isFinite(epsilon) && epsilon < best.epsilon) best = { epsilon: Math.max(0, epsilon), delta, order: alpha };
+  }
+  return best;
+}
+
+/** The most rounds that keep ε within `budget` (a run stops before the round that would pass it). */
+export function roundsWithin(budget: number, q: number, noiseMultiplier: number, delta: number): number {
+  let lo = 0;
+  let hi = 1;
+  while (epsilonAfter(q, noiseMultiplier, hi, delta).epsilon <= budget) {
+    lo = hi;
+    hi *= 2;
+    if (hi > 1e9) return Infinity;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (epsilonAfter(q, noiseMultiplier, mid, delta).epsilon <= budget) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
