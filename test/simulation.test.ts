@@ -31,7 +31,7 @@ describe('simulate:node', () => {
   }, 180_000);
 
   it('runs secure aggregation with devices that drop out after sharing their keys, and learns as the plain run does', async () => {
-    const o: SimulationOptions = { ...small, fraction: 1, rounds: 3, clipNorm: 5 };
+    const o: SimulationOptions = { ...small, fraction: 1, rounds: 3, clipNorm: 5 }; // dropouts drawn from the seed and each device's slot
     const plain = await runSimulation(o, mnist);
     const secure = await runSimulation({ ...o, secureAggregation: true, dropout: 0.2 }, mnist);
     expect(secure.status, secure.reason).toBe('done');
@@ -39,6 +39,7 @@ describe('simulate:node', () => {
     const dropped = secure.rounds.reduce((a, r) => a + r.dropped, 0);
     expect(dropped).toBeGreaterThan(0); // the dropouts did happen, and the rounds were unmasked around them
     for (const r of secure.rounds) expect(r.updates).toBe(10 - r.dropped);
+    expect(secure.rounds.map((r) => r.dropped)).toEqual(plain.rounds.map(() => expect.any(Number)));
     expect(secure.rounds.at(-1)!.testAccuracy).toBeGreaterThan(plain.rounds.at(-1)!.testAccuracy - 0.05);
   }, 180_000);
 

@@ -138,7 +138,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
-    maxRoundRetries: 0,
+    // with dropouts a secure round can fail (a neighbourhood lost more than k − t): it is redone, as a deployment would
+    maxRoundRetries: o.dropout ? 2 : 0,
   });
   if (!checked.ok) throw new RangeError(`simulation: ${checked.message}`);
   return checked.config;
@@ -146,6 +147,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
 
 export interface SimDevice {
   id: string;
+  /** its place among the simulation's devices: what its dropouts are drawn from (its id may be random) */
+  slot: number;
   train: Int32Array;
   heldOut: Int32Array;
 }
@@ -155,7 +158,7 @@ export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[
   const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
   return parts.map((part, c) => {
     const slice = deviceSlice(part, { examples: o.examples, heldOut: o.heldOut ?? 0, seed: o.seed, client: c });
-    return { id: `sim-client-${String(c).padStart(4, '0')}`, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut) };
+    return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut) };
   });
 }
 
@@ -218,7 +221,8 @@ class SimulatedDevices implements DevicePort {
 
   /** Whether the device drops out of this round: a function of the seed, the device and the round. */
   private drops(id: string, msg: RoundStart): boolean {
-    return this.dropout.p > 0 && createRng(hashString(`${this.dropout.seed}:${id}:${msg.runId}:${msg.round}:${msg.attempt}`))() < this.dropout.p;
+    const slot = this.devices.get(id)?.slot ?? 0;
+    return this.dropout.p > 0 && createRng(hashString(`${this.dropout.seed}:${slot}:${msg.runId}:${msg.round}:${msg.attempt}`))() < this.dropout.p;
   }
 
   private leave(id: string): void {
