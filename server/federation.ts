@@ -15,7 +15,7 @@ import { WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
-import type { RoundAggregator, Strategy } from './fl/strategy.ts';
+import { dpFedAvgAggregator, type RoundAggregator, type Strategy } from './fl/strategy.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
@@ -174,7 +174,8 @@ export class Federation {
     const runId = this.deps.store.createRun(config, now);
     const initial = this.models.createInitial(runId, config, now);
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
-    this.dispatch({ type: 'run:start', runId, config });
+    // under DP, devices are sampled from a secret seed (the config's seed is public)
+    this.dispatch({ type: 'run:start', runId, config, ...(config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]! } : {}) });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known; it is no round's business.
     this.track(
       this.deps.evaluator.evaluate(config.model, initial.weights).then(
@@ -213,7 +214,9 @@ export class Federation {
     }
     const attempt = Math.max(0, ...rounds.filter((r) => r.round === next).map((r) => r.attempt)) + 1;
     this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
-    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt });
+    // a private run resumes its accounting: the sampling rates of the rounds it released
+    const released = rounds.filter((r) => r.status === 'completed' && r.privacy).map((r) => ({ q: r.privacy!.samplingRate, rounds: 1 }));
+    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt, ...(run.config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, released } : {}) });
     return run.id;
   }
 
@@ -451,7 +454,8 @@ export class Federation {
     const global = this.models.current;
     if (!run || !global) throw new Error(`round ${effect.round}: no run or no global model`);
     const strategy = this.deps.strategyFor(run.config);
-    this.aggregator = { key: roundKey(effect), sum: strategy.createAggregator(global.weights.values.length, run.config) };
+    const dp = run.config.dp;
+    this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, dp.noiseMultiplier * dp.clipNorm, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
     const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload };
     this.secure = undefined;
     if (run.config.secureAggregation) {

@@ -80,6 +80,19 @@ export interface SecAggRecord {
   stageMs: { keys: number; shares: number; inputs: number; unmask: number };
 }
 
+/** What a round under user-level DP spent: (ε, δ) of the run so far, with the settings that gave it. */
+export interface PrivacyRecord {
+  /** ε after this round, composed over the run's released rounds (RDP accountant) */
+  epsilon: number;
+  delta: number;
+  noiseMultiplier: number;
+  clipNorm: number;
+  /** q: every present device's chance to be in this round (Poisson sampling) */
+  samplingRate: number;
+  /** q × the devices present: what the noisy sum is divided by */
+  expectedDevices: number;
+}
+
 export interface RoundRecord {
   runId: number;
   round: number;
@@ -120,6 +133,8 @@ export interface RoundRecord {
   modelVersion: number | null;
   /** set when the round aggregated securely: then the server never saw a device's update or weight (weight is null) */
   secureAggregation: SecAggRecord | null;
+  /** set when the run is differentially private */
+  privacy: PrivacyRecord | null;
 }
 
 export interface ModelRecord {

@@ -188,6 +188,19 @@ export const runConfigSchema = z.strictObject({
   secAggNeighbours: whole(0, 254).default(0),
   /** shares that rebuild a secret (more than half the neighbours; 0: a bare majority) */
   secAggThreshold: whole(0, 254).default(0),
+  /** user-level differential privacy (DP-FedAvg, central): clip, sample, add noise, account (privacy/) */
+  dp: z
+    .strictObject({
+      /** z: the noise's standard deviation over the clip bound */
+      noiseMultiplier: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(100, { error: 'must be at most 100' }),
+      /** S: every update is clipped to this L2 norm (adaptive clipping is not built: give a number) */
+      clipNorm: z.number({ error: 'must be a number (adaptive clipping is not built)' }).gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }),
+      /** δ of the (ε, δ) reported */
+      targetDelta: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).lt(0.1, { error: 'must be less than 0.1' }).default(1e-5),
+      /** the run stops before the round that would spend more ε than this */
+      epsilonBudget: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }).optional(),
+    }, { error: 'must be an object: { noiseMultiplier, clipNorm, targetDelta?, epsilonBudget? }' })
+    .optional(),
 }).refine((c) => c.minUpdates <= c.clientsPerRound, { message: MIN_UPDATES_RULE, path: ['minUpdates'] });
 export type RunConfig = z.infer<typeof runConfigSchema>;
 export type RunConfigInput = z.input<typeof runConfigSchema>;
@@ -232,7 +245,20 @@ function silentNoOps(c: RunConfig): FieldIssue[] {
     if (c.randFraction !== RUN_CONFIG_DEFAULTS.randFraction && !codec.random) issues.push({ field: 'randFraction', message: `has no effect: the codec ${codec.name} has no rand stage` });
     if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values)) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
   }
-  return [...issues, ...secureAggregationIssues(c)];
+  return [...issues, ...secureAggregationIssues(c), ...privacyIssues(c)];
+}
+
+/** The L2 bound updates are clipped to: the privacy bound when the run is private, else clipNorm (0: none). */
+export const effectiveClipNorm = (c: RunConfig): number => c.dp?.clipNorm ?? c.clipNorm;
+
+/** What cannot go with central DP-FedAvg as built here. */
+function privacyIssues(c: RunConfig): FieldIssue[] {
+  if (!c.dp) return [];
+  const issues: FieldIssue[] = [];
+  if (c.secureAggregation) issues.push({ field: 'dp', message: 'with secure aggregation the noise would have to come from the devices (distributed DP), which is not built: use one or the other' });
+  if (c.aggregation !== 'fedavg') issues.push({ field: 'aggregation', message: `the privacy accounting holds for fedavg's noisy sum, not for ${c.aggregation}` });
+  if (c.clipNorm !== 0 && c.clipNorm !== c.dp.clipNorm) issues.push({ field: 'clipNorm', message: 'under dp the bound is dp.clipNorm: leave clipNorm at 0' });
+  return issues;
 }
 
 /**

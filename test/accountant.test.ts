@@ -5,7 +5,9 @@
  * and the same conversion, in double precision with scipy's log_ndtr and binom.
  */
 import { describe, expect, it } from 'vitest';
+import { dpFedAvgAggregator } from '../server/fl/strategy.ts';
 import { epsilonAfter, logErfc, rdpOfRound, roundsWithin } from '../shared/privacy/accountant.ts';
+import { addGaussianNoise } from '../shared/privacy/noise.ts';
 
 const close = (a: number, b: number, rel = 1e-9) => expect(Math.abs(a - b)).toBeLessThanOrEqual(rel * Math.max(1, Math.abs(b)));
 
@@ -53,5 +55,32 @@ describe('privacy accountant (RDP of the sampled Gaussian mechanism)', () => {
     expect(epsilonAfter(0.1, 1.0, t + 1, 1e-5).epsilon).toBeGreaterThan(8);
     expect(() => epsilonAfter(1.5, 1, 1, 1e-5)).toThrow(/sampling rate/);
     expect(() => epsilonAfter(0.1, 0, 1, 1e-5)).toThrow(/noise multiplier/);
+  });
+});
+
+describe('Gaussian noise for DP', () => {
+  it('has mean 0 and the standard deviation asked for, from the cryptographic source', () => {
+    const n = 200_000;
+    const x = addGaussianNoise(new Float64Array(n), 2.5) as Float64Array;
+    const mean = x.reduce((a, b) => a + b, 0) / n;
+    const sd = Math.sqrt(x.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
+    expect(Math.abs(mean)).toBeLessThan((5 * 2.5) / Math.sqrt(n)); // five standard errors
+    expect(Math.abs(sd - 2.5)).toBeLessThan(0.02); // the sd's standard error is 2.5/√(2n) ≈ 0.004
+    // tails as a Gaussian's: about 4.55 % beyond 2 sd
+    const beyond = x.filter((v) => Math.abs(v) > 5).length / n;
+    expect(beyond).toBeGreaterThan(0.043);
+    expect(beyond).toBeLessThan(0.048);
+    expect(() => addGaussianNoise(new Float64Array(2), -1)).toThrow(/standard deviation/);
+  });
+
+  it('the DP aggregator adds noise of sd z·S to the sum and divides by the expected round size', () => {
+    const size = 50_000;
+    const agg = dpFedAvgAggregator(size, 0.5, 10);
+    for (let k = 0; k < 3; k++) agg.add(new Float32Array(size).fill(1), 999); // weights are ignored: each update counts 1
+    const out = agg.result(new Float32Array(size))!;
+    const mean = out.reduce((a, b) => a + b, 0) / size;
+    const sd = Math.sqrt(out.reduce((a, b) => a + (b - mean) ** 2, 0) / (size - 1));
+    expect(mean).toBeCloseTo(0.3, 2); // 3 / 10
+    expect(sd).toBeCloseTo(0.05, 2); // 0.5 / 10
   });
 });

@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import type { RoundRecord } from '../shared/api.ts';
+import { epsilonAfter, roundsWithin } from '../shared/privacy/accountant.ts';
 import { runConfigSchema, type RunConfigInput } from '../shared/schemas.ts';
 import { initialState, nextWake, step, type CoordinatorEvent, type CoordinatorState, type Effect } from '../server/fl/coordinator.ts';
 
@@ -355,5 +357,72 @@ describe('round coordinator: a secure round, as a clock and as an attacker', () 
     expect(secagg(h, 'shares', ids[1]!)[0]).toMatchObject({ error: { code: 'WRONG_ROUND', message: expect.stringContaining('keys stage') } });
     expect(secagg(h, 'reveal', ids[1]!)[0]).toMatchObject({ error: { code: 'WRONG_ROUND' } });
     expect(h.update(ids[1]!)[0]).toMatchObject({ type: 'update:reject', code: 'WRONG_ROUND' });
+  });
+});
+
+describe('round coordinator: a differentially private run', () => {
+  const DP: RunConfigInput = { clientsPerRound: 10, minUpdates: 1, rounds: 50, selectionTimeoutMs: 0, dp: { noiseMultiplier: 1, clipNorm: 1, targetDelta: 1e-5 } };
+  const start = (h: Harness, config: RunConfigInput, samplingSeed = 42) => h.send({ type: 'run:start', runId: 1, config: runConfigSchema.parse(config), samplingSeed });
+  const roundOnce = (h: Harness) => {
+    const run = h.state.run!;
+    for (const id of h.state.current!.selected) h.update(id, run.round, run.attempt);
+    if (h.state.phase === 'training') h.send({ type: 'tick' }, h.now + 200_000); // the deadline, for a round nobody was sampled into
+    if (h.state.phase === 'aggregating') h.finish(run.round, run.round + 1);
+  };
+
+  it('samples each present device with chance q = K / N, and records ε growing round after round', () => {
+    const h = new Harness();
+    h.join(...devices(100));
+    start(h, DP);
+    const sizes: number[] = [];
+    for (let r = 0; r < 20 && h.state.phase === 'training'; r++) {
+      sizes.push(h.state.current!.selected.length);
+      expect(h.state.current!.privacy).toEqual({ q: 0.1, expected: 10 });
+      roundOnce(h);
+    }
+    // Poisson sampling: the round size varies around K = 10 (binomial, sd 3)
+    expect(new Set(sizes).size).toBeGreaterThan(2);
+    const mean = sizes.reduce((a, b) => a + b, 0) / sizes.length;
+    expect(mean).toBeGreaterThan(7);
+    expect(mean).toBeLessThan(13);
+    const records = h.effects.filter((e) => e.type === 'round:record').map((e) => (e as { record: RoundRecord }).record);
+    const eps = records.map((r) => r.privacy!.epsilon);
+    for (let i = 1; i < eps.length; i++) expect(eps[i]).toBeGreaterThan(eps[i - 1]!);
+    expect(records[0]!.privacy).toMatchObject({ delta: 1e-5, noiseMultiplier: 1, clipNorm: 1, samplingRate: 0.1, expectedDevices: 10 });
+    expect(eps[0]).toBeCloseTo(epsilonAfter(0.1, 1, 1, 1e-5).epsilon, 9);
+    expect(eps.at(-1)).toBeCloseTo(epsilonAfter(0.1, 1, eps.length, 1e-5).epsilon, 9);
+  });
+
+  it('stops before the round that would pass the ε budget, and says so', () => {
+    const h = new Harness();
+    h.join(...devices(100));
+    const allowed = roundsWithin(3, 0.1, 1, 1e-5);
+    expect(allowed).toBeGreaterThan(3);
+    start(h, { ...DP, dp: { noiseMultiplier: 1, clipNorm: 1, epsilonBudget: 3 } });
+    for (let r = 0; r < 100 && h.state.phase === 'training'; r++) roundOnce(h);
+    expect(h.state.phase).toBe('done');
+    const records = h.effects.filter((e) => e.type === 'round:record').map((e) => (e as { record: RoundRecord }).record);
+    expect(records).toHaveLength(allowed);
+    expect(records.at(-1)!.privacy!.epsilon).toBeLessThanOrEqual(3);
+    expect(h.effects.find((e) => e.type === 'run:finished')).toMatchObject({ status: 'done', reason: expect.stringMatching(new RegExp(`privacy budget: round ${allowed + 1} would bring ε from .* over the budget of 3`)) });
+  });
+
+  it('samples from the secret seed, not the public one', () => {
+    const pick = (samplingSeed: number) => {
+      const h = new Harness();
+      h.join(...devices(50));
+      start(h, DP, samplingSeed);
+      return h.state.current!.selected.join();
+    };
+    expect(pick(1)).toBe(pick(1));
+    expect(pick(1)).not.toBe(pick(2));
+  });
+
+  it('refuses what the accounting does not cover, on its field', async () => {
+    const { validateRunConfig } = await import('../shared/schemas.ts');
+    const r = validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1 }, secureAggregation: true, aggregation: 'median', minUpdates: 3, clipNorm: 2 });
+    expect(!r.ok && [...new Set(r.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm', 'dp']);
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 'adaptive' } })).toMatchObject({ ok: false, issues: [{ field: 'dp.clipNorm', message: expect.stringMatching(/adaptive clipping is not built/) }] });
+    expect(validateRunConfig({ dp: { noiseMultiplier: 0, clipNorm: 1 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.noiseMultiplier' }] });
   });
 });

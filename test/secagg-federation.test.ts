@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codecSeed } from '../shared/device.ts';
 import { createRng } from '../shared/rng.ts';
 import { quantizeInput } from '../shared/secagg/quantize.ts';
-import { clipToNorm } from '../shared/secagg/session.ts';
+import { clipToNorm } from '../shared/robust.ts';
 import { decodeWeights } from '../shared/weights.ts';
 import { gate, launch, runEnded, startServer, testDevice, until, useWasm, type TestDevice, type TestServer } from './support/server.ts';
 
@@ -93,7 +93,7 @@ describe('secure aggregation in a federation', () => {
       expect(chiSquare(payload)).toBeLessThan(380);
       const plainDelta = d.sent[0]!.delta;
       const bounds = start.secureAggregation!.bounds;
-      const input = quantizeInput(clipToNorm(plainDelta, bounds.clipNorm), Math.min(d.sent[0]!.numExamples, bounds.maxWeight), bounds, createRng(codecSeed(start.plan.seed, d.identity.deviceId)));
+      const input = quantizeInput(clipToNorm(plainDelta, bounds.clipNorm).delta, Math.min(d.sent[0]!.numExamples, bounds.maxWeight), bounds, createRng(codecSeed(start.plan.seed, d.identity.deviceId)));
       expect(chiSquare(new Uint8Array(input.buffer))).toBeGreaterThan(10_000); // the input itself is far from uniform
       expect(leaks(new Uint8Array(plainDelta.buffer, plainDelta.byteOffset, plainDelta.byteLength))).toBe(0);
       expect(leaks(new Uint8Array(input.buffer))).toBe(0);

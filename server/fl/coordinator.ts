@@ -23,7 +23,8 @@
  * something (or null), recomputed from the state. The interpreter arms exactly that, so a tick
  * that comes early, late or twice can never lose a deadline.
  */
-import type { DeviceTimings, Phase, RoundRecord, RoundTimeline, SecAggRecord, Stage } from '../../shared/api.ts';
+import type { DeviceTimings, Phase, PrivacyRecord, RoundRecord, RoundTimeline, SecAggRecord, Stage } from '../../shared/api.ts';
+import { epsilonOfRounds } from '../../shared/privacy/accountant.ts';
 import { phaseDurations } from '../../shared/phases.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
@@ -97,6 +98,8 @@ export interface RoundState {
   modelVersion?: number;
   /** the secure-aggregation protocol of this round, when the run asks for it */
   secagg?: SecAggState;
+  /** under DP: each present device's chance to be in the round, and the expected number of devices */
+  privacy?: { q: number; expected: number };
 }
 
 export type SecAggStage = 'keys' | 'shares' | 'inputs' | 'unmask' | 'done';
@@ -129,6 +132,8 @@ export interface RunState {
   /** when the current selection phase began */
   selectingSince: number;
   reason?: string;
+  /** under DP: the secret seed of the Poisson sampling, and the sampling rates of the rounds released so far */
+  privacy?: { samplingSeed: number; released: readonly { q: number; rounds: number }[] };
 }
 
 export interface CoordinatorState {
@@ -150,7 +155,7 @@ interface RoundRef {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
-  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number }
+  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly { q: number; rounds: number }[] }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
   | ({ type: 'round:sent'; bytesDown: number } & RoundRef)
@@ -167,7 +172,7 @@ export type CoordinatorEvent =
   | { type: 'effect:failed'; effect: Effect['type']; reason: string };
 
 export type Effect =
-  | ({ type: 'round:start'; deviceIds: readonly string[]; deadline: number } & RoundRef)
+  | ({ type: 'round:start'; deviceIds: readonly string[]; deadline: number; privacy?: { q: number; expected: number } } & RoundRef)
   | { type: 'update:validate'; submission: number; deviceId: string }
   | { type: 'update:accept'; submission: number; deviceId: string; weight: number; metrics: UpdateMetrics }
   /** `submission` is absent for a refusal decided before the update was taken in */
@@ -355,6 +360,7 @@ function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status
     devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
     secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
+    privacy: null,
   };
 }
 
@@ -386,8 +392,25 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
   const idle = idleDevices(state, config).sort();
   const waitedEnough = now - run.selectingSince >= config.selectionTimeoutMs;
   if (idle.length < config.clientsPerRound && !(waitedEnough && idle.length >= config.minUpdates)) return { state, effects: [] };
-  const rng = createRng(config.seed * 7919 + run.round * 31 + run.attempt);
-  const selected = shuffleInPlace(idle, rng).slice(0, selectionSize(config));
+  let selected: string[];
+  let privacy: RoundState['privacy'];
+  if (config.dp && run.privacy) {
+    // Poisson sampling, as the accountant assumes: each present device is in the round with chance q,
+    // drawn from the run's secret seed (the config's seed is public)
+    const q = Math.min(1, config.clientsPerRound / idle.length);
+    const next = epsilonOfRounds([...run.privacy.released, { q, rounds: 1 }], config.dp.noiseMultiplier, config.dp.targetDelta);
+    if (config.dp.epsilonBudget !== undefined && next.epsilon > config.dp.epsilonBudget) {
+      const spent = epsilonOfRounds(run.privacy.released, config.dp.noiseMultiplier, config.dp.targetDelta).epsilon;
+      const reason = `privacy budget: round ${run.round} would bring ε from ${spent.toFixed(3)} to ${next.epsilon.toFixed(3)}, over the budget of ${config.dp.epsilonBudget} (δ = ${config.dp.targetDelta})`;
+      return { state: { ...state, phase: 'done', current: undefined, run: { ...run, reason } }, effects: [{ type: 'run:finished', runId: run.id, status: 'done', reason }] };
+    }
+    const sample = createRng((run.privacy.samplingSeed ^ Math.imul(run.round, 0x9e3779b1) ^ Math.imul(run.attempt, 0x85ebca6b)) >>> 0);
+    selected = idle.filter(() => sample() < q);
+    privacy = { q, expected: q * idle.length };
+  } else {
+    const rng = createRng(config.seed * 7919 + run.round * 31 + run.attempt);
+    selected = shuffleInPlace(idle, rng).slice(0, selectionSize(config));
+  }
   const deadline = now + config.roundTimeoutMs;
   const devices = new Map(state.devices);
   const declared: Record<string, number> = {};
@@ -397,12 +420,13 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     declared[id] = slot.examples;
   }
   const current: RoundState = { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now, deadline, selected, declared, validating: [], accepted: [], refused: [], dropped: [], late: 0, rejected: 0, bytesDown: 0, bytesUp: 0 };
+  if (privacy) current.privacy = privacy;
   if (config.secureAggregation) {
     current.secagg = { stage: 'keys', stageEnds: Math.min(now + SECAGG_STAGE_MS, deadline), began: { keys: now }, advertised: [], shared: [], survivors: [], revealed: [], lost: [], k: 0, t: 0, neighbours: {} };
   }
   return {
     state: { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } },
-    effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline }],
+    effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline, ...(privacy ? { privacy } : {}) }],
   };
 }
 
@@ -580,6 +604,16 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   const reason = [closedHow, result.reason].filter(Boolean).join('; ') || null;
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now, outcome: 'completed' };
   const record = roundRecord(cur, timeline, { ...result, status: 'completed', reason });
+  // A released round spends privacy: the accountant composes it with the run's earlier ones.
+  let accounted = run;
+  const dp = run.config.dp;
+  if (dp && run.privacy && cur.privacy) {
+    const released = [...run.privacy.released, { q: cur.privacy.q, rounds: 1 }];
+    const spent = epsilonOfRounds(released, dp.noiseMultiplier, dp.targetDelta);
+    record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: dp.clipNorm, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected } satisfies PrivacyRecord;
+    accounted = { ...run, privacy: { ...run.privacy, released } };
+    state = { ...state, run: accounted };
+  }
   const effects: Effect[] = [
     { type: 'round:record', record, willRetry: false },
     { type: 'model:publish', version: cur.modelVersion as number, runId: run.id, round: cur.round, testAccuracy: result.testAccuracy, testLoss: result.testLoss },
@@ -587,7 +621,7 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   if (run.round >= run.config.rounds) {
     const done = `completed ${run.round} rounds`;
     effects.push({ type: 'run:finished', runId: run.id, status: 'done', reason: done });
-    return { state: { ...state, phase: 'done', current: undefined, run: { ...run, reason: done }, timeline }, effects };
+    return { state: { ...state, phase: 'done', current: undefined, run: { ...accounted, reason: done }, timeline }, effects };
   }
   const next = select(state, now, run.round + 1, 1);
   return { state: next.state, effects: [...effects, ...next.effects] };
@@ -616,7 +650,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     }
     case 'run:start': {
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);
-      const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now } };
+      const privacy = event.config.dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, released: event.released ?? [] } } : {};
+      const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now, ...privacy } };
       return select(started, now, event.fromRound ?? 1, event.fromAttempt ?? 1);
     }
     case 'run:stop':

@@ -6,6 +6,7 @@
  */
 import { applyDelta, WeightedDeltaSum } from '../../shared/fedavg.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
+import { addGaussianNoise } from '../../shared/privacy/noise.ts';
 import { coordinateMedian, trimmedMean } from '../../shared/robust.ts';
 import { codecConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
 
@@ -66,6 +67,34 @@ function robustStrategy(name: Aggregation, reduce: (updates: Float32Array[], con
         },
         result: (global) => (updates.length ? applyDelta(global, reduce(updates, config)) : undefined),
       };
+    },
+  };
+}
+
+/**
+ * DP-FedAvg's noisy mean (McMahan et al. 2018, the fixed-denominator estimator): every clipped update
+ * weighs 1 — example counts would make one device's influence depend on what it claims — their sum
+ * gets N(0, (z·S)²) per coordinate, and is divided by the round's expected number of devices q·N
+ * (not the number that came, which would depend on who took part).
+ */
+export function dpFedAvgAggregator(size: number, noiseStd: number, expectedDevices: number): RoundAggregator {
+  const sum = new Float64Array(size);
+  let count = 0;
+  return {
+    add: (delta) => {
+      if (delta.length !== size) throw new RangeError(`dp-fedavg: update has ${delta.length} values, expected ${size}`);
+      for (let i = 0; i < size; i++) sum[i] = sum[i]! + delta[i]!;
+      count++;
+    },
+    get count() {
+      return count;
+    },
+    result(global) {
+      if (count === 0) return undefined;
+      addGaussianNoise(sum, noiseStd);
+      const mean = new Float32Array(size);
+      for (let i = 0; i < size; i++) mean[i] = sum[i]! / expectedDevices;
+      return applyDelta(global, mean);
     },
   };
 }

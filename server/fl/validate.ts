@@ -6,7 +6,7 @@
  */
 import { decodeUpdate } from '../../shared/codec.ts';
 import { clipToNorm } from '../../shared/robust.ts';
-import { codecConfig, type RunConfig } from '../../shared/schemas.ts';
+import { codecConfig, effectiveClipNorm, type RunConfig } from '../../shared/schemas.ts';
 import { WeightsFormatError, type TensorSpec } from '../../shared/weights.ts';
 
 /**
@@ -31,6 +31,6 @@ export function validateUpdate(payload: Uint8Array, specs: readonly TensorSpec[]
     const v = values[i] as number;
     if (v > MAX_ABS_UPDATE_VALUE || v < -MAX_ABS_UPDATE_VALUE) throw new WeightsFormatError(`update: value ${i} is ${v}, beyond the bound of ±${MAX_ABS_UPDATE_VALUE}`);
   }
-  const c = clipToNorm(values, config.clipNorm);
+  const c = clipToNorm(values, effectiveClipNorm(config));
   return { delta: c.delta, norm: c.norm, clipped: c.clipped };
 }

@@ -121,12 +121,21 @@ export interface PrivacySpent {
 
 /** (ε, δ) after `rounds` rounds, at the best of `orders`; `classic` uses ε = RDP − ln δ / (α − 1). */
 export function epsilonAfter(q: number, noiseMultiplier: number, rounds: number, delta: number, options: { orders?: readonly number[]; classic?: boolean } = {}): PrivacySpent {
-  if (!(delta > 0 && delta < 1)) throw new RangeError(`accountant: δ must be in (0, 1), got ${delta}`);
   if (!(rounds >= 0)) throw new RangeError(`accountant: rounds must be ≥ 0, got ${rounds}`);
-  if (rounds === 0 || q === 0) return { epsilon: 0, delta, order: Number.NaN }; // nothing was released
+  return epsilonOfRounds(rounds > 0 ? [{ q, rounds }] : [], noiseMultiplier, delta, options);
+}
+
+/**
+ * (ε, δ) after rounds with different sampling rates (RDP composes by adding): a federation's rate
+ * is its expected round size over the devices present, which changes as devices come and go.
+ */
+export function epsilonOfRounds(rounds: readonly { q: number; rounds: number }[], noiseMultiplier: number, delta: number, options: { orders?: readonly number[]; classic?: boolean } = {}): PrivacySpent {
+  if (!(delta > 0 && delta < 1)) throw new RangeError(`accountant: δ must be in (0, 1), got ${delta}`);
+  const spent = rounds.filter((r) => r.rounds > 0 && r.q > 0);
+  if (spent.length === 0) return { epsilon: 0, delta, order: Number.NaN }; // nothing was released
   let best: PrivacySpent = { epsilon: Infinity, delta, order: Number.NaN };
   for (const alpha of options.orders ?? DEFAULT_ORDERS) {
-    const rdp = rounds * rdpOfRound(q, noiseMultiplier, alpha);
+    const rdp = spent.reduce((sum, r) => sum + r.rounds * rdpOfRound(r.q, noiseMultiplier, alpha), 0);
     const epsilon = options.classic
       ? rdp - Math.log(delta) / (alpha - 1)
       : rdp - (Math.log(delta) + Math.log(alpha)) / (alpha - 1) + Math.log((alpha - 1) / alpha);

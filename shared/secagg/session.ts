@@ -6,6 +6,7 @@
  */
 import type { DeviceIdentity } from '../identity.ts';
 import { createRng } from '../rng.ts';
+import { clipToNorm } from '../robust.ts';
 import type { Curve } from './crypto.ts';
 import { SecAggDevice, type KeysAdvert, type NeighbourKeys, type Reveal, type SealedShare, type SharesMessage, type UnmaskRequest } from './device.ts';
 import { roundShape } from './plan.ts';
@@ -19,16 +20,6 @@ export interface SecAggRoundPlan {
   neighbours: number;
   threshold: number;
   bounds: QuantBounds;
-}
-
-/** The update clipped to `norm` in L2 (a copy when it is scaled). */
-export function clipToNorm(delta: Float32Array, norm: number): Float32Array {
-  let sq = 0;
-  for (const v of delta) sq += v * v;
-  const l2 = Math.sqrt(sq);
-  if (l2 <= norm) return delta;
-  const scale = norm / l2;
-  return delta.map((v) => v * scale);
 }
 
 export type SecAggStage = 'keys' | 'shares' | 'masking' | 'unmasking' | 'done';
@@ -106,7 +97,7 @@ export class SecAggSession {
     this.to('masking');
     const t0 = performance.now();
     const { bounds } = this.plan;
-    const input = quantizeInput(clipToNorm(delta, bounds.clipNorm), Math.min(numExamples, bounds.maxWeight), bounds, createRng(seed));
+    const input = quantizeInput(clipToNorm(delta, bounds.clipNorm).delta, Math.min(numExamples, bounds.maxWeight), bounds, createRng(seed));
     const masked = await this.device.mask(input);
     this.spentMs.mask = performance.now() - t0;
     this.to('unmasking');

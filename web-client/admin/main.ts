@@ -26,7 +26,8 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
-type Field = keyof RunConfig;
+/** the form's fields: every run-config field but `dp` (an object, set through the API) */
+type Field = Exclude<keyof RunConfig, 'dp'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },
