@@ -53,6 +53,8 @@ export interface ModelCard {
   /** weight is null when the round aggregated securely: the server never learns single weights */
   training: { devices: number; examples: number; weight: number | null } | null;
   format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)';
+  /** (ε, δ) of the run up to the round that made this version, and the DP settings (null: not private) */
+  privacy: PrivacyRecord | null;
 }
 
 /** How the counted devices spent their part of a round, as they reported it (medians over them). */

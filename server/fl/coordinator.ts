@@ -424,8 +424,11 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
   if (config.secureAggregation) {
     current.secagg = { stage: 'keys', stageEnds: Math.min(now + SECAGG_STAGE_MS, deadline), began: { keys: now }, advertised: [], shared: [], survivors: [], revealed: [], lost: [], k: 0, t: 0, neighbours: {} };
   }
+  const started: CoordinatorState = { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } };
+  // Poisson sampling can draw nobody: the round is redone at once, having released nothing
+  if (privacy && selected.length === 0) return failRound(started, now, `no device was sampled (each of the ${idle.length} present had chance q = ${privacy.q.toFixed(3)})`);
   return {
-    state: { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } },
+    state: started,
     effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline, ...(privacy ? { privacy } : {}) }],
   };
 }
@@ -569,7 +572,8 @@ function settleInputs(state: CoordinatorState, now: number): StepResult {
   const cur = state.current as RoundState;
   const run = state.run as RunState;
   const { clientsPerRound, minUpdates } = run.config;
-  if (cur.accepted.length >= clientsPerRound) return closeRound(state, now, 'quorum');
+  // (a private round waits for every sampled device: K is only the expected size of its Poisson sample)
+  if (cur.accepted.length >= clientsPerRound && !cur.privacy) return closeRound(state, now, 'quorum');
   // the devices that can still answer: the selected ones, or under secure aggregation those that shared keys
   const answered = new Set([...ids(cur.accepted), ...cur.refused, ...cur.dropped]);
   const waiting = (cur.secagg ? cur.secagg.survivors : cur.selected).filter((id) => !answered.has(id)).length; // validating included

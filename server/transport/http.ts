@@ -179,6 +179,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       config: run ? publicConfig(run.config) : null,
       training: produced ? { devices: produced.completed, examples: produced.devices.reduce((a, d) => a + d.numExamples, 0), weight: produced.devices.some((d) => d.weight === null) ? null : produced.devices.reduce((a, d) => a + (d.weight ?? 0), 0) } : null,
       format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)',
+      privacy: produced?.privacy ?? null,
     };
   };
   app.get('/api/models/:version/model.json', (req, res) => {

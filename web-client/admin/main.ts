@@ -18,6 +18,8 @@ import { byId, el, pct } from '../ui/dom.ts';
 export interface DashboardTestApi {
   /** the phase chart's total per round (its stacked segments summed), ms */
   phaseChartTotals(): { round: string; totalMs: number }[];
+  /** the ε the accuracy chart plots, round by round (6 decimals) */
+  epsilonSeries(): (number | null)[];
 }
 declare global {
   interface Window {
@@ -207,7 +209,9 @@ const accuracyChart = lineChart(byId<HTMLCanvasElement>('accuracy-chart'), [], [
   { label: 'test accuracy', color: '#1f8a4c' },
   { label: 'test loss', color: '#c0392b' },
 ]);
-accuracyChart.options.scales = { x: { title: { display: true, text: 'round' } }, y: { min: 0 } };
+// A private run's ε spent, on its own axis beside accuracy and loss.
+accuracyChart.data.datasets.push({ label: 'ε spent (δ as set)', data: [], borderColor: '#6b3fa0', backgroundColor: '#6b3fa0', yAxisID: 'epsilon', hidden: true } as (typeof accuracyChart.data.datasets)[number]);
+accuracyChart.options.scales = { x: { title: { display: true, text: 'round' } }, y: { min: 0 }, epsilon: { position: 'right', min: 0, display: false, title: { display: true, text: 'ε' }, grid: { drawOnChartArea: false } } };
 const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCanvasElement>('spread-chart'), {
   type: 'scatter',
   data: {
@@ -228,6 +232,7 @@ const timeChart = new Chart<'bar', number[], string>(byId<HTMLCanvasElement>('ti
   options: { scales: { x: { stacked: true, title: { display: true, text: 'round' } }, y: { stacked: true, title: { display: true, text: 'seconds' } } }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 12 } } } },
 });
 window.__dash = {
+  epsilonSeries: () => (accuracyChart.data.datasets[2]?.data ?? []).map((v) => (typeof v === 'number' ? Number(v.toFixed(6)) : null)),
   phaseChartTotals: () => (timeChart.data.labels ?? []).map((round, i) => ({ round: String(round), totalMs: timeChart.data.datasets.reduce((a, d) => a + ((d.data[i] as number) ?? 0), 0) * 1000 })),
 };
 
@@ -240,6 +245,11 @@ function renderCharts(rounds: readonly RoundRecord[]): void {
   accuracyChart.data.labels = evaluated.map(label);
   accuracyChart.data.datasets[0]!.data = evaluated.map((r) => r.testAccuracy);
   accuracyChart.data.datasets[1]!.data = evaluated.map((r) => r.testLoss);
+  const privateRun = evaluated.some((r) => r.privacy);
+  accuracyChart.data.datasets[2]!.data = evaluated.map((r) => r.privacy?.epsilon ?? null);
+  accuracyChart.data.datasets[2]!.hidden = !privateRun;
+  (accuracyChart.options.scales!['epsilon'] as { display: boolean }).display = privateRun;
+  byId('acc-epsilon').textContent = privateRun ? `ε = ${evaluated.at(-1)?.privacy?.epsilon.toFixed(2) ?? '—'} after round ${evaluated.at(-1)?.round} (δ = ${evaluated.at(-1)?.privacy?.delta})` : '';
   accuracyChart.update();
   spreadChart.data.datasets[0]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
   spreadChart.data.datasets[1]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));

@@ -108,6 +108,8 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRec
       ['Held-out acc. before → after', `${pct(r.localAccuracyBefore)} → ${pct(r.localAccuracyAfter)}`],
       ['Bytes', `up ${bytes(r.bytesUp)}, down ${bytes(r.bytesDown)}`],
     ];
+    const p = r.privacy;
+    if (p) facts.push(['Privacy', `ε = ${p.epsilon.toFixed(3)} at δ = ${p.delta} after this round · noise z = ${p.noiseMultiplier}, clip S = ${p.clipNorm} · sampling q = ${p.samplingRate.toFixed(4)} (expected ${p.expectedDevices.toFixed(1)} devices)`]);
     const s = r.secureAggregation;
     if (s) {
       facts.push(

@@ -1,0 +1,37 @@
+import { E2E_TOKEN } from '../playwright.config.ts';
+import type { RoundRecord } from '../shared/api.ts';
+import { expect, test, waitForRun } from './fixtures.ts';
+
+const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
+
+test('a differentially private run completes in real tabs, and the dashboard shows ε rising round by round', async ({ openDevices, admin, page }) => {
+  test.setTimeout(6 * 60_000);
+  await openDevices([0, 1, 2, 3].map((client) => ({ clients: 4, client, examples: 300, backend: 'wasm' as const })));
+  // 4 devices, 2 expected a round: each is sampled with q = 0.5
+  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 2, minUpdates: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, selectionTimeoutMs: 0, roundTimeoutMs: 120_000, dp: { noiseMultiplier: 1, clipNorm: 2, targetDelta: 1e-5 } } });
+  expect(created.status(), await created.text()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+
+  const run = await waitForRun(admin, id, 5 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+  expect(rounds.map((r) => r.round)).toEqual([1, 2, 3]);
+  const eps = rounds.map((r) => r.privacy!.epsilon);
+  console.log(`dp: ε after each round ${eps.map((e) => e.toFixed(3)).join(', ')}; test accuracy ${rounds.map((r) => r.testAccuracy?.toFixed(4)).join(', ')}`);
+  expect(eps[1]).toBeGreaterThan(eps[0]!);
+  expect(eps[2]).toBeGreaterThan(eps[1]!);
+  expect(rounds[0]!.privacy).toMatchObject({ noiseMultiplier: 1, clipNorm: 2, samplingRate: 0.5, expectedDevices: 2, delta: 1e-5 });
+
+  // the dashboard: ε beside the accuracy, and in the round's details; the model card carries it
+  await expect(page.locator('#acc-epsilon')).toHaveText(`ε = ${eps[2]!.toFixed(2)} after round 3 (δ = 0.00001)`);
+  expect(await page.evaluate(() => window.__dash.epsilonSeries())).toEqual(eps.map((e) => Number(e.toFixed(6))));
+  await page.locator('#rounds tbody button[data-round]').first().click();
+  await expect(page.locator('#rounds tr.detail')).toContainText(`ε = ${eps[2]!.toFixed(3)} at δ = 0.00001`);
+  await page.screenshot({ path: `${shots}/admin-privacy.png`, fullPage: true });
+  const card = (await (await admin.get(`/api/models/${rounds[2]!.modelVersion}/card.json`)).json()) as { privacy: { epsilon: number } | null };
+  expect(card.privacy?.epsilon).toBeCloseTo(eps[2]!, 9);
+});
