@@ -9,6 +9,7 @@
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
+ *     [--dp-noise Z --dp-clip S --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -48,6 +49,10 @@ const argsSchema = z.strictObject({
   'secure-aggregation': z.literal(true).optional(),
   drop: z.coerce.number().min(0).max(1).default(0),
   neighbours: z.coerce.number().int().min(0).max(254).default(0),
+  'dp-noise': z.coerce.number().gt(0).max(100).optional(),
+  'dp-clip': z.coerce.number().gt(0).max(1e6).default(1),
+  'dp-delta': z.coerce.number().gt(0).lt(0.1).default(1e-5),
+  'dp-budget': z.coerce.number().gt(0).optional(),
   threshold: z.coerce.number().int().min(0).max(254).default(0),
   'clip-norm': z.coerce.number().min(0).max(1e6).optional(),
   json: z.string().optional(),
@@ -81,11 +86,11 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
-const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)} | ${String(r.dropped).padStart(7)}`;
+const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)} | ${String(r.dropped).padStart(7)}${r.epsilon === null ? '' : ` | ε ${r.epsilon.toFixed(3)}`}`;
 
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });
@@ -121,6 +126,7 @@ const result = await runSimulation(
     ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
     ...(args.drop > 0 ? { dropout: args.drop } : {}),
     ...(args.neighbours ? { secAggNeighbours: args.neighbours } : {}),
+    ...(args['dp-noise'] !== undefined ? { dp: { noiseMultiplier: args['dp-noise'], clipNorm: args['dp-clip'], targetDelta: args['dp-delta'], ...(args['dp-budget'] !== undefined ? { epsilonBudget: args['dp-budget'] } : {}) } } : {}),
     ...(args.threshold ? { secAggThreshold: args.threshold } : {}),
   },
   mnist,

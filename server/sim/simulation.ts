@@ -73,6 +73,8 @@ export interface SimulationOptions {
    * server's costliest case), else once it has trained; it is back for the next round
    */
   dropout?: number;
+  /** user-level DP-FedAvg (RunConfig.dp) */
+  dp?: { noiseMultiplier: number; clipNorm: number; targetDelta?: number; epsilonBudget?: number };
   /** secure aggregation's k and t (0: automatic) */
   secAggNeighbours?: number;
   secAggThreshold?: number;
@@ -93,6 +95,8 @@ export interface SimRound {
   bytesDownPerDevice: number;
   /** selected devices that dropped out */
   dropped: number;
+  /** ε spent so far (null: not a private run) */
+  epsilon: number | null;
 }
 
 export interface SimulationResult {
@@ -115,7 +119,8 @@ export interface SimulationResult {
 export function simulationConfig(o: SimulationOptions): RunConfig {
   const k = Math.max(1, Math.round(o.fraction * o.clients));
   // with dropouts a round closes on the devices that answered, once everyone has answered or left
-  const minUpdates = o.dropout ? Math.min(k, Math.max(3, Math.ceil(k / 2))) : k;
+  // under DP the round's size is a Poisson sample around k: it closes on whoever was sampled
+  const minUpdates = o.dp ? 1 : o.dropout ? Math.min(k, Math.max(3, Math.ceil(k / 2))) : k;
   const checked = validateRunConfig({
     model: o.model,
     rounds: o.rounds,
@@ -135,6 +140,7 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.secureAggregation ? { secureAggregation: true } : {}),
     ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}),
     ...(o.secAggNeighbours ? { secAggNeighbours: o.secAggNeighbours } : {}),
+    ...(o.dp ? { dp: o.dp } : {}),
     ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
@@ -342,6 +348,7 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   bytesUpPerDevice: r.completed ? r.bytesUp / r.completed : 0,
   bytesDownPerDevice: r.participants ? r.bytesDown / r.participants : 0,
   dropped: r.dropped,
+  epsilon: r.privacy?.epsilon ?? null,
 });
 
 /** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */
