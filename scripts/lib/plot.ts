@@ -100,3 +100,40 @@ export async function writeChart(file: string, spec: ChartSpec): Promise<string[
   }
   return [svgFile, file];
 }
+
+/** Writes rows of 28×28 images in [0, 1] (clamped) as a PNG (rendered by Chromium) and its SVG. */
+export async function writeImageGrid(file: string, rows: { label: string; images: (Float32Array | undefined)[] }[], cell = 3): Promise<string[]> {
+  const side = 28 * cell;
+  const gap = 6;
+  const labelWidth = 230;
+  const width = labelWidth + Math.max(...rows.map((r) => r.images.length)) * (side + gap);
+  const height = rows.length * (side + gap) + gap;
+  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="#fff"/>`];
+  rows.forEach((row, r) => {
+    const y = gap + r * (side + gap);
+    parts.push(`<text x="8" y="${y + side / 2 + 4}">${esc(row.label)}</text>`);
+    row.images.forEach((img, c) => {
+      const x = labelWidth + c * (side + gap);
+      parts.push(`<rect x="${x}" y="${y}" width="${side}" height="${side}" fill="#000"/>`);
+      if (!img) return;
+      for (let p = 0; p < 784; p++) {
+        const v = Math.round(255 * Math.min(1, Math.max(0, img[p]!)));
+        if (v > 0) parts.push(`<rect x="${x + (p % 28) * cell}" y="${y + Math.floor(p / 28) * cell}" width="${cell}" height="${cell}" fill="rgb(${v},${v},${v})"/>`);
+      }
+    });
+  });
+  parts.push('</svg>');
+  const svg = parts.join('');
+  const svgFile = file.replace(/\.png$/i, '') + '.svg';
+  writeFileSync(svgFile, svg);
+  const { launchBrowser } = await import('./harness.ts');
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage({ viewport: { width, height } });
+    await page.setContent(`<html><body style="margin:0">${svg}</body></html>`);
+    await page.screenshot({ path: file, clip: { x: 0, y: 0, width, height } });
+  } finally {
+    await browser.close();
+  }
+  return [svgFile, file];
+}
