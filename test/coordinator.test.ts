@@ -407,6 +407,16 @@ describe('round coordinator: a differentially private run', () => {
     expect(h.effects.find((e) => e.type === 'run:finished')).toMatchObject({ status: 'done', reason: expect.stringMatching(new RegExp(`privacy budget: round ${allowed + 1} would bring ε from .* over the budget of 3`)) });
   });
 
+  it('a resumed run goes on from what its released rounds spent', () => {
+    const h = new Harness();
+    h.join(...devices(100));
+    h.send({ type: 'run:start', runId: 1, config: runConfigSchema.parse(DP), samplingSeed: 7, fromRound: 6, released: [{ q: 0.1, rounds: 5 }] });
+    roundOnce(h);
+    const record = h.effects.find((e) => e.type === 'round:record') as { record: RoundRecord };
+    expect(record.record.round).toBe(6);
+    expect(record.record.privacy!.epsilon).toBeCloseTo(epsilonAfter(0.1, 1, 6, 1e-5).epsilon, 9);
+  });
+
   it('samples from the secret seed, not the public one', () => {
     const pick = (samplingSeed: number) => {
       const h = new Harness();

@@ -24,7 +24,7 @@
  * that comes early, late or twice can never lose a deadline.
  */
 import type { DeviceTimings, Phase, PrivacyRecord, RoundRecord, RoundTimeline, SecAggRecord, Stage } from '../../shared/api.ts';
-import { epsilonOfRounds } from '../../shared/privacy/accountant.ts';
+import { composeRdp, epsilonFromRdp } from '../../shared/privacy/accountant.ts';
 import { phaseDurations } from '../../shared/phases.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
@@ -132,8 +132,8 @@ export interface RunState {
   /** when the current selection phase began */
   selectingSince: number;
   reason?: string;
-  /** under DP: the secret seed of the Poisson sampling, and the sampling rates of the rounds released so far */
-  privacy?: { samplingSeed: number; released: readonly { q: number; rounds: number }[] };
+  /** under DP: the secret seed of the Poisson sampling, and the RDP the run's released rounds spent (accountant.ts; undefined: none yet) */
+  privacy?: { samplingSeed: number; rdp: readonly number[] | undefined };
 }
 
 export interface CoordinatorState {
@@ -398,9 +398,9 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     // Poisson sampling, as the accountant assumes: each present device is in the round with chance q,
     // drawn from the run's secret seed (the config's seed is public)
     const q = Math.min(1, config.clientsPerRound / idle.length);
-    const next = epsilonOfRounds([...run.privacy.released, { q, rounds: 1 }], config.dp.noiseMultiplier, config.dp.targetDelta);
+    const next = epsilonFromRdp(composeRdp(run.privacy.rdp, q, config.dp.noiseMultiplier), config.dp.targetDelta);
     if (config.dp.epsilonBudget !== undefined && next.epsilon > config.dp.epsilonBudget) {
-      const spent = epsilonOfRounds(run.privacy.released, config.dp.noiseMultiplier, config.dp.targetDelta).epsilon;
+      const spent = epsilonFromRdp(run.privacy.rdp, config.dp.targetDelta).epsilon;
       const reason = `privacy budget: round ${run.round} would bring ε from ${spent.toFixed(3)} to ${next.epsilon.toFixed(3)}, over the budget of ${config.dp.epsilonBudget} (δ = ${config.dp.targetDelta})`;
       return { state: { ...state, phase: 'done', current: undefined, run: { ...run, reason } }, effects: [{ type: 'run:finished', runId: run.id, status: 'done', reason }] };
     }
@@ -612,10 +612,10 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   let accounted = run;
   const dp = run.config.dp;
   if (dp && run.privacy && cur.privacy) {
-    const released = [...run.privacy.released, { q: cur.privacy.q, rounds: 1 }];
-    const spent = epsilonOfRounds(released, dp.noiseMultiplier, dp.targetDelta);
+    const rdp = composeRdp(run.privacy.rdp, cur.privacy.q, dp.noiseMultiplier);
+    const spent = epsilonFromRdp(rdp, dp.targetDelta);
     record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: dp.clipNorm, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected } satisfies PrivacyRecord;
-    accounted = { ...run, privacy: { ...run.privacy, released } };
+    accounted = { ...run, privacy: { ...run.privacy, rdp } };
     state = { ...state, run: accounted };
   }
   const effects: Effect[] = [
@@ -654,7 +654,10 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     }
     case 'run:start': {
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);
-      const privacy = event.config.dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, released: event.released ?? [] } } : {};
+      const dp = event.config.dp;
+      // a resumed run starts from what its released rounds spent
+      const rdp = dp ? (event.released ?? []).reduce<number[] | undefined>((curve, r) => composeRdp(curve, r.q, dp.noiseMultiplier, r.rounds), undefined) : undefined;
+      const privacy = dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, rdp } } : {};
       const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now, ...privacy } };
       return select(started, now, event.fromRound ?? 1, event.fromAttempt ?? 1);
     }

@@ -120,28 +120,49 @@ export interface PrivacySpent {
 }
 
 /** (ε, δ) after `rounds` rounds, at the best of `orders`; `classic` uses ε = RDP − ln δ / (α − 1). */
-export function epsilonAfter(q: number, noiseMultiplier: number, rounds: number, delta: number, options: { orders?: readonly number[]; classic?: boolean } = {}): PrivacySpent {
+export function epsilonAfter(q: number, noiseMultiplier: number, rounds: number, delta: number, options: { classic?: boolean } = {}): PrivacySpent {
   if (!(rounds >= 0)) throw new RangeError(`accountant: rounds must be ≥ 0, got ${rounds}`);
   return epsilonOfRounds(rounds > 0 ? [{ q, rounds }] : [], noiseMultiplier, delta, options);
+}
+
+/** The RDP of one round at every order of `DEFAULT_ORDERS` (remembered: a run's rate repeats round after round). */
+const curves = new Map<string, readonly number[]>();
+export function rdpCurve(q: number, noiseMultiplier: number): readonly number[] {
+  const key = `${q}|${noiseMultiplier}`;
+  let curve = curves.get(key);
+  if (!curve) {
+    if (curves.size > 1000) curves.clear();
+    curve = DEFAULT_ORDERS.map((alpha) => rdpOfRound(q, noiseMultiplier, alpha));
+    curves.set(key, curve);
+  }
+  return curve;
+}
+
+/** RDP composes by adding: a run's curve after one more round at rate q. */
+export const composeRdp = (curve: readonly number[] | undefined, q: number, noiseMultiplier: number, rounds = 1): number[] =>
+  rdpCurve(q, noiseMultiplier).map((r, i) => (curve?.[i] ?? 0) + rounds * r);
+
+/** (ε, δ) of an RDP curve over `DEFAULT_ORDERS` (Balle et al. 2020; `classic`: ε = RDP − ln δ / (α − 1)). */
+export function epsilonFromRdp(curve: readonly number[] | undefined, delta: number, classic = false): PrivacySpent {
+  if (!(delta > 0 && delta < 1)) throw new RangeError(`accountant: δ must be in (0, 1), got ${delta}`);
+  if (!curve || curve.every((r) => r === 0)) return { epsilon: 0, delta, order: Number.NaN }; // nothing was released
+  let best: PrivacySpent = { epsilon: Infinity, delta, order: Number.NaN };
+  DEFAULT_ORDERS.forEach((alpha, i) => {
+    const rdp = curve[i]!;
+    const epsilon = classic ? rdp - Math.log(delta) / (alpha - 1) : rdp - (Math.log(delta) + Math.log(alpha)) / (alpha - 1) + Math.log((alpha - 1) / alpha);
+    if (Number.isFinite(epsilon) && epsilon < best.epsilon) best = { epsilon: Math.max(0, epsilon), delta, order: alpha };
+  });
+  return best;
 }
 
 /**
  * (ε, δ) after rounds with different sampling rates (RDP composes by adding): a federation's rate
  * is its expected round size over the devices present, which changes as devices come and go.
  */
-export function epsilonOfRounds(rounds: readonly { q: number; rounds: number }[], noiseMultiplier: number, delta: number, options: { orders?: readonly number[]; classic?: boolean } = {}): PrivacySpent {
-  if (!(delta > 0 && delta < 1)) throw new RangeError(`accountant: δ must be in (0, 1), got ${delta}`);
-  const spent = rounds.filter((r) => r.rounds > 0 && r.q > 0);
-  if (spent.length === 0) return { epsilon: 0, delta, order: Number.NaN }; // nothing was released
-  let best: PrivacySpent = { epsilon: Infinity, delta, order: Number.NaN };
-  for (const alpha of options.orders ?? DEFAULT_ORDERS) {
-    const rdp = spent.reduce((sum, r) => sum + r.rounds * rdpOfRound(r.q, noiseMultiplier, alpha), 0);
-    const epsilon = options.classic
-      ? rdp - Math.log(delta) / (alpha - 1)
-      : rdp - (Math.log(delta) + Math.log(alpha)) / (alpha - 1) + Math.log((alpha - 1) / alpha);
-    if (Number.isFinite(epsilon) && epsilon < best.epsilon) best = { epsilon: Math.max(0, epsilon), delta, order: alpha };
-  }
-  return best;
+export function epsilonOfRounds(rounds: readonly { q: number; rounds: number }[], noiseMultiplier: number, delta: number, options: { classic?: boolean } = {}): PrivacySpent {
+  let curve: number[] | undefined;
+  for (const r of rounds) if (r.rounds > 0 && r.q > 0) curve = composeRdp(curve, r.q, noiseMultiplier, r.rounds);
+  return epsilonFromRdp(curve, delta, options.classic);
 }
 
 /** The most rounds that keep ε within `budget` (a run stops before the round that would pass it). */
