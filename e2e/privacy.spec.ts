@@ -32,6 +32,14 @@ test('a differentially private run completes in real tabs, and the dashboard sho
   await page.locator('#rounds tbody button[data-round]').first().click();
   await expect(page.locator('#rounds tr.detail')).toContainText(`ε = ${eps[2]!.toFixed(3)} at δ = 0.00001`);
   await page.screenshot({ path: `${shots}/admin-privacy.png`, fullPage: true });
+  // the launch form sets DP too, with the API's messages next to its fields
+  await page.getByRole('button', { name: 'New run' }).click();
+  await page.getByLabel('DP noise multiplier z').fill('1');
+  await page.getByRole('button', { name: 'Launch' }).click();
+  await expect(page.locator('[id="e-dp.clipNorm"]')).toHaveText(/Must be a number/);
+  await page.getByLabel('DP clip bound S').fill('-1');
+  await page.getByRole('button', { name: 'Launch' }).click();
+  await expect(page.locator('[id="e-dp.clipNorm"]')).toHaveText('Must be greater than 0');
   const card = (await (await admin.get(`/api/models/${rounds[2]!.modelVersion}/card.json`)).json()) as { privacy: { epsilon: number } | null };
   expect(card.privacy?.epsilon).toBeCloseTo(eps[2]!, 9);
 });

@@ -57,7 +57,14 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'secAggNeighbours', label: 'Secure aggregation: neighbours (0 = auto)' },
   { name: 'secAggThreshold', label: 'Secure aggregation: threshold (0 = majority)' },
 ];
-const LABELS = new Map(FIELDS.map((f) => [f.name as string, f.label]));
+/** `dp`'s fields, flat in the form (empty noise multiplier: no DP) */
+const DP_FIELDS: { name: `dp.${'noiseMultiplier' | 'clipNorm' | 'targetDelta' | 'epsilonBudget'}`; label: string; placeholder: string }[] = [
+  { name: 'dp.noiseMultiplier', label: 'DP noise multiplier z', placeholder: 'empty: no DP' },
+  { name: 'dp.clipNorm', label: 'DP clip bound S', placeholder: 'needed with z' },
+  { name: 'dp.targetDelta', label: 'DP δ', placeholder: '0.00001 (default)' },
+  { name: 'dp.epsilonBudget', label: 'DP ε budget', placeholder: 'none (default)' },
+];
+const LABELS = new Map([...FIELDS, ...DP_FIELDS].map((f) => [f.name as string, f.label]));
 /** A rule's message in the words of the form: field names become their labels. */
 const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, (w) => LABELS.get(w) ?? w).replace(/^./, (c) => c.toUpperCase());
 
@@ -90,6 +97,10 @@ for (const f of FIELDS) {
       : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
+for (const f of DP_FIELDS) {
+  const input = el('input', { name: f.name, id: `f-${f.name}`, type: 'number', step: 'any', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
+  launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
+}
 const field = (name: Field) => launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement;
 const setField = (name: Field, value: string | number | boolean | undefined) => {
   const f = field(name);
@@ -105,6 +116,13 @@ const formBody = (): Record<string, unknown> => {
     if (raw === '') continue;
     body[f.name] = BOOLEAN.has(f.name) ? raw === 'true' : CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
   }
+  // any DP field filled asks for DP: the rules then name what is missing
+  const dp: Record<string, number> = {};
+  for (const f of DP_FIELDS) {
+    const raw = String(data.get(f.name) ?? '').trim();
+    if (raw !== '') dp[f.name.slice(3)] = Number(raw);
+  }
+  if (Object.keys(dp).length) body.dp = dp;
   return body;
 };
 presetSelect.addEventListener('change', () => {
@@ -112,6 +130,7 @@ presetSelect.addEventListener('change', () => {
   if (!preset) return;
   const config = runConfigSchema.parse(preset.config);
   for (const f of FIELDS) setField(f.name, config[f.name]);
+  for (const f of DP_FIELDS) (launch.elements.namedItem(f.name) as HTMLInputElement).value = '';
   byId('preset-hint').textContent = preset.hint;
   clearFieldErrors();
 });
@@ -141,7 +160,7 @@ const api = async <T>(path: string, init: RequestInit = {}): Promise<{ status: n
 };
 
 function clearFieldErrors(): void {
-  for (const f of FIELDS) byId(`e-${f.name}`).textContent = '';
+  for (const f of [...FIELDS, ...DP_FIELDS]) byId(`e-${f.name}`).textContent = '';
 }
 
 function signedOut(message: string): void {
