@@ -8,6 +8,9 @@ import { describe, expect, it } from 'vitest';
 import { dpFedAvgAggregator } from '../server/fl/strategy.ts';
 import { epsilonAfter, logErfc, rdpOfRound, roundsWithin } from '../shared/privacy/accountant.ts';
 import { addGaussianNoise } from '../shared/privacy/noise.ts';
+import { validateUpdate } from '../server/fl/validate.ts';
+import { runConfigSchema } from '../shared/schemas.ts';
+import { encodeWeights } from '../shared/weights.ts';
 
 const close = (a: number, b: number, rel = 1e-9) => expect(Math.abs(a - b)).toBeLessThanOrEqual(rel * Math.max(1, Math.abs(b)));
 
@@ -82,5 +85,17 @@ describe('Gaussian noise for DP', () => {
     const sd = Math.sqrt(out.reduce((a, b) => a + (b - mean) ** 2, 0) / (size - 1));
     expect(mean).toBeCloseTo(0.3, 2); // 3 / 10
     expect(sd).toBeCloseTo(0.05, 2); // 0.5 / 10
+  });
+});
+
+describe('clipping under DP', () => {
+  it('bounds every update to dp.clipNorm, whatever clipNorm says', () => {
+    const specs = [{ name: 'w', shape: [4] }];
+    const config = runConfigSchema.parse({ dp: { noiseMultiplier: 1, clipNorm: 0.5 } });
+    const big = validateUpdate(encodeWeights({ specs, values: Float32Array.from([3, 4, 0, 0]) }), specs, config);
+    expect(big).toMatchObject({ norm: 5, clipped: true });
+    expect(Math.hypot(...big.delta)).toBeCloseTo(0.5, 6);
+    const small = validateUpdate(encodeWeights({ specs, values: Float32Array.from([0.3, 0, 0, 0]) }), specs, config);
+    expect(small).toMatchObject({ clipped: false });
   });
 });

@@ -131,6 +131,15 @@ describe('secure aggregation in a federation', () => {
     expect(r1!.testAccuracy).toBeGreaterThan(0.1);
   }, 120_000);
 
+  it('refuses a masked input of the wrong size from a selected device, and unmasks the round around it', async () => {
+    const ds = await fleet(6, (i) => ({ beforeSubmit: async (s) => (i === 0 ? { ...s, delta: s.delta.subarray(0, s.delta.length - 4) } : s) }));
+    const runId = await launch(server, { ...CONFIG, clientsPerRound: 6, secureAggregation: true, roundTimeoutMs: 8_000 });
+    expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
+    const [r1] = server.store.listRounds(runId);
+    expect(r1).toMatchObject({ status: 'completed', completed: 5, refused: 1, secureAggregation: { shared: 6, inputs: 5 } });
+    expect(ds[0]!.client.snapshot.history.at(-1)).toMatchObject({ outcome: 'rejected', message: expect.stringMatching(/BAD_WEIGHTS: .*a masked input of this model has 21036 bytes, got 21032/) });
+  }, 120_000);
+
   it('fails the round with its reason when more devices drop than the threshold tolerates', async () => {
     await fleet(5, (i) => ({ beforeSubmit: async (s) => (i < 2 ? undefined : s) }));
     const runId = await launch(server, { ...CONFIG, secureAggregation: true, roundTimeoutMs: 5_000, maxRoundRetries: 0 });
