@@ -36,7 +36,7 @@ test('a differentially private run completes in real tabs, and the dashboard sho
   await page.getByRole('button', { name: 'New run' }).click();
   await page.getByLabel('DP noise multiplier z').fill('1');
   await page.getByRole('button', { name: 'Launch' }).click();
-  await expect(page.locator('[id="e-dp.clipNorm"]')).toHaveText(/Must be a number/);
+  await expect(page.locator('[id="e-dp.clipNorm"]')).toHaveText('Must be a number > 0, or "adaptive"');
   await page.getByLabel('DP clip bound S').fill('-1');
   await page.getByRole('button', { name: 'Launch' }).click();
   await expect(page.locator('[id="e-dp.clipNorm"]')).toHaveText('Must be greater than 0');

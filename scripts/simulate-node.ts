@@ -9,7 +9,7 @@
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
- *     [--dp-noise Z --dp-clip S --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round)
+ *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -50,7 +50,7 @@ const argsSchema = z.strictObject({
   drop: z.coerce.number().min(0).max(1).default(0),
   neighbours: z.coerce.number().int().min(0).max(254).default(0),
   'dp-noise': z.coerce.number().gt(0).max(100).optional(),
-  'dp-clip': z.coerce.number().gt(0).max(1e6).default(1),
+  'dp-clip': z.union([z.literal('adaptive'), z.coerce.number().gt(0).max(1e6)]).default(1),
   'dp-delta': z.coerce.number().gt(0).lt(0.1).default(1e-5),
   'dp-budget': z.coerce.number().gt(0).optional(),
   threshold: z.coerce.number().int().min(0).max(254).default(0),

@@ -16,6 +16,7 @@ import { DeviceRegistry } from './devices.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
 import { dpFedAvgAggregator, type RoundAggregator, type Strategy } from './fl/strategy.ts';
+import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
@@ -216,7 +217,8 @@ export class Federation {
     this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
     // a private run resumes its accounting: the sampling rates of the rounds it released
     const released = rounds.filter((r) => r.status === 'completed' && r.privacy).map((r) => ({ q: r.privacy!.samplingRate, rounds: 1 }));
-    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt, ...(run.config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, released } : {}) });
+    const clip = rounds.filter((r) => r.status === 'completed' && r.privacy).at(-1)?.privacy?.clipNorm; // adaptive clipping goes on from its last bound
+    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt, ...(run.config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, released, ...(clip !== undefined ? { clip } : {}) } : {}) });
     return run.id;
   }
 
@@ -455,7 +457,7 @@ export class Federation {
     if (!run || !global) throw new Error(`round ${effect.round}: no run or no global model`);
     const strategy = this.deps.strategyFor(run.config);
     const dp = run.config.dp;
-    this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, dp.noiseMultiplier * dp.clipNorm, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
+    this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, effect.privacy.noiseStd, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
     const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload };
     this.secure = undefined;
     if (run.config.secureAggregation) {
@@ -495,8 +497,11 @@ export class Federation {
       return;
     }
     const validate = this.deps.validate ?? inlineValidator;
+    // under DP the round's own bound (adaptive clipping moves it from round to round)
+    const clip = this.state.current?.privacy?.clip;
+    const config = run.config.dp && clip !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clip } } : run.config;
     this.track(
-      validate(s.payload, global.weights.specs, run.config).then(
+      validate(s.payload, global.weights.specs, config).then(
         (v) => {
           s.validated = v;
           this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
@@ -521,7 +526,10 @@ export class Federation {
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
-        this.dispatch({ type: 'round:aggregated', ...ref, version: saved.version });
+        // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum
+        const count = effect.clipCount;
+        const unclippedShare = count ? (count.unclipped - effect.updates / 2 + addGaussianNoise(new Float64Array(1), count.noiseStd)[0]!) / count.expected + 0.5 : undefined;
+        this.dispatch({ type: 'round:aggregated', ...ref, version: saved.version, ...(unclippedShare !== undefined ? { unclippedShare } : {}) });
       })().catch((err: unknown) => {
         this.log.error('aggregation failed', { round: effect.round, error: errorText(err) });
         this.dispatch({ type: 'round:aggregation-failed', ...ref, reason: errorText(err) });

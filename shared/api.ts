@@ -88,7 +88,11 @@ export interface PrivacyRecord {
   epsilon: number;
   delta: number;
   noiseMultiplier: number;
+  /** the bound this round clipped to (under adaptive clipping, where the bound had moved to) */
   clipNorm: number;
+  adaptiveClipping: boolean;
+  /** the standard deviation of the noise added to the sum of updates */
+  noiseStd: number;
   /** q: every present device's chance to be in this round (Poisson sampling) */
   samplingRate: number;
   /** q × the devices present: what the noisy sum is divided by */

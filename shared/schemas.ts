@@ -193,8 +193,12 @@ export const runConfigSchema = z.strictObject({
     .strictObject({
       /** z: the noise's standard deviation over the clip bound */
       noiseMultiplier: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(100, { error: 'must be at most 100' }),
-      /** S: every update is clipped to this L2 norm (adaptive clipping is not built: give a number) */
-      clipNorm: z.number({ error: 'must be a number (adaptive clipping is not built)' }).gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }),
+      /** S: every update is clipped to this L2 norm, or 'adaptive': S follows a quantile of the updates' norms (Andrew et al. 2021) */
+      clipNorm: z.union([z.number().gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }), z.literal('adaptive')], { error: 'must be a number > 0, or "adaptive"' }),
+      /** adaptive clipping: the share of updates the bound should leave unclipped, where it starts, and how fast it moves */
+      targetQuantile: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).lt(1, { error: 'must be less than 1' }).default(0.5),
+      initialClipNorm: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }).default(0.1),
+      clipLearningRate: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(10, { error: 'must be at most 10' }).default(0.2),
       /** δ of the (ε, δ) reported */
       targetDelta: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).lt(0.1, { error: 'must be less than 0.1' }).default(1e-5),
       /** the run stops before the round that would spend more ε than this */
@@ -248,8 +252,13 @@ function silentNoOps(c: RunConfig): FieldIssue[] {
   return [...issues, ...secureAggregationIssues(c), ...privacyIssues(c)];
 }
 
-/** The L2 bound updates are clipped to: the privacy bound when the run is private, else clipNorm (0: none). */
-export const effectiveClipNorm = (c: RunConfig): number => c.dp?.clipNorm ?? c.clipNorm;
+/** The L2 bound updates are clipped to: the privacy bound when the run is private (a round's own under adaptive clipping), else clipNorm (0: none). */
+export const effectiveClipNorm = (c: RunConfig): number => {
+  if (!c.dp) return c.clipNorm;
+  // the service hands the validator a config with the round's own bound in place of 'adaptive'
+  if (c.dp.clipNorm === 'adaptive') throw new Error('adaptive clipping: no bound for this round');
+  return c.dp.clipNorm;
+};
 
 /** What cannot go with central DP-FedAvg as built here. */
 function privacyIssues(c: RunConfig): FieldIssue[] {
@@ -258,6 +267,10 @@ function privacyIssues(c: RunConfig): FieldIssue[] {
   if (c.secureAggregation) issues.push({ field: 'dp', message: 'with secure aggregation the noise would have to come from the devices (distributed DP), which is not built: use one or the other' });
   if (c.aggregation !== 'fedavg') issues.push({ field: 'aggregation', message: `the privacy accounting holds for fedavg's noisy sum, not for ${c.aggregation}` });
   if (c.clipNorm !== 0 && c.clipNorm !== c.dp.clipNorm) issues.push({ field: 'clipNorm', message: 'under dp the bound is dp.clipNorm: leave clipNorm at 0' });
+  if (c.dp.clipNorm !== 'adaptive') {
+    const defaults = { targetQuantile: 0.5, initialClipNorm: 0.1, clipLearningRate: 0.2 } as const;
+    for (const f of Object.keys(defaults) as (keyof typeof defaults)[]) if (c.dp[f] !== defaults[f]) issues.push({ field: `dp.${f}`, message: 'has no effect: dp.clipNorm is not "adaptive"' });
+  }
   return issues;
 }
 

@@ -377,7 +377,7 @@ describe('round coordinator: a differentially private run', () => {
     const sizes: number[] = [];
     for (let r = 0; r < 20 && h.state.phase === 'training'; r++) {
       sizes.push(h.state.current!.selected.length);
-      expect(h.state.current!.privacy).toEqual({ q: 0.1, expected: 10 });
+      expect(h.state.current!.privacy).toEqual({ q: 0.1, expected: 10, clip: 1, noiseStd: 1 });
       roundOnce(h);
     }
     // Poisson sampling: the round size varies around K = 10 (binomial, sd 3)
@@ -417,6 +417,24 @@ describe('round coordinator: a differentially private run', () => {
     expect(record.record.privacy!.epsilon).toBeCloseTo(epsilonAfter(0.1, 1, 6, 1e-5).epsilon, 9);
   });
 
+  it('adaptive clipping: the bound moves toward the target quantile of the norms, and the noise is split with the count', () => {
+    const h = new Harness();
+    h.join(...devices(100));
+    start(h, { ...DP, dp: { noiseMultiplier: 1, clipNorm: 'adaptive', initialClipNorm: 0.1, targetQuantile: 0.5, clipLearningRate: 0.2 } });
+    const first = h.state.current!.privacy!;
+    // σ_b = max(10/20, z) = 1, so z_Δ = (1 − 1/4)^(−½) on the updates
+    expect(first).toMatchObject({ clip: 0.1, noiseStd: expect.closeTo(0.1 / Math.sqrt(0.75), 12) });
+    for (const id of h.state.current!.selected) h.update(id); // the harness's updates have norm 1: all above 0.1
+    const aggregate = h.effects.find((e) => e.type === 'round:aggregate') as { clipCount: { unclipped: number; noiseStd: number; expected: number } };
+    expect(aggregate.clipCount).toEqual({ unclipped: 0, noiseStd: 1, expected: 10 });
+    // the service reports the noisy share left unclipped (here 0): the bound grows by e^{0.2 · 0.5}
+    h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 1, version: 2, unclippedShare: 0 });
+    h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 0.5, loss: 1 });
+    const record = h.effects.find((e) => e.type === 'round:record') as { record: RoundRecord };
+    expect(record.record.privacy).toMatchObject({ clipNorm: 0.1, adaptiveClipping: true });
+    expect(h.state.current!.privacy!.clip).toBeCloseTo(0.1 * Math.exp(0.1), 12);
+  });
+
   it('samples from the secret seed, not the public one', () => {
     const pick = (samplingSeed: number) => {
       const h = new Harness();
@@ -432,7 +450,8 @@ describe('round coordinator: a differentially private run', () => {
     const { validateRunConfig } = await import('../shared/schemas.ts');
     const r = validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1 }, secureAggregation: true, aggregation: 'median', minUpdates: 3, clipNorm: 2 });
     expect(!r.ok && [...new Set(r.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm', 'dp']);
-    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 'adaptive' } })).toMatchObject({ ok: false, issues: [{ field: 'dp.clipNorm', message: expect.stringMatching(/adaptive clipping is not built/) }] });
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 'auto' } })).toMatchObject({ ok: false, issues: [{ field: 'dp.clipNorm', message: 'must be a number > 0, or "adaptive"' }] });
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1, targetQuantile: 0.7 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.targetQuantile', message: 'has no effect: dp.clipNorm is not "adaptive"' }] });
     expect(validateRunConfig({ dp: { noiseMultiplier: 0, clipNorm: 1 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.noiseMultiplier' }] });
   });
 });

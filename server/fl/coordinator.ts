@@ -98,8 +98,15 @@ export interface RoundState {
   modelVersion?: number;
   /** the secure-aggregation protocol of this round, when the run asks for it */
   secagg?: SecAggState;
-  /** under DP: each present device's chance to be in the round, and the expected number of devices */
-  privacy?: { q: number; expected: number };
+  /** under DP: each present device's chance to be in the round, the expected number of devices, the bound updates are clipped to and the noise on their sum */
+  privacy?: RoundPrivacy;
+}
+
+export interface RoundPrivacy {
+  q: number;
+  expected: number;
+  clip: number;
+  noiseStd: number;
 }
 
 export type SecAggStage = 'keys' | 'shares' | 'inputs' | 'unmask' | 'done';
@@ -133,7 +140,7 @@ export interface RunState {
   selectingSince: number;
   reason?: string;
   /** under DP: the secret seed of the Poisson sampling, and the RDP the run's released rounds spent (accountant.ts; undefined: none yet) */
-  privacy?: { samplingSeed: number; rdp: readonly number[] | undefined };
+  privacy?: { samplingSeed: number; rdp: readonly number[] | undefined; clip: number };
 }
 
 export interface CoordinatorState {
@@ -155,7 +162,7 @@ interface RoundRef {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
-  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly { q: number; rounds: number }[] }
+  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly { q: number; rounds: number }[]; clip?: number }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
   | ({ type: 'round:sent'; bytesDown: number } & RoundRef)
@@ -164,7 +171,8 @@ export type CoordinatorEvent =
   | { type: 'update:invalid'; submission: number; reason: string }
   /** a secure-aggregation message whose signature and shape the service has checked (or not: `invalid`) */
   | ({ type: 'secagg:received'; what: 'keys' | 'shares' | 'reveal'; message: number; deviceId: string; bytes: number; invalid?: string } & RoundRef)
-  | ({ type: 'round:aggregated'; version: number } & RoundRef)
+  /** `unclippedShare`: under adaptive clipping, the noisy share of the round's updates the bound left unclipped */
+  | ({ type: 'round:aggregated'; version: number; unclippedShare?: number } & RoundRef)
   | ({ type: 'round:aggregation-failed'; reason: string } & RoundRef)
   | ({ type: 'round:evaluated'; version: number; accuracy: number; loss: number } & RoundRef)
   | ({ type: 'round:evaluation-failed'; version: number; reason: string } & RoundRef)
@@ -172,13 +180,13 @@ export type CoordinatorEvent =
   | { type: 'effect:failed'; effect: Effect['type']; reason: string };
 
 export type Effect =
-  | ({ type: 'round:start'; deviceIds: readonly string[]; deadline: number; privacy?: { q: number; expected: number } } & RoundRef)
+  | ({ type: 'round:start'; deviceIds: readonly string[]; deadline: number; privacy?: RoundPrivacy } & RoundRef)
   | { type: 'update:validate'; submission: number; deviceId: string }
   | { type: 'update:accept'; submission: number; deviceId: string; weight: number; metrics: UpdateMetrics }
   /** `submission` is absent for a refusal decided before the update was taken in */
   | { type: 'update:reject'; submission: number; deviceId: string; code: ErrorCode; message: string; late: boolean }
   | ({ type: 'round:notify-end'; deviceIds: readonly string[]; counted: readonly string[]; outcome: 'completed' | 'failed' | 'stopped' } & RoundRef)
-  | ({ type: 'round:aggregate'; updates: number; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
+  | ({ type: 'round:aggregate'; updates: number; clipCount?: { unclipped: number; noiseStd: number; expected: number }; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
   /** keep (ok) or drop a secure-aggregation message, and answer its sender */
   | { type: 'secagg:answer'; message: number; deviceId: string; error?: { code: ErrorCode; message: string } }
   | ({ type: 'secagg:neighbours'; neighbours: Readonly<Record<string, readonly string[]>> } & RoundRef)
@@ -406,7 +414,8 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     }
     const sample = createRng((run.privacy.samplingSeed ^ Math.imul(run.round, 0x9e3779b1) ^ Math.imul(run.attempt, 0x85ebca6b)) >>> 0);
     selected = idle.filter(() => sample() < q);
-    privacy = { q, expected: q * idle.length };
+    const expected = q * idle.length;
+    privacy = { q, expected, clip: run.privacy.clip, noiseStd: updateNoise(config.dp, expected) * run.privacy.clip };
   } else {
     const rng = createRng(config.seed * 7919 + run.round * 31 + run.attempt);
     selected = shuffleInPlace(idle, rng).slice(0, selectionSize(config));
@@ -431,6 +440,19 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     state: started,
     effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline, ...(privacy ? { privacy } : {}) }],
   };
+}
+
+/**
+ * Adaptive clipping (Andrew et al. 2021) also releases a noisy count of the updates the bound left
+ * unclipped. Its noise, σ_b on a sum of bits centred on ½ (sensitivity ½), and the updates' noise
+ * z_Δ·S together make one Gaussian mechanism of multiplier z — what the accountant charges — when
+ * z_Δ = (z⁻² − (2σ_b)⁻²)^(−½). σ_b is the paper's expected/20, at least z (so z_Δ ≤ 1.16 z).
+ */
+const countNoise = (dp: NonNullable<RunConfig['dp']>, expected: number): number => Math.max(expected / 20, dp.noiseMultiplier);
+function updateNoise(dp: NonNullable<RunConfig['dp']>, expected: number): number {
+  if (dp.clipNorm !== 'adaptive') return dp.noiseMultiplier;
+  const sigmaB = countNoise(dp, expected);
+  return 1 / Math.sqrt(dp.noiseMultiplier ** -2 - (2 * sigmaB) ** -2);
 }
 
 /** A new selection phase for `round`/`attempt`, which starts at once if the devices are there. */
@@ -472,8 +494,15 @@ function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<
   }
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
-    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length }],
+    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, ...clipCount(state, closed) }],
   };
+}
+
+/** Under adaptive clipping, what the aggregation must release of the round's norms: how many the bound left unclipped, with its noise. */
+function clipCount(state: CoordinatorState, cur: RoundState): { clipCount?: { unclipped: number; noiseStd: number; expected: number } } {
+  const dp = state.run?.config.dp;
+  if (!dp || dp.clipNorm !== 'adaptive' || !cur.privacy) return {};
+  return { clipCount: { unclipped: cur.accepted.filter((c) => c.norm <= cur.privacy!.clip).length, noiseStd: countNoise(dp, cur.privacy.expected), expected: cur.privacy.expected } };
 }
 
 /** The round failed: it is recorded, then redone as a new attempt, or the run fails after maxRoundRetries. */
@@ -614,7 +643,7 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   if (dp && run.privacy && cur.privacy) {
     const rdp = composeRdp(run.privacy.rdp, cur.privacy.q, dp.noiseMultiplier);
     const spent = epsilonFromRdp(rdp, dp.targetDelta);
-    record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: dp.clipNorm, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected } satisfies PrivacyRecord;
+    record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: cur.privacy.clip, adaptiveClipping: dp.clipNorm === 'adaptive', noiseStd: cur.privacy.noiseStd, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected } satisfies PrivacyRecord;
     accounted = { ...run, privacy: { ...run.privacy, rdp } };
     state = { ...state, run: accounted };
   }
@@ -657,7 +686,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       const dp = event.config.dp;
       // a resumed run starts from what its released rounds spent
       const rdp = dp ? (event.released ?? []).reduce<number[] | undefined>((curve, r) => composeRdp(curve, r.q, dp.noiseMultiplier, r.rounds), undefined) : undefined;
-      const privacy = dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, rdp } } : {};
+      const clip = dp ? (dp.clipNorm === 'adaptive' ? (event.clip ?? dp.initialClipNorm) : dp.clipNorm) : 0;
+      const privacy = dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, rdp, clip } } : {};
       const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now, ...privacy } };
       return select(started, now, event.fromRound ?? 1, event.fromAttempt ?? 1);
     }
@@ -725,7 +755,10 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     case 'round:aggregated': {
       if (state.phase !== 'aggregating' || !cur || !same(cur, event)) return { state, effects: [] };
       const next: RoundState = { ...cur, modelVersion: event.version, workStartedAt: now };
-      return { state: { ...state, phase: 'evaluating', current: next, timeline: { ...(state.timeline as RoundTimeline), aggregatedAt: now } }, effects: [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: event.version }] };
+      // adaptive clipping: the bound moves geometrically toward the target quantile of the norms
+      const dp = run?.config.dp;
+      const moved = dp && dp.clipNorm === 'adaptive' && run?.privacy && event.unclippedShare !== undefined ? { run: { ...run, privacy: { ...run.privacy, clip: run.privacy.clip * Math.exp(-dp.clipLearningRate * (event.unclippedShare - dp.targetQuantile)) } } } : {};
+      return { state: { ...state, ...moved, phase: 'evaluating', current: next, timeline: { ...(state.timeline as RoundTimeline), aggregatedAt: now } }, effects: [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: event.version }] };
     }
     case 'round:aggregation-failed': {
       if (state.phase !== 'aggregating' || !cur || !same(cur, event)) return { state, effects: [] };

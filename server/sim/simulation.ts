@@ -74,7 +74,7 @@ export interface SimulationOptions {
    */
   dropout?: number;
   /** user-level DP-FedAvg (RunConfig.dp) */
-  dp?: { noiseMultiplier: number; clipNorm: number; targetDelta?: number; epsilonBudget?: number };
+  dp?: { noiseMultiplier: number; clipNorm: number | 'adaptive'; targetDelta?: number; epsilonBudget?: number };
   /** secure aggregation's k and t (0: automatic) */
   secAggNeighbours?: number;
   secAggThreshold?: number;

@@ -60,7 +60,7 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
 /** `dp`'s fields, flat in the form (empty noise multiplier: no DP) */
 const DP_FIELDS: { name: `dp.${'noiseMultiplier' | 'clipNorm' | 'targetDelta' | 'epsilonBudget'}`; label: string; placeholder: string }[] = [
   { name: 'dp.noiseMultiplier', label: 'DP noise multiplier z', placeholder: 'empty: no DP' },
-  { name: 'dp.clipNorm', label: 'DP clip bound S', placeholder: 'needed with z' },
+  { name: 'dp.clipNorm', label: 'DP clip bound S', placeholder: 'a number, or adaptive' },
   { name: 'dp.targetDelta', label: 'DP δ', placeholder: '0.00001 (default)' },
   { name: 'dp.epsilonBudget', label: 'DP ε budget', placeholder: 'none (default)' },
 ];
@@ -98,7 +98,7 @@ for (const f of FIELDS) {
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 for (const f of DP_FIELDS) {
-  const input = el('input', { name: f.name, id: `f-${f.name}`, type: 'number', step: 'any', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
+  const input = el('input', { name: f.name, id: `f-${f.name}`, type: f.name === 'dp.clipNorm' ? 'text' : 'number', step: 'any', inputmode: 'decimal', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 const field = (name: Field) => launch.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement;
@@ -117,10 +117,10 @@ const formBody = (): Record<string, unknown> => {
     body[f.name] = BOOLEAN.has(f.name) ? raw === 'true' : CHOICES[f.name] || TEXT.has(f.name) ? raw : Number(raw);
   }
   // any DP field filled asks for DP: the rules then name what is missing
-  const dp: Record<string, number> = {};
+  const dp: Record<string, number | string> = {};
   for (const f of DP_FIELDS) {
     const raw = String(data.get(f.name) ?? '').trim();
-    if (raw !== '') dp[f.name.slice(3)] = Number(raw);
+    if (raw !== '') dp[f.name.slice(3)] = raw === 'adaptive' ? raw : Number(raw);
   }
   if (Object.keys(dp).length) body.dp = dp;
   return body;

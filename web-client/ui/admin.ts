@@ -109,7 +109,7 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRec
       ['Bytes', `up ${bytes(r.bytesUp)}, down ${bytes(r.bytesDown)}`],
     ];
     const p = r.privacy;
-    if (p) facts.push(['Privacy', `ε = ${p.epsilon.toFixed(3)} at δ = ${p.delta} after this round · noise z = ${p.noiseMultiplier}, clip S = ${p.clipNorm} · sampling q = ${p.samplingRate.toFixed(4)} (expected ${p.expectedDevices.toFixed(1)} devices)`]);
+    if (p) facts.push(['Privacy', `ε = ${p.epsilon.toFixed(3)} at δ = ${p.delta} after this round · noise z = ${p.noiseMultiplier}, clip S = ${Number(p.clipNorm.toPrecision(4))}${p.adaptiveClipping ? ' (adaptive)' : ''} · sampling q = ${p.samplingRate.toFixed(4)} (expected ${p.expectedDevices.toFixed(1)} devices)`]);
     const s = r.secureAggregation;
     if (s) {
       facts.push(
