@@ -9,6 +9,7 @@ import { createRng } from '../shared/rng.ts';
 import { quantizeInput } from '../shared/secagg/quantize.ts';
 import { clipToNorm } from '../shared/robust.ts';
 import { decodeWeights } from '../shared/weights.ts';
+import { chiSquareOfBytes } from './support/secagg.ts';
 import { gate, launch, runEnded, startServer, testDevice, until, useWasm, type TestDevice, type TestServer } from './support/server.ts';
 
 const CONFIG = { model: 'cnn-small', rounds: 1, clientsPerRound: 5, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, clipNorm: 5, selectionTimeoutMs: 0, roundTimeoutMs: 60_000 };
@@ -79,12 +80,7 @@ describe('secure aggregation in a federation', () => {
       }
       return found;
     };
-    const chiSquare = (bytes: Uint8Array) => {
-      const counts = new Array<number>(256).fill(0);
-      for (const b of bytes) counts[b]!++;
-      const expected = bytes.length / 256;
-      return counts.reduce((a, c) => a + (c - expected) ** 2 / expected, 0);
-    };
+    const chiSquare = chiSquareOfBytes;
     for (const d of devices) {
       const { payload, start } = d.masked[0]!;
       // the capture saw this device's masked input (so the checks below ran on what was sent)…

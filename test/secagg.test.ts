@@ -6,7 +6,7 @@ import { planProblem, ringNeighbours, roundContext, roundShape } from '../shared
 import { addInto, dequantizeMean, quantErrorBound, quantizeInput, quantProblem, quantScale, type QuantBounds } from '../shared/secagg/quantize.ts';
 import { createRng } from '../shared/rng.ts';
 import { verifyAdvert } from '../server/fl/secagg.ts';
-import { identities, secAggRound, type Stage } from './support/secagg.ts';
+import { chiSquareOfBytes, identities, secAggRound, type Stage } from './support/secagg.ts';
 
 const randomInputs = (n: number, d: number, seed = 1): Uint32Array[] => {
   const rng = createRng(seed);
@@ -59,6 +59,35 @@ describe('secure aggregation: the masks', () => {
     const inputs = randomInputs(4, 9, 4);
     const r = secAggRound(ids, inputs, { dropAt: { [ids[0]!.deviceId]: 'input', [ids[1]!.deviceId]: 'reveal', [ids[2]!.deviceId]: 'reveal' } });
     await expect(r).rejects.toThrow(/[01] of the 2 shares needed arrived/);
+  });
+});
+
+describe('secure aggregation: a device that reveals a wrong share', () => {
+  it('is outvoted when more than t shares came, and fails the unmasking when only t did', async () => {
+    const ids = await identities(6); // k = 5, t = 3
+    const inputs = randomInputs(6, 17, 6);
+    const r = await secAggRound(ids, inputs);
+    const { unmask } = await import('../server/fl/secagg.ts');
+    const liar = ids[0]!.deviceId;
+    const tampered = new Map([...r.captured.reveals.entries()].map(([i, reveal]) => [ids[i]!.deviceId, reveal]));
+    const lie = tampered.get(liar)!;
+    const forged = { ...lie, seeds: lie.seeds.map((s) => ({ of: s.of, share: s.share.map((b, j) => (j === 0 ? b ^ 0xff : b)) })) };
+    const base = { context: r.context, curve: 'X25519' as const, threshold: r.shape.t, adverts: r.adverts, neighbours: r.neighbours, shared: new Set(ids.map((i) => i.deviceId)), inputs: r.counted, sum: r.masked };
+    // five shares of each seed, one of them wrong: leaving each out in turn finds the commitment
+    const sum = await unmask({ ...base, reveals: new Map([...tampered, [liar, forged]]) });
+    expect(Array.from(sum)).toEqual(Array.from(plainSum(inputs, () => true)));
+  });
+
+  it('fails the unmasking, naming the secret, when a wrong share is one of only t', async () => {
+    const ids = await identities(4); // k = 3, t = 2: every secret is held by the other three
+    const inputs = randomInputs(4, 17, 7);
+    const r = await secAggRound(ids, inputs);
+    const { unmask } = await import('../server/fl/secagg.ts');
+    const reveals = new Map([...r.captured.reveals.entries()].map(([i, reveal]) => [ids[i]!.deviceId, reveal]));
+    const lie = reveals.get(ids[0]!.deviceId)!;
+    reveals.set(ids[0]!.deviceId, { ...lie, seeds: lie.seeds.map((s) => ({ of: s.of, share: s.share.map((b, j) => (j === 0 ? b ^ 0xff : b)) })) });
+    reveals.delete(ids[3]!.deviceId); // an honest reveal that never came: every secret now has exactly t = 2 shares
+    await expect(unmask({ context: r.context, curve: 'X25519', threshold: r.shape.t, adverts: r.adverts, neighbours: r.neighbours, shared: new Set(ids.map((i) => i.deviceId)), inputs: r.counted, reveals, sum: r.masked })).rejects.toThrow(/the self-mask seed of dev-.*: the shares revealed do not rebuild the committed secret/);
   });
 });
 
@@ -130,12 +159,7 @@ describe('secure aggregation: what the server sees', () => {
     const rng = createRng(5);
     const inputs = Array.from({ length: 5 }, () => Uint32Array.from({ length: d }, () => (Math.round((rng() - 0.5) * 200) >>> 0)));
     const r = await secAggRound(ids, inputs);
-    const chiSquare = (bytes: Uint8Array) => {
-      const counts = new Array<number>(256).fill(0);
-      for (const b of bytes) counts[b]!++;
-      const expected = bytes.length / 256;
-      return counts.reduce((a, c) => a + (c - expected) ** 2 / expected, 0);
-    };
+    const chiSquare = chiSquareOfBytes;
     // 255 degrees of freedom: p = 0.001 at 330.5
     for (const [i, captured] of r.captured.inputs.entries()) {
       expect(chiSquare(captured.payload), `masked input ${i}`).toBeLessThan(330.5);

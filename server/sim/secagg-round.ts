@@ -89,7 +89,7 @@ export async function secAggRound(ids: DeviceIdentity[], inputs: Uint32Array[], 
   const reveals = new Map<string, Reveal>();
   for (const id of withInput) {
     if (!alive(id, 'reveal')) continue;
-    const asked = unmaskRequest(id, neighbours, shared, withInput);
+    const asked = unmaskRequest(id, Object.fromEntries(neighbours), shared, withInput);
     const reveal = await timed('client', 'reveal', () => devices.get(id)!.reveal(asked));
     captured.reveals.push(reveal);
     const problem = await timed('server', 'unmask', () => verifyReveal(context, id, identityKey.get(id)!, reveal, asked));
@@ -98,4 +98,12 @@ export async function secAggRound(ids: DeviceIdentity[], inputs: Uint32Array[], 
   }
   const result = await timed('server', 'unmask', () => unmask({ context, curve, threshold: shape.t, adverts, neighbours, shared, inputs: withInput, reveals, sum }));
   return { sum: result, masked: sum, captured, counted: withInput, shape, neighbours, devices, adverts, context, cpu };
+}
+
+/** Pearson's χ² of a byte histogram against uniform bytes (255 degrees of freedom): ~255 for random bytes. */
+export function chiSquareOfBytes(bytes: Uint8Array): number {
+  const counts = new Array<number>(256).fill(0);
+  for (const b of bytes) counts[b]!++;
+  const expected = bytes.length / 256;
+  return counts.reduce((a, c) => a + (c - expected) ** 2 / expected, 0);
 }

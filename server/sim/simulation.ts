@@ -219,6 +219,7 @@ class SimulatedDevices implements DevicePort {
 
   sendRoundEnd(deviceId: string, _msg: RoundEnd): void {
     void this.sessions.get(deviceId)?.then((s) => s.abort('the round ended'), () => undefined);
+    this.sessions.delete(deviceId); // its keys and shares are of no use once the round is over
   }
   /** how devices joined (to rejoin after a dropout), and the dropout probability with its seed */
   readonly hellos = new Map<string, { hello: DeviceHello; identityKey: Uint8Array | undefined }>();

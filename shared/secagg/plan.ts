@@ -67,9 +67,8 @@ export const roundContext = (runId: number, round: number, attempt: number): str
 export const pairSign = (self: string, other: string): 1 | -1 => (self < other ? 1 : -1);
 
 /** What one device must reveal at the end of a round: for its neighbours in the sum their self-seed shares, for those that shared and dropped their mask-key shares. */
-export function unmaskRequest(device: string, neighbours: ReadonlyMap<string, readonly string[]> | Readonly<Record<string, readonly string[]>>, shared: ReadonlySet<string>, inputs: ReadonlySet<string>): UnmaskRequest {
-  const list: readonly string[] | undefined = neighbours instanceof Map ? neighbours.get(device) : (neighbours as Readonly<Record<string, readonly string[]>>)[device];
-  const near = (list ?? []).filter((id) => shared.has(id));
+export function unmaskRequest(device: string, neighbours: Readonly<Record<string, readonly string[]>>, shared: ReadonlySet<string>, inputs: ReadonlySet<string>): UnmaskRequest {
+  const near = (neighbours[device] ?? []).filter((id) => shared.has(id));
   return { survivors: near.filter((id) => inputs.has(id)), dropped: near.filter((id) => !inputs.has(id)) };
 }
 

@@ -1,1 +1,1 @@
-export { identities, secAggRound, type Captured, type Stage } from '../../server/sim/secagg-round.ts';
+export { chiSquareOfBytes, identities, secAggRound, type Captured, type Stage } from '../../server/sim/secagg-round.ts';
