@@ -9,7 +9,8 @@
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
- *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round)
+ *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
+ *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)
  *
  * Prints one row per round and a summary; writes the same as JSON (default sim-results/<name>.json).
  */
@@ -53,6 +54,7 @@ const argsSchema = z.strictObject({
   'dp-clip': z.union([z.literal('adaptive'), z.coerce.number().gt(0).max(1e6)]).default(1),
   'dp-delta': z.coerce.number().gt(0).lt(0.1).default(1e-5),
   'dp-budget': z.coerce.number().gt(0).optional(),
+  'dp-dropout-tolerance': z.coerce.number().min(0).max(0.9).optional(),
   threshold: z.coerce.number().int().min(0).max(254).default(0),
   'clip-norm': z.coerce.number().min(0).max(1e6).optional(),
   json: z.string().optional(),
@@ -126,7 +128,7 @@ const result = await runSimulation(
     ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
     ...(args.drop > 0 ? { dropout: args.drop } : {}),
     ...(args.neighbours ? { secAggNeighbours: args.neighbours } : {}),
-    ...(args['dp-noise'] !== undefined ? { dp: { noiseMultiplier: args['dp-noise'], clipNorm: args['dp-clip'], targetDelta: args['dp-delta'], ...(args['dp-budget'] !== undefined ? { epsilonBudget: args['dp-budget'] } : {}) } } : {}),
+    ...(args['dp-noise'] !== undefined ? { dp: { noiseMultiplier: args['dp-noise'], clipNorm: args['dp-clip'], targetDelta: args['dp-delta'], ...(args['dp-budget'] !== undefined ? { epsilonBudget: args['dp-budget'] } : {}), ...(args['dp-dropout-tolerance'] !== undefined ? { dropoutTolerance: args['dp-dropout-tolerance'] } : {}) } } : {}),
     ...(args.threshold ? { secAggThreshold: args.threshold } : {}),
   },
   mnist,

@@ -176,7 +176,7 @@ export class Federation {
     const initial = this.models.createInitial(runId, config, now);
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
     // under DP, devices are sampled from a secret seed (the config's seed is public)
-    this.dispatch({ type: 'run:start', runId, config, ...(config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]! } : {}) });
+    this.dispatch({ type: 'run:start', runId, config, ...(config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, parameters: initial.weights.values.length } : {}) });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known; it is no round's business.
     this.track(
       this.deps.evaluator.evaluate(config.model, initial.weights).then(
@@ -216,9 +216,15 @@ export class Federation {
     const attempt = Math.max(0, ...rounds.filter((r) => r.round === next).map((r) => r.attempt)) + 1;
     this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
     // a private run resumes its accounting: the sampling rates of the rounds it released
-    const released = rounds.filter((r) => r.status === 'completed' && r.privacy).map((r) => ({ q: r.privacy!.samplingRate, rounds: 1 }));
+    const released = rounds
+      .filter((r) => r.status === 'completed' && r.privacy)
+      .map((r) => {
+        const d = r.privacy!.distributed;
+        return { q: r.privacy!.samplingRate, rounds: 1, ...(d ? { skellam: { l2: d.l2Sensitivity, l1: d.l1Sensitivity } } : {}) };
+      });
     const clip = rounds.filter((r) => r.status === 'completed' && r.privacy).at(-1)?.privacy?.clipNorm; // adaptive clipping goes on from its last bound
-    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt, ...(run.config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, released, ...(clip !== undefined ? { clip } : {}) } : {}) });
+    const parameters = this.models.current?.weights.values.length;
+    this.dispatch({ type: 'run:start', runId: run.id, config: run.config, fromRound: next, fromAttempt: attempt, ...(run.config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, released, ...(clip !== undefined ? { clip } : {}), ...(parameters !== undefined ? { parameters } : {}) } : {}) });
     return run.id;
   }
 
@@ -463,8 +469,10 @@ export class Federation {
     if (run.config.secureAggregation) {
       // X25519 when every selected device has it, else P-256 (all of a round's keys must agree)
       const curve = effect.deviceIds.every((id) => this.identityKeys.get(id)?.x25519) ? 'X25519' : 'P-256';
-      const plan = { context: roundContext(effect.runId, effect.round, effect.attempt), curve, neighbours: run.config.secAggNeighbours, threshold: run.config.secAggThreshold, bounds: { maxInputs: selectionSize(run.config), maxWeight: run.config.maxExamplesPerDevice, clipNorm: run.config.clipNorm } } as const;
-      this.secure = new SecureRound(roundKey(effect), plan, global.weights.values.length);
+      // under distributed DP the round's bounds (unit weights, the noise's room) come from its sample
+      const bounds = effect.privacy?.distributed?.bounds ?? { maxInputs: selectionSize(run.config), maxWeight: run.config.maxExamplesPerDevice, clipNorm: run.config.clipNorm };
+      const plan = { context: roundContext(effect.runId, effect.round, effect.attempt), curve, neighbours: run.config.secAggNeighbours, threshold: run.config.secAggThreshold, bounds } as const;
+      this.secure = new SecureRound(roundKey(effect), plan, global.weights.values.length, effect.privacy?.distributed ? effect.privacy.expected : undefined);
       msg.secureAggregation = plan;
     }
     const download = this.models.downloads(run.config);
@@ -539,7 +547,8 @@ export class Federation {
 
   /** The secure round's new global model: the old one plus the unmasked FedAvg mean. */
   private async unmasked(ref: { runId: number; round: number; attempt: number }, a: NonNullable<Extract<Effect, { type: 'round:aggregate' }>['secagg']>, global: Float32Array): Promise<Float32Array> {
-    const { mean, totalWeight } = await this.requireSecure(ref).mean(a);
+    const secure = this.requireSecure(ref);
+    const { mean, totalWeight } = await secure.mean(a, secure.divideBy);
     this.log.info('secure round unmasked', { round: ref.round, inputs: a.inputs.length, totalWeight });
     return global.map((w, i) => w + mean[i]!);
   }

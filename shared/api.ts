@@ -97,6 +97,21 @@ export interface PrivacyRecord {
   samplingRate: number;
   /** q × the devices present: what the noisy sum is divided by */
   expectedDevices: number;
+  /** under secure aggregation the devices added the noise (Skellam); absent in rounds recorded before it existed */
+  distributed?: DistributedPrivacyRecord | null;
+}
+
+/** Distributed DP's round: who added noise, and what the server itself could learn. */
+export interface DistributedPrivacyRecord {
+  /** the noise is calibrated for this many inputs (⌈(1 − dropoutTolerance) × sampled⌉); more add more noise */
+  minInputs: number;
+  /** inputs in the sum */
+  inputs: number;
+  /** sensitivity of one device's integer vector, in quantized units (the noise's standard deviation is z × l2) */
+  l2Sensitivity: number;
+  l1Sensitivity: number;
+  /** ε against the server, which knows who was sampled (no amplification), for a device in every released round so far */
+  epsilonAgainstServer: number;
 }
 
 export interface RoundRecord {

@@ -188,7 +188,7 @@ export const runConfigSchema = z.strictObject({
   secAggNeighbours: whole(0, 254).default(0),
   /** shares that rebuild a secret (more than half the neighbours; 0: a bare majority) */
   secAggThreshold: whole(0, 254).default(0),
-  /** user-level differential privacy (DP-FedAvg, central): clip, sample, add noise, account (privacy/) */
+  /** user-level differential privacy (DP-FedAvg): clip, sample, add noise, account (privacy/); with secureAggregation the devices add the noise */
   dp: z
     .strictObject({
       /** z: the noise's standard deviation over the clip bound */
@@ -201,6 +201,8 @@ export const runConfigSchema = z.strictObject({
       clipLearningRate: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(10, { error: 'must be at most 10' }).default(0.2),
       /** δ of the (ε, δ) reported */
       targetDelta: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).lt(0.1, { error: 'must be less than 0.1' }).default(1e-5),
+      /** distributed DP (with secure aggregation): the share of a round's sampled devices that may drop and leave the sum its full noise */
+      dropoutTolerance: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(0.9, { error: 'must be at most 0.9' }).default(0.2),
       /** the run stops before the round that would spend more ε than this */
       epsilonBudget: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1e6, { error: 'must be at most 1000000' }).optional(),
     }, { error: 'must be an object: { noiseMultiplier, clipNorm, targetDelta?, epsilonBudget? }' })
@@ -260,11 +262,12 @@ export const effectiveClipNorm = (c: RunConfig): number => {
   return c.dp.clipNorm;
 };
 
-/** What cannot go with central DP-FedAvg as built here. */
+/** What cannot go with DP-FedAvg as built here. */
 function privacyIssues(c: RunConfig): FieldIssue[] {
   if (!c.dp) return [];
   const issues: FieldIssue[] = [];
-  if (c.secureAggregation) issues.push({ field: 'dp', message: 'with secure aggregation the noise would have to come from the devices (distributed DP), which is not built: use one or the other' });
+  if (c.secureAggregation && c.dp.clipNorm === 'adaptive') issues.push({ field: 'dp.clipNorm', message: 'adaptive clipping needs a noisy count of unclipped updates, which secure aggregation does not sum: use a number' });
+  if (!c.secureAggregation && c.dp.dropoutTolerance !== 0.2) issues.push({ field: 'dp.dropoutTolerance', message: 'has no effect: the devices add noise only under secure aggregation' });
   if (c.aggregation !== 'fedavg') issues.push({ field: 'aggregation', message: `the privacy accounting holds for fedavg's noisy sum, not for ${c.aggregation}` });
   if (c.clipNorm !== 0 && c.clipNorm !== c.dp.clipNorm) issues.push({ field: 'clipNorm', message: 'under dp the bound is dp.clipNorm: leave clipNorm at 0' });
   if (c.dp.clipNorm !== 'adaptive') {
@@ -288,7 +291,8 @@ function secureAggregationIssues(c: RunConfig): FieldIssue[] {
   if (c.updateCodec !== 'float32') issues.push({ field: 'updateCodec', message: 'under secure aggregation a device sends its masked update as dense 32-bit integers: use float32' });
   if (c.minUpdates < 3) issues.push({ field: 'minUpdates', message: 'secure aggregation needs at least 3 devices in a round' });
   const devices = Math.ceil(c.clientsPerRound * c.overSelect - 1e-9);
-  const bounds = quantProblem({ maxInputs: devices, maxWeight: c.maxExamplesPerDevice, clipNorm: c.clipNorm });
+  // under DP every device weighs 1 and clips to dp.clipNorm; the round's bounds follow from its Poisson sample
+  const bounds = c.dp ? undefined : quantProblem({ maxInputs: devices, maxWeight: c.maxExamplesPerDevice, clipNorm: c.clipNorm });
   if (bounds) issues.push({ field: c.clipNorm > 0 ? 'maxExamplesPerDevice' : 'clipNorm', message: bounds });
   const shape = planProblem(c.secAggNeighbours, c.secAggThreshold, devices);
   if (shape) issues.push(shape);

@@ -449,7 +449,11 @@ describe('round coordinator: a differentially private run', () => {
   it('refuses what the accounting does not cover, on its field', async () => {
     const { validateRunConfig } = await import('../shared/schemas.ts');
     const r = validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1 }, secureAggregation: true, aggregation: 'median', minUpdates: 3, clipNorm: 2 });
-    expect(!r.ok && [...new Set(r.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm', 'dp']);
+    expect(!r.ok && [...new Set(r.issues.map((i) => i.field))].sort()).toEqual(['aggregation', 'clipNorm']);
+    // with secure aggregation the devices add the noise (distributed DP): a fixed bound, every device weighing 1
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1 }, secureAggregation: true, minUpdates: 3 })).toMatchObject({ ok: true, config: { dp: { dropoutTolerance: 0.2 } } });
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 'adaptive' }, secureAggregation: true, minUpdates: 3 })).toMatchObject({ ok: false, issues: [{ field: 'dp.clipNorm', message: expect.stringMatching(/secure aggregation does not sum/) }] });
+    expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1, dropoutTolerance: 0.3 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.dropoutTolerance', message: expect.stringMatching(/only under secure aggregation/) }] });
     expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 'auto' } })).toMatchObject({ ok: false, issues: [{ field: 'dp.clipNorm', message: 'must be a number > 0, or "adaptive"' }] });
     expect(validateRunConfig({ dp: { noiseMultiplier: 1, clipNorm: 1, targetQuantile: 0.7 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.targetQuantile', message: 'has no effect: dp.clipNorm is not "adaptive"' }] });
     expect(validateRunConfig({ dp: { noiseMultiplier: 0, clipNorm: 1 } })).toMatchObject({ ok: false, issues: [{ field: 'dp.noiseMultiplier' }] });

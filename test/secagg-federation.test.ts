@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codecSeed } from '../shared/device.ts';
+import { epsilonOfRounds } from '../shared/privacy/accountant.ts';
 import { createRng } from '../shared/rng.ts';
 import { quantizeInput } from '../shared/secagg/quantize.ts';
 import { clipToNorm } from '../shared/robust.ts';
@@ -142,5 +143,49 @@ describe('secure aggregation in a federation', () => {
     expect(await runEnded(server, runId)).toMatchObject({ status: 'failed' });
     const [r1] = server.store.listRounds(runId);
     expect(r1).toMatchObject({ status: 'failed', reason: expect.stringMatching(/secure aggregation: 2 of the 3 shares needed to unmask device .* were revealed/), secureAggregation: { inputs: 3, revealed: 3 } });
+  }, 120_000);
+
+  it('under DP the devices add the noise: the model is secure FedAvg plus noise of the recorded spread, accounted as Skellam noise', async () => {
+    await fleet(5);
+    const plainRun = await launch(server, { ...CONFIG, secureAggregation: true });
+    expect(await runEnded(server, plainRun)).toMatchObject({ status: 'done' });
+    // the same round (same model, data, seeds and clip bound; every device holds 100 examples, so FedAvg's weights are equal)
+    const privateRun = await launch(server, { ...CONFIG, clipNorm: 0, secureAggregation: true, dp: { noiseMultiplier: 0.5, clipNorm: 5 } });
+    expect(await runEnded(server, privateRun)).toMatchObject({ status: 'done' });
+    const [p1] = server.store.listRounds(plainRun);
+    const [d1] = server.store.listRounds(privateRun);
+    expect(d1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { inputs: 5, revealed: 5 } });
+    const privacy = d1!.privacy!;
+    // five present, K = 5: q = 1; the noise is calibrated for ⌈0.8 × 5⌉ = 4 inputs, and 5 added theirs
+    expect(privacy).toMatchObject({ samplingRate: 1, expectedDevices: 5, clipNorm: 5, distributed: { minInputs: 4, inputs: 5 } });
+    const skellam = { l2: privacy.distributed!.l2Sensitivity, l1: privacy.distributed!.l1Sensitivity };
+    expect(privacy.epsilon).toBeCloseTo(epsilonOfRounds([{ q: 1, rounds: 1, skellam }], 0.5, 1e-5).epsilon, 9);
+    expect(privacy.distributed!.epsilonAgainstServer).toBeCloseTo(privacy.epsilon, 9); // q = 1: the server knows no more than anyone
+    // the private model is the plain one plus the devices' noise over the expected round size
+    const plain = modelOf(p1!.modelVersion!);
+    const noisy = modelOf(d1!.modelVersion!);
+    let sq = 0;
+    let mean = 0;
+    for (let i = 0; i < plain.length; i++) {
+      const e = noisy[i]! - plain[i]!;
+      sq += e * e;
+      mean += e;
+    }
+    mean /= plain.length;
+    const measured = Math.sqrt(sq / plain.length);
+    const expected = (privacy.noiseStd * Math.sqrt(5 / 4)) / privacy.expectedDevices;
+    expect(Math.abs(mean)).toBeLessThan((4 * expected) / Math.sqrt(plain.length));
+    expect(measured / expected).toBeGreaterThan(0.96);
+    expect(measured / expected).toBeLessThan(1.04);
+    // no device's update was seen in the clear, in either run
+    expect(devices.every((d) => d.sent.length === 0 && d.masked.length === 2)).toBe(true);
+  }, 180_000);
+
+  it('under distributed DP a round with fewer inputs than its noise is calibrated for fails before anything is unmasked', async () => {
+    await fleet(5, (i) => ({ beforeSubmit: async (s) => (i < 2 ? undefined : s) }));
+    const runId = await launch(server, { ...CONFIG, clipNorm: 0, secureAggregation: true, dp: { noiseMultiplier: 0.5, clipNorm: 5 }, roundTimeoutMs: 5_000, maxRoundRetries: 0 });
+    expect(await runEnded(server, runId)).toMatchObject({ status: 'failed' });
+    const [r1] = server.store.listRounds(runId);
+    expect(r1).toMatchObject({ status: 'failed', reason: expect.stringMatching(/deadline passed with 3 of the 4 required updates/), secureAggregation: { inputs: 3, revealed: 0 }, privacy: null });
   }, 120_000);
 });

@@ -24,7 +24,9 @@
  * that comes early, late or twice can never lose a deadline.
  */
 import type { DeviceTimings, Phase, PrivacyRecord, RoundRecord, RoundTimeline, SecAggRecord, Stage } from '../../shared/api.ts';
-import { composeRdp, epsilonFromRdp } from '../../shared/privacy/accountant.ts';
+import { composeRdp, epsilonFromRdp, type SkellamSensitivity } from '../../shared/privacy/accountant.ts';
+import { skellamSensitivity } from '../../shared/privacy/skellam.ts';
+import { quantLevels, quantProblem, type QuantBounds } from '../../shared/secagg/quantize.ts';
 import { phaseDurations } from '../../shared/phases.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
@@ -106,7 +108,10 @@ export interface RoundPrivacy {
   q: number;
   expected: number;
   clip: number;
+  /** the noise's standard deviation on the sum, in update units (under distributed DP: when exactly minInputs devices add theirs) */
   noiseStd: number;
+  /** under secure aggregation the devices add the noise (Skellam, privacy/skellam.ts): the sum's integer bounds and sensitivity */
+  distributed?: { bounds: QuantBounds; minInputs: number; sensitivity: SkellamSensitivity };
 }
 
 export type SecAggStage = 'keys' | 'shares' | 'inputs' | 'unmask' | 'done';
@@ -140,7 +145,14 @@ export interface RunState {
   selectingSince: number;
   reason?: string;
   /** under DP: the secret seed of the Poisson sampling, and the RDP the run's released rounds spent (accountant.ts; undefined: none yet) */
-  privacy?: { samplingSeed: number; rdp: readonly number[] | undefined; clip: number };
+  privacy?: {
+    samplingSeed: number;
+    rdp: readonly number[] | undefined;
+    clip: number;
+    /** under distributed DP: the model's parameters (the noise's sensitivity follows from them), and the RDP the server itself saw (no sampling: it knows who was in each round) */
+    parameters?: number;
+    serverRdp?: readonly number[] | undefined;
+  };
 }
 
 export interface CoordinatorState {
@@ -162,7 +174,7 @@ interface RoundRef {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
-  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly { q: number; rounds: number }[]; clip?: number }
+  | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly ReleasedRound[]; clip?: number; parameters?: number }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
   | ({ type: 'round:sent'; bytesDown: number } & RoundRef)
@@ -406,20 +418,38 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
     // Poisson sampling, as the accountant assumes: each present device is in the round with chance q,
     // drawn from the run's secret seed (the config's seed is public)
     const q = Math.min(1, config.clientsPerRound / idle.length);
-    const next = epsilonFromRdp(composeRdp(run.privacy.rdp, q, config.dp.noiseMultiplier), config.dp.targetDelta);
+    const sample = createRng((run.privacy.samplingSeed ^ Math.imul(run.round, 0x9e3779b1) ^ Math.imul(run.attempt, 0x85ebca6b)) >>> 0);
+    selected = idle.filter(() => sample() < q);
+    const expected = q * idle.length;
+    privacy = { q, expected, clip: run.privacy.clip, noiseStd: updateNoise(config.dp, expected) * run.privacy.clip };
+    if (config.secureAggregation) {
+      const distributed = distributedNoise(config, run.privacy.clip, run.privacy.parameters ?? 0, selected.length);
+      if (typeof distributed === 'string') return failRound(startedWith(state, run, now, selected, privacy), now, distributed);
+      privacy = { ...privacy, distributed, noiseStd: (config.dp.noiseMultiplier * distributed.sensitivity.l2 * run.privacy.clip) / quantLevels(distributed.bounds) };
+    }
+    // the budget is checked before anything of the round is released (the sample's size tells nothing of any device's data)
+    const next = epsilonFromRdp(composeRdp(run.privacy.rdp, q, config.dp.noiseMultiplier, 1, privacy.distributed?.sensitivity), config.dp.targetDelta);
     if (config.dp.epsilonBudget !== undefined && next.epsilon > config.dp.epsilonBudget) {
       const spent = epsilonFromRdp(run.privacy.rdp, config.dp.targetDelta).epsilon;
       const reason = `privacy budget: round ${run.round} would bring ε from ${spent.toFixed(3)} to ${next.epsilon.toFixed(3)}, over the budget of ${config.dp.epsilonBudget} (δ = ${config.dp.targetDelta})`;
       return { state: { ...state, phase: 'done', current: undefined, run: { ...run, reason } }, effects: [{ type: 'run:finished', runId: run.id, status: 'done', reason }] };
     }
-    const sample = createRng((run.privacy.samplingSeed ^ Math.imul(run.round, 0x9e3779b1) ^ Math.imul(run.attempt, 0x85ebca6b)) >>> 0);
-    selected = idle.filter(() => sample() < q);
-    const expected = q * idle.length;
-    privacy = { q, expected, clip: run.privacy.clip, noiseStd: updateNoise(config.dp, expected) * run.privacy.clip };
   } else {
     const rng = createRng(config.seed * 7919 + run.round * 31 + run.attempt);
     selected = shuffleInPlace(idle, rng).slice(0, selectionSize(config));
   }
+  const started = startedWith(state, run, now, selected, privacy);
+  // Poisson sampling can draw nobody: the round is redone at once, having released nothing
+  if (privacy && selected.length === 0) return failRound(started, now, `no device was sampled (each of the ${idle.length} present had chance q = ${privacy.q.toFixed(3)})`);
+  return {
+    state: started,
+    effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline: (started.current as RoundState).deadline, ...(privacy ? { privacy } : {}) }],
+  };
+}
+
+/** The state of a round that has just selected its devices. */
+function startedWith(state: CoordinatorState, run: RunState, now: number, selected: string[], privacy: RoundPrivacy | undefined): CoordinatorState {
+  const { config } = run;
   const deadline = now + config.roundTimeoutMs;
   const devices = new Map(state.devices);
   const declared: Record<string, number> = {};
@@ -433,13 +463,34 @@ function trySelect(state: CoordinatorState, now: number): StepResult {
   if (config.secureAggregation) {
     current.secagg = { stage: 'keys', stageEnds: Math.min(now + SECAGG_STAGE_MS, deadline), began: { keys: now }, advertised: [], shared: [], survivors: [], revealed: [], lost: [], k: 0, t: 0, neighbours: {} };
   }
-  const started: CoordinatorState = { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } };
-  // Poisson sampling can draw nobody: the round is redone at once, having released nothing
-  if (privacy && selected.length === 0) return failRound(started, now, `no device was sampled (each of the ${idle.length} present had chance q = ${privacy.q.toFixed(3)})`);
-  return {
-    state: started,
-    effects: [{ type: 'round:start', runId: run.id, round: run.round, attempt: run.attempt, deviceIds: selected, deadline, ...(privacy ? { privacy } : {}) }],
-  };
+  return { ...state, phase: 'training', devices, current, timeline: { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now } };
+}
+
+/**
+ * Distributed DP's round: the devices add Skellam noise calibrated for the fewest inputs the round
+ * may sum, ⌈(1 − dropoutTolerance)·sampled⌉ (at least minUpdates and 3); with fewer the round is
+ * not released. A string: why this sample cannot make a round.
+ */
+function distributedNoise(config: RunConfig, clip: number, parameters: number, sampled: number): NonNullable<RoundPrivacy['distributed']> | string {
+  const dp = config.dp!;
+  const floor = Math.max(3, config.minUpdates);
+  if (sampled < floor) return `${sampled} devices were sampled; a secure round needs at least ${floor}`;
+  if (!(parameters > 0)) return 'distributed DP: the model size is unknown';
+  const minInputs = Math.min(sampled, Math.max(floor, Math.ceil((1 - dp.dropoutTolerance) * sampled - 1e-9)));
+  const bounds: QuantBounds = { maxInputs: sampled, maxWeight: 1, clipNorm: clip, noise: { noiseMultiplier: dp.noiseMultiplier, minInputs, parameters } };
+  const problem = quantProblem(bounds);
+  if (problem) return `distributed DP: ${problem}`;
+  return { bounds, minInputs, sensitivity: skellamSensitivity(quantLevels(bounds), parameters) };
+}
+
+/** The fewest updates a round can close with: minUpdates, or under distributed DP the inputs its noise is calibrated for. */
+const requiredUpdates = (cur: RoundState, config: RunConfig): number => Math.max(config.minUpdates, cur.privacy?.distributed?.minInputs ?? 0);
+
+/** A released round as a resumed run's accountant needs it. */
+export interface ReleasedRound {
+  q: number;
+  rounds: number;
+  skellam?: SkellamSensitivity;
 }
 
 /**
@@ -554,7 +605,7 @@ function advanceSecAgg(state: CoordinatorState, now: number): StepResult {
       const pending = s.advertised.filter((id) => !gone.has(id) && !s.shared.includes(id));
       if (pending.length && now < s.stageEnds) return { state, effects };
       const survivors = keepRebuildable(s.shared.filter((id) => !gone.has(id)), s.neighbours, s.t);
-      const need = Math.max(3, run.config.minUpdates);
+      const need = Math.max(3, requiredUpdates(cur, run.config));
       if (survivors.length < need) return failRound(state, now, `secure aggregation: ${survivors.length} devices shared their keys in time with enough neighbours to be unmasked, ${need} are needed`, effects);
       state = { ...state, current: { ...cur, secagg: { ...s, stage: 'inputs', began: { ...s.began, inputs: now }, survivors } } };
       effects.push({ type: 'secagg:forward', ...ref, survivors });
@@ -600,7 +651,8 @@ function settle(state0: CoordinatorState, now: number): StepResult {
 function settleInputs(state: CoordinatorState, now: number): StepResult {
   const cur = state.current as RoundState;
   const run = state.run as RunState;
-  const { clientsPerRound, minUpdates } = run.config;
+  const { clientsPerRound } = run.config;
+  const minUpdates = requiredUpdates(cur, run.config);
   // (a private round waits for every sampled device: K is only the expected size of its Poisson sample)
   if (cur.accepted.length >= clientsPerRound && !cur.privacy) return closeRound(state, now, 'quorum');
   // the devices that can still answer: the selected ones, or under secure aggregation those that shared keys
@@ -641,10 +693,13 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   let accounted = run;
   const dp = run.config.dp;
   if (dp && run.privacy && cur.privacy) {
-    const rdp = composeRdp(run.privacy.rdp, cur.privacy.q, dp.noiseMultiplier);
+    const skellam = cur.privacy.distributed?.sensitivity;
+    const rdp = composeRdp(run.privacy.rdp, cur.privacy.q, dp.noiseMultiplier, 1, skellam);
     const spent = epsilonFromRdp(rdp, dp.targetDelta);
-    record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: cur.privacy.clip, adaptiveClipping: dp.clipNorm === 'adaptive', noiseStd: cur.privacy.noiseStd, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected } satisfies PrivacyRecord;
-    accounted = { ...run, privacy: { ...run.privacy, rdp } };
+    const serverRdp = skellam ? composeRdp(run.privacy.serverRdp, 1, dp.noiseMultiplier, 1, skellam) : undefined;
+    const distributed = cur.privacy.distributed ? { minInputs: cur.privacy.distributed.minInputs, inputs: cur.accepted.length, l2Sensitivity: skellam!.l2, l1Sensitivity: skellam!.l1, epsilonAgainstServer: epsilonFromRdp(serverRdp, dp.targetDelta).epsilon } : null;
+    record.privacy = { epsilon: spent.epsilon, delta: dp.targetDelta, noiseMultiplier: dp.noiseMultiplier, clipNorm: cur.privacy.clip, adaptiveClipping: dp.clipNorm === 'adaptive', noiseStd: cur.privacy.noiseStd, samplingRate: cur.privacy.q, expectedDevices: cur.privacy.expected, distributed } satisfies PrivacyRecord;
+    accounted = { ...run, privacy: { ...run.privacy, rdp, ...(serverRdp ? { serverRdp } : {}) } };
     state = { ...state, run: accounted };
   }
   const effects: Effect[] = [
@@ -685,9 +740,11 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);
       const dp = event.config.dp;
       // a resumed run starts from what its released rounds spent
-      const rdp = dp ? (event.released ?? []).reduce<number[] | undefined>((curve, r) => composeRdp(curve, r.q, dp.noiseMultiplier, r.rounds), undefined) : undefined;
+      const released = event.released ?? [];
+      const rdp = dp ? released.reduce<number[] | undefined>((curve, r) => composeRdp(curve, r.q, dp.noiseMultiplier, r.rounds, r.skellam), undefined) : undefined;
+      const serverRdp = dp ? released.reduce<number[] | undefined>((curve, r) => (r.skellam ? composeRdp(curve, 1, dp.noiseMultiplier, r.rounds, r.skellam) : curve), undefined) : undefined;
       const clip = dp ? (dp.clipNorm === 'adaptive' ? (event.clip ?? dp.initialClipNorm) : dp.clipNorm) : 0;
-      const privacy = dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, rdp, clip } } : {};
+      const privacy = dp ? { privacy: { samplingSeed: event.samplingSeed ?? 0, rdp, clip, ...(event.parameters !== undefined ? { parameters: event.parameters } : {}), ...(serverRdp ? { serverRdp } : {}) } } : {};
       const started: CoordinatorState = { ...state, phase: 'selecting', run: { id: event.runId, config: event.config, round: 1, attempt: 1, selectingSince: now, ...privacy } };
       return select(started, now, event.fromRound ?? 1, event.fromAttempt ?? 1);
     }
@@ -832,7 +889,7 @@ function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'faile
 /** At the end of the validation grace, updates still being validated are late; the round closes or fails on what was counted. */
 function closeAfterGrace(state: CoordinatorState, now: number): StepResult {
   const cur = state.current as RoundState;
-  const minUpdates = (state.run as RunState).config.minUpdates;
+  const minUpdates = requiredUpdates(cur, (state.run as RunState).config);
   if (cur.accepted.length >= minUpdates) return closeRound(state, now, 'deadline');
   return failRound(state, now, `deadline passed with ${cur.accepted.length} of the ${minUpdates} required updates (${cur.validating.length} still being validated ${VALIDATION_GRACE_MS / 1000} s after it)`);
 }

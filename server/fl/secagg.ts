@@ -11,7 +11,8 @@ import { importPrivateKey, maskStream, publicKeyBytes, sha256Hex, type Curve } f
 import { combine, inputTranscript, pairMaskSeed, revealTranscript, sharesTranscript, verifyAdvert, type NeighbourKeys, type Reveal, type SealedShare, type SharesMessage, type UnmaskRequest } from '../../shared/secagg/device.ts';
 import { pairSign } from '../../shared/secagg/plan.ts';
 export { unmaskRequest } from '../../shared/secagg/plan.ts';
-import { addInto, dequantizeMean, quantErrorBound, type QuantBounds } from '../../shared/secagg/quantize.ts';
+import { skellamSensitivity } from '../../shared/privacy/skellam.ts';
+import { addInto, dequantizeMean, dequantizeSum, quantErrorBound, quantLevels, quantScale, type QuantBounds } from '../../shared/secagg/quantize.ts';
 
 export { verifyAdvert };
 
@@ -115,6 +116,8 @@ export class SecureRound {
     readonly plan: { context: string; curve: Curve; bounds: QuantBounds },
     /** parameters of the model: the input has one more word, the weight */
     parameters: number,
+    /** under distributed DP: what the noisy sum is divided by (the expected round size) */
+    readonly divideBy?: number,
   ) {
     this.sum = new Uint32Array(parameters + 1);
   }
@@ -160,15 +163,43 @@ export class SecureRound {
   /**
    * The round's FedAvg mean Δ̄, unmasked. Every honest device clipped its update to clipNorm, so
    * their weighted mean cannot exceed it: a larger one means some input broke the bounds, and the
-   * round fails rather than publish it.
+   * round fails rather than publish it. Under distributed DP the sum is noisy and is divided by
+   * `over` (the expected round size, fixed as DP-FedAvg's estimator asks), not by the weights.
    */
-  async mean(a: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] }): Promise<{ mean: Float32Array; totalWeight: number }> {
+  async mean(a: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] }, over?: number): Promise<{ mean: Float32Array; totalWeight: number }> {
     const sum = await unmask({ context: this.plan.context, curve: this.plan.curve, threshold: a.t, adverts: this.adverts, neighbours: new Map(Object.entries(a.neighbours)), shared: new Set(a.shared), inputs: new Set(a.inputs), reveals: this.reveals, sum: this.sum });
-    const result = dequantizeMean(sum, a.inputs.length, this.plan.bounds);
-    let sq = 0;
-    for (const v of result.mean) sq += v * v;
-    const slack = quantErrorBound(this.plan.bounds, a.inputs.length, result.totalWeight) * Math.sqrt(result.mean.length);
-    if (Math.sqrt(sq) > this.plan.bounds.clipNorm * (1 + 1e-6) + slack) throw new Error(`secure aggregation: the unmasked mean has L2 norm ${Math.sqrt(sq).toFixed(3)}, above the bound ${this.plan.bounds.clipNorm} every device clips to: an input broke the bounds`);
+    const { bounds } = this.plan;
+    if (bounds.noise) {
+      if (!(over !== undefined && over > 0)) throw new Error('secure aggregation: a noisy sum needs the expected round size to divide by');
+      const result = dequantizeSum(sum, a.inputs.length, bounds, over);
+      const limit = noisySumBound(bounds, a.inputs.length) / over;
+      const norm = l2(result.sum);
+      if (norm > limit) throw new Error(`secure aggregation: the unmasked noisy sum has L2 norm ${(norm * over).toFixed(3)}, above the ${(limit * over).toFixed(3)} that ${a.inputs.length} clipped updates and their noise reach: an input broke the bounds`);
+      return { mean: result.sum, totalWeight: result.totalWeight };
+    }
+    const result = dequantizeMean(sum, a.inputs.length, bounds);
+    const slack = quantErrorBound(bounds, a.inputs.length, result.totalWeight) * Math.sqrt(result.mean.length);
+    if (l2(result.mean) > bounds.clipNorm * (1 + 1e-6) + slack) throw new Error(`secure aggregation: the unmasked mean has L2 norm ${l2(result.mean).toFixed(3)}, above the bound ${bounds.clipNorm} every device clips to: an input broke the bounds`);
     return result;
   }
+}
+
+function l2(v: Float32Array): number {
+  let sq = 0;
+  for (const x of v) sq += x * x;
+  return Math.sqrt(sq);
+}
+
+/**
+ * The most a noisy sum of `inputs` honest inputs can measure, in update units: every input's
+ * clipped and rounded vector, plus the noise's norm, which passes σ·√(d + 2√(40d) + 80) with
+ * probability below e^−40 (Laurent & Massart 2000, with 10 % for Skellam's near-Gaussian tails).
+ */
+export function noisySumBound(bounds: QuantBounds, inputs: number): number {
+  const noise = bounds.noise!;
+  const levels = quantLevels(bounds);
+  const { l2: perInput } = skellamSensitivity(levels, noise.parameters);
+  const d = noise.parameters;
+  const sigma = noise.noiseMultiplier * perInput * Math.sqrt(inputs / noise.minInputs);
+  return (inputs * perInput + 1.1 * sigma * Math.sqrt(d + 2 * Math.sqrt(40 * d) + 80)) / quantScale(bounds);
 }

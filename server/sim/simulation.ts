@@ -74,7 +74,7 @@ export interface SimulationOptions {
    */
   dropout?: number;
   /** user-level DP-FedAvg (RunConfig.dp) */
-  dp?: { noiseMultiplier: number; clipNorm: number | 'adaptive'; targetDelta?: number; epsilonBudget?: number };
+  dp?: { noiseMultiplier: number; clipNorm: number | 'adaptive'; targetDelta?: number; epsilonBudget?: number; dropoutTolerance?: number };
   /** secure aggregation's k and t (0: automatic) */
   secAggNeighbours?: number;
   secAggThreshold?: number;
@@ -120,7 +120,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
   const k = Math.max(1, Math.round(o.fraction * o.clients));
   // with dropouts a round closes on the devices that answered, once everyone has answered or left
   // under DP the round's size is a Poisson sample around k: it closes on whoever was sampled
-  const minUpdates = o.dp ? 1 : o.dropout ? Math.min(k, Math.max(3, Math.ceil(k / 2))) : k;
+  // (a secure round needs 3 inputs; under distributed DP the round's own floor is its noise's)
+  const minUpdates = o.dp ? (o.secureAggregation ? 3 : 1) : o.dropout ? Math.min(k, Math.max(3, Math.ceil(k / 2))) : k;
   const checked = validateRunConfig({
     model: o.model,
     rounds: o.rounds,

@@ -8,13 +8,15 @@
  *
  * The mechanism accounted for: each round, every device is in the round independently with
  * probability q (Poisson sampling), its update is clipped to L2 norm S, and the sum of the round's
- * updates gets Gaussian noise of standard deviation z·S.
+ * updates gets Gaussian noise of standard deviation z·S. Or, under secure aggregation, the sum of
+ * integer vectors gets Skellam noise from the devices (Agarwal, Kairouz, Liu 2021): its RDP at
+ * integer orders, amplified by Poisson sampling with the general bound of Zhu & Wang 2019.
  */
 
 /** Opacus's orders: 1.1 … 10.9 in steps of 0.1, then 12 … 63, and 128, 256, 512. */
 export const DEFAULT_ORDERS: readonly number[] = [...Array.from({ length: 99 }, (_, x) => 1 + (x + 1) / 10), ...Array.from({ length: 52 }, (_, x) => 12 + x), 128, 256, 512];
 
-function logAdd(a: number, b: number): number {
+export function logAdd(a: number, b: number): number {
   if (a === -Infinity) return b;
   if (b === -Infinity) return a;
   const hi = Math.max(a, b);
@@ -125,22 +127,72 @@ export function epsilonAfter(q: number, noiseMultiplier: number, rounds: number,
   return epsilonOfRounds(rounds > 0 ? [{ q, rounds }] : [], noiseMultiplier, delta, options);
 }
 
+/**
+ * What the Skellam mechanism's accounting needs beyond z: the L2 and L1 sensitivity of the integer
+ * vector one device adds to the sum (distributed.ts); its noise has variance (z·l2)².
+ */
+export interface SkellamSensitivity {
+  l2: number;
+  l1: number;
+}
+
+/**
+ * RDP at integer order α of Skellam noise of variance σ² = (z·Δ₂)² on a sum of integer vectors of
+ * L2 sensitivity Δ₂ and L1 sensitivity Δ₁ (Agarwal, Kairouz, Liu 2021, "The Skellam Mechanism for
+ * Differentially Private Federated Learning", Theorem 3.5): the Gaussian's α/(2z²) plus a term that
+ * vanishes as Δ₂ grows.
+ */
+export function skellamRdp(alpha: number, noiseMultiplier: number, s: SkellamSensitivity): number {
+  const variance = (noiseMultiplier * s.l2) ** 2;
+  return (alpha * s.l2 * s.l2) / (2 * variance) + Math.min(((2 * alpha - 1) * s.l2 * s.l2 + 6 * s.l1) / (4 * variance * variance), (3 * s.l1) / (2 * variance));
+}
+
+/**
+ * RDP at integer order α of a mechanism run on a Poisson sample of rate q, from its RDP `eps` at
+ * orders 2..α (Zhu & Wang 2019, "Poisson Subsampled Rényi Differential Privacy", the general upper
+ * bound, as TensorFlow Federated's distributed-DP accounting uses it); never more than unsampled.
+ */
+export function subsampledRdp(q: number, alpha: number, eps: (order: number) => number): number {
+  if (!Number.isInteger(alpha) || alpha < 2) throw new RangeError(`accountant: the subsampling bound needs an integer order ≥ 2, got ${alpha}`);
+  if (q === 0) return 0;
+  if (q === 1) return eps(alpha);
+  const lq = Math.log(q);
+  const l1q = Math.log1p(-q);
+  let logSum = (alpha - 1) * l1q + Math.log(alpha * q - q + 1);
+  let logBinom = Math.log(alpha) + Math.log(alpha - 1) - Math.LN2; // ln C(α, 2)
+  logSum = logAdd(logSum, logBinom + 2 * lq + (alpha - 2) * l1q + eps(2));
+  for (let l = 3; l <= alpha; l++) {
+    logBinom += Math.log(alpha - l + 1) - Math.log(l);
+    logSum = logAdd(logSum, Math.log(3) + logBinom + (alpha - l) * l1q + l * lq + (l - 1) * eps(l));
+  }
+  return Math.min(logSum / (alpha - 1), eps(alpha));
+}
+
+/** RDP of one round of the sampled Skellam mechanism at order α: integer orders only (∞ at the others, which the conversion skips). */
+export function skellamRdpOfRound(q: number, noiseMultiplier: number, s: SkellamSensitivity, alpha: number): number {
+  if (!(q >= 0 && q <= 1)) throw new RangeError(`accountant: the sampling rate must be in [0, 1], got ${q}`);
+  if (!(noiseMultiplier > 0)) throw new RangeError(`accountant: the noise multiplier must be > 0, got ${noiseMultiplier}`);
+  if (!(s.l2 >= 1 && s.l1 >= s.l2)) throw new RangeError(`accountant: integer sensitivities need l1 ≥ l2 ≥ 1, got l2 = ${s.l2}, l1 = ${s.l1}`);
+  if (!Number.isInteger(alpha)) return Infinity;
+  return subsampledRdp(q, alpha, (order) => skellamRdp(order, noiseMultiplier, s));
+}
+
 /** The RDP of one round at every order of `DEFAULT_ORDERS` (remembered: a run's rate repeats round after round). */
 const curves = new Map<string, readonly number[]>();
-export function rdpCurve(q: number, noiseMultiplier: number): readonly number[] {
-  const key = `${q}|${noiseMultiplier}`;
+export function rdpCurve(q: number, noiseMultiplier: number, skellam?: SkellamSensitivity): readonly number[] {
+  const key = `${q}|${noiseMultiplier}|${skellam ? `${skellam.l2}|${skellam.l1}` : 'gaussian'}`;
   let curve = curves.get(key);
   if (!curve) {
     if (curves.size > 1000) curves.clear();
-    curve = DEFAULT_ORDERS.map((alpha) => rdpOfRound(q, noiseMultiplier, alpha));
+    curve = DEFAULT_ORDERS.map((alpha) => (skellam ? skellamRdpOfRound(q, noiseMultiplier, skellam, alpha) : rdpOfRound(q, noiseMultiplier, alpha)));
     curves.set(key, curve);
   }
   return curve;
 }
 
-/** RDP composes by adding: a run's curve after one more round at rate q. */
-export const composeRdp = (curve: readonly number[] | undefined, q: number, noiseMultiplier: number, rounds = 1): number[] =>
-  rdpCurve(q, noiseMultiplier).map((r, i) => (curve?.[i] ?? 0) + rounds * r);
+/** RDP composes by adding: a run's curve after `rounds` more rounds at rate q (Gaussian noise, or Skellam noise of these sensitivities). */
+export const composeRdp = (curve: readonly number[] | undefined, q: number, noiseMultiplier: number, rounds = 1, skellam?: SkellamSensitivity): number[] =>
+  rdpCurve(q, noiseMultiplier, skellam).map((r, i) => (curve?.[i] ?? 0) + rounds * r);
 
 /** (ε, δ) of an RDP curve over `DEFAULT_ORDERS` (Balle et al. 2020; `classic`: ε = RDP − ln δ / (α − 1)). */
 export function epsilonFromRdp(curve: readonly number[] | undefined, delta: number, classic = false): PrivacySpent {
@@ -159,9 +211,9 @@ export function epsilonFromRdp(curve: readonly number[] | undefined, delta: numb
  * (ε, δ) after rounds with different sampling rates (RDP composes by adding): a federation's rate
  * is its expected round size over the devices present, which changes as devices come and go.
  */
-export function epsilonOfRounds(rounds: readonly { q: number; rounds: number }[], noiseMultiplier: number, delta: number, options: { classic?: boolean } = {}): PrivacySpent {
+export function epsilonOfRounds(rounds: readonly { q: number; rounds: number; skellam?: SkellamSensitivity }[], noiseMultiplier: number, delta: number, options: { classic?: boolean } = {}): PrivacySpent {
   let curve: number[] | undefined;
-  for (const r of rounds) if (r.rounds > 0 && r.q > 0) curve = composeRdp(curve, r.q, noiseMultiplier, r.rounds);
+  for (const r of rounds) if (r.rounds > 0 && r.q > 0) curve = composeRdp(curve, r.q, noiseMultiplier, r.rounds, r.skellam);
   return epsilonFromRdp(curve, delta, options.classic);
 }
 

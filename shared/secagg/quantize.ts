@@ -5,7 +5,11 @@
  * the sum of every device's input cannot wrap: each coordinate of w·Δ lies in [−B, B] with
  * B = maxWeight · clipNorm (‖Δ‖ ≤ clipNorm bounds every coordinate), so with at most K inputs
  * K · (B · scale + 1) < 2^31.
+ *
+ * Under distributed DP (privacy/skellam.ts) every weight is 1, the levels leave room for the noise,
+ * and each device adds its Skellam share to its quantized input before masking.
  */
+import { addSkellamNoise, skellamLambda, skellamLevels, type DistributedNoise } from '../privacy/skellam.ts';
 import type { Rng } from '../rng.ts';
 
 const INT_LIMIT = 2 ** 31 - 1;
@@ -19,30 +23,38 @@ export interface QuantBounds {
   maxWeight: number;
   /** the L2 bound every device clips its update to */
   clipNorm: number;
+  /** distributed DP: the noise the devices add (maxWeight is then 1) */
+  noise?: DistributedNoise;
 }
 
 /** Why these bounds cannot be summed without wrapping or losing precision, or undefined when they can. */
 export function quantProblem(b: QuantBounds): string | undefined {
   if (!(b.clipNorm > 0)) return 'secure aggregation needs clipNorm > 0: it bounds every value a device can add to the masked sum';
+  if (b.noise && b.maxWeight !== 1) return 'under distributed DP every device weighs 1';
+  if (b.noise && !(b.noise.minInputs >= 1 && b.noise.minInputs <= b.maxInputs)) return `distributed DP calibrated for ${b.noise.minInputs} inputs in a round of at most ${b.maxInputs}`;
   if (b.maxInputs * b.maxWeight > INT_LIMIT) return `${b.maxInputs} devices × ${b.maxWeight} examples each would wrap the 32-bit sum of weights`;
   if (levels(b) < MIN_LEVELS) return `${b.maxInputs} devices in a round leave fewer than 12 bits per value in a 32-bit masked sum`;
   return undefined;
 }
 
 /** integer levels for one device's coordinate in [−B, B] */
-const levels = (b: QuantBounds): number => Math.floor((INT_LIMIT - b.maxInputs) / b.maxInputs);
+const levels = (b: QuantBounds): number => (b.noise ? skellamLevels(b.maxInputs, b.noise) : Math.floor((INT_LIMIT - b.maxInputs) / b.maxInputs));
 
-/** quantized units per unit of w·Δ */
-export function quantScale(b: QuantBounds): number {
+/** The levels the clip bound maps to (what distributed DP's sensitivity follows from). */
+export function quantLevels(b: QuantBounds): number {
   const problem = quantProblem(b);
   if (problem) throw new Error(problem);
-  return levels(b) / (b.maxWeight * b.clipNorm);
+  return levels(b);
 }
+
+/** quantized units per unit of w·Δ */
+export const quantScale = (b: QuantBounds): number => quantLevels(b) / (b.maxWeight * b.clipNorm);
 
 /**
  * The input vector: round(w · Δ · scale) stochastically (unbiased; the error is below one level),
  * as uint32 two's complement, then w. Δ must already be clipped to clipNorm; values beyond the
- * bound are clamped so that no input can wrap the sum.
+ * bound are clamped so that no input can wrap the sum. Under distributed DP the device's share of
+ * the Skellam noise is added last (the levels leave room for it).
  */
 export function quantizeInput(delta: Float32Array, weight: number, b: QuantBounds, rng: Rng): Uint32Array {
   if (!Number.isInteger(weight) || weight < 1 || weight > b.maxWeight) throw new Error(`secure aggregation: weight ${weight} is outside 1..${b.maxWeight}`);
@@ -56,6 +68,7 @@ export function quantizeInput(delta: Float32Array, weight: number, b: QuantBound
     out[i] = q >>> 0;
   }
   out[delta.length] = weight;
+  if (b.noise) addSkellamNoise(out, delta.length, skellamLambda(b.noise, limit));
   return out;
 }
 
@@ -72,11 +85,17 @@ export function addInto(a: Uint32Array, b: Uint32Array, sign: 1 | -1 = 1): void 
  */
 export function dequantizeMean(sum: Uint32Array, inputs: number, b: QuantBounds): { mean: Float32Array; totalWeight: number } {
   const totalWeight = sum[sum.length - 1]!;
+  return { mean: dequantizeSum(sum, inputs, b, totalWeight).sum, totalWeight };
+}
+
+/** The unmasked sum back to Σ w·Δ / `over` (noisy under distributed DP), its sum of weights checked as for the mean. */
+export function dequantizeSum(sum: Uint32Array, inputs: number, b: QuantBounds, over = 1): { sum: Float32Array; totalWeight: number } {
+  const totalWeight = sum[sum.length - 1]!;
   if (totalWeight < inputs || totalWeight > inputs * b.maxWeight) throw new Error(`secure aggregation: the recovered sum of weights ${totalWeight} is outside what ${inputs} devices can hold (${inputs}..${inputs * b.maxWeight})`);
   const scale = quantScale(b);
-  const mean = new Float32Array(sum.length - 1);
-  for (let i = 0; i < mean.length; i++) mean[i] = (sum[i]! | 0) / scale / totalWeight;
-  return { mean, totalWeight };
+  const out = new Float32Array(sum.length - 1);
+  for (let i = 0; i < out.length; i++) out[i] = (sum[i]! | 0) / scale / over;
+  return { sum: out, totalWeight };
 }
 
 /** The most the mean can differ from the exact FedAvg mean per coordinate: one level per input. */

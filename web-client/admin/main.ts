@@ -58,11 +58,12 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'secAggThreshold', label: 'Secure aggregation: threshold (0 = majority)' },
 ];
 /** `dp`'s fields, flat in the form (empty noise multiplier: no DP) */
-const DP_FIELDS: { name: `dp.${'noiseMultiplier' | 'clipNorm' | 'targetDelta' | 'epsilonBudget'}`; label: string; placeholder: string }[] = [
+const DP_FIELDS: { name: `dp.${'noiseMultiplier' | 'clipNorm' | 'targetDelta' | 'epsilonBudget' | 'dropoutTolerance'}`; label: string; placeholder: string }[] = [
   { name: 'dp.noiseMultiplier', label: 'DP noise multiplier z', placeholder: 'empty: no DP' },
   { name: 'dp.clipNorm', label: 'DP clip bound S', placeholder: 'a number, or adaptive' },
   { name: 'dp.targetDelta', label: 'DP δ', placeholder: '0.00001 (default)' },
   { name: 'dp.epsilonBudget', label: 'DP ε budget', placeholder: 'none (default)' },
+  { name: 'dp.dropoutTolerance', label: 'DP dropout tolerance (with secure aggregation)', placeholder: '0.2 (default)' },
 ];
 const LABELS = new Map([...FIELDS, ...DP_FIELDS].map((f) => [f.name as string, f.label]));
 /** A rule's message in the words of the form: field names become their labels. */

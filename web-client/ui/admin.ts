@@ -110,6 +110,7 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRec
     ];
     const p = r.privacy;
     if (p) facts.push(['Privacy', `ε = ${p.epsilon.toFixed(3)} at δ = ${p.delta} after this round · noise z = ${p.noiseMultiplier}, clip S = ${Number(p.clipNorm.toPrecision(4))}${p.adaptiveClipping ? ' (adaptive)' : ''} · sampling q = ${p.samplingRate.toFixed(4)} (expected ${p.expectedDevices.toFixed(1)} devices)`]);
+    if (p?.distributed) facts.push(['Distributed noise', `added by the devices (Skellam), calibrated for ${p.distributed.minInputs} inputs, ${p.distributed.inputs} in the sum · ε against the server (which knows who was sampled) = ${p.distributed.epsilonAgainstServer.toFixed(2)}`]);
     const s = r.secureAggregation;
     if (s) {
       facts.push(
