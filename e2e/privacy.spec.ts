@@ -1,24 +1,28 @@
+import type { APIRequestContext, Page } from '@playwright/test';
 import { E2E_TOKEN } from '../playwright.config.ts';
 import type { RoundRecord } from '../shared/api.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
 
+/** Launches a run with the dashboard signed in, waits for it to finish, and returns its completed rounds. */
+async function runWatched(admin: APIRequestContext, page: Page, config: Record<string, unknown>): Promise<RoundRecord[]> {
+  const created = await admin.post('/api/runs', { data: config });
+  expect(created.status(), await created.text()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const run = await waitForRun(admin, id, 5 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+  return ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+}
+
 test('a differentially private run completes in real tabs, and the dashboard shows ε rising round by round', async ({ openDevices, admin, page }) => {
   test.setTimeout(6 * 60_000);
   await openDevices([0, 1, 2, 3].map((client) => ({ clients: 4, client, examples: 300, backend: 'wasm' as const })));
   // 4 devices, 2 expected a round: each is sampled with q = 0.5
-  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 2, minUpdates: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, selectionTimeoutMs: 0, roundTimeoutMs: 120_000, dp: { noiseMultiplier: 1, clipNorm: 2, targetDelta: 1e-5 } } });
-  expect(created.status(), await created.text()).toBe(201);
-  const { id } = (await created.json()) as { id: number };
-
-  await page.goto('/admin');
-  await page.getByLabel('Admin token').fill(E2E_TOKEN);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-
-  const run = await waitForRun(admin, id, 5 * 60_000);
-  expect(run.status, run.reason ?? '').toBe('done');
-  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+  const rounds = await runWatched(admin, page, { model: 'cnn-small', rounds: 3, clientsPerRound: 2, minUpdates: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, selectionTimeoutMs: 0, roundTimeoutMs: 120_000, dp: { noiseMultiplier: 1, clipNorm: 2, targetDelta: 1e-5 } });
   expect(rounds.map((r) => r.round)).toEqual([1, 2, 3]);
   const eps = rounds.map((r) => r.privacy!.epsilon);
   console.log(`dp: ε after each round ${eps.map((e) => e.toFixed(3)).join(', ')}; test accuracy ${rounds.map((r) => r.testAccuracy?.toFixed(4)).join(', ')}`);
@@ -48,17 +52,7 @@ test('with secure aggregation the tabs add the noise themselves (distributed DP)
   test.setTimeout(6 * 60_000);
   const devices = await openDevices([0, 1, 2, 3].map((client) => ({ clients: 4, client, examples: 200, backend: 'wasm' as const })));
   // four present, K = 4: q = 1; the noise is calibrated for ⌈0.8 × 4⌉ = 4 inputs
-  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 2, clientsPerRound: 4, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, selectionTimeoutMs: 0, roundTimeoutMs: 120_000, secureAggregation: true, dp: { noiseMultiplier: 0.02, clipNorm: 2 } } });
-  expect(created.status(), await created.text()).toBe(201);
-  const { id } = (await created.json()) as { id: number };
-
-  await page.goto('/admin');
-  await page.getByLabel('Admin token').fill(E2E_TOKEN);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-
-  const run = await waitForRun(admin, id, 5 * 60_000);
-  expect(run.status, run.reason ?? '').toBe('done');
-  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+  const rounds = await runWatched(admin, page, { model: 'cnn-small', rounds: 2, clientsPerRound: 4, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, selectionTimeoutMs: 0, roundTimeoutMs: 120_000, secureAggregation: true, dp: { noiseMultiplier: 0.02, clipNorm: 2 } });
   expect(rounds.map((r) => r.round)).toEqual([1, 2]);
   console.log(`distributed dp: ε after each round ${rounds.map((r) => r.privacy!.epsilon.toFixed(3)).join(', ')}; test accuracy ${rounds.map((r) => r.testAccuracy?.toFixed(4)).join(', ')}`);
   for (const r of rounds) {
