@@ -498,7 +498,7 @@ export class Federation {
       const signature = s.signature ? Uint8Array.from(s.signature) : undefined;
       const key = this.identityKeys.get(s.deviceId)?.key;
       this.track(
-        (signature && key ? verifyInput(secure.plan.context, s.deviceId, key, Uint8Array.from(s.payload), signature, secure.sum.length) : Promise.resolve('a masked input must be signed by a device with a proven identity key')).then((problem) =>
+        (signature && key ? verifyInput(secure.plan.context, s.deviceId, key, new Uint8Array(s.payload), signature, secure.sum.length) : Promise.resolve('a masked input must be signed by a device with a proven identity key')).then((problem) =>
           this.dispatch(problem === undefined ? { type: 'update:validated', submission, norm: 0, clipped: false } : { type: 'update:invalid', submission, reason: problem }),
         ),
       );

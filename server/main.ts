@@ -9,7 +9,8 @@ import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
 import { createApp } from './app.ts';
 import { loadMnist } from './data/mnist.ts';
 import { createLogger } from './log.ts';
-import { createEvaluator } from './ml/evaluator.ts';
+import { startValidatorPool } from './fl/validate-pool.ts';
+import { startWorkerEvaluator } from './ml/evaluator.ts';
 import { openSqliteStore } from './store/sqlite.ts';
 
 const log = createLogger('fl');
@@ -48,13 +49,19 @@ async function main(): Promise<void> {
   const tls = certFile && keyFile ? { cert: readFileSync(certFile), key: readFileSync(keyFile) } : undefined;
   const allowedOrigins = (process.env.ALLOWED_ORIGINS ?? '').split(',').map((o) => o.trim()).filter(Boolean);
 
+  // the test set is evaluated in a worker thread: the event loop keeps serving devices meanwhile
+  const evaluator = await startWorkerEvaluator(test);
+  // and updates are decoded, checked and clipped in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
+  const validateThreads = envInt('VALIDATE_THREADS', 1);
+  const validators = validateThreads > 0 ? await startValidatorPool(validateThreads) : undefined;
   const app = createApp({
     ...(tls ? { tls } : {}),
     apiRequestsPerMinute: envInt('API_RATE_LIMIT', 1200) || 1200,
     crossOriginIsolation: envInt('CROSS_ORIGIN_ISOLATION', 0) === 1,
     allowedOrigins,
     store,
-    evaluator: createEvaluator(test),
+    evaluator,
+    ...(validators ? { validate: validators.validate } : {}),
     train,
     logger: log,
     adminToken,
@@ -76,7 +83,7 @@ async function main(): Promise<void> {
     closing = true;
     log.info('shutting down', { signal });
     app.close().then(
-      () => process.exit(0),
+      () => Promise.all([evaluator.close(), validators?.close()]).then(() => process.exit(0)),
       (err: unknown) => {
         log.error('shutdown failed', { error: String(err) });
         process.exit(1);

@@ -157,7 +157,7 @@ export class SecureRound {
 
   /** Adds a checked masked input to the sum (copied: a socket's buffer may be a view at any offset). */
   add(payload: Uint8Array): void {
-    addInto(this.sum, new Uint32Array(Uint8Array.from(payload).buffer));
+    addInto(this.sum, new Uint32Array(new Uint8Array(payload).buffer));
   }
 
   /**

@@ -3,7 +3,8 @@
  * any worker can train any device, since every worker holds the whole data set (shared memory).
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { tsWorker } from '../ts-worker.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import type { EvaluateDone, EvaluateJob, TrainDone, TrainJob, WorkerInit, WorkerJob, WorkerReply } from './messages.ts';
 
@@ -19,13 +20,6 @@ interface Slot {
   worker: Worker;
   busy: Pending | undefined;
 }
-
-// The worker is TypeScript: it registers tsx's loader in the thread, then imports the entry.
-const WORKER_BOOT = `
-  const { register } = await import('tsx/esm/api');
-  register();
-  await import(${JSON.stringify(new URL('./device-worker.ts', import.meta.url).href)});
-`;
 
 function shared(bytes: Uint8Array): Uint8Array {
   const out = new Uint8Array(new SharedArrayBuffer(bytes.byteLength));
@@ -48,7 +42,7 @@ export class WorkerPool {
     const init: WorkerInit = { trainImages: shared(train.images), trainLabels: shared(train.labels), testImages: shared(test.images), testLabels: shared(test.labels) };
     await Promise.all(
       Array.from({ length: size }, async () => {
-        const worker = new Worker(WORKER_BOOT, { eval: true, workerData: init });
+        const worker = tsWorker(new URL('./device-worker.ts', import.meta.url), init);
         const slot: Slot = { worker, busy: undefined };
         await new Promise<void>((resolve, reject) => {
           const onMessage = (m: WorkerReply) => {

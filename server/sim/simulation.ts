@@ -29,7 +29,7 @@ import type { MnistSplit } from '../data/mnist.ts';
 import { Federation, systemClock, type DevicePort } from '../federation.ts';
 import { strategyFor } from '../fl/strategy.ts';
 import { createLogger } from '../log.ts';
-import type { EvalResult, Evaluator } from '../ml/evaluator.ts';
+import { poolEvaluator } from '../ml/evaluator.ts';
 import { openSqliteStore } from '../store/sqlite.ts';
 import { WorkerPool } from './pool.ts';
 
@@ -167,24 +167,6 @@ export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[
     const slice = deviceSlice(part, { examples: o.examples, heldOut: o.heldOut ?? 0, seed: o.seed, client: c });
     return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut) };
   });
-}
-
-/** Evaluates on the whole test set, split between the pool's workers. */
-function poolEvaluator(pool: WorkerPool, count: number): Evaluator {
-  return {
-    async evaluate(model: ModelName, weights: FlatWeights): Promise<EvalResult> {
-      const parts = pool.size;
-      const jobs = Array.from({ length: parts }, (_, i) => {
-        const from = Math.floor((i * count) / parts);
-        const to = Math.floor(((i + 1) * count) / parts);
-        return pool.evaluate({ type: 'evaluate', model, specs: weights.specs, weights: weights.values, from, count: to - from });
-      });
-      const done = await Promise.all(jobs);
-      const correct = done.reduce((a, d) => a + d.correct, 0);
-      const lossSum = done.reduce((a, d) => a + d.lossSum, 0);
-      return { accuracy: correct / count, loss: lossSum / count, examples: count };
-    },
-  };
 }
 
 /**

@@ -1,0 +1,65 @@
+/**
+ * The server's validator threads: every payload — honest under each codec, or hostile — gets from
+ * a thread exactly what inline validation gives it: the same Δ, norm and clipping, or the same
+ * refusal with the same message and kind.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeUpdate } from '../shared/codec.ts';
+import { createRng } from '../shared/rng.ts';
+import { codecConfig, runConfigSchema, type RunConfig } from '../shared/schemas.ts';
+import { WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
+import { startValidatorPool, type ValidatorPool } from '../server/fl/validate-pool.ts';
+import { validateUpdate } from '../server/fl/validate.ts';
+import { hostilePayloads } from './support/hostile.ts';
+
+const specs = [
+  { name: 'conv/kernel', shape: [5, 5, 1, 8] },
+  { name: 'dense/kernel', shape: [200, 10] },
+  { name: 'dense/bias', shape: [10] },
+];
+const n = 5 * 5 * 8 + 2000 + 10;
+
+let pool: ValidatorPool;
+beforeAll(async () => {
+  pool = await startValidatorPool(2);
+});
+afterAll(() => pool.close());
+
+async function outcome(run: () => Promise<unknown>): Promise<unknown> {
+  try {
+    return await run();
+  } catch (err) {
+    return { error: (err as Error).message, format: err instanceof WeightsFormatError };
+  }
+}
+
+describe('validator threads', () => {
+  for (const codec of ['float32', 'q8', 'topk+q8+deflate', 'rand+q2+deflate']) {
+    it(`validate ${codec} updates, honest and hostile, exactly as inline validation does`, async () => {
+      const config: RunConfig = runConfigSchema.parse({ updateCodec: codec, clipNorm: 0.5 });
+      const rng = createRng(3);
+      const honest: FlatWeights = { specs, values: Float32Array.from({ length: n }, () => (rng() - 0.5) * 0.05) };
+      const payloads = [{ name: 'honest', payload: encodeUpdate(honest, codecConfig(config), createRng(1)) }, ...hostilePayloads(specs, codecConfig(config))];
+      expect(payloads.length).toBeGreaterThan(5);
+      const inThreads = await Promise.all(payloads.map((p) => outcome(() => pool.validate(p.payload, specs, config))));
+      const inline = await Promise.all(payloads.map((p) => outcome(async () => validateUpdate(p.payload, specs, config))));
+      expect(inThreads).toEqual(inline);
+      // the honest one was decoded (and for the dense codecs clipped: ‖Δ‖ ≈ 0.05·√(n/12) ≈ 0.7 > 0.5), the hostile ones mostly refused as format errors
+      expect((inThreads[0] as { delta: Float32Array }).delta).toHaveLength(n);
+      if (!codec.startsWith('topk')) expect(inThreads[0]).toMatchObject({ clipped: true });
+      expect(inThreads.filter((o) => (o as { format?: boolean }).format === true).length).toBeGreaterThan(3);
+    });
+  }
+
+  it('spreads the work over its threads and refuses once closed', async () => {
+    const config = runConfigSchema.parse({});
+    const values = new Float32Array(n).fill(0.001);
+    const payload = encodeUpdate({ specs, values }, codecConfig(config), createRng(1));
+    const all = Promise.all(Array.from({ length: 8 }, () => pool.validate(payload, specs, config)));
+    expect(pool.load().every((l) => l > 0)).toBe(true);
+    expect((await all).every((v) => v.delta.length === n)).toBe(true);
+    const closing = await startValidatorPool(1);
+    await closing.close();
+    await expect(closing.validate(payload, specs, config)).rejects.toThrow(/closed/);
+  });
+});
