@@ -197,6 +197,14 @@ export class Federation {
     if (isActive(this.state)) return undefined;
     const now = this.deps.clock.now();
     const store = this.deps.store;
+    // rounds whose model was still being evaluated when the last process ended: say so, rather than "evaluating" forever
+    for (const r of store.listRuns()) {
+      for (const round of store.listRounds(r.id)) {
+        if (!round.evaluationPending) continue;
+        const { evaluationPending: _, ...rest } = round;
+        store.recordRound({ ...rest, reason: [round.reason, 'not evaluated: the server restarted before its evaluation finished'].filter(Boolean).join('; ') });
+      }
+    }
     const running = store.listRuns().filter((r) => r.status === 'running');
     const run = running.at(-1);
     for (const older of running.slice(0, -1)) store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
@@ -366,9 +374,14 @@ export class Federation {
       case 'round:record': {
         const r = effect.record;
         this.deps.store.recordRound(r);
+        if (effect.evaluated) {
+          const acc = r.testAccuracy === null ? `not evaluated (${r.reason})` : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
+          this.note('info', 'round:evaluated', `round ${r.round} evaluated: ${acc}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy });
+          return;
+        }
         this.aggregator = undefined;
         if (r.status === 'completed') {
-          const acc = r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
+          const acc = r.evaluationPending ? 'its model is being evaluated' : r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
           this.note('info', 'round:completed', `round ${r.round} completed: ${r.completed} updates, ${acc}${r.reason ? ` (${r.reason})` : ''}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy, durationMs: r.durationMs });
         } else if (r.status === 'stopped') {
           this.note('warn', 'round:stopped', `round ${r.round} stopped: ${r.reason}`, { runId: r.runId, round: r.round, attempt: r.attempt });

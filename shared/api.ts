@@ -146,6 +146,8 @@ export interface RoundRecord {
   bytesDown: number;
   testAccuracy: number | null;
   testLoss: number | null;
+  /** true while the round's model is evaluated off the critical path (the next round already runs); its metrics follow in a rewrite of this record */
+  evaluationPending?: boolean;
   /** mean over the counted devices of their held-out accuracy before/after local training */
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
@@ -192,7 +194,7 @@ export interface DeviceInfo {
 export interface FederationEvent {
   at: number;
   level: 'info' | 'warn';
-  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:failed' | 'round:stopped' | 'update:rejected';
+  kind: 'device:joined' | 'device:left' | 'run:started' | 'run:finished' | 'round:started' | 'round:completed' | 'round:evaluated' | 'round:failed' | 'round:stopped' | 'update:rejected';
   message: string;
 }
 

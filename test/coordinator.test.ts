@@ -35,10 +35,15 @@ class Harness {
     if (!first.some((e) => e.type === 'update:validate')) return first;
     return this.send({ type: 'update:validated', submission, norm: 1, clipped: false });
   }
-  /** the service's report that the round's model was aggregated and evaluated */
+  /** the service's report that the round's model was aggregated and evaluated (the evaluation goes on while the next round runs) */
   finish(round: number, version = round + 1) {
-    this.send({ type: 'round:aggregated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version });
-    return this.send({ type: 'round:evaluated', runId: this.state.run!.id, round, attempt: this.state.run!.attempt, version, accuracy: 0.9, loss: 0.3 });
+    const ref = { runId: this.state.run!.id, round, attempt: this.state.run!.attempt };
+    this.send({ type: 'round:aggregated', ...ref, version });
+    return this.send({ type: 'round:evaluated', ...ref, version, accuracy: 0.9, loss: 0.3 });
+  }
+  /** the records written as rounds ended (not the rewrites that add an evaluation's metrics) */
+  records(): RoundRecord[] {
+    return this.effects.flatMap((e) => (e.type === 'round:record' && !e.evaluated ? [e.record] : []));
   }
 }
 
@@ -169,20 +174,25 @@ describe('round coordinator', () => {
     expect(h.state.phase).toBe('failed');
   });
 
-  it('runs every round to done, freeing devices between rounds, and records each round once', () => {
+  it('runs every round to done, freeing devices between rounds, and records each round once, its metrics written in when its evaluation ends', () => {
     const h = new Harness();
     h.join(...devices(2));
     h.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1 });
-    for (let r = 1; r <= 2; r++) {
-      for (const id of h.state.current!.selected) h.update(id);
-      expect(h.state.phase).toBe('aggregating');
-      h.send({ type: 'round:aggregated', runId: 1, round: r, attempt: 1, version: r + 1 });
-      expect(h.state.phase).toBe('evaluating');
-      h.send({ type: 'round:evaluated', runId: 1, round: r, attempt: 1, version: r + 1, accuracy: 0.9, loss: 0.3 });
-    }
+    for (const id of h.state.current!.selected) h.update(id);
+    expect(h.state.phase).toBe('aggregating');
+    const first = h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 1, version: 2 });
+    // round 1 is recorded and published at once, its model evaluated while round 2 trains
+    expect(first.map((e) => e.type)).toEqual(['round:record', 'model:publish', 'model:evaluate', 'round:start']);
+    expect(h.state.phase).toBe('training');
+    for (const id of h.state.current!.selected) h.update(id);
+    h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 0.8, loss: 0.5 });
+    h.send({ type: 'round:aggregated', runId: 1, round: 2, attempt: 1, version: 3 });
+    expect(h.state.phase).toBe('evaluating'); // the last round waits for its own
+    h.send({ type: 'round:evaluated', runId: 1, round: 2, attempt: 1, version: 3, accuracy: 0.9, loss: 0.3 });
     expect(h.state.phase).toBe('done');
     expect(h.started().map((e) => e.type === 'round:start' && e.round)).toEqual([1, 2]);
-    expect(h.effects.filter((e) => e.type === 'round:record').map((e) => e.type === 'round:record' && [e.record.round, e.record.modelVersion, e.record.testAccuracy])).toEqual([[1, 2, 0.9], [2, 3, 0.9]]);
+    const writes = h.effects.flatMap((e) => (e.type === 'round:record' ? [[e.record.round, e.record.modelVersion, e.record.testAccuracy, e.record.evaluationPending ?? false, e.evaluated ?? false]] : []));
+    expect(writes).toEqual([[1, 2, null, true, false], [1, 2, 0.8, false, true], [2, 3, 0.9, false, false]]);
     expect([...h.state.devices.values()].every((d) => !d.busy)).toBe(true);
     expect(h.effects.filter((e) => e.type !== 'timer:set').at(-1)).toMatchObject({ type: 'run:finished', status: 'done' });
   });
@@ -385,7 +395,7 @@ describe('round coordinator: a differentially private run', () => {
     const mean = sizes.reduce((a, b) => a + b, 0) / sizes.length;
     expect(mean).toBeGreaterThan(7);
     expect(mean).toBeLessThan(13);
-    const records = h.effects.filter((e) => e.type === 'round:record').map((e) => (e as { record: RoundRecord }).record);
+    const records = h.records();
     const eps = records.map((r) => r.privacy!.epsilon);
     for (let i = 1; i < eps.length; i++) expect(eps[i]).toBeGreaterThan(eps[i - 1]!);
     expect(records[0]!.privacy).toMatchObject({ delta: 1e-5, noiseMultiplier: 1, clipNorm: 1, samplingRate: 0.1, expectedDevices: 10 });
@@ -401,7 +411,7 @@ describe('round coordinator: a differentially private run', () => {
     start(h, { ...DP, dp: { noiseMultiplier: 1, clipNorm: 1, epsilonBudget: 3 } });
     for (let r = 0; r < 100 && h.state.phase === 'training'; r++) roundOnce(h);
     expect(h.state.phase).toBe('done');
-    const records = h.effects.filter((e) => e.type === 'round:record').map((e) => (e as { record: RoundRecord }).record);
+    const records = h.records();
     expect(records).toHaveLength(allowed);
     expect(records.at(-1)!.privacy!.epsilon).toBeLessThanOrEqual(3);
     expect(h.effects.find((e) => e.type === 'run:finished')).toMatchObject({ status: 'done', reason: expect.stringMatching(new RegExp(`privacy budget: round ${allowed + 1} would bring ε from .* over the budget of 3`)) });

@@ -8,6 +8,9 @@ import { VALIDATION_GRACE_MS, WORK_TIMEOUT_MS } from '../server/fl/coordinator.t
 import { fedAvg } from '../shared/fedavg.ts';
 import { decodeWeights } from '../shared/weights.ts';
 import { flush, Scenario } from './support/scenario.ts';
+import { Federation } from '../server/federation.ts';
+import { strategyFor } from '../server/fl/strategy.ts';
+import { createLogger } from '../server/log.ts';
 
 const lastModel = (s: Scenario, runId: number) => decodeWeights(s.store.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
 
@@ -103,7 +106,50 @@ describe('failures come back to the reducer', () => {
     expect(() => s.start({ rounds: 1 })).not.toThrow();
   });
 
-  it('records a round whose evaluation never finishes after the work timeout, and ignores its late answer', async () => {
+  it('evaluates a round\'s model while the next round trains, records an evaluation that never finishes after the work timeout, and ignores its late answer', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1, roundTimeoutMs: 3_600_000 });
+    await flush();
+    s.evaluator.hold = true;
+    await s.submit('device-a');
+    await s.submit('device-b');
+    await flush();
+    // round 1 is recorded and its model published at once; round 2 trains while it is evaluated
+    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, evaluationPending: true });
+    expect(s.federation.status().phase).toBe('training');
+    expect(s.port.selected(2)).toHaveLength(2);
+    await s.clock.advance(WORK_TIMEOUT_MS);
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', testAccuracy: null, reason: expect.stringMatching(/evaluation did not finish within 10 min$/) });
+    expect(s.rounds(runId)[0]!.evaluationPending).toBeUndefined();
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.9, loss: 0.3, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[0]!.testAccuracy).toBeNull();
+    expect(s.rounds(runId)).toHaveLength(1);
+    expect(s.federation.status().phase).toBe('training');
+  });
+
+  it('says so in the record of a round whose evaluation a restart cut short, rather than leave it evaluating forever', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    await flush();
+    s.evaluator.hold = true;
+    await s.submit('device-a');
+    await s.submit('device-b');
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ evaluationPending: true });
+    s.federation.shutdown();
+    // the next process, on the same store
+    const next = new Federation({ store: s.store, strategyFor, evaluator: s.evaluator, clock: s.clock, logger: createLogger('restart', () => undefined), port: s.port });
+    expect(next.resumeInterruptedRun()).toBe(runId);
+    const [r1] = s.rounds(runId);
+    expect(r1).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, reason: expect.stringMatching(/not evaluated: the server restarted before its evaluation finished$/) });
+    expect(r1!.evaluationPending).toBeUndefined();
+    next.shutdown();
+  });
+
+  it('fills in a round\'s metrics when its evaluation ends during a later round, and the last round waits for its own', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
     const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
@@ -111,14 +157,25 @@ describe('failures come back to the reducer', () => {
     s.evaluator.hold = true;
     await s.submit('device-a');
     await s.submit('device-b');
-    expect(s.federation.status().phase).toBe('evaluating');
-    await s.clock.advance(WORK_TIMEOUT_MS);
-    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', testAccuracy: null, reason: 'evaluation did not finish within 10 min' });
-    expect(s.port.selected(2)).toHaveLength(2);
-    s.evaluator.pending[0]!.resolve({ accuracy: 0.9, loss: 0.3, examples: 100 });
     await flush();
+    const v1 = s.rounds(runId)[0]!.modelVersion!;
+    expect(s.store.listModels().find((m) => m.version === v1)?.testAccuracy).toBeNull();
+    await s.submit('device-a');
+    await s.submit('device-b');
+    await flush();
+    // round 2 is the last: the run waits for its evaluation, and round 1's is still out too
+    expect(s.federation.status().phase).toBe('evaluating');
     expect(s.rounds(runId)).toHaveLength(1);
-    expect(s.federation.status().phase).toBe('training');
+    s.evaluator.pending[0]!.resolve({ accuracy: 0.7, loss: 0.9, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, testAccuracy: 0.7, testLoss: 0.9 });
+    expect(s.rounds(runId)[0]!.evaluationPending).toBeUndefined();
+    expect(s.store.listModels().find((m) => m.version === v1)?.testAccuracy).toBe(0.7);
+    expect(s.run(runId)).toMatchObject({ status: 'running' });
+    s.evaluator.pending[1]!.resolve({ accuracy: 0.8, loss: 0.6, examples: 100 });
+    await flush();
+    expect(s.rounds(runId)[1]).toMatchObject({ round: 2, testAccuracy: 0.8 });
+    expect(s.run(runId)).toMatchObject({ status: 'done' });
   });
 
   it('lets an old deadline pass during aggregation and evaluation, and gives the next round its own', async () => {
@@ -133,15 +190,16 @@ describe('failures come back to the reducer', () => {
     expect(s.federation.status().phase).toBe('training');
     await answerB;
     expect(s.federation.status().phase).toBe('aggregating');
-    await s.clock.advance(61_000); // aggregation runs, then evaluation holds past the old deadline
-    expect(s.federation.status().phase).toBe('evaluating');
-    expect(s.rounds(runId)).toEqual([]);
+    await s.clock.advance(61_000); // aggregation runs and round 2 starts; round 1's evaluation holds past the old deadline
+    expect(s.federation.status().phase).toBe('training');
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', evaluationPending: true });
+    const round2 = s.port.lastStart('device-a')!;
+    expect(round2.round).toBe(2);
+    expect(s.clock.armed()).toEqual([round2.deadline]);
     s.evaluator.hold = false;
     s.evaluator.pending[0]!.resolve({ accuracy: 0.6, loss: 1.2, examples: 100 });
     await flush();
     expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', testAccuracy: 0.6 });
-    const round2 = s.port.lastStart('device-a')!;
-    expect(round2.round).toBe(2);
     expect(s.clock.armed()).toEqual([round2.deadline]);
     await s.submit('device-a'); // device-b is silent now
     await s.clock.advance(60_000);
@@ -217,12 +275,12 @@ describe('disconnects at every phase', () => {
     await closing;
     s.federation.leave(idle);
     await flush();
-    // evaluating: the last device leaves
-    expect(s.federation.status().phase).toBe('evaluating');
+    // evaluating (off the critical path): the last device leaves
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1, evaluationPending: true });
     s.federation.leave(third);
     s.evaluator.pending[0]!.resolve({ accuracy: 0.5, loss: 1, examples: 100 });
     await flush();
-    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1 });
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1, testAccuracy: 0.5 });
     // nobody is left: round 2 waits for devices, and says so
     expect(s.federation.status()).toMatchObject({ phase: 'selecting', devices: 0 });
   });
@@ -292,19 +350,16 @@ describe('updates that arrive at the deadline', () => {
 });
 
 describe('late updates', () => {
-  it('count in the record of the round they were meant for, while it is still being aggregated and evaluated — never in another', async () => {
+  it('count in the record of the round they were meant for, while it is still being aggregated — never in another', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
     const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1.5, roundTimeoutMs: 10_000 });
     await flush();
     const round1 = s.port.lastStart('device-c')!;
-    s.evaluator.hold = true;
     await s.submit('device-a');
-    await s.submit('device-b'); // quorum: round 1 closes with device-c unanswered
-    expect(s.federation.status().phase).toBe('evaluating');
-    expect(await s.submit('device-c', { round: round1 })).toMatchObject({ ok: false, error: { code: 'ROUND_FULL' } });
-    s.evaluator.hold = false;
-    s.evaluator.pending[0]!.resolve({ accuracy: 0.5, loss: 1, examples: 100 });
+    await s.federation.submitUpdate('device-b', s.update('device-b')); // quorum: round 1 closes with device-c unanswered
+    expect(s.federation.status().phase).toBe('aggregating');
+    expect(await s.federation.submitUpdate('device-c', s.update('device-c', { round: round1 }))).toMatchObject({ ok: false, error: { code: 'ROUND_FULL' } });
     await flush();
     expect(s.rounds(runId)[0]).toMatchObject({ round: 1, completed: 2, unanswered: 1, late: 1, rejected: 0 });
     // Round 2 is under way: another update for round 1 is late, but round 2's ledger does not count it.

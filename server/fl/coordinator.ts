@@ -7,10 +7,15 @@
  * service (federation.ts), which reports every outcome — success or failure — back as an event.
  *
  *   idle ─run:start→ selecting ─enough devices→ training ─K updates, all answered, or deadline→
- *        aggregating → evaluating → selecting (next round) … → done
+ *        aggregating → selecting (next round) … → (last round) evaluating → done
  *   training ─deadline with < minUpdates, or too many dropped→ selecting (retry) or failed
  *   aggregating ─failure or timeout→ selecting (retry) or failed
- *   evaluating ─failure or timeout→ the round is recorded without test metrics; the run goes on
+ *   evaluating ─failure or timeout→ the round is recorded without test metrics; the run ends
+ *
+ * A round's new model is evaluated on the test set off the critical path: the round is recorded and
+ * its model published at once (`evaluationPending`), the next round starts, and the metrics are
+ * written into the same record when they arrive (or the failure, or the timeout). Only the run's
+ * last round waits for its evaluation, in the evaluating phase, so a finished run has its metrics.
  *   any active phase ─run:stop→ stopped
  *
  * A round with secure aggregation (SecAgg+, secagg/) runs its protocol inside these phases:
@@ -163,6 +168,17 @@ export interface CoordinatorState {
   current?: RoundState;
   /** the moments that divide the current (or last) round into its phases (phases.ts): the record and the dashboard read them */
   timeline?: RoundTimeline;
+  /** published models being evaluated while later rounds run, with the records their metrics complete */
+  evaluations?: readonly PendingEvaluation[];
+}
+
+export interface PendingEvaluation {
+  runId: number;
+  round: number;
+  attempt: number;
+  version: number;
+  startedAt: number;
+  record: RoundRecord;
 }
 
 interface RoundRef {
@@ -205,7 +221,8 @@ export type Effect =
   | ({ type: 'secagg:forward'; survivors: readonly string[] } & RoundRef)
   | ({ type: 'secagg:unmask'; requests: Readonly<Record<string, UnmaskRequest>> } & RoundRef)
   | ({ type: 'model:evaluate'; version: number } & RoundRef)
-  | { type: 'round:record'; record: RoundRecord; willRetry: boolean }
+  /** `evaluated`: the rewrite of a completed round's record with the metrics of its evaluation off the critical path */
+  | { type: 'round:record'; record: RoundRecord; willRetry: boolean; evaluated?: true }
   | { type: 'model:publish'; version: number; runId: number; round: number; testAccuracy: number | null; testLoss: number | null }
   | { type: 'run:finished'; runId: number; status: 'done' | 'failed' | 'stopped'; reason: string }
   | { type: 'timer:set'; at: number | null };
@@ -249,6 +266,13 @@ const idleDevices = (state: CoordinatorState, config: RunConfig): string[] =>
 // ─── time ────────────────────────────────────────────────────────────────────
 /** The next moment at which time alone changes the state, or null: a function of the state and the time only. */
 export function nextWake(state: CoordinatorState, now: number): number | null {
+  const own = phaseWake(state, now);
+  const evaluations = (state.evaluations ?? []).map((e) => e.startedAt + WORK_TIMEOUT_MS);
+  const all = [...(own === null ? [] : [own]), ...evaluations];
+  return all.length ? Math.min(...all) : null;
+}
+
+function phaseWake(state: CoordinatorState, now: number): number | null {
   const { run, current } = state;
   switch (state.phase) {
     case 'selecting': {
@@ -681,8 +705,12 @@ function reject(state: CoordinatorState, update: RoundRef & { submission: number
   return { state: counted, effects: [{ type: 'update:reject', submission: update.submission, deviceId: update.deviceId, code, message, late }] };
 }
 
-/** The recorded end of a completed round: publish the model, then the next round or the end of the run. */
-function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null }): StepResult {
+/**
+ * The recorded end of a completed round: publish the model, then the next round or the end of the
+ * run. `pending`: the model is still being evaluated, so the record is written without its metrics
+ * and kept until they come.
+ */
+function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null; pending?: boolean }): StepResult {
   const run = state.run as RunState;
   const cur = state.current as RoundState;
   const closedHow = cur.closedBy === 'deadline' ? `closed at the deadline with ${cur.accepted.length} updates` : cur.closedBy === 'all answered' ? `closed when every selected device had answered (${cur.accepted.length} updates)` : null;
@@ -702,9 +730,14 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
     accounted = { ...run, privacy: { ...run.privacy, rdp, ...(serverRdp ? { serverRdp } : {}) } };
     state = { ...state, run: accounted };
   }
+  if (result.pending) {
+    record.evaluationPending = true;
+    state = { ...state, evaluations: [...(state.evaluations ?? []), { runId: cur.runId, round: cur.round, attempt: cur.attempt, version: cur.modelVersion as number, startedAt: now, record }] };
+  }
   const effects: Effect[] = [
     { type: 'round:record', record, willRetry: false },
     { type: 'model:publish', version: cur.modelVersion as number, runId: run.id, round: cur.round, testAccuracy: result.testAccuracy, testLoss: result.testLoss },
+    ...(result.pending ? [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: cur.modelVersion as number } satisfies Effect] : []),
   ];
   if (run.round >= run.config.rounds) {
     const done = `completed ${run.round} rounds`;
@@ -751,6 +784,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     case 'run:stop':
       return endRun(state, now, 'stopped', event.reason ?? 'stopped by admin');
     case 'tick': {
+      const expired = state.evaluations?.find((e) => now >= e.startedAt + WORK_TIMEOUT_MS);
+      if (expired) return evaluated(state, expired, { testAccuracy: null, testLoss: null, reason: `evaluation did not finish within ${WORK_TIMEOUT_MS / 60_000} min` });
       if (state.phase === 'selecting') return trySelect(state, now);
       if (state.phase === 'training' && cur) {
         // Updates that arrived in time get a grace period to finish validation, not more.
@@ -810,12 +845,15 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       return { state: settled.state, effects: [{ type: 'update:accept', submission: pending.submission, deviceId: pending.deviceId, weight: contribution.weight, metrics: pending.metrics }, ...settled.effects] };
     }
     case 'round:aggregated': {
-      if (state.phase !== 'aggregating' || !cur || !same(cur, event)) return { state, effects: [] };
+      if (state.phase !== 'aggregating' || !cur || !same(cur, event) || !run) return { state, effects: [] };
       const next: RoundState = { ...cur, modelVersion: event.version, workStartedAt: now };
       // adaptive clipping: the bound moves geometrically toward the target quantile of the norms
-      const dp = run?.config.dp;
-      const moved = dp && dp.clipNorm === 'adaptive' && run?.privacy && event.unclippedShare !== undefined ? { run: { ...run, privacy: { ...run.privacy, clip: run.privacy.clip * Math.exp(-dp.clipLearningRate * (event.unclippedShare - dp.targetQuantile)) } } } : {};
-      return { state: { ...state, ...moved, phase: 'evaluating', current: next, timeline: { ...(state.timeline as RoundTimeline), aggregatedAt: now } }, effects: [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: event.version }] };
+      const dp = run.config.dp;
+      const moved = dp && dp.clipNorm === 'adaptive' && run.privacy && event.unclippedShare !== undefined ? { run: { ...run, privacy: { ...run.privacy, clip: run.privacy.clip * Math.exp(-dp.clipLearningRate * (event.unclippedShare - dp.targetQuantile)) } } } : {};
+      const aggregated: CoordinatorState = { ...state, ...moved, current: next, timeline: { ...(state.timeline as RoundTimeline), aggregatedAt: now } };
+      // the last round waits for its evaluation; any other goes on while its model is evaluated
+      if (run.round >= run.config.rounds) return { state: { ...aggregated, phase: 'evaluating' }, effects: [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: event.version }] };
+      return finishRound(aggregated, now, { testAccuracy: null, testLoss: null, reason: null, pending: true });
     }
     case 'round:aggregation-failed': {
       if (state.phase !== 'aggregating' || !cur || !same(cur, event)) return { state, effects: [] };
@@ -823,6 +861,8 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
     }
     case 'round:evaluated':
     case 'round:evaluation-failed': {
+      const pending = state.evaluations?.find((e) => same(e, event) && e.version === event.version);
+      if (pending) return evaluated(state, pending, event.type === 'round:evaluated' ? { testAccuracy: event.accuracy, testLoss: event.loss, reason: null } : { testAccuracy: null, testLoss: null, reason: `evaluation failed: ${event.reason}` });
       if (state.phase !== 'evaluating' || !cur || !same(cur, event) || event.version !== cur.modelVersion) return { state, effects: [] };
       if (event.type === 'round:evaluation-failed') return finishRound(state, now, { testAccuracy: null, testLoss: null, reason: `evaluation failed: ${event.reason}` });
       return finishRound(state, now, { testAccuracy: event.accuracy, testLoss: event.loss, reason: null });
@@ -865,6 +905,16 @@ function receiveSecAgg(state: CoordinatorState, event: Extract<CoordinatorEvent,
   const taken: SecAggState = event.what === 'keys' ? { ...s, advertised: [...s.advertised, id] } : event.what === 'shares' ? { ...s, shared: [...s.shared, id] } : { ...s, revealed: [...s.revealed, id] };
   const settled = settle({ ...state, current: { ...ledger, secagg: taken } }, now);
   return { state: settled.state, effects: [answer(), ...settled.effects] };
+}
+
+/** A model evaluated off the critical path (or not: its failure): its round's record, completed, and its metrics published with it. */
+function evaluated(state: CoordinatorState, e: PendingEvaluation, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null }): StepResult {
+  const reason = [e.record.reason, result.reason].filter(Boolean).join('; ') || null;
+  const { evaluationPending: _, ...rest } = e.record;
+  const record: RoundRecord = { ...rest, testAccuracy: result.testAccuracy, testLoss: result.testLoss, reason };
+  const effects: Effect[] = [{ type: 'round:record', record, willRetry: false, evaluated: true }];
+  if (result.testAccuracy !== null) effects.push({ type: 'model:publish', version: e.version, runId: e.runId, round: e.round, testAccuracy: result.testAccuracy, testLoss: result.testLoss });
+  return { state: { ...state, evaluations: (state.evaluations ?? []).filter((x) => x !== e) }, effects };
 }
 
 /**

@@ -376,13 +376,16 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
         changed: () => undefined,
         event: (e) => {
           if (e.kind === 'run:finished') resolve();
-          if (e.kind !== 'round:completed') return;
-          const record = store.listRounds(runId).filter((r) => r.status === 'completed').at(-1);
-          if (!record) return;
-          const r = toSimRound(record, runStartedAt);
-          rounds.push(r);
-          onRound?.(r);
-          if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
+          if (e.kind !== 'round:completed' && e.kind !== 'round:evaluated') return;
+          // a round is reported once its model is evaluated (the next round already runs meanwhile), in order
+          const completed = store.listRounds(runId).filter((r) => r.status === 'completed');
+          for (const record of completed.slice(rounds.length)) {
+            if (record.evaluationPending) break;
+            const r = toSimRound(record, runStartedAt);
+            rounds.push(r);
+            onRound?.(r);
+            if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
+          }
         },
       });
     });

@@ -419,7 +419,7 @@ function connectLive(): void {
   socket.on('admin:event', (e) => {
     log = [...log.slice(-199), e];
     renderLog(byId('log'), log);
-    if (e.kind === 'round:completed' || e.kind === 'round:failed' || e.kind === 'round:stopped' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();
+    if (e.kind === 'round:completed' || e.kind === 'round:evaluated' || e.kind === 'round:failed' || e.kind === 'round:stopped' || e.kind === 'run:started' || e.kind === 'run:finished') void refreshHistory();
   });
 }
 

@@ -86,6 +86,8 @@ export class DeviceClient {
   private readonly models = new Map<ModelName, tf.LayersModel>();
   private stopRound: { runId: number; round: number } | undefined;
   private busy = false;
+  /** a round:start that came while the last round was still unwinding */
+  private nextStart: RoundStart | undefined;
   /** settles when the round in progress (if any) has unwound */
   private working: Promise<void> = Promise.resolve();
   private lastEnd: RoundEnd | undefined;
@@ -196,6 +198,8 @@ export class DeviceClient {
   }
 
   private onRoundEnd(msg: RoundEnd): void {
+    const next = this.nextStart;
+    if (next && next.runId === msg.runId && next.round === msg.round && next.attempt === msg.attempt) this.nextStart = undefined;
     if (this.secure?.key === `${msg.runId}:${msg.round}:${msg.attempt}`) {
       const ended = this.secure;
       this.secure = undefined;
@@ -223,7 +227,13 @@ export class DeviceClient {
   }
 
   private runRound(msg: RoundStart): Promise<void> {
-    if (this.busy) return Promise.resolve(); // the server never selects a busy device; ignore defensively
+    // The server frees a device once its update is counted, and may select it for the next round
+    // before this device has finished with the last one (its ack, keeping its residual): that round
+    // starts as soon as this one unwinds. Only the latest such start is kept.
+    if (this.busy) {
+      this.nextStart = msg;
+      return Promise.resolve();
+    }
     this.busy = true;
     this.working = this.round(msg);
     return this.working;
@@ -312,6 +322,9 @@ export class DeviceClient {
       this.lastEnd = undefined;
       this.set({ state: 'idle', progress: null, batches: null, current: null, history: [...this.snapshot.history, settled] });
       this.report('idle');
+      const next = this.nextStart;
+      this.nextStart = undefined;
+      if (next) void this.runRound(next);
     }
   }
 }

@@ -127,7 +127,7 @@ export function renderRounds(target: HTMLTableElement, rounds: readonly RoundRec
       { head: 'Round', cell: (r) => (r.attempt > 1 ? `${r.round} (try ${r.attempt})` : r.round) },
       { head: 'Status', cell: (r) => el('span', { class: `pill ${r.status}` }, r.status), title: (r) => r.reason ?? '' },
       { head: 'Counted', cell: (r) => `${r.completed}/${r.participants}`, title: (r) => `${r.completed} counted of ${r.participants} selected`, optional: true },
-      { head: 'Test acc.', cell: (r) => pct(r.testAccuracy, 2) },
+      { head: 'Test acc.', cell: (r) => (r.evaluationPending ? el('span', { class: 'muted', title: 'its model is being evaluated on the test set while the next round runs' }, 'evaluating…') : pct(r.testAccuracy, 2)) },
       { head: 'Duration', cell: (r) => duration(r.durationMs) },
       { head: 'Up / device', cell: (r) => (r.completed ? bytes(Math.round(r.bytesUp / r.completed)) : '—'), optional: true },
       { head: 'Model', cell: (r) => (r.modelVersion === null ? '—' : `v${r.modelVersion}`), optional: true },
