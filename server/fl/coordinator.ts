@@ -695,8 +695,9 @@ function settleInputs(state: CoordinatorState, now: number): StepResult {
 
 /**
  * Refuses an update. It counts (as rejected, or as late) in the ledger of the round it was meant
- * for while that round's ledger is still open — through its aggregation and evaluation, so an
- * update that comes after its round closed is counted as late there, not in another round.
+ * for while that round's ledger is still open — through its aggregation (and, for a run's last
+ * round, its evaluation), so an update that comes after its round closed is counted as late there,
+ * not in another round.
  */
 function reject(state: CoordinatorState, update: RoundRef & { submission: number; deviceId: string }, code: ErrorCode, message: string, late = false): StepResult {
   const cur = state.current;
