@@ -41,7 +41,7 @@ describe('validator threads', () => {
       const honest: FlatWeights = { specs, values: Float32Array.from({ length: n }, () => (rng() - 0.5) * 0.05) };
       const payloads = [{ name: 'honest', payload: encodeUpdate(honest, codecConfig(config), createRng(1)) }, ...hostilePayloads(specs, codecConfig(config))];
       expect(payloads.length).toBeGreaterThan(5);
-      const inThreads = await Promise.all(payloads.map((p) => outcome(() => pool.validate(p.payload, specs, config))));
+      const inThreads = await Promise.all(payloads.map((p) => outcome(() => pool.validate(p.payload.slice(), specs, config)))); // the pool takes what it is given
       const inline = await Promise.all(payloads.map((p) => outcome(async () => validateUpdate(p.payload, specs, config))));
       expect(inThreads).toEqual(inline);
       // the honest one was decoded (and for the dense codecs clipped: ‖Δ‖ ≈ 0.05·√(n/12) ≈ 0.7 > 0.5), the hostile ones mostly refused as format errors
@@ -55,11 +55,23 @@ describe('validator threads', () => {
     const config = runConfigSchema.parse({});
     const values = new Float32Array(n).fill(0.001);
     const payload = encodeUpdate({ specs, values }, codecConfig(config), createRng(1));
-    const all = Promise.all(Array.from({ length: 8 }, () => pool.validate(payload, specs, config)));
+    const all = Promise.all(Array.from({ length: 8 }, () => pool.validate(payload.slice(), specs, config)));
     expect(pool.load().every((l) => l > 0)).toBe(true);
     expect((await all).every((v) => v.delta.length === n)).toBe(true);
     const closing = await startValidatorPool(1);
     await closing.close();
     await expect(closing.validate(payload, specs, config)).rejects.toThrow(/closed/);
+  });
+
+  it('takes a payload that is the whole of its buffer without a copy, and copies a view into a larger one', async () => {
+    const config = runConfigSchema.parse({});
+    const payload = encodeUpdate({ specs, values: new Float32Array(n).fill(0.002) }, codecConfig(config), createRng(1));
+    const inside = new Uint8Array(payload.byteLength + 16);
+    inside.set(payload, 8);
+    const view = inside.subarray(8, 8 + payload.byteLength);
+    expect((await pool.validate(view, specs, config)).delta).toHaveLength(n);
+    expect(inside.byteLength).toBe(payload.byteLength + 16); // still there
+    expect((await pool.validate(payload, specs, config)).delta).toHaveLength(n);
+    expect(payload.byteLength).toBe(0); // handed over
   });
 });

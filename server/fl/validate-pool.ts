@@ -3,7 +3,8 @@
  * update (validate.ts) are the server's largest cost per update — about 20 ms for the paper's CNN —
  * so with many large updates in a round they would hold the event loop that every device's
  * connection shares. Here each update goes to the least busy of `size` threads; the main thread
- * only copies the payload out of the socket's buffer and takes the Δ back.
+ * hands the payload over (its buffer is transferred, so the caller must not use it afterwards) and
+ * takes the Δ back.
  */
 import type { Worker } from 'node:worker_threads';
 import type { RunConfig } from '../../shared/schemas.ts';
@@ -71,11 +72,14 @@ export async function startValidatorPool(size = 1): Promise<ValidatorPool> {
     const thread = threads.reduce<Thread | undefined>((best, t) => (!best || t.pending.size < best.pending.size ? t : best), undefined);
     if (!thread) return Promise.reject(new Error('validator pool: no thread left'));
     const id = nextId++;
-    // a copy in a buffer of its own, transferred: the socket's buffer may be a view into a larger one
-    const own = new Uint8Array(payload); // a copy (a Buffer's slice() would share memory)
+    // The payload goes to the thread without a copy when it is the whole of its buffer (a large
+    // socket.io attachment is): the caller hands it over and must not read it again. A view into a
+    // larger buffer (a small message in Node's pool) is copied first.
+    const whole = payload.byteOffset === 0 && payload.byteLength === payload.buffer.byteLength && payload.buffer instanceof ArrayBuffer;
+    const own = whole ? payload : new Uint8Array(payload);
     return new Promise<ValidatedUpdate>((resolve, reject) => {
       thread.pending.set(id, { resolve, reject });
-      thread.worker.postMessage({ id, payload: own, specs, config } satisfies ValidateJob, [own.buffer]);
+      thread.worker.postMessage({ id, payload: own, specs, config } satisfies ValidateJob, [own.buffer as ArrayBuffer]);
     });
   };
 
