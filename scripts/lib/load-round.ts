@@ -3,6 +3,7 @@
  * and answer with real-size updates (no training, so the server is what is measured). Used by
  * `npm run load` and by `npm run bench` (server memory against the devices in a round).
  */
+import { spawn } from 'node:child_process';
 import { io, type Socket } from 'socket.io-client';
 import { createIdentity } from '../../shared/identity.ts';
 import { initialWeights, type ModelName } from '../../shared/models.ts';
@@ -103,3 +104,50 @@ export async function measure(server: ServerHandle, model: ModelName, n: number)
   };
 }
 
+
+/**
+ * The same round's traffic through a bare socket.io server (echo-server.ts): it sends each of `n`
+ * sockets a message the size of the model, and each answers with the update the load devices send,
+ * acknowledged at once. Timed as `measure` times a round (first start to last ack): the MB/s the
+ * socket itself allows on this machine, against which the federation's figure is read.
+ */
+export async function measureEcho(model: ModelName, n: number): Promise<{ devices: number; mbPerS: number; updatesPerS: number }> {
+  const base = initialWeights(model, 1);
+  const payload = encodeWeights({ specs: base.specs, values: base.values.map((_, i) => ((i % 7) - 3) * 1e-4) });
+  const child = spawn(process.execPath, ['--import', 'tsx', new URL('./echo-server.ts', import.meta.url).pathname, String(payload.byteLength)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      child.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
+      child.once('exit', (code) => reject(new Error(`echo server exited with code ${code}`)));
+    });
+    type Echo = Socket<{ 'round:start': (m: { weights: Uint8Array }) => void }, { start: () => void; 'update:submit': ClientToServerEvents['update:submit'] }>;
+    const sockets = await Promise.all(
+      Array.from({ length: n }, async () => {
+        const s: Echo = io(`http://127.0.0.1:${port}`, { transports: ['websocket'], forceNew: true, reconnection: false });
+        await new Promise<void>((resolve, reject) => {
+          s.once('connect', () => resolve());
+          s.once('connect_error', reject);
+        });
+        return s;
+      }),
+    );
+    const metrics = { accuracyBefore: 0.5, lossBefore: 1, accuracyAfter: 0.6, lossAfter: 0.9, downloadMs: 0, evaluateMs: 0, trainMs: 0 };
+    let first = 0;
+    const acks = sockets.map(
+      (s) =>
+        new Promise<void>((resolve, reject) => {
+          s.once('round:start', () => {
+            first ||= performance.now();
+            s.timeout(300_000).emitWithAck('update:submit', { runId: 1, round: 1, attempt: 1, numExamples: 600, delta: payload, metrics }).then(() => resolve(), reject);
+          });
+        }),
+    );
+    sockets[0]!.emit('start');
+    await Promise.all(acks);
+    const seconds = (performance.now() - first) / 1000;
+    for (const s of sockets) s.disconnect();
+    return { devices: n, mbPerS: (n * payload.byteLength) / 1e6 / seconds, updatesPerS: n / seconds };
+  } finally {
+    child.kill('SIGTERM');
+  }
+}
