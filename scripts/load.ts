@@ -17,14 +17,14 @@ const args = parseArgs(process.argv.slice(2), { devices: '100,200,400', 'cnn-dev
 const line = (s = '') => process.stdout.write(s + '\n');
 const server = await startServer();
 try {
-  line('model | devices | accepted | updates/s | MB/s | bare socket.io echo MB/s (ratio) | payload MB | server RSS idle → max (MB) | event loop p99 / max (ms)');
+  line('model | devices | accepted | updates/s | MB/s | bare socket.io: MB/s (ratio), event loop p99 / max ms | payload MB | server RSS idle → max (MB) | event loop p99 / max (ms)');
   const models = String(args.models).split(',') as ModelName[];
   for (const model of models) {
     const counts = String(model === 'cnn' ? args['cnn-devices'] : args.devices).split(',').map(Number);
     for (const n of counts) {
       const r = await measure(server, model, n);
       const echo = await measureEcho(model, n);
-      line(`${r.model} | ${r.devices} | ${r.accepted} | ${Number(r.updatesPerS).toFixed(0)} | ${Number(r.mbPerS).toFixed(0)} | ${echo.mbPerS.toFixed(0)} (${(Number(r.mbPerS) / echo.mbPerS).toFixed(2)}) | ${Number(r.payloadMB).toFixed(2)} | ${Number(r.rssIdleMB).toFixed(0)} → ${Number(r.rssMaxMB).toFixed(0)} | ${Number(r.loopP99MaxMs).toFixed(0)} / ${Number(r.loopMaxMs).toFixed(0)}`);
+      line(`${r.model} | ${r.devices} | ${r.accepted} | ${Number(r.updatesPerS).toFixed(0)} | ${Number(r.mbPerS).toFixed(0)} | ${echo.mbPerS.toFixed(0)} (${(Number(r.mbPerS) / echo.mbPerS).toFixed(2)}), ${echo.loopP99Ms.toFixed(0)} / ${echo.loopMaxMs.toFixed(0)} | ${Number(r.payloadMB).toFixed(2)} | ${Number(r.rssIdleMB).toFixed(0)} → ${Number(r.rssMaxMB).toFixed(0)} | ${Number(r.loopP99MaxMs).toFixed(0)} / ${Number(r.loopMaxMs).toFixed(0)}`);
     }
   }
 } finally {

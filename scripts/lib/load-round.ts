@@ -111,7 +111,7 @@ export async function measure(server: ServerHandle, model: ModelName, n: number)
  * acknowledged at once. Timed as `measure` times a round (first start to last ack): the MB/s the
  * socket itself allows on this machine, against which the federation's figure is read.
  */
-export async function measureEcho(model: ModelName, n: number): Promise<{ devices: number; mbPerS: number; updatesPerS: number }> {
+export async function measureEcho(model: ModelName, n: number): Promise<{ devices: number; mbPerS: number; updatesPerS: number; loopP99Ms: number; loopMaxMs: number }> {
   const base = initialWeights(model, 1);
   const payload = encodeWeights({ specs: base.specs, values: base.values.map((_, i) => ((i % 7) - 3) * 1e-4) });
   const child = spawn(process.execPath, ['--import', 'tsx', new URL('./echo-server.ts', import.meta.url).pathname, String(payload.byteLength)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -120,7 +120,7 @@ export async function measureEcho(model: ModelName, n: number): Promise<{ device
       child.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
       child.once('exit', (code) => reject(new Error(`echo server exited with code ${code}`)));
     });
-    type Echo = Socket<{ 'round:start': (m: { weights: Uint8Array }) => void }, { start: () => void; 'update:submit': ClientToServerEvents['update:submit'] }>;
+    type Echo = Socket<{ 'round:start': (m: { weights: Uint8Array }) => void }, { start: () => void; stats: (ack: (r: { p99Ms: number; maxMs: number }) => void) => void; 'update:submit': ClientToServerEvents['update:submit'] }>;
     const sockets = await Promise.all(
       Array.from({ length: n }, async () => {
         const s: Echo = io(`http://127.0.0.1:${port}`, { transports: ['websocket'], forceNew: true, reconnection: false });
@@ -145,8 +145,9 @@ export async function measureEcho(model: ModelName, n: number): Promise<{ device
     sockets[0]!.emit('start');
     await Promise.all(acks);
     const seconds = (performance.now() - first) / 1000;
+    const loop = await sockets[0]!.timeout(10_000).emitWithAck('stats');
     for (const s of sockets) s.disconnect();
-    return { devices: n, mbPerS: (n * payload.byteLength) / 1e6 / seconds, updatesPerS: n / seconds };
+    return { devices: n, mbPerS: (n * payload.byteLength) / 1e6 / seconds, updatesPerS: n / seconds, loopP99Ms: loop.p99Ms, loopMaxMs: loop.maxMs };
   } finally {
     child.kill('SIGTERM');
   }
