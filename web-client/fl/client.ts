@@ -147,7 +147,11 @@ export class DeviceClient {
         return socket.timeout(30_000).emitWithAck('secagg:reveal', { runId: msg.runId, round: msg.round, attempt: msg.attempt, ...revealToWire(reveal) });
       }),
     );
-    socket.on('model:published', (msg) => this.set({ globalModel: { version: msg.version, round: msg.round, testAccuracy: msg.testAccuracy } }));
+    // a model's metrics come in a second publication once it is evaluated, maybe after a newer model's: never go back
+    socket.on('model:published', (msg) => {
+      const known = this.snapshot.globalModel;
+      if (!known || known.version <= msg.version) this.set({ globalModel: { version: msg.version, round: msg.round, testAccuracy: msg.testAccuracy } });
+    });
     socket.on('server:error', (err) => this.set({ error: `${err.code}: ${err.message}` }));
   }
 
