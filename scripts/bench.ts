@@ -307,7 +307,7 @@ async function benchSimulation(): Promise<void> {
     const steady = r.rounds.slice(1);
     const roundMs = median(steady.map((x) => x.durationMs));
     rows.push({ workers, trainSamplesPerS: (10 * 300) / (roundMs / 1000), roundMs });
-    line(`${workers} worker(s): round ${fmt(roundMs / 1000, 2)} s (median, incl. evaluation on 10,000 test images) = ${fmt((10 * 300) / (roundMs / 1000), 0)} training samples/s`);
+    line(`${workers} worker(s): round ${fmt(roundMs / 1000, 2)} s (median of rounds 2–3; each model is evaluated on 10,000 test images in the same workers, alongside the next round or, for the last, after it) = ${fmt((10 * 300) / (roundMs / 1000), 0)} training samples/s`);
   }
   const speedup = (rows[1]?.trainSamplesPerS ?? NaN) / (rows[0]?.trainSamplesPerS ?? NaN);
   line(`speed-up with 2 workers: ${fmt(speedup, 2)}x`);

@@ -58,7 +58,8 @@ describe('fuzzing the sockets', () => {
     const honest = [await testDevice(server.url, 0, { examples: 100, beforeSubmit: async (s, r) => (r.round >= 2 ? held.beforeSubmit(s, r) : s) }), await testDevice(server.url, 1, { examples: 100, beforeSubmit: async (s, r) => (r.round >= 2 ? held.beforeSubmit(s, r) : s) })];
     for (const d of honest) await d.join();
     const runId = await launch(server, { rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1, roundTimeoutMs: 120_000 });
-    await until(() => server.store.listRounds(runId).length === 1 || undefined, 60_000, 'round 1');
+    // round 1 recorded with its metrics (its model is evaluated while round 2 opens): nothing legitimate writes after this
+    await until(() => (server.store.listRounds(runId).length === 1 && !server.store.listRounds(runId)[0]!.evaluationPending) || undefined, 60_000, 'round 1 and its evaluation');
     await until(() => (server.app.federation.status().phase === 'training' && server.app.federation.status().round?.round === 2) || undefined, 30_000, 'round 2 to open');
     await until(() => server.app.federation.status().round?.validating === 0 || undefined, 5_000, 'nothing in validation');
     const before = fingerprint(server, runId);
