@@ -3,6 +3,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { MnistSplit } from './data/mnist.ts';
 import { Federation, systemClock, type Clock, type UpdateValidator } from './federation.ts';
+import type { DeltaEncoder } from './model-book.ts';
 import { strategyFor, type Strategy } from './fl/strategy.ts';
 import type { RunConfig } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
@@ -28,6 +29,8 @@ export interface AppDeps {
   clock?: Clock;
   /** how updates are decoded and checked (default: validate.ts, inline) */
   validate?: UpdateValidator;
+  /** how model deltas for downloads are encoded (default: inline) */
+  encodeDelta?: DeltaEncoder;
   maxPayloadBytes?: number;
   rateLimit?: RateLimit;
   /** with a certificate and key, the server speaks HTTPS and WSS only */
@@ -50,7 +53,7 @@ export interface App {
 
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
-  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port, ...(deps.validate ? { validate: deps.validate } : {}) });
+  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port, ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}) });
   const allowedOrigins = deps.allowedOrigins ?? [];
   const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);

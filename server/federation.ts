@@ -20,7 +20,7 @@ import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
-import { ModelBook } from './model-book.ts';
+import { ModelBook, type DeltaEncoder, type DownloadsOf } from './model-book.ts';
 import type { Store } from './store/store.ts';
 
 export type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
@@ -83,6 +83,8 @@ export interface FederationDeps {
   logger: Logger;
   port: DevicePort;
   validate?: UpdateValidator;
+  /** how model deltas for downloads are encoded (default: inline) */
+  encodeDelta?: DeltaEncoder;
 }
 
 const roundKey = (r: { runId: number; round: number; attempt: number }) => `${r.runId}:${r.round}:${r.attempt}`;
@@ -113,7 +115,7 @@ export class Federation {
 
   constructor(private readonly deps: FederationDeps) {
     this.log = deps.logger.child('federation');
-    this.models = new ModelBook(deps.store, this.log);
+    this.models = new ModelBook(deps.store, this.log, deps.encodeDelta);
   }
 
   // ─── observers (the admin feed) ──────────────────────────────────────────
@@ -489,16 +491,28 @@ export class Federation {
       this.secure = new SecureRound(roundKey(effect), plan, global.weights.values.length, effect.privacy?.distributed ? effect.privacy.expected : undefined);
       msg.secureAggregation = plan;
     }
-    const download = this.models.downloads(run.config);
-    let bytesDown = 0;
+    const held = effect.deviceIds.map((id) => this.devices.heldVersion(id));
     this.devices.selected(effect.deviceIds);
+    const downloads = this.models.downloads(run.config, held);
+    if (typeof downloads === 'function') return this.sendRoundStart(effect, msg, downloads);
+    // deltas are encoded off the event loop first; a round that ended meanwhile sends nothing
+    this.track(
+      downloads.then((ready) => {
+        const cur = this.state.current;
+        if (this.state.phase === 'training' && cur && roundKey(cur) === roundKey(effect)) this.sendRoundStart(effect, msg, ready);
+      }),
+    );
+  }
+
+  private sendRoundStart(effect: Extract<Effect, { type: 'round:start' }>, msg: RoundStart, download: DownloadsOf): void {
+    let bytesDown = 0;
     for (const id of effect.deviceIds) {
       const d = download(this.devices.heldVersion(id));
       bytesDown += d.weights.byteLength;
       this.deps.port.sendRoundStart(id, d.baseVersion === undefined ? msg : { ...msg, weights: d.weights, baseVersion: d.baseVersion });
     }
     this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
-    this.queue.push({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown });
+    this.dispatch({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown });
   }
 
   private validate(submission: number): void {

@@ -9,7 +9,7 @@ import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
 import { createApp } from './app.ts';
 import { loadMnist } from './data/mnist.ts';
 import { createLogger } from './log.ts';
-import { startValidatorPool } from './fl/validate-pool.ts';
+import { startWorkPool } from './work-pool.ts';
 import { startWorkerEvaluator } from './ml/evaluator.ts';
 import { openSqliteStore } from './store/sqlite.ts';
 
@@ -51,9 +51,9 @@ async function main(): Promise<void> {
 
   // the test set is evaluated in a worker thread: the event loop keeps serving devices meanwhile
   const evaluator = await startWorkerEvaluator(test);
-  // and updates are decoded, checked and clipped in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
-  const validateThreads = envInt('VALIDATE_THREADS', 1);
-  const validators = validateThreads > 0 ? await startValidatorPool(validateThreads) : undefined;
+  // and updates are decoded, checked and clipped, and model deltas encoded, in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
+  const workThreads = envInt('VALIDATE_THREADS', 1);
+  const work = workThreads > 0 ? await startWorkPool(workThreads) : undefined;
   const app = createApp({
     ...(tls ? { tls } : {}),
     apiRequestsPerMinute: envInt('API_RATE_LIMIT', 1200) || 1200,
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     allowedOrigins,
     store,
     evaluator,
-    ...(validators ? { validate: validators.validate } : {}),
+    ...(work ? { validate: work.validate, encodeDelta: work.encodeDelta } : {}),
     train,
     logger: log,
     adminToken,
@@ -83,7 +83,7 @@ async function main(): Promise<void> {
     closing = true;
     log.info('shutting down', { signal });
     app.close().then(
-      () => Promise.all([evaluator.close(), validators?.close()]).then(() => process.exit(0)),
+      () => Promise.all([evaluator.close(), work?.close()]).then(() => process.exit(0)),
       (err: unknown) => {
         log.error('shutdown failed', { error: String(err) });
         process.exit(1);

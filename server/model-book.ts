@@ -23,10 +23,22 @@ export interface Download {
   baseVersion?: number;
 }
 
+/** How a delta is encoded (model-delta.ts): inline, or in a worker thread off the event loop. */
+export type DeltaEncoder = (base: Float32Array, target: Float32Array, baseVersion: number, targetVersion: number) => Promise<Uint8Array>;
+
+/** What to send a device that holds version `held` (null: none). */
+export type DownloadsOf = (held: number | null) => Download;
+
+export const inlineDeltaEncoder: DeltaEncoder = async (base, target, baseVersion, targetVersion) => encodeModelDelta(base, target, baseVersion, targetVersion);
+
 export class ModelBook {
   current: GlobalModel | undefined;
 
-  constructor(private readonly store: Store, private readonly log: Logger) {}
+  constructor(
+    private readonly store: Store,
+    private readonly log: Logger,
+    private readonly encodeDelta: DeltaEncoder = inlineDeltaEncoder,
+  ) {}
 
   /** A run's initial model (seeded), stored as its round 0. */
   createInitial(runId: number, config: RunConfig, now: number): GlobalModel {
@@ -49,33 +61,30 @@ export class ModelBook {
   }
 
   /**
-   * The downloads of one round: `(held) → what to send a device that holds version held`. With
-   * `downlink: delta`, a device holding an older version of the same model gets a delta against it
-   * when that is smaller than the model; one delta is computed per base version.
+   * The downloads of one round, for devices that hold the versions `held`: `(held) → what to send a
+   * device that holds version held`. With `downlink: delta`, a device holding an older version of
+   * the same model gets a delta against it when that is smaller than the model; one delta is
+   * encoded per base version, all of them at once (off the event loop with a threaded encoder).
    */
-  downloads(config: RunConfig): (held: number | null) => Download {
+  downloads(config: RunConfig, held: readonly (number | null)[]): DownloadsOf | Promise<DownloadsOf> {
     const global = this.current;
     if (!global) throw new Error('model book: no current model');
     const full: Download = { weights: global.payload };
-    const cache = new Map<number, Download>();
-    return (held) => {
-      if (config.downlink !== 'delta' || held === null || held === global.version) return full;
-      let d = cache.get(held);
-      if (!d) {
-        d = this.delta(held, global) ?? full;
-        cache.set(held, d);
-      }
-      return d;
-    };
+    const bases = config.downlink === 'delta' ? [...new Set(held.filter((v): v is number => v !== null && v !== global.version))] : [];
+    if (bases.length === 0) return () => full; // nothing to encode: the round can start at once
+    return Promise.all(bases.map(async (base) => [base, (await this.delta(base, global)) ?? full] as const)).then((pairs) => {
+      const deltas = new Map(pairs);
+      return (v) => (v === null ? full : (deltas.get(v) ?? full));
+    });
   }
 
-  private delta(base: number, global: GlobalModel): Download | undefined {
+  private async delta(base: number, global: GlobalModel): Promise<Download | undefined> {
     const record = this.store.getModel(base);
     const payload = record?.model === global.model ? this.store.getModelWeights(base) : undefined;
     if (!payload) return undefined;
     try {
       const weights = decodeWeights(payload, global.weights.specs);
-      const delta = encodeModelDelta(weights.values, global.weights.values, base, global.version);
+      const delta = await this.encodeDelta(weights.values, global.weights.values, base, global.version);
       return delta.byteLength < global.payload.byteLength ? { weights: delta, baseVersion: base } : undefined;
     } catch (err) {
       this.log.warn('stored model unreadable; sending the full model', { version: base, error: String(err) });

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { io } from 'socket.io-client';
 import { afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { startValidatorPool } from '../server/fl/validate-pool.ts';
+import { startWorkPool } from '../server/work-pool.ts';
 import type { AdminSnapshot, FederationEvent } from '../shared/api.ts';
 import { fedAvg } from '../shared/fedavg.ts';
 import type { AdminServerToClientEvents, RoundStart } from '../shared/protocol.ts';
@@ -32,10 +32,10 @@ describe('federation over real sockets', () => {
   };
 
   it('runs FedAvg rounds with the browser device client, stores each version and serves it as a TF.js model', async () => {
-    // the server's own validation: in a thread, handed each socket payload without a copy
-    const validators = await startValidatorPool(1);
-    onTestFinished(() => validators.close());
-    server = await startServer({ validate: validators.validate });
+    // the server's own work threads: each socket payload validated there without a copy, round 2's deltas encoded there
+    const work = await startWorkPool(1);
+    onTestFinished(() => work.close());
+    server = await startServer({ validate: work.validate, encodeDelta: work.encodeDelta });
     const trio = [await device(0, { examples: 60 }), await device(1, { examples: 100 }), await device(2, { examples: 140 })];
     const id = await launch(server, { rounds: 2, clientsPerRound: 3, minUpdates: 3, batchSize: 10, roundTimeoutMs: 30_000 });
     const run = await runEnded(server, id);

@@ -1,14 +1,15 @@
 /**
- * The server's validator threads: every payload — honest under each codec, or hostile — gets from
- * a thread exactly what inline validation gives it: the same Δ, norm and clipping, or the same
- * refusal with the same message and kind.
+ * The server's work threads: every payload — honest under each codec, or hostile — gets from a
+ * thread exactly what inline validation gives it: the same Δ, norm and clipping, or the same
+ * refusal with the same message and kind; a model delta encoded there is the inline one, byte for byte.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeUpdate } from '../shared/codec.ts';
 import { createRng } from '../shared/rng.ts';
 import { codecConfig, runConfigSchema, type RunConfig } from '../shared/schemas.ts';
 import { WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
-import { startValidatorPool, type ValidatorPool } from '../server/fl/validate-pool.ts';
+import { startWorkPool, type WorkPool } from '../server/work-pool.ts';
+import { applyModelDelta, encodeModelDelta } from '../shared/model-delta.ts';
 import { validateUpdate } from '../server/fl/validate.ts';
 import { hostilePayloads } from './support/hostile.ts';
 
@@ -19,9 +20,9 @@ const specs = [
 ];
 const n = 5 * 5 * 8 + 2000 + 10;
 
-let pool: ValidatorPool;
+let pool: WorkPool;
 beforeAll(async () => {
-  pool = await startValidatorPool(2);
+  pool = await startWorkPool(2);
 });
 afterAll(() => pool.close());
 
@@ -33,7 +34,7 @@ async function outcome(run: () => Promise<unknown>): Promise<unknown> {
   }
 }
 
-describe('validator threads', () => {
+describe('work threads', () => {
   for (const codec of ['float32', 'q8', 'topk+q8+deflate', 'rand+q2+deflate']) {
     it(`validate ${codec} updates, honest and hostile, exactly as inline validation does`, async () => {
       const config: RunConfig = runConfigSchema.parse({ updateCodec: codec, clipNorm: 0.5 });
@@ -58,7 +59,7 @@ describe('validator threads', () => {
     const all = Promise.all(Array.from({ length: 8 }, () => pool.validate(payload.slice(), specs, config)));
     expect(pool.load().every((l) => l > 0)).toBe(true);
     expect((await all).every((v) => v.delta.length === n)).toBe(true);
-    const closing = await startValidatorPool(1);
+    const closing = await startWorkPool(1);
     await closing.close();
     await expect(closing.validate(payload, specs, config)).rejects.toThrow(/closed/);
   });
@@ -73,5 +74,16 @@ describe('validator threads', () => {
     expect(inside.byteLength).toBe(payload.byteLength + 16); // still there
     expect((await pool.validate(payload, specs, config)).delta).toHaveLength(n);
     expect(payload.byteLength).toBe(0); // handed over
+  });
+
+  it('encode a model delta byte for byte as inline, and it rebuilds the target exactly', async () => {
+    const rng = createRng(5);
+    const base = Float32Array.from({ length: n }, () => rng() - 0.5);
+    const target = base.map((x, i) => x + ((i % 7) - 3) * 1e-3);
+    const inline = encodeModelDelta(base, target, 4, 5);
+    const inThread = await pool.encodeDelta(base.slice(), target, 4, 5);
+    expect(Buffer.from(inThread).equals(Buffer.from(inline))).toBe(true);
+    expect(target.length).toBe(n); // the live model is copied, never taken
+    expect(applyModelDelta({ specs, values: base }, 4, inThread).weights.values).toEqual(target);
   });
 });
