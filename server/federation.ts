@@ -47,7 +47,6 @@ export const systemClock: Clock = {
   },
 };
 
-/** Decodes and checks an update (validate.ts); may run elsewhere than the event loop. */
 /** Decodes, checks and clips an update; it may take the payload's buffer (the federation does not read a payload after handing it over). */
 export type UpdateValidator = (payload: Uint8Array, specs: Parameters<typeof validateUpdate>[1], config: RunConfig) => Promise<ValidatedUpdate>;
 
