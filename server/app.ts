@@ -4,6 +4,7 @@ import { createServer as createTlsServer } from 'node:https';
 import type { MnistSplit } from './data/mnist.ts';
 import { Federation, systemClock, type Clock, type UpdateValidator } from './federation.ts';
 import type { DeltaEncoder } from './model-book.ts';
+import type { ThreadSums } from './work-pool.ts';
 import { strategyFor, type Strategy } from './fl/strategy.ts';
 import type { RunConfig } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
@@ -31,6 +32,8 @@ export interface AppDeps {
   validate?: UpdateValidator;
   /** how model deltas for downloads are encoded (default: inline) */
   encodeDelta?: DeltaEncoder;
+  /** FedAvg's sum kept in work threads (default: on the event loop) */
+  sums?: ThreadSums;
   maxPayloadBytes?: number;
   rateLimit?: RateLimit;
   /** with a certificate and key, the server speaks HTTPS and WSS only */
@@ -53,7 +56,7 @@ export interface App {
 
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
-  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port, ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}) });
+  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port, ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}), ...(deps.sums ? { sums: deps.sums } : {}) });
   const allowedOrigins = deps.allowedOrigins ?? [];
   const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);

@@ -21,6 +21,7 @@ import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import { ModelBook, type DeltaEncoder, type DownloadsOf } from './model-book.ts';
+import type { KeptUpdate, ThreadSums } from './work-pool.ts';
 import type { Store } from './store/store.ts';
 
 export type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
@@ -71,6 +72,8 @@ interface Submission {
   signature?: Uint8Array;
   answer: (result: Result<{ accepted: true }>) => void;
   validated?: ValidatedUpdate;
+  /** validated and kept in a work thread, to be added to the round's sum there */
+  kept?: KeptUpdate;
 }
 
 export interface FederationDeps {
@@ -84,6 +87,8 @@ export interface FederationDeps {
   validate?: UpdateValidator;
   /** how model deltas for downloads are encoded (default: inline) */
   encodeDelta?: DeltaEncoder;
+  /** FedAvg's sum kept in work threads (default: on the event loop, as each update is accepted) */
+  sums?: ThreadSums;
 }
 
 const roundKey = (r: { runId: number; round: number; attempt: number }) => `${r.runId}:${r.round}:${r.attempt}`;
@@ -93,7 +98,8 @@ export class Federation {
   private state: CoordinatorState = initialState();
   private readonly devices = new DeviceRegistry();
   private readonly models: ModelBook;
-  private aggregator: { key: string; sum: RoundAggregator } | undefined;
+  /** the round's aggregator; `inThreads`: accepted updates were added to the work threads' sums, merged at aggregation */
+  private aggregator: { key: string; sum: RoundAggregator; inThreads?: boolean } | undefined;
   private readonly submissions = new Map<number, Submission>();
   private nextSubmission = 1;
   /** devices' identity keys (proven at hello) and whether they do X25519: secure aggregation checks and picks with them */
@@ -351,7 +357,10 @@ export class Federation {
         const s = this.submissions.get(effect.submission);
         this.submissions.delete(effect.submission);
         if (this.secure && s) this.secure.add(s.payload);
-        else if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
+        else if (s?.kept && this.aggregator && this.deps.sums) {
+          this.deps.sums.add(s.kept, this.aggregator.key, effect.weight);
+          this.aggregator.inThreads = true;
+        } else if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
         else this.aggregator.sum.add(s.validated.delta, effect.weight);
         this.devices.counted(effect.deviceId, effect.metrics);
         s.answer({ ok: true, data: { accepted: true } });
@@ -360,6 +369,7 @@ export class Federation {
       case 'update:reject': {
         const s = this.submissions.get(effect.submission);
         this.submissions.delete(effect.submission);
+        if (s?.kept) this.deps.sums?.drop(s.kept);
         if (effect.late) this.counters.lateUpdates++;
         this.counters.rejectedUpdates++;
         this.note('warn', 'update:rejected', `update rejected (${effect.code}): ${effect.message}`, { deviceId: effect.deviceId, code: effect.code });
@@ -381,6 +391,8 @@ export class Federation {
           this.note('info', 'round:evaluated', `round ${r.round} evaluated: ${acc}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy });
           return;
         }
+        // a round that ends without aggregation leaves its share of the sum in the threads: released
+        if (r.status !== 'completed' && this.aggregator?.inThreads) void this.deps.sums?.take(this.aggregator.key, 0).catch(() => undefined);
         this.aggregator = undefined;
         if (r.status === 'completed') {
           const acc = r.evaluationPending ? 'its model is being evaluated' : r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
@@ -535,18 +547,35 @@ export class Federation {
     // under DP the round's own bound (adaptive clipping moves it from round to round)
     const clip = this.state.current?.privacy?.clip;
     const config = run.config.dp && clip !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clip } } : run.config;
+    // a linear rule's sum can be kept in the work threads: the update stays where it is decoded
+    const sums = this.deps.sums;
+    if (sums && this.aggregator?.sum.merge) {
+      this.track(
+        sums.validate(s.payload, global.weights.specs, config).then(
+          (v) => {
+            if (this.submissions.get(submission) !== s) return sums.drop(v.kept); // refused (late) while it was being validated
+            s.kept = v.kept;
+            this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
+          },
+          (err: unknown) => this.invalid(submission, s.deviceId, err),
+        ),
+      );
+      return;
+    }
     this.track(
       validate(s.payload, global.weights.specs, config).then(
         (v) => {
           s.validated = v;
           this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
         },
-        (err: unknown) => {
-          if (!(err instanceof WeightsFormatError)) this.log.error('update validation failed unexpectedly', { deviceId: s.deviceId, error: errorText(err) });
-          this.dispatch({ type: 'update:invalid', submission, reason: err instanceof WeightsFormatError ? err.message : `could not be validated (${errorText(err)})` });
-        },
+        (err: unknown) => this.invalid(submission, s.deviceId, err),
       ),
     );
+  }
+
+  private invalid(submission: number, deviceId: string, err: unknown): void {
+    if (!(err instanceof WeightsFormatError)) this.log.error('update validation failed unexpectedly', { deviceId, error: errorText(err) });
+    this.dispatch({ type: 'update:invalid', submission, reason: err instanceof WeightsFormatError ? err.message : `could not be validated (${errorText(err)})` });
   }
 
   private aggregate(effect: Extract<Effect, { type: 'round:aggregate' }>): void {
@@ -557,6 +586,8 @@ export class Federation {
       (async () => {
         await new Promise<void>((resolve) => setImmediate(resolve)); // off the caller's stack: a deadline may pass meanwhile
         if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
+        // the threads' shares of the sum, merged: O(threads × model)
+        if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, global.weights.values.length)) aggregator.sum.merge!(p);
         const next = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);

@@ -51,7 +51,7 @@ async function main(): Promise<void> {
 
   // the test set is evaluated in a worker thread: the event loop keeps serving devices meanwhile
   const evaluator = await startWorkerEvaluator(test);
-  // and updates are decoded, checked and clipped, and model deltas encoded, in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
+  // and updates are decoded, checked, clipped and summed, and model deltas encoded, in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
   const workThreads = envInt('VALIDATE_THREADS', 1);
   const work = workThreads > 0 ? await startWorkPool(workThreads) : undefined;
   const app = createApp({
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     allowedOrigins,
     store,
     evaluator,
-    ...(work ? { validate: work.validate, encodeDelta: work.encodeDelta } : {}),
+    ...(work ? { validate: work.validate, encodeDelta: work.encodeDelta, sums: work.sums } : {}),
     train,
     logger: log,
     adminToken,

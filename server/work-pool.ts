@@ -13,27 +13,65 @@ import { WeightsFormatError, type TensorSpec } from '../shared/weights.ts';
 import type { UpdateValidator } from './federation.ts';
 import type { ValidatedUpdate } from './fl/validate.ts';
 import type { DeltaEncoder } from './model-book.ts';
+import type { PartialSum } from '../shared/fedavg.ts';
 import { tsWorker } from './ts-worker.ts';
 
 export type WorkJob =
-  | { kind: 'validate'; id: number; payload: Uint8Array; specs: readonly TensorSpec[]; config: RunConfig }
+  /** `keep`: the Δ stays in the thread for `add` or `drop` */
+  | { kind: 'validate'; id: number; payload: Uint8Array; specs: readonly TensorSpec[]; config: RunConfig; keep?: boolean }
+  | { kind: 'add'; id: number; of: number; key: string; weight: number }
+  | { kind: 'drop'; id: number; of: number }
+  | { kind: 'take'; id: number; key: string; size: number }
   | { kind: 'delta'; id: number; base: Float32Array; target: Float32Array; baseVersion: number; targetVersion: number };
 
 export type WorkReply =
   | { id: number; ok: true; kind: 'validate'; delta: Float32Array; norm: number; clipped: boolean }
+  | { id: number; ok: true; kind: 'kept'; norm: number; clipped: boolean }
+  | { id: number; ok: true; kind: 'done' }
+  | { id: number; ok: true; kind: 'sum'; partial: PartialSum }
   | { id: number; ok: true; kind: 'delta'; bytes: Uint8Array }
   | { id: number; ok: false; formatError: boolean; message: string };
+
+/** An update validated and kept in the thread that validated it, until it is added to a sum or dropped. */
+export interface KeptUpdate {
+  thread: number;
+  id: number;
+}
+
+/**
+ * A round's FedAvg sum kept in the work threads: updates are validated and kept where they were
+ * decoded, added there once accepted, and each thread's share of the sum is merged once, when the
+ * round is aggregated. Nothing of an update crosses back to the event loop.
+ */
+export interface ThreadSums {
+  validate(payload: Uint8Array, specs: readonly TensorSpec[], config: RunConfig): Promise<{ kept: KeptUpdate; norm: number; clipped: boolean }>;
+  add(kept: KeptUpdate, key: string, weight: number): void;
+  drop(kept: KeptUpdate): void;
+  /** every thread's share of the round `key`'s sum (a failed add makes it fail: an accepted update would be missing) */
+  take(key: string, size: number): Promise<PartialSum[]>;
+}
 
 type Done = Extract<WorkReply, { ok: true }>;
 
 interface Thread {
+  index: number;
   worker: Worker;
   pending: Map<number, { resolve: (r: Done) => void; reject: (err: Error) => void }>;
+  /** validations and deltas posted to it and not answered */
+  heavy: number;
 }
+
+/**
+ * Validations and deltas posted to a thread at once, at most: the rest wait here, undecoded, so
+ * that a thread's queue never holds more than this many payloads and the light jobs (adding a kept
+ * update to its sum, handing over a sum) are never stuck behind a burst of uploads.
+ */
+const HEAVY_PER_THREAD = 2;
 
 export interface WorkPool {
   validate: UpdateValidator;
   encodeDelta: DeltaEncoder;
+  sums: ThreadSums;
   /** jobs under way in each thread */
   load(): number[];
   close(): Promise<void>;
@@ -49,13 +87,13 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
   let closed = false;
   let nextId = 1;
   const threads: Thread[] = await Promise.all(
-    Array.from({ length: size }, async () => {
+    Array.from({ length: size }, async (_, index) => {
       const worker = tsWorker(new URL('./work-thread.ts', import.meta.url));
       await new Promise<void>((resolve, reject) => {
         worker.once('message', () => resolve());
         worker.once('error', reject);
       });
-      const thread: Thread = { worker, pending: new Map() };
+      const thread: Thread = { index, worker, pending: new Map(), heavy: 0 };
       worker.on('message', (reply: WorkReply) => {
         const p = thread.pending.get(reply.id);
         if (!p) return;
@@ -77,19 +115,51 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
     }),
   );
 
-  const submit = (job: WorkJob, transfer: ArrayBuffer[]): Promise<Done> => {
+  /** a light job, to the thread it concerns */
+  const submit = (job: WorkJob, transfer: ArrayBuffer[], thread: Thread | undefined): Promise<Done> => {
     if (closed) return Promise.reject(new Error('work pool: closed'));
-    const thread = threads.reduce<Thread | undefined>((best, t) => (!best || t.pending.size < best.pending.size ? t : best), undefined);
-    if (!thread) return Promise.reject(new Error('work pool: no thread left'));
+    if (!thread || !threads.includes(thread)) return Promise.reject(new Error('work pool: no thread left'));
     return new Promise<Done>((resolve, reject) => {
       thread.pending.set(job.id, { resolve, reject });
       thread.worker.postMessage(job, transfer);
     });
   };
+  const waiting: { job: WorkJob; transfer: ArrayBuffer[]; resolve: (r: { done: Done; thread: number }) => void; reject: (err: Error) => void }[] = [];
+  const pump = (): void => {
+    while (waiting.length) {
+      if (closed || threads.length === 0) {
+        for (const w of waiting.splice(0)) w.reject(new Error(closed ? 'work pool: closed' : 'work pool: no thread left'));
+        return;
+      }
+      const thread = threads.filter((t) => t.heavy < HEAVY_PER_THREAD).sort((a, b) => a.heavy - b.heavy)[0];
+      if (!thread) return;
+      const w = waiting.shift()!;
+      thread.heavy++;
+      submit(w.job, w.transfer, thread).then(
+        (done) => {
+          thread.heavy--;
+          w.resolve({ done, thread: thread.index });
+          pump();
+        },
+        (err: Error) => {
+          thread.heavy--;
+          w.reject(err);
+          pump();
+        },
+      );
+    }
+  };
+  /** a validation or a delta, to the least busy thread as soon as one has room */
+  const heavy = (job: WorkJob, transfer: ArrayBuffer[]): Promise<{ done: Done; thread: number }> =>
+    new Promise((resolve, reject) => {
+      if (closed) return reject(new Error('work pool: closed'));
+      waiting.push({ job, transfer, resolve, reject });
+      pump();
+    });
 
   const validate: UpdateValidator = async (payload, specs, config) => {
     const bytes = own(payload, (v) => new Uint8Array(v)); // a copy (a Buffer's slice() would share memory)
-    const r = await submit({ kind: 'validate', id: nextId++, payload: bytes, specs, config }, [bytes.buffer as ArrayBuffer]);
+    const { done: r } = await heavy({ kind: 'validate', id: nextId++, payload: bytes, specs, config }, [bytes.buffer as ArrayBuffer]);
     if (r.kind !== 'validate') throw new Error('work pool: a validation came back as something else');
     return { delta: r.delta, norm: r.norm, clipped: r.clipped } satisfies ValidatedUpdate;
   };
@@ -98,17 +168,55 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
   const encodeDelta: DeltaEncoder = async (base, target, baseVersion, targetVersion) => {
     const b = own(base, (v) => v.slice());
     const t = target.slice();
-    const r = await submit({ kind: 'delta', id: nextId++, base: b, target: t, baseVersion, targetVersion }, [b.buffer as ArrayBuffer, t.buffer as ArrayBuffer]);
+    const { done: r } = await heavy({ kind: 'delta', id: nextId++, base: b, target: t, baseVersion, targetVersion }, [b.buffer as ArrayBuffer, t.buffer as ArrayBuffer]);
     if (r.kind !== 'delta') throw new Error('work pool: a delta came back as something else');
     return r.bytes;
+  };
+
+  const failedAdds = new Map<string, Error>();
+  /** the threads holding a share of each round's sum */
+  const holders = new Map<string, Set<number>>();
+  const sums: ThreadSums = {
+    async validate(payload, specs, config) {
+      const bytes = own(payload, (v) => new Uint8Array(v));
+      const id = nextId++;
+      const { done: r, thread } = await heavy({ kind: 'validate', id, payload: bytes, specs, config, keep: true }, [bytes.buffer as ArrayBuffer]);
+      if (r.kind !== 'kept') throw new Error('work pool: a kept validation came back as something else');
+      return { kept: { thread, id }, norm: r.norm, clipped: r.clipped };
+    },
+    add(kept, key, weight) {
+      const thread = threads.find((t) => t.index === kept.thread);
+      holders.set(key, (holders.get(key) ?? new Set()).add(kept.thread));
+      submit({ kind: 'add', id: nextId++, of: kept.id, key, weight }, [], thread).catch((err: Error) => failedAdds.set(key, err));
+    },
+    drop(kept) {
+      const thread = threads.find((t) => t.index === kept.thread);
+      if (thread) submit({ kind: 'drop', id: nextId++, of: kept.id }, [], thread).catch(() => undefined);
+    },
+    async take(key, size) {
+      // a thread handles its messages in order: every add sent before this take is in its share
+      const parts = await Promise.all(threads.map((t) => submit({ kind: 'take', id: nextId++, key, size }, [], t)));
+      const failed = failedAdds.get(key);
+      const lost = [...(holders.get(key) ?? [])].filter((i) => !threads.some((t) => t.index === i));
+      failedAdds.delete(key);
+      holders.delete(key);
+      if (failed) throw new Error(`an accepted update could not be added to the round's sum: ${failed.message}`);
+      if (lost.length) throw new Error('a work thread holding part of the round\'s sum exited');
+      return parts.map((r) => {
+        if (r.kind !== 'sum') throw new Error('work pool: a sum came back as something else');
+        return r.partial;
+      });
+    },
   };
 
   return {
     validate,
     encodeDelta,
+    sums,
     load: () => threads.map((t) => t.pending.size),
     close: async () => {
       closed = true;
+      for (const w of waiting.splice(0)) w.reject(new Error('work pool: closed'));
       for (const t of threads) for (const p of t.pending.values()) p.reject(new Error('work pool: closed'));
       await Promise.all(threads.map((t) => t.worker.terminate()));
     },

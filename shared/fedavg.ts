@@ -3,6 +3,13 @@
  * A device sends Δ_k = w_local − w_global with its example count n_k; the server computes
  * w ← w + Σ n_k Δ_k / Σ n_k. The running sum keeps memory O(model), whatever the number of clients.
  */
+/** A share of a round's FedAvg sum: Σ n_k Δ_k over some updates, Σ n_k, and how many. */
+export interface PartialSum {
+  sum: Float64Array;
+  weight: number;
+  updates: number;
+}
+
 export class WeightedDeltaSum {
   private readonly sum: Float64Array;
   private weight = 0;
@@ -27,6 +34,21 @@ export class WeightedDeltaSum {
     for (let i = 0; i < sum.length; i++) sum[i] = (sum[i] as number) + numExamples * (delta[i] as number);
     this.weight += numExamples;
     this.updates += 1;
+  }
+
+  /** The running sum as it stands, to be merged elsewhere (a thread's share of a round's sum). */
+  partial(): PartialSum {
+    return { sum: this.sum, weight: this.weight, updates: this.updates };
+  }
+
+  /** Adds another running sum of the same size (O(model), whatever the updates in it). */
+  merge(p: PartialSum): void {
+    if (p.sum.length !== this.size) throw new RangeError(`fedavg: partial sum has ${p.sum.length} values, expected ${this.size}`);
+    if (p.updates === 0) return;
+    const sum = this.sum;
+    for (let i = 0; i < sum.length; i++) sum[i] = (sum[i] as number) + (p.sum[i] as number);
+    this.weight += p.weight;
+    this.updates += p.updates;
   }
 
   /** Σ n_k Δ_k / Σ n_k, or undefined when nothing was added. */

@@ -32,10 +32,17 @@ describe('federation over real sockets', () => {
   };
 
   it('runs FedAvg rounds with the browser device client, stores each version and serves it as a TF.js model', async () => {
-    // the server's own work threads: each socket payload validated there without a copy, round 2's deltas encoded there
-    const work = await startWorkPool(1);
+    // the server's own work threads: each socket payload validated and summed there without a copy, round 2's deltas encoded there
+    const work = await startWorkPool(2);
     onTestFinished(() => work.close());
-    server = await startServer({ validate: work.validate, encodeDelta: work.encodeDelta });
+    let merged = 0;
+    const take = work.sums.take;
+    work.sums.take = async (key, size) => {
+      const parts = await take(key, size);
+      merged += parts.reduce((n, p) => n + p.updates, 0);
+      return parts;
+    };
+    server = await startServer({ validate: work.validate, encodeDelta: work.encodeDelta, sums: work.sums });
     const trio = [await device(0, { examples: 60 }), await device(1, { examples: 100 }), await device(2, { examples: 140 })];
     const id = await launch(server, { rounds: 2, clientsPerRound: 3, minUpdates: 3, batchSize: 10, roundTimeoutMs: 30_000 });
     const run = await runEnded(server, id);
@@ -43,6 +50,7 @@ describe('federation over real sockets', () => {
 
     const rounds = server.store.listRounds(id);
     expect(rounds.map((r) => [r.round, r.participants, r.completed, r.dropped])).toEqual([[1, 3, 3, 0], [2, 3, 3, 0]]);
+    expect(merged).toBe(6); // every counted update was summed in the threads
     const full = server.store.getModelWeights(1)!.byteLength;
     expect(rounds[0]!.bytesDown).toBe(3 * full);
     expect(rounds[1]!.bytesDown).toBeLessThan(3 * full); // each device holds round 1's model: deltas

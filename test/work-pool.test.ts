@@ -10,6 +10,7 @@ import { codecConfig, runConfigSchema, type RunConfig } from '../shared/schemas.
 import { WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
 import { startWorkPool, type WorkPool } from '../server/work-pool.ts';
 import { applyModelDelta, encodeModelDelta } from '../shared/model-delta.ts';
+import { WeightedDeltaSum } from '../shared/fedavg.ts';
 import { validateUpdate } from '../server/fl/validate.ts';
 import { hostilePayloads } from './support/hostile.ts';
 
@@ -85,5 +86,34 @@ describe('work threads', () => {
     expect(Buffer.from(inThread).equals(Buffer.from(inline))).toBe(true);
     expect(target.length).toBe(n); // the live model is copied, never taken
     expect(applyModelDelta({ specs, values: base }, 4, inThread).weights.values).toEqual(target);
+  });
+
+  it("keep a round's FedAvg sum: what was added and only that, merged from every thread as on the event loop", async () => {
+    const config = runConfigSchema.parse({ clipNorm: 0.5 });
+    const rng = createRng(11);
+    const updates = Array.from({ length: 6 }, () => Float32Array.from({ length: n }, () => (rng() - 0.5) * 0.02));
+    const kept = await Promise.all(updates.map((u) => pool.sums.validate(encodeUpdate({ specs, values: u }, codecConfig(config), createRng(1)), specs, config)));
+    expect(new Set(kept.map((k) => k.kept.thread)).size).toBe(2); // both threads hold some
+    // four accepted with their weights, one refused late, one never decided (its round ended)
+    const weights = [10, 20, 30, 40];
+    kept.slice(0, 4).forEach((k, i) => pool.sums.add(k.kept, 'run1:1:1', weights[i]!));
+    pool.sums.drop(kept[4]!.kept);
+    const parts = await pool.sums.take('run1:1:1', n);
+    const merged = new WeightedDeltaSum(n);
+    for (const p of parts) merged.merge(p);
+    const inline = new WeightedDeltaSum(n);
+    updates.slice(0, 4).forEach((u, i) => inline.add(validateUpdate(encodeUpdate({ specs, values: u }, codecConfig(config), createRng(1)), specs, config).delta, weights[i]!));
+    expect(merged.count).toBe(4);
+    expect(merged.totalWeight).toBe(100);
+    const a = merged.mean()!;
+    const b = inline.mean()!;
+    for (let i = 0; i < n; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-7);
+    // taken once: a second take finds nothing
+    expect((await pool.sums.take('run1:1:1', n)).every((p) => p.updates === 0)).toBe(true);
+  });
+
+  it("refuse to hand over a round's sum when an accepted update could not be added to it", async () => {
+    pool.sums.add({ thread: 0, id: 987_654 }, 'run1:2:1', 5); // no such kept update
+    await expect(pool.sums.take('run1:2:1', n)).rejects.toThrow(/could not be added to the round's sum: .*no kept update 987654/);
   });
 });

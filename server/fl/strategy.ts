@@ -4,7 +4,7 @@
  * chosen per run by `aggregation`. Updates arrive validated and, when the run sets `clipNorm`,
  * already clipped (validate.ts), whatever the strategy.
  */
-import { applyDelta, WeightedDeltaSum } from '../../shared/fedavg.ts';
+import { applyDelta, WeightedDeltaSum, type PartialSum } from '../../shared/fedavg.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
 import { addGaussianNoise } from '../../shared/privacy/noise.ts';
 import { coordinateMedian, trimmedMean } from '../../shared/robust.ts';
@@ -13,6 +13,8 @@ import { codecConfig, type Aggregation, type RunConfig } from '../../shared/sche
 export interface RoundAggregator {
   /** adds one validated update with its weight (the example count, capped by the run) */
   add(delta: Float32Array, weight: number): void;
+  /** a linear rule only: adds a share of the round's weighted sum made elsewhere (a work thread) */
+  merge?(p: PartialSum): void;
   readonly count: number;
   /** the new global model, or undefined to keep the old one (nothing to aggregate) */
   result(global: Float32Array): Float32Array | undefined;
@@ -39,6 +41,7 @@ export const fedAvgStrategy: Strategy = {
     const sum = new WeightedDeltaSum(size);
     return {
       add: (delta, weight) => sum.add(delta, weight),
+      merge: (p) => sum.merge(p),
       get count() {
         return sum.count;
       },

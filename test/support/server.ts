@@ -10,6 +10,7 @@ import { io } from 'socket.io-client';
 import { createApp, type App } from '../../server/app.ts';
 import type { UpdateValidator } from '../../server/federation.ts';
 import type { DeltaEncoder } from '../../server/model-book.ts';
+import type { ThreadSums } from '../../server/work-pool.ts';
 import { loadMnist, type MnistSplit } from '../../server/data/mnist.ts';
 import { createLogger } from '../../server/log.ts';
 import { createEvaluator } from '../../server/ml/evaluator.ts';
@@ -43,10 +44,10 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startServer(options: { validate?: UpdateValidator; encodeDelta?: DeltaEncoder; maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number }; tls?: { cert: string; key: string }; allowedOrigins?: string[]; apiRequestsPerMinute?: number; crossOriginIsolation?: boolean } = {}): Promise<TestServer> {
+export async function startServer(options: { validate?: UpdateValidator; encodeDelta?: DeltaEncoder; sums?: ThreadSums; maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number }; tls?: { cert: string; key: string }; allowedOrigins?: string[]; apiRequestsPerMinute?: number; crossOriginIsolation?: boolean } = {}): Promise<TestServer> {
   const { train, test } = loadMnist();
   const store = openSqliteStore(':memory:');
-  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.validate ? { validate: options.validate } : {}), ...(options.encodeDelta ? { encodeDelta: options.encodeDelta } : {}), ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}), ...(options.tls ? { tls: options.tls } : {}), ...(options.allowedOrigins ? { allowedOrigins: options.allowedOrigins } : {}), ...(options.apiRequestsPerMinute ? { apiRequestsPerMinute: options.apiRequestsPerMinute } : {}), ...(options.crossOriginIsolation ? { crossOriginIsolation: true } : {}) });
+  const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.validate ? { validate: options.validate } : {}), ...(options.encodeDelta ? { encodeDelta: options.encodeDelta } : {}), ...(options.sums ? { sums: options.sums } : {}), ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}), ...(options.tls ? { tls: options.tls } : {}), ...(options.allowedOrigins ? { allowedOrigins: options.allowedOrigins } : {}), ...(options.apiRequestsPerMinute ? { apiRequestsPerMinute: options.apiRequestsPerMinute } : {}), ...(options.crossOriginIsolation ? { crossOriginIsolation: true } : {}) });
   await new Promise<void>((resolve) => app.http.listen(0, '127.0.0.1', resolve));
   const url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${(app.http.address() as AddressInfo).port}`;
   return { app, store, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
