@@ -9,6 +9,7 @@ import { DEFAULT_ORDERS, epsilonOfRounds, rdpOfRound, skellamRdp, subsampledRdp 
 import { poisson, skellamLambda, skellamLevels, skellamSensitivity, SKELLAM_MAX_LEVELS, type DistributedNoise } from '../shared/privacy/skellam.ts';
 import { createRng } from '../shared/rng.ts';
 import { addInto, dequantizeSum, quantizeInput, quantLevels, quantProblem, type QuantBounds } from '../shared/secagg/quantize.ts';
+import { noisySumBound } from '../server/fl/secagg.ts';
 
 const seeded = (seed: number) => {
   const rng = createRng(seed);
@@ -163,5 +164,27 @@ describe('the noisy integer sum', () => {
     const measured = Math.sqrt(sq / (d - 1));
     expect(measured / std).toBeGreaterThan(0.95);
     expect(measured / std).toBeLessThan(1.05);
+  });
+
+  it("lets the server tell a sum of clipped, noised inputs from one that a device's oversized input broke", () => {
+    const d = noise.parameters;
+    const rng = createRng(9);
+    const l2 = (v: Float32Array) => Math.sqrt(v.reduce((a, x) => a + x * x, 0));
+    const honest = new Uint32Array(d + 1);
+    for (let i = 0; i < bounds.maxInputs; i++) {
+      const delta = Float32Array.from({ length: d }, () => rng() - 0.5);
+      const norm = l2(delta);
+      addInto(honest, quantizeInput(delta.map((x) => (x / norm) * bounds.clipNorm), 1, bounds, rng));
+    }
+    const limit = noisySumBound(bounds, bounds.maxInputs);
+    expect(l2(dequantizeSum(honest, 10, bounds).sum)).toBeLessThan(limit);
+    // a selected device that skips clipping: 2²⁰ levels in every entry (the noise hides anything much
+    // smaller: without range proofs, the check catches gross violations only)
+    const hostile = Uint32Array.from(honest);
+    const raw = new Uint32Array(d + 1);
+    raw.fill(1 << 20);
+    raw[d] = 0;
+    addInto(hostile, raw);
+    expect(l2(dequantizeSum(hostile, 10, bounds).sum)).toBeGreaterThan(limit);
   });
 });
