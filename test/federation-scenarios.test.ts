@@ -332,6 +332,30 @@ describe('updates that arrive at the deadline', () => {
     expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 1 });
   });
 
+  it('with the sum in the work threads: an update refused as late while it was being validated is dropped there, never summed', async () => {
+    const s = new Scenario({ sums: true });
+    const sums = s.sums!;
+    s.join('device-a', 'device-b');
+    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
+    await flush();
+    const w0 = s.globalFor('device-a');
+    await s.submit('device-a', { step: 0.001 }); // counted: added to the sum in its thread
+    sums.hold = true;
+    const late = s.federation.submitUpdate('device-b', s.update('device-b', { step: 0.5 }));
+    await s.clock.advance(10_000 + VALIDATION_GRACE_MS);
+    expect(await late).toMatchObject({ ok: false, error: { code: 'ROUND_FULL' } });
+    sums.release(); // its validation ends after it was refused
+    await flush();
+    expect(sums.added).toHaveLength(1);
+    expect(sums.dropped).toHaveLength(1);
+    expect(sums.outstanding).toBe(0);
+    const [r1] = s.rounds(runId);
+    expect(r1).toMatchObject({ status: 'completed', completed: 1, late: 1 });
+    // the new model moved by device-a's step alone, merged from the threads
+    const w1 = decodeWeights(s.store.getModelWeights(r1!.modelVersion!)!).values;
+    for (const i of [0, 100, w1.length - 1]) expect(w1[i]! - w0.values[i]!).toBeCloseTo(0.001, 6);
+  });
+
   it('stops waiting for validation after the grace period: the update is late and the round fails without it', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');

@@ -4,14 +4,17 @@
  * validator the test controls. No sockets, no sleeps: time moves when the test says so.
  */
 import { Federation, inlineValidator, type Clock, type DevicePort, type UpdateValidator } from '../../server/federation.ts';
+import { validateUpdate } from '../../server/fl/validate.ts';
+import type { KeptUpdate, ThreadSums } from '../../server/work-pool.ts';
+import { WeightedDeltaSum, type PartialSum } from '../../shared/fedavg.ts';
 import { strategyFor } from '../../server/fl/strategy.ts';
 import { createLogger } from '../../server/log.ts';
 import type { EvalResult, Evaluator } from '../../server/ml/evaluator.ts';
 import { openSqliteStore } from '../../server/store/sqlite.ts';
 import type { Store } from '../../server/store/store.ts';
 import type { ModelPublished, Result, RoundEnd, RoundStart } from '../../shared/protocol.ts';
-import { runConfigSchema, type RunConfigInput, type UpdateSubmit } from '../../shared/schemas.ts';
-import { decodeWeights, encodeWeights, type FlatWeights } from '../../shared/weights.ts';
+import { runConfigSchema, type RunConfig, type RunConfigInput, type UpdateSubmit } from '../../shared/schemas.ts';
+import { decodeWeights, encodeWeights, type FlatWeights, type TensorSpec } from '../../shared/weights.ts';
 
 /** Timers fire when the test advances time; `early` makes them fire that many ms before their time, as Node's may. */
 export class FakeClock implements Clock {
@@ -117,6 +120,53 @@ export class ControlledValidator {
   }
 }
 
+/**
+ * FedAvg's sum kept "in threads" as the work pool keeps it, in memory, with the pool's contract: a
+ * kept update is added or dropped once, and a round's sum handed over once. The test can hold
+ * validations and sees every call.
+ */
+export class ControlledSums implements ThreadSums {
+  hold = false;
+  readonly added: { id: number; key: string; weight: number }[] = [];
+  readonly dropped: number[] = [];
+  private readonly waiting: (() => void)[] = [];
+  private readonly kept = new Map<number, Float32Array>();
+  private readonly sums = new Map<string, WeightedDeltaSum>();
+  private nextId = 1;
+  async validate(payload: Uint8Array, specs: readonly TensorSpec[], config: RunConfig) {
+    if (this.hold) await new Promise<void>((r) => this.waiting.push(r));
+    const v = validateUpdate(payload, specs, config);
+    const id = this.nextId++;
+    this.kept.set(id, v.delta);
+    return { kept: { thread: 0, id }, norm: v.norm, clipped: v.clipped };
+  }
+  add(kept: KeptUpdate, key: string, weight: number): void {
+    const delta = this.kept.get(kept.id);
+    if (!delta) throw new Error(`sums: update ${kept.id} is not kept (added or dropped twice?)`);
+    this.kept.delete(kept.id);
+    this.added.push({ id: kept.id, key, weight });
+    let sum = this.sums.get(key);
+    if (!sum) this.sums.set(key, (sum = new WeightedDeltaSum(delta.length)));
+    sum.add(delta, weight);
+  }
+  drop(kept: KeptUpdate): void {
+    if (!this.kept.delete(kept.id)) throw new Error(`sums: update ${kept.id} is not kept (added or dropped twice?)`);
+    this.dropped.push(kept.id);
+  }
+  async take(key: string, size: number): Promise<PartialSum[]> {
+    const p = this.sums.get(key)?.partial() ?? { sum: new Float64Array(size), weight: 0, updates: 0 };
+    this.sums.delete(key);
+    return [p];
+  }
+  release(): void {
+    for (const r of this.waiting.splice(0)) r();
+  }
+  /** updates kept and neither added nor dropped */
+  get outstanding(): number {
+    return this.kept.size;
+  }
+}
+
 const METRICS = { accuracyBefore: 0.1, lossBefore: 2.3, accuracyAfter: 0.3, lossAfter: 2, downloadMs: 5, evaluateMs: 5, trainMs: 50 };
 
 export class Scenario {
@@ -128,8 +178,12 @@ export class Scenario {
   readonly federation: Federation;
   readonly answers: Result<{ accepted: true }>[] = [];
 
-  constructor() {
-    this.federation = new Federation({ store: this.store, strategyFor, evaluator: this.evaluator, clock: this.clock, logger: createLogger('scenario', () => undefined), port: this.port, validate: this.validator.validate });
+  /** `sums`: FedAvg's sum kept as the work threads keep it (ControlledSums) */
+  readonly sums: ControlledSums | undefined;
+
+  constructor(o: { sums?: boolean } = {}) {
+    this.sums = o.sums ? new ControlledSums() : undefined;
+    this.federation = new Federation({ store: this.store, strategyFor, evaluator: this.evaluator, clock: this.clock, logger: createLogger('scenario', () => undefined), port: this.port, validate: this.validator.validate, ...(this.sums ? { sums: this.sums } : {}) });
   }
 
   join(...ids: string[]): void {
