@@ -47,7 +47,7 @@ export interface ThreadSums {
   validate(payload: Uint8Array, specs: readonly TensorSpec[], config: RunConfig): Promise<{ kept: KeptUpdate; norm: number; clipped: boolean }>;
   add(kept: KeptUpdate, key: string, weight: number): void;
   drop(kept: KeptUpdate): void;
-  /** every thread's share of the round `key`'s sum (a failed add makes it fail: an accepted update would be missing) */
+  /** the shares of the round `key`'s sum, one from each thread that holds some (a failed add or a lost thread makes it fail: an accepted update would be missing) */
   take(key: string, size: number): Promise<PartialSum[]>;
 }
 
@@ -195,9 +195,10 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
     },
     async take(key, size) {
       // a thread handles its messages in order: every add sent before this take is in its share
-      const parts = await Promise.all(threads.map((t) => submit({ kind: 'take', id: nextId++, key, size }, [], t)));
+      const holding = holders.get(key) ?? new Set<number>();
+      const parts = await Promise.all(threads.filter((t) => holding.has(t.index)).map((t) => submit({ kind: 'take', id: nextId++, key, size }, [], t)));
       const failed = failedAdds.get(key);
-      const lost = [...(holders.get(key) ?? [])].filter((i) => !threads.some((t) => t.index === i));
+      const lost = [...holding].filter((i) => !threads.some((t) => t.index === i));
       failedAdds.delete(key);
       holders.delete(key);
       if (failed) throw new Error(`an accepted update could not be added to the round's sum: ${failed.message}`);
