@@ -46,9 +46,12 @@ describe('simulate:node', () => {
   it('stops at the target accuracy and reports the round that reached it', async () => {
     const r = await runSimulation({ ...small, rounds: 20, target: 0.5 }, mnist);
     expect(r.status).toBe('stopped');
-    expect(r.roundsToTarget).toBe(r.rounds.length);
-    expect(r.rounds.at(-1)!.testAccuracy).toBeGreaterThanOrEqual(0.5);
-    expect(r.rounds.slice(0, -1).every((x) => x.testAccuracy < 0.5)).toBe(true);
+    const hit = r.roundsToTarget!;
+    expect(r.rounds[hit - 1]!.testAccuracy).toBeGreaterThanOrEqual(0.5);
+    expect(r.rounds.slice(0, hit - 1).every((x) => x.testAccuracy < 0.5)).toBe(true);
+    // the next round runs while the target round's model is evaluated: it may complete before the stop (one round late, no more)
+    expect(r.rounds.length - hit).toBeLessThanOrEqual(1);
+    expect(r.rounds.map((x) => x.round)).toEqual(Array.from({ length: r.rounds.length }, (_, i) => i + 1));
   }, 180_000);
 
   it('keeps the held-out share asked for, apart from the training examples', () => {
