@@ -92,7 +92,7 @@ const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
-const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)} | ${String(r.dropped).padStart(7)}${r.epsilon === null ? '' : ` | ε ${r.epsilon.toFixed(3)}`}`;
+const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccuracy)} | ${r.testLoss.toFixed(4)} | ${secs(r.durationMs)} | ${secs(r.elapsedMs)} | ${kib(r.bytesUpPerDevice)} | ${kib(r.bytesDownPerDevice)} | ${String(r.dropped).padStart(7)}${r.epsilon === null ? '' : ` | ε ${r.epsilon.toFixed(3)}`}${r.epsilonAgainstServer === null ? '' : ` (${r.epsilonAgainstServer.toFixed(1)} against the server)`}`;
 
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });

@@ -97,6 +97,8 @@ export interface SimRound {
   dropped: number;
   /** ε spent so far (null: not a private run) */
   epsilon: number | null;
+  /** under distributed DP: ε against the server, which knows who was sampled */
+  epsilonAgainstServer: number | null;
 }
 
 export interface SimulationResult {
@@ -333,6 +335,7 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   bytesDownPerDevice: r.participants ? r.bytesDown / r.participants : 0,
   dropped: r.dropped,
   epsilon: r.privacy?.epsilon ?? null,
+  epsilonAgainstServer: r.privacy?.distributed?.epsilonAgainstServer ?? null,
 });
 
 /** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */
