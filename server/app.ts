@@ -72,7 +72,7 @@ export function createApp(deps: AppDeps): App {
       detachAdmin();
       await federation.idle();
       await new Promise<void>((resolve) => io.close(() => resolve()));
-      deps.store.close();
+      await deps.store.close();
     },
   };
 }

@@ -20,7 +20,7 @@ import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
-import { ModelBook, type DeltaEncoder, type DownloadsOf } from './model-book.ts';
+import { ModelBook, type DeltaEncoder, type DownloadsOf, type GlobalModel } from './model-book.ts';
 import type { KeptUpdate, ThreadSums } from './work-pool.ts';
 import type { Store } from './store/store.ts';
 
@@ -109,6 +109,10 @@ export class Federation {
   private readonly secAggPending = new Map<number, { deviceId: string; message: SecAggMessage; answer: (r: Result<null>) => void }>();
   private timer: { at: number; cancel: () => void } | undefined;
   private closed = false;
+  /** a run being created in the store: no second start meanwhile */
+  private starting = false;
+  /** the store's writes, one after another */
+  private writes: Promise<void> = Promise.resolve();
   private readonly queue: CoordinatorEvent[] = [];
   private draining = false;
   private readonly log: Logger;
@@ -166,9 +170,14 @@ export class Federation {
     this.changed();
   }
 
+  /** Reads what the store holds that the federation answers from at once (the newest model). */
+  async open(): Promise<void> {
+    await this.models.open();
+  }
+
   /** The latest global model of any run, as devices are told of it. */
   latestModel(): ModelPublished | null {
-    const m = this.deps.store.latestModel();
+    const m = this.models.latest;
     return m ? { version: m.version, runId: m.runId ?? 0, round: m.round, testAccuracy: m.testAccuracy, testLoss: m.testLoss } : null;
   }
 
@@ -177,22 +186,29 @@ export class Federation {
   }
 
   // ─── runs ────────────────────────────────────────────────────────────────
-  startRun(config: RunConfig): number {
+  async startRun(config: RunConfig): Promise<number> {
     if (isActive(this.state)) throw new ConflictError(`run ${this.state.run?.id} is ${this.state.phase}; stop it first`);
-    const now = this.deps.clock.now();
-    const runId = this.deps.store.createRun(config, now);
-    const initial = this.models.createInitial(runId, config, now);
+    if (this.starting) throw new ConflictError('a run is being started; stop it first');
+    this.starting = true;
+    const { runId, initial } = await this.createRun(config).finally(() => (this.starting = false));
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
     // under DP, devices are sampled from a secret seed (the config's seed is public)
     this.dispatch({ type: 'run:start', runId, config, ...(config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, parameters: initial.weights.values.length } : {}) });
     // The initial model is evaluated too, so round 0 of the accuracy curve is known; it is no round's business.
     this.track(
       this.deps.evaluator.evaluate(config.model, initial.weights).then(
-        (r) => this.deps.store.setModelMetrics(initial.version, r.accuracy, r.loss),
+        (r) => this.persist('model:publish', () => this.models.setMetrics(initial.version, r.accuracy, r.loss)),
         (err: unknown) => this.log.error('evaluation of the initial model failed', { error: errorText(err) }),
       ),
     );
     return runId;
+  }
+
+  /** The run's record and its initial model (seeded), stored as its round 0. */
+  private async createRun(config: RunConfig): Promise<{ runId: number; initial: GlobalModel }> {
+    const now = this.deps.clock.now();
+    const runId = await this.deps.store.createRun(config, now);
+    return { runId, initial: await this.models.createInitial(runId, config, now) };
   }
 
   /**
@@ -201,34 +217,35 @@ export class Federation {
    * died is redone from the start, as a new attempt; nothing it had received is counted.
    * Returns the run id, or undefined when there was nothing to resume.
    */
-  resumeInterruptedRun(): number | undefined {
-    if (isActive(this.state)) return undefined;
+  async resumeInterruptedRun(): Promise<number | undefined> {
+    if (isActive(this.state) || this.starting) return undefined;
     const now = this.deps.clock.now();
     const store = this.deps.store;
     // rounds whose model was still being evaluated when the last process ended: say so, rather than "evaluating" forever
-    for (const r of store.listRuns()) {
-      for (const round of store.listRounds(r.id)) {
+    for (const r of await store.listRuns()) {
+      for (const round of await store.listRounds(r.id)) {
         if (!round.evaluationPending) continue;
         const { evaluationPending: _, ...rest } = round;
-        store.recordRound({ ...rest, reason: [round.reason, 'not evaluated: the server restarted before its evaluation finished'].filter(Boolean).join('; ') });
+        await store.recordRound({ ...rest, reason: [round.reason, 'not evaluated: the server restarted before its evaluation finished'].filter(Boolean).join('; ') });
       }
     }
-    const running = store.listRuns().filter((r) => r.status === 'running');
+    const running = (await store.listRuns()).filter((r) => r.status === 'running');
     const run = running.at(-1);
-    for (const older of running.slice(0, -1)) store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
+    for (const older of running.slice(0, -1)) await store.finishRun(older.id, 'failed', 'interrupted by a server restart (a later run was resumed instead)', now);
     if (!run) return undefined;
-    const rounds = store.listRounds(run.id);
+    const rounds = await store.listRounds(run.id);
     const last = rounds.filter((r) => r.status === 'completed' && r.modelVersion !== null).at(-1);
-    const version = last?.modelVersion ?? store.listModels().find((m) => m.runId === run.id && m.round === 0)?.version;
-    if (version === undefined || !this.models.load(version, run.config.model)) {
-      store.finishRun(run.id, 'failed', 'interrupted by a server restart, and no model of it was stored', now);
+    const version = last?.modelVersion ?? (await store.listModels()).find((m) => m.runId === run.id && m.round === 0)?.version;
+    if (version === undefined || !(await this.models.load(version, run.config.model))) {
+      await store.finishRun(run.id, 'failed', 'interrupted by a server restart, and no model of it was stored', now);
       return undefined;
     }
     const next = (last?.round ?? 0) + 1;
     if (next > run.config.rounds) {
-      store.finishRun(run.id, 'done', `completed ${run.config.rounds} rounds`, now);
+      await store.finishRun(run.id, 'done', `completed ${run.config.rounds} rounds`, now);
       return undefined;
     }
+    if (isActive(this.state) || this.starting) return undefined; // a run was started meanwhile
     const attempt = Math.max(0, ...rounds.filter((r) => r.round === next).map((r) => r.attempt)) + 1;
     this.note('info', 'run:started', `run ${run.id} resumed after a restart: round ${next} (attempt ${attempt}) from model v${version}`, { runId: run.id, round: next, attempt });
     // a private run resumes its accounting: the sampling rates of the rounds it released
@@ -260,7 +277,7 @@ export class Federation {
       run: run ? { id: run.id, config: publicConfig(run.config), round: run.round, attempt: run.attempt, reason: run.reason ?? null } : null,
       round: live ? { round: live.round, attempt: live.attempt, selected: live.selected.length, accepted: live.accepted.length, validating: live.validating.length, refused: live.refused.length, dropped: live.dropped.length, deadline: live.deadline } : null,
       waiting: describeWaiting(this.state, this.deps.clock.now()),
-      modelVersion: this.models.current?.version ?? this.deps.store.latestModel()?.version ?? null,
+      modelVersion: this.models.current?.version ?? this.models.latest?.version ?? null,
       devices: this.devices.connectedCount(),
       counters: { ...this.counters },
     };
@@ -281,9 +298,27 @@ export class Federation {
     this.timer = undefined;
   }
 
+  /** Settles once the store's writes asked for so far are done. */
+  flushed(): Promise<void> {
+    return this.writes;
+  }
+
   /** Settles once the work in flight (validation, aggregation, evaluations) is done. */
   async idle(): Promise<void> {
     while (this.inflight.size > 0) await Promise.all([...this.inflight]);
+  }
+
+  /**
+   * Writes to the store in the order the coordinator asked for them (a round's record, then its
+   * evaluated rewrite); a write that fails goes back to the coordinator as the effect's failure.
+   */
+  private persist(effect: Effect['type'], write: () => Promise<void>): void {
+    const done = this.writes.then(write).catch((err: unknown) => {
+      this.log.error(`could not perform ${effect}`, { error: errorText(err) });
+      if (effect !== 'run:finished') this.dispatch({ type: 'effect:failed', effect, reason: errorText(err) });
+    });
+    this.writes = done;
+    this.track(done);
   }
 
   private track(work: Promise<void>): void {
@@ -385,7 +420,7 @@ export class Federation {
         return this.evaluate(effect);
       case 'round:record': {
         const r = effect.record;
-        this.deps.store.recordRound(r);
+        this.persist(effect.type, () => this.deps.store.recordRound(r));
         if (effect.evaluated) {
           const acc = r.testAccuracy === null ? `not evaluated (${r.reason})` : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
           this.note('info', 'round:evaluated', `round ${r.round} evaluated: ${acc}`, { runId: r.runId, round: r.round, testAccuracy: r.testAccuracy });
@@ -405,12 +440,13 @@ export class Federation {
         return;
       }
       case 'model:publish':
-        if (effect.testAccuracy !== null && effect.testLoss !== null) this.deps.store.setModelMetrics(effect.version, effect.testAccuracy, effect.testLoss);
+        const { testAccuracy: accuracy, testLoss: loss } = effect;
+        if (accuracy !== null && loss !== null) this.persist(effect.type, () => this.models.setMetrics(effect.version, accuracy, loss));
         this.deps.port.broadcastModel({ version: effect.version, runId: effect.runId, round: effect.round, testAccuracy: effect.testAccuracy, testLoss: effect.testLoss });
         return;
       case 'run:finished':
         this.aggregator = undefined;
-        this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now);
+        this.persist(effect.type, () => this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now));
         this.note(effect.status === 'done' ? 'info' : 'warn', 'run:finished', `run ${effect.runId} ${effect.status}: ${effect.reason}`, { runId: effect.runId, status: effect.status });
         return;
       case 'timer:set':
@@ -591,7 +627,7 @@ export class Federation {
         const next = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
-        const saved = this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
+        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum
         const count = effect.clipCount;
         const unclippedShare = count ? (count.unclipped - effect.updates / 2 + addGaussianNoise(new Float64Array(1), count.noiseStd)[0]!) / count.expected + 0.5 : undefined;

@@ -68,7 +68,8 @@ async function main(): Promise<void> {
     webRoot: path.resolve(process.env.WEB_ROOT ?? path.join(root, 'dist', 'web')),
   });
 
-  const resumed = app.federation.resumeInterruptedRun();
+  await app.federation.open();
+  const resumed = await app.federation.resumeInterruptedRun();
   if (resumed !== undefined) log.info('resumed an interrupted run', { runId: resumed });
 
   app.http.listen(port, host, () => {

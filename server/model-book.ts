@@ -7,7 +7,7 @@ import { initialWeights, type ModelName } from '../shared/models.ts';
 import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
 import type { RunConfig } from '../shared/schemas.ts';
 import type { Logger } from './log.ts';
-import type { Store } from './store/store.ts';
+import type { ModelRecord, Store } from './store/store.ts';
 
 export interface GlobalModel {
   version: number;
@@ -33,6 +33,8 @@ export const inlineDeltaEncoder: DeltaEncoder = async (base, target, baseVersion
 
 export class ModelBook {
   current: GlobalModel | undefined;
+  /** the newest stored version of any run, as devices are told of it (kept here: read on every hello) */
+  latest: ModelRecord | undefined;
 
   constructor(
     private readonly store: Store,
@@ -40,21 +42,33 @@ export class ModelBook {
     private readonly encodeDelta: DeltaEncoder = inlineDeltaEncoder,
   ) {}
 
+  /** Reads the newest stored version (once, at start). */
+  async open(): Promise<void> {
+    this.latest = await this.store.latestModel();
+  }
+
   /** A run's initial model (seeded), stored as its round 0. */
-  createInitial(runId: number, config: RunConfig, now: number): GlobalModel {
+  createInitial(runId: number, config: RunConfig, now: number): Promise<GlobalModel> {
     return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now);
   }
 
-  save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number): GlobalModel {
+  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number): Promise<GlobalModel> {
     const payload = encodeWeights(weights);
-    const version = this.store.saveModel({ runId, round, model, weights: payload }, now);
+    const version = await this.store.saveModel({ runId, round, model, weights: payload }, now);
     this.current = { version, model, weights, payload };
+    this.latest = { version, runId, round, model, createdAt: now, testAccuracy: null, testLoss: null };
     return this.current;
   }
 
+  /** Stores a version's test metrics. */
+  async setMetrics(version: number, accuracy: number, loss: number): Promise<void> {
+    await this.store.setModelMetrics(version, accuracy, loss);
+    if (this.latest?.version === version) this.latest = { ...this.latest, testAccuracy: accuracy, testLoss: loss };
+  }
+
   /** Makes a stored version the current model (a resumed run); false when it is not stored. */
-  load(version: number, model: ModelName): boolean {
-    const payload = this.store.getModelWeights(version);
+  async load(version: number, model: ModelName): Promise<boolean> {
+    const payload = await this.store.getModelWeights(version);
     if (!payload) return false;
     this.current = { version, model, weights: decodeWeights(payload), payload };
     return true;
@@ -79,8 +93,8 @@ export class ModelBook {
   }
 
   private async delta(base: number, global: GlobalModel): Promise<Download | undefined> {
-    const record = this.store.getModel(base);
-    const payload = record?.model === global.model ? this.store.getModelWeights(base) : undefined;
+    const record = await this.store.getModel(base);
+    const payload = record?.model === global.model ? await this.store.getModelWeights(base) : undefined;
     if (!payload) return undefined;
     try {
       const weights = decodeWeights(payload, global.weights.specs);

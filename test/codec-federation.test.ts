@@ -32,12 +32,12 @@ describe('a run with compressed updates and delta downloads', () => {
     for (const d of devices) await d.join();
 
     const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 3, clientsPerRound: 3, minUpdates: 3, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 5, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' });
-    const runId = server.app.federation.startRun(config);
-    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 90_000, 'the run to finish');
+    const runId = await server.app.federation.startRun(config);
+    await until(() => server.db.getRun(runId)?.status === 'done' || undefined, 90_000, 'the run to finish');
     await server.app.federation.idle();
 
-    const rounds = server.store.listRounds(runId);
-    const full = server.store.getModelWeights(server.store.listModels().find((m) => m.runId === runId)!.version)!.byteLength;
+    const rounds = server.db.listRounds(runId);
+    const full = server.db.getModelWeights(server.db.listModels().find((m) => m.runId === runId)!.version)!.byteLength;
     expect(rounds.map((r) => [r.status, r.completed])).toEqual([['completed', 3], ['completed', 3], ['completed', 3]]);
     // Up: 5 % of the entries at 8 bits → far below the float32 payload.
     for (const r of rounds) expect(r.bytesUp / 3).toBeLessThan(full / 8);
@@ -47,7 +47,7 @@ describe('a run with compressed updates and delta downloads', () => {
     expect(rounds[2]!.bytesDown).toBeLessThan(3 * full);
     expect(rounds[2]!.testAccuracy!).toBeGreaterThan(0.25); // from ~0.10 untrained, with 5 % of each update per round
     for (const d of devices) expect(d.client.snapshot.history.map((h) => h.outcome)).toEqual(['counted', 'counted', 'counted']);
-    const held = server.store.listModels().filter((m) => m.runId === runId).at(-2)!.version; // the model of round 3's start
+    const held = server.db.listModels().filter((m) => m.runId === runId).at(-2)!.version; // the model of round 3's start
     expect(server.app.federation.listDevices().map((d) => d.modelVersion)).toEqual([held, held, held]);
 
     // Device 0 comes back with an empty memory (a cleared browser): it gets the full model; the others deltas.
@@ -56,10 +56,10 @@ describe('a run with compressed updates and delta downloads', () => {
     devices = await Promise.all(memories.map((m, i) => device(server, identities[i]!, i, m)));
     for (const d of devices) await d.join();
     expect(server.app.federation.listDevices().find((d) => d.id === identities[0]!.deviceId)!.modelVersion).toBeNull();
-    const again = server.app.federation.startRun({ ...config, rounds: 1 });
-    await until(() => server.store.getRun(again)?.status === 'done' || undefined, 60_000, 'the second run');
+    const again = await server.app.federation.startRun({ ...config, rounds: 1 });
+    await until(() => server.db.getRun(again)?.status === 'done' || undefined, 60_000, 'the second run');
     await server.app.federation.idle();
-    const [r] = server.store.listRounds(again);
+    const [r] = server.db.listRounds(again);
     expect(r!.completed).toBe(3);
     // One full download (device 0) and two deltas against the previous run's model.
     expect(r!.bytesDown).toBeGreaterThan(full);
@@ -73,7 +73,7 @@ describe('a run with compressed updates and delta downloads', () => {
     for (const s of sockets) await join(s, 100);
     const starts = sockets.map((s) => new Promise<RoundStart>((r) => s.once('round:start', r)));
     const config = runConfigSchema.parse({ model: 'cnn-small', rounds: 1, clientsPerRound: 4, minUpdates: 1, overSelect: 1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05 });
-    const runId = server.app.federation.startRun(config);
+    const runId = await server.app.federation.startRun(config);
     const start = await starts[0]!;
     const global = decodeWeights(new Uint8Array(start.weights));
     const delta = { specs: global.specs, values: global.values.map((_, i) => (i % 17 === 0 ? 0.001 : 0)) };
@@ -88,11 +88,11 @@ describe('a run with compressed updates and delta downloads', () => {
     expect(truncated).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
     const wrongCodec = await submit(2, encodeUpdate(delta, { ...start.plan.codec, codec: 'topk+q4+deflate' }, createRng(1)));
     expect(!wrongCodec.ok && wrongCodec.error.message).toMatch(/the payload is topk\+q4\+deflate/);
-    expect(server.store.listRounds(runId)).toEqual([]);
+    expect(server.db.listRounds(runId)).toEqual([]);
 
     expect(await submit(3, good)).toEqual({ ok: true, data: { accepted: true } });
-    await until(() => server.store.getRun(runId)?.status === 'done' || undefined, 30_000, 'the run to finish');
-    expect(server.store.listRounds(runId)[0]).toMatchObject({ completed: 1, rejected: 3 });
+    await until(() => server.db.getRun(runId)?.status === 'done' || undefined, 30_000, 'the run to finish');
+    expect(server.db.listRounds(runId)[0]).toMatchObject({ completed: 1, rejected: 3 });
     for (const s of sockets) s.disconnect();
   });
 });

@@ -29,7 +29,7 @@ describe('the device client', () => {
     }
     // Each join built the model again and each leave disposed it: the same tensors after the 1st and the 20th.
     expect(new Set(counts).size, counts.join(', ')).toBe(1);
-    expect(server.store.listRounds(runId).filter((r) => r.status === 'completed').length).toBeGreaterThanOrEqual(20);
+    expect(server.db.listRounds(runId).filter((r) => r.status === 'completed').length).toBeGreaterThanOrEqual(20);
     expect(device.client.snapshot.history.filter((h) => h.outcome === 'rejected')).toEqual([]);
     await fetch(`${server.url}/api/runs/current/stop`, { method: 'POST', headers: { authorization: 'Bearer test-admin-token' } });
     await device.dispose();

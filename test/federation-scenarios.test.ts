@@ -12,7 +12,7 @@ import { Federation } from '../server/federation.ts';
 import { strategyFor } from '../server/fl/strategy.ts';
 import { createLogger } from '../server/log.ts';
 
-const lastModel = (s: Scenario, runId: number) => decodeWeights(s.store.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
+const lastModel = (s: Scenario, runId: number) => decodeWeights(s.db.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
 
 describe('a round never waits for nothing', () => {
   for (const early of [0, 1]) {
@@ -21,7 +21,7 @@ describe('a round never waits for nothing', () => {
       const s = new Scenario();
       s.clock.early = early;
       s.join('device-a', 'device-b');
-      const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 4000 });
+      const runId = await s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 4000 });
       await flush();
       expect(s.port.selected(1).sort()).toEqual(['device-a', 'device-b']);
       await s.submit('device-a');
@@ -46,7 +46,7 @@ describe('a round never waits for nothing', () => {
   it('closes as soon as every selected device has answered, instead of waiting for the deadline', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 2, clientsPerRound: 4, minUpdates: 2, roundTimeoutMs: 120_000, selectionTimeoutMs: 10_000 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 4, minUpdates: 2, roundTimeoutMs: 120_000, selectionTimeoutMs: 10_000 });
     await flush();
     expect(s.federation.status()).toMatchObject({ phase: 'selecting', waiting: 'selecting: need 4 idle devices, have 2; starts with 2 in 10 s' });
     await s.clock.advance(10_000);
@@ -66,7 +66,7 @@ describe('a round never waits for nothing', () => {
   it('says why it waits for the deadline once minUpdates are in', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
-    s.start({ clientsPerRound: 3, minUpdates: 1, overSelect: 1 });
+    await s.start({ clientsPerRound: 3, minUpdates: 1, overSelect: 1 });
     await flush();
     await s.submit('device-a');
     expect(s.federation.status().waiting).toBe('waiting for the deadline: 1 of 3 selected answered, 1 counted (closes at 3)');
@@ -75,7 +75,7 @@ describe('a round never waits for nothing', () => {
   it('waits for devices without a timer once the selection wait is over, and starts when one joins', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    s.start({ clientsPerRound: 3, minUpdates: 2, selectionTimeoutMs: 5_000 });
+    await s.start({ clientsPerRound: 3, minUpdates: 2, selectionTimeoutMs: 5_000 });
     await s.clock.advance(1_000);
     s.federation.leave('device-b');
     await s.clock.advance(4_000);
@@ -92,7 +92,7 @@ describe('failures come back to the reducer', () => {
   it('records a round whose evaluation failed without test metrics, and the run goes on', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
     await flush();
     s.evaluator.failNext = 'out of memory';
     await s.submit('device-a');
@@ -103,13 +103,13 @@ describe('failures come back to the reducer', () => {
     await s.submit('device-a');
     await s.submit('device-b');
     expect(s.run(runId)).toMatchObject({ status: 'done' });
-    expect(() => s.start({ rounds: 1 })).not.toThrow();
+    await expect(s.start({ rounds: 1 })).resolves.toBeTypeOf('number');
   });
 
   it('evaluates a round\'s model while the next round trains, records an evaluation that never finishes after the work timeout, and ignores its late answer', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1, roundTimeoutMs: 3_600_000 });
+    const runId = await s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1, roundTimeoutMs: 3_600_000 });
     await flush();
     s.evaluator.hold = true;
     await s.submit('device-a');
@@ -132,7 +132,7 @@ describe('failures come back to the reducer', () => {
   it('says so in the record of a round whose evaluation a restart cut short, rather than leave it evaluating forever', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
     await flush();
     s.evaluator.hold = true;
     await s.submit('device-a');
@@ -142,7 +142,7 @@ describe('failures come back to the reducer', () => {
     s.federation.shutdown();
     // the next process, on the same store
     const next = new Federation({ store: s.store, strategyFor, evaluator: s.evaluator, clock: s.clock, logger: createLogger('restart', () => undefined), port: s.port });
-    expect(next.resumeInterruptedRun()).toBe(runId);
+    expect(await next.resumeInterruptedRun()).toBe(runId);
     const [r1] = s.rounds(runId);
     expect(r1).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, reason: expect.stringMatching(/not evaluated: the server restarted before its evaluation finished$/) });
     expect(r1!.evaluationPending).toBeUndefined();
@@ -152,14 +152,14 @@ describe('failures come back to the reducer', () => {
   it('fills in a round\'s metrics when its evaluation ends during a later round, and the last round waits for its own', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
     await flush();
     s.evaluator.hold = true;
     await s.submit('device-a');
     await s.submit('device-b');
     await flush();
     const v1 = s.rounds(runId)[0]!.modelVersion!;
-    expect(s.store.listModels().find((m) => m.version === v1)?.testAccuracy).toBeNull();
+    expect(s.db.listModels().find((m) => m.version === v1)?.testAccuracy).toBeNull();
     await s.submit('device-a');
     await s.submit('device-b');
     await flush();
@@ -170,7 +170,7 @@ describe('failures come back to the reducer', () => {
     await flush();
     expect(s.rounds(runId)[0]).toMatchObject({ round: 1, testAccuracy: 0.7, testLoss: 0.9 });
     expect(s.rounds(runId)[0]!.evaluationPending).toBeUndefined();
-    expect(s.store.listModels().find((m) => m.version === v1)?.testAccuracy).toBe(0.7);
+    expect(s.db.listModels().find((m) => m.version === v1)?.testAccuracy).toBe(0.7);
     expect(s.run(runId)).toMatchObject({ status: 'running' });
     s.evaluator.pending[1]!.resolve({ accuracy: 0.8, loss: 0.6, examples: 100 });
     await flush();
@@ -181,7 +181,7 @@ describe('failures come back to the reducer', () => {
   it('lets an old deadline pass during aggregation and evaluation, and gives the next round its own', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 60_000 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 60_000 });
     await flush();
     s.evaluator.hold = true;
     await s.submit('device-a');
@@ -210,7 +210,7 @@ describe('failures come back to the reducer', () => {
   it('redoes a round whose aggregation failed (the store refused the model), as a new attempt', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
     await flush();
     const save = s.store.saveModel.bind(s.store);
     let refusals = 1;
@@ -231,7 +231,7 @@ describe('failures come back to the reducer', () => {
   it('fails the run visibly when a round cannot be recorded, and a new run can start', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1 });
     await flush();
     s.store.recordRound = () => {
       throw new Error('database is locked');
@@ -241,7 +241,7 @@ describe('failures come back to the reducer', () => {
     expect(s.run(runId)).toMatchObject({ status: 'failed', reason: 'could not round:record: database is locked' });
     expect(s.federation.status().phase).toBe('failed');
     expect(s.clock.armed()).toEqual([]);
-    expect(() => s.start({ rounds: 1 })).not.toThrow();
+    await expect(s.start({ rounds: 1 })).resolves.toBeTypeOf('number');
   });
 });
 
@@ -249,7 +249,7 @@ describe('disconnects at every phase', () => {
   it('while selecting, training, validating, aggregating and evaluating', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c', 'device-d');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5, roundTimeoutMs: 30_000 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5, roundTimeoutMs: 30_000 });
     await flush();
     const selected = s.port.selected(1);
     expect(selected).toHaveLength(3);
@@ -288,10 +288,11 @@ describe('disconnects at every phase', () => {
   it('fails a round as soon as dropouts make minUpdates unreachable, and retries it', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
-    const runId = s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1, maxRoundRetries: 1 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1, maxRoundRetries: 1 });
     await flush();
     s.federation.leave('device-a');
     s.federation.leave('device-b');
+    await flush();
     expect(s.rounds(runId)[0]).toMatchObject({ status: 'failed', dropped: 2, reason: '2 of 3 selected devices dropped out and 0 were refused; at most 1 of the 2 required updates can arrive' });
     expect(s.federation.status()).toMatchObject({ phase: 'selecting', run: { attempt: 2 } });
   });
@@ -299,7 +300,7 @@ describe('disconnects at every phase', () => {
   it('a device that drops and rejoins mid-round is not counted in that round, and is selected again in the next', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5 });
     await flush();
     const round1 = s.port.lastStart('device-b')!;
     s.federation.leave('device-b');
@@ -319,7 +320,7 @@ describe('updates that arrive at the deadline', () => {
   it('waits for an update that arrived in time and is still being validated', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
     await flush();
     await s.clock.advance(9_999);
     s.validator.hold = true;
@@ -336,7 +337,7 @@ describe('updates that arrive at the deadline', () => {
     const s = new Scenario({ sums: true });
     const sums = s.sums!;
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000 });
     await flush();
     const w0 = s.globalFor('device-a');
     await s.submit('device-a', { step: 0.001 }); // counted: added to the sum in its thread
@@ -352,14 +353,14 @@ describe('updates that arrive at the deadline', () => {
     const [r1] = s.rounds(runId);
     expect(r1).toMatchObject({ status: 'completed', completed: 1, late: 1 });
     // the new model moved by device-a's step alone, merged from the threads
-    const w1 = decodeWeights(s.store.getModelWeights(r1!.modelVersion!)!).values;
+    const w1 = decodeWeights(s.db.getModelWeights(r1!.modelVersion!)!).values;
     for (const i of [0, 100, w1.length - 1]) expect(w1[i]! - w0.values[i]!).toBeCloseTo(0.001, 6);
   });
 
   it('stops waiting for validation after the grace period: the update is late and the round fails without it', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000, maxRoundRetries: 0 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 10_000, maxRoundRetries: 0 });
     await flush();
     s.validator.hold = true;
     const answer = s.federation.submitUpdate('device-a', s.update('device-a'));
@@ -377,7 +378,7 @@ describe('late updates', () => {
   it('count in the record of the round they were meant for, while it is still being aggregated — never in another', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
-    const runId = s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1.5, roundTimeoutMs: 10_000 });
+    const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 1, overSelect: 1.5, roundTimeoutMs: 10_000 });
     await flush();
     const round1 = s.port.lastStart('device-c')!;
     await s.submit('device-a');
@@ -398,7 +399,7 @@ describe('hostile but well-formed updates from selected devices', () => {
   it('refuses a device that claims more examples than it declared; it has answered, and cannot answer again', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b', 'device-c');
-    const runId = s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1 });
     await flush();
     const before = s.validator.calls;
     expect(await s.submit('device-a', { numExamples: 60_000, step: 5 })).toMatchObject({ ok: false, error: { code: 'TOO_MANY_EXAMPLES', message: 'update from device device-a for run 1 round 1.1: claims 60000 examples, the device declared 100 when it joined' } });
@@ -417,7 +418,7 @@ describe('hostile but well-formed updates from selected devices', () => {
     const s = new Scenario();
     s.federation.join({ deviceId: 'big-device', backend: 'wasm', backendReason: 'x', examples: 60_000, heldOut: 0, labelHistogram: new Array(10).fill(6_000) });
     s.join('small-a', 'small-b', 'small-c');
-    const runId = s.start({ rounds: 1, clientsPerRound: 4, minUpdates: 4, overSelect: 1, maxExamplesPerDevice: 600 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 4, minUpdates: 4, overSelect: 1, maxExamplesPerDevice: 600 });
     await flush();
     const w0 = s.globalFor('big-device');
     await s.submit('big-device', { numExamples: 60_000, step: 1 });
@@ -431,7 +432,7 @@ describe('hostile but well-formed updates from selected devices', () => {
   it('refuses an update whose values could overflow the model, after decoding it', async () => {
     const s = new Scenario();
     s.join('device-a', 'device-b');
-    const runId = s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1 });
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 1, overSelect: 1 });
     await flush();
     expect(await s.submit('device-a', { step: 3e38 })).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS', message: expect.stringContaining('beyond the bound of ±1000000') } });
     expect(s.validator.calls).toBe(1);

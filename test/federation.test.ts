@@ -48,10 +48,10 @@ describe('federation over real sockets', () => {
     const run = await runEnded(server, id);
     expect(run.status, run.reason ?? '').toBe('done');
 
-    const rounds = server.store.listRounds(id);
+    const rounds = server.db.listRounds(id);
     expect(rounds.map((r) => [r.round, r.participants, r.completed, r.dropped])).toEqual([[1, 3, 3, 0], [2, 3, 3, 0]]);
     expect(merged).toBe(6); // every counted update was summed in the threads
-    const full = server.store.getModelWeights(1)!.byteLength;
+    const full = server.db.getModelWeights(1)!.byteLength;
     expect(rounds[0]!.bytesDown).toBe(3 * full);
     expect(rounds[1]!.bytesDown).toBeLessThan(3 * full); // each device holds round 1's model: deltas
     for (const r of rounds) {
@@ -62,8 +62,8 @@ describe('federation over real sockets', () => {
     }
 
     // The stored round-1 model is exactly w0 + Σ nΔ / Σ n of what the devices sent.
-    const w0 = decodeWeights(server.store.getModelWeights(1)!);
-    const w1 = decodeWeights(server.store.getModelWeights(rounds[0]!.modelVersion!)!);
+    const w0 = decodeWeights(server.db.getModelWeights(1)!);
+    const w1 = decodeWeights(server.db.getModelWeights(rounds[0]!.modelVersion!)!);
     const expected = fedAvg(w0.values, trio.map((d) => d.sent.find((x) => x.round === 1)!));
     let worst = 0;
     for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(expected[i]! - w1.values[i]!));
@@ -73,7 +73,7 @@ describe('federation over real sockets', () => {
     const model = await tf.loadLayersModel(`${server.url}/api/models/latest/model.json`);
     expect(model.countParams()).toBe(5258);
     const loaded = model.getWeights().map((w) => w.dataSync());
-    const latest = decodeWeights(server.store.getModelWeights(rounds[1]!.modelVersion!)!);
+    const latest = decodeWeights(server.db.getModelWeights(rounds[1]!.modelVersion!)!);
     expect(Array.from(loaded[0]!.slice(0, 5))).toEqual(Array.from(latest.values.slice(0, 5)));
     model.dispose();
   });
@@ -87,7 +87,7 @@ describe('federation over real sockets', () => {
     const id = await launch(server, { rounds: 3, clientsPerRound: 2, minUpdates: 1, overSelect: 1, roundTimeoutMs: 4_000 });
     const run = await runEnded(server, id, 60_000);
     expect(run.status, run.reason ?? '').toBe('done');
-    const rounds = server.store.listRounds(id);
+    const rounds = server.db.listRounds(id);
     expect(rounds.map((r) => [r.round, r.status, r.completed, r.participants])).toEqual([[1, 'completed', 2, 2], [2, 'completed', 1, 2], [3, 'completed', 1, 2]]);
     for (const r of rounds.slice(1)) {
       expect(r.reason).toContain('closed at the deadline');
@@ -141,9 +141,9 @@ describe('federation over real sockets', () => {
     held.open();
     const done = await runEnded(server, runId, 30_000);
     expect(done.status).toBe('done');
-    const [rec] = server.store.listRounds(runId);
+    const [rec] = server.db.listRounds(runId);
     expect(rec).toMatchObject({ completed: 1, participants: 2, dropped: 0, reason: 'closed when every selected device had answered (1 updates)' });
-    const w1 = decodeWeights(server.store.getModelWeights(rec!.modelVersion!)!);
+    const w1 = decodeWeights(server.db.getModelWeights(rec!.modelVersion!)!);
     const expected = fedAvg(global.values, [honest.sent[0]!]);
     expect(Array.from(w1.values.slice(0, 50))).toEqual(Array.from(expected.slice(0, 50)));
   });
@@ -232,12 +232,12 @@ describe('federation over real sockets', () => {
     const reselected = new Promise<number>((resolve) => back.once('round:start', (m) => resolve(m.round)));
     await join(back, 100, dropperIdentity);
     held.open();
-    await until(() => server!.store.listRounds(id).length === 1 || undefined, 30_000, 'round 1');
-    expect(server.store.listRounds(id)[0]).toMatchObject({ status: 'completed', participants: 4, completed: 2, dropped: 1 });
+    await until(() => server!.db.listRounds(id).length === 1 || undefined, 30_000, 'round 1');
+    expect(server.db.listRounds(id)[0]).toMatchObject({ status: 'completed', participants: 4, completed: 2, dropped: 1 });
     expect(await reselected).toBe(2);
     const run = await runEnded(server, id);
     expect(run.status).toBe('done');
-    expect(server.store.listRounds(id)[1]).toMatchObject({ status: 'completed', participants: 4, completed: 2 });
+    expect(server.db.listRounds(id)[1]).toMatchObject({ status: 'completed', participants: 4, completed: 2 });
   });
 
   it('never shows a run\'s join token', async () => {
@@ -247,6 +247,6 @@ describe('federation over real sockets', () => {
     const texts = [await res.text(), await (await fetch(`${server.url}/api/runs`)).text(), await (await fetch(`${server.url}/api/runs/1`)).text(), await (await fetch(`${server.url}/api/status`)).text()];
     for (const t of texts) expect(t).not.toContain('very-secret-token');
     expect(texts[1]).toContain('(set)');
-    expect(server.store.getRun(1)!.config.joinToken).toBe('very-secret-token');
+    expect(server.db.getRun(1)!.config.joinToken).toBe('very-secret-token');
   });
 });

@@ -19,12 +19,12 @@ import { connect, gate, join, launch, runEnded, startServer, testDevice, until, 
 
 function fingerprint(server: TestServer, runId: number): string {
   const h = createHash('sha256');
-  for (const m of server.store.listModels()) {
+  for (const m of server.db.listModels()) {
     h.update(JSON.stringify(m));
-    h.update(server.store.getModelWeights(m.version)!);
+    h.update(server.db.getModelWeights(m.version)!);
   }
-  h.update(JSON.stringify(server.store.listRounds(runId)));
-  h.update(JSON.stringify(server.store.listRuns()));
+  h.update(JSON.stringify(server.db.listRounds(runId)));
+  h.update(JSON.stringify(server.db.listRuns()));
   return h.digest('hex');
 }
 
@@ -59,11 +59,11 @@ describe('fuzzing the sockets', () => {
     for (const d of honest) await d.join();
     const runId = await launch(server, { rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1, roundTimeoutMs: 120_000 });
     // round 1 recorded with its metrics (its model is evaluated while round 2 opens): nothing legitimate writes after this
-    await until(() => (server.store.listRounds(runId).length === 1 && !server.store.listRounds(runId)[0]!.evaluationPending) || undefined, 60_000, 'round 1 and its evaluation');
+    await until(() => (server.db.listRounds(runId).length === 1 && !server.db.listRounds(runId)[0]!.evaluationPending) || undefined, 60_000, 'round 1 and its evaluation');
     await until(() => (server.app.federation.status().phase === 'training' && server.app.federation.status().round?.round === 2) || undefined, 30_000, 'round 2 to open');
     await until(() => server.app.federation.status().round?.validating === 0 || undefined, 5_000, 'nothing in validation');
     const before = fingerprint(server, runId);
-    const global = decodeWeights(server.store.getModelWeights(server.app.federation.status().modelVersion!)!);
+    const global = decodeWeights(server.db.getModelWeights(server.app.federation.status().modelVersion!)!);
 
     // The hostile side: one socket that never says hello, two that do (after selection, so not selected).
     const anonymous = await connect(server.url);
@@ -125,7 +125,7 @@ describe('fuzzing the sockets', () => {
     held.open();
     const run = await runEnded(server, runId);
     expect(run.status).toBe('done');
-    expect(server.store.listRounds(runId).map((r) => [r.round, r.completed])).toEqual([[1, 2], [2, 2]]);
+    expect(server.db.listRounds(runId).map((r) => [r.round, r.completed])).toEqual([[1, 2], [2, 2]]);
     for (const s of sockets) s.disconnect();
     await Promise.all(honest.map((d) => d.dispose()));
     await server.close();
@@ -175,10 +175,10 @@ describe('fuzzing the sockets', () => {
         expect(await submit(honest, delta)).toEqual({ ok: true, data: { accepted: true } });
         const run = await runEnded(server, runId);
         expect(run.status, run.reason ?? '').toBe('done');
-        const [rec] = server.store.listRounds(runId);
+        const [rec] = server.db.listRounds(runId);
         expect(rec).toMatchObject({ completed: 1, participants: hostile.length + 1, rejected: hostile.length, reason: 'closed when every selected device had answered (1 updates)' });
         const expected = decodeUpdate(delta, w0.specs, round.plan.codec).values;
-        const w1 = decodeWeights(server.store.getModelWeights(rec!.modelVersion!)!);
+        const w1 = decodeWeights(server.db.getModelWeights(rec!.modelVersion!)!);
         for (let i = 0; i < 200; i++) expect(w1.values[i]).toBe(Math.fround(w0.values[i]! + expected[i]!));
       }
       expect(runConfigSchema.parse({}).maxExamplesPerDevice).toBe(1000);

@@ -88,7 +88,7 @@ describe('a hijack attempt against the real server', () => {
     attacked();
     const run = await runEnded(server, runId, 60_000);
     expect(run.status, run.reason ?? '').toBe('done');
-    expect(server.store.listRounds(runId)[0]).toMatchObject({ completed: 1, devices: [expect.objectContaining({ id: victim.deviceId })] });
+    expect(server.db.listRounds(runId)[0]).toMatchObject({ completed: 1, devices: [expect.objectContaining({ id: victim.deviceId })] });
     await until(() => real.client.snapshot.history[0]?.outcome === 'counted' || undefined, 5_000, 'the real device to see its update counted');
 
     // A reload proves the same key: the new connection takes over, and the old one is told why.

@@ -28,7 +28,7 @@ async function finalAccuracy(config: RunConfigInput, attacker: boolean): Promise
     const id = await launch(server, config);
     const run = await runEnded(server, id, 120_000);
     expect(run.status, run.reason ?? '').toBe('done');
-    return server.store.listRounds(id).at(-1)!.testAccuracy!;
+    return server.db.listRounds(id).at(-1)!.testAccuracy!;
   } finally {
     await Promise.all(devices.map((d) => d.dispose()));
     await server.close();

@@ -34,7 +34,7 @@ async function fleet(n: number, extra: Parameters<typeof testDevice>[2] extends 
   return devices;
 }
 
-const modelOf = (version: number) => decodeWeights(server.store.getModelWeights(version)!).values;
+const modelOf = (version: number) => decodeWeights(server.db.getModelWeights(version)!).values;
 
 describe('secure aggregation in a federation', () => {
   it('trains with masked updates the server cannot read, and lands on plain FedAvg of the same updates within the quantization bound', async () => {
@@ -47,7 +47,7 @@ describe('secure aggregation in a federation', () => {
     const secureRun = await launch(server, { ...CONFIG, secureAggregation: true });
     expect(await runEnded(server, secureRun)).toMatchObject({ status: 'done' });
     capturing = false;
-    const [r1] = server.store.listRounds(secureRun);
+    const [r1] = server.db.listRounds(secureRun);
     expect(r1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { neighbours: 4, threshold: 3, selected: 5, advertised: 5, shared: 5, inputs: 5, revealed: 5 } });
     expect(r1!.devices.every((d) => d.weight === null)).toBe(true);
     expect(devices.every((d) => d.masked.length === 1 && d.sent.length === 0)).toBe(true);
@@ -55,10 +55,10 @@ describe('secure aggregation in a federation', () => {
     // The same round in the clear: same initial model, data and seeds, so the same updates.
     const plainRun = await launch(server, CONFIG);
     expect(await runEnded(server, plainRun)).toMatchObject({ status: 'done' });
-    const [p1] = server.store.listRounds(plainRun);
+    const [p1] = server.db.listRounds(plainRun);
     const secure = modelOf(r1!.modelVersion!);
     const plain = modelOf(p1!.modelVersion!);
-    const initial = modelOf(server.store.listModels().find((m) => m.runId === plainRun && m.round === 0)!.version);
+    const initial = modelOf(server.db.listModels().find((m) => m.runId === plainRun && m.round === 0)!.version);
     let maxDiff = 0;
     let moved = 0;
     for (let i = 0; i < plain.length; i++) {
@@ -106,7 +106,7 @@ describe('secure aggregation in a federation', () => {
     await ds[0]!.client.leave();
     held.open();
     expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
-    const [r1] = server.store.listRounds(runId);
+    const [r1] = server.db.listRounds(runId);
     expect(r1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { inputs: 5, revealed: 4 } });
     expect(r1!.testAccuracy).toBeGreaterThan(0.1);
   }, 120_000);
@@ -122,7 +122,7 @@ describe('secure aggregation in a federation', () => {
     // six devices: each has five neighbours and any three rebuild its secrets, so two may fall out
     const runId = await launch(server, { ...CONFIG, clientsPerRound: 6, secureAggregation: true, roundTimeoutMs: 8_000 });
     expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
-    const [r1] = server.store.listRounds(runId);
+    const [r1] = server.db.listRounds(runId);
     expect(r1).toMatchObject({ status: 'completed', completed: 4, refused: 1, unanswered: 1, secureAggregation: { neighbours: 5, threshold: 3, shared: 6, inputs: 4, revealed: 4 } });
     expect(ds[2]!.client.snapshot.history.at(-1)).toMatchObject({ outcome: 'rejected', message: expect.stringMatching(/BAD_WEIGHTS: .*not signed/) });
     expect(r1!.testAccuracy).toBeGreaterThan(0.1);
@@ -132,7 +132,7 @@ describe('secure aggregation in a federation', () => {
     const ds = await fleet(6, (i) => ({ beforeSubmit: async (s) => (i === 0 ? { ...s, delta: s.delta.subarray(0, s.delta.length - 4) } : s) }));
     const runId = await launch(server, { ...CONFIG, clientsPerRound: 6, secureAggregation: true, roundTimeoutMs: 8_000 });
     expect(await runEnded(server, runId)).toMatchObject({ status: 'done' });
-    const [r1] = server.store.listRounds(runId);
+    const [r1] = server.db.listRounds(runId);
     expect(r1).toMatchObject({ status: 'completed', completed: 5, refused: 1, secureAggregation: { shared: 6, inputs: 5 } });
     expect(ds[0]!.client.snapshot.history.at(-1)).toMatchObject({ outcome: 'rejected', message: expect.stringMatching(/BAD_WEIGHTS: .*a masked input of this model has 21036 bytes, got 21032/) });
   }, 120_000);
@@ -141,7 +141,7 @@ describe('secure aggregation in a federation', () => {
     await fleet(5, (i) => ({ beforeSubmit: async (s) => (i < 2 ? undefined : s) }));
     const runId = await launch(server, { ...CONFIG, secureAggregation: true, roundTimeoutMs: 5_000, maxRoundRetries: 0 });
     expect(await runEnded(server, runId)).toMatchObject({ status: 'failed' });
-    const [r1] = server.store.listRounds(runId);
+    const [r1] = server.db.listRounds(runId);
     expect(r1).toMatchObject({ status: 'failed', reason: expect.stringMatching(/secure aggregation: 2 of the 3 shares needed to unmask device .* were revealed/), secureAggregation: { inputs: 3, revealed: 3 } });
   }, 120_000);
 
@@ -152,8 +152,8 @@ describe('secure aggregation in a federation', () => {
     // the same round (same model, data, seeds and clip bound; every device holds 100 examples, so FedAvg's weights are equal)
     const privateRun = await launch(server, { ...CONFIG, clipNorm: 0, secureAggregation: true, dp: { noiseMultiplier: 0.5, clipNorm: 5 } });
     expect(await runEnded(server, privateRun)).toMatchObject({ status: 'done' });
-    const [p1] = server.store.listRounds(plainRun);
-    const [d1] = server.store.listRounds(privateRun);
+    const [p1] = server.db.listRounds(plainRun);
+    const [d1] = server.db.listRounds(privateRun);
     expect(d1).toMatchObject({ status: 'completed', completed: 5, secureAggregation: { inputs: 5, revealed: 5 } });
     const privacy = d1!.privacy!;
     // five present, K = 5: q = 1; the noise is calibrated for ⌈0.8 × 5⌉ = 4 inputs, and 5 added theirs
@@ -185,7 +185,7 @@ describe('secure aggregation in a federation', () => {
     await fleet(5, (i) => ({ beforeSubmit: async (s) => (i < 2 ? undefined : s) }));
     const runId = await launch(server, { ...CONFIG, clipNorm: 0, secureAggregation: true, dp: { noiseMultiplier: 0.5, clipNorm: 5 }, roundTimeoutMs: 5_000, maxRoundRetries: 0 });
     expect(await runEnded(server, runId)).toMatchObject({ status: 'failed' });
-    const [r1] = server.store.listRounds(runId);
+    const [r1] = server.db.listRounds(runId);
     expect(r1).toMatchObject({ status: 'failed', reason: expect.stringMatching(/deadline passed with 3 of the 4 required updates/), secureAggregation: { inputs: 3, revealed: 0 }, privacy: null });
   }, 120_000);
 });

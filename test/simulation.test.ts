@@ -96,7 +96,7 @@ describe('a simulated device and a browser device', () => {
     // Execute: one round with this device alone; then the same round, as the server sent it, in a simulation worker.
     const runId = await launch(server, { model: 'cnn-small', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.05, seed: 11 });
     expect((await runEnded(server, runId)).status).toBe('done');
-    const browserRound = server.store.listRounds(runId)[0]!;
+    const browserRound = server.db.listRounds(runId)[0]!;
     const indices = mnistSliceIndices(0, slice);
     const pool = await WorkerPool.start(mnist.train, mnist.test, 1);
     const sim = await pool.train({ type: 'train', deviceId: device.identity.deviceId, round: seen!.round, train: Int32Array.from(indices.train), heldOut: Int32Array.from(indices.heldOut), held: undefined, residual: undefined }).finally(() => pool.close());

@@ -370,6 +370,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
       port.hellos.set(d.id, { hello, identityKey: identities.get(d.id)?.publicKey });
       federation.join(hello, identities.get(d.id)?.publicKey);
     }
+    let reported: Promise<void> = Promise.resolve();
     const ended = new Promise<void>((resolve, reject) => {
       port.onFailure = (err) => {
         federation.stopRun(`failed: ${err.message}`);
@@ -380,26 +381,32 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
         event: (e) => {
           if (e.kind === 'run:finished') resolve();
           if (e.kind !== 'round:completed' && e.kind !== 'round:evaluated') return;
-          // a round is reported once its model is evaluated (the next round already runs meanwhile), in order
-          const completed = store.listRounds(runId).filter((r) => r.status === 'completed');
-          for (const record of completed.slice(rounds.length)) {
-            if (record.evaluationPending) break;
-            const r = toSimRound(record, runStartedAt);
-            rounds.push(r);
-            onRound?.(r);
-            if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
-          }
+          // a round is reported once its model is evaluated (the next round already runs meanwhile), in order, as stored
+          reported = reported.then(async () => {
+            await federation.flushed();
+            const completed = (await store.listRounds(await runId)).filter((r) => r.status === 'completed');
+            for (const record of completed.slice(rounds.length)) {
+              if (record.evaluationPending) break;
+              const r = toSimRound(record, runStartedAt);
+              rounds.push(r);
+              onRound?.(r);
+              if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
+            }
+          });
         },
       });
     });
     const runStartedAt = Date.now();
     const runId = federation.startRun(config);
+    await runId;
     await ended;
     await federation.idle();
-    const run = store.getRun(runId);
-    const initial = store.listModels().find((m) => m.runId === runId && m.round === 0);
-    const last = store.listModels().filter((m) => m.runId === runId).at(-1);
-    const lastPayload = last ? store.getModelWeights(last.version) : undefined;
+    await reported;
+    const run = await store.getRun(await runId);
+    const models = (await store.listModels()).filter((m) => m.runId === run?.id);
+    const initial = models.find((m) => m.round === 0);
+    const last = models.at(-1);
+    const lastPayload = last ? await store.getModelWeights(last.version) : undefined;
     const hit = options.target === undefined ? undefined : rounds.find((r) => r.testAccuracy >= (options.target as number));
     return {
       options,
@@ -419,7 +426,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
     federation.shutdown();
     await federation.idle().catch(() => undefined);
     await pool.close();
-    store.close();
+    await store.close();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,8 +1,8 @@
-/** The Store on SQLite (better-sqlite3): synchronous, embedded, one file under DATA_DIR. */
+/** The Store on SQLite (better-sqlite3): embedded, one file under DATA_DIR; synchronous underneath, so each answer is ready at once. */
 import Database from 'better-sqlite3';
 import type { ModelName } from '../../shared/models-names.ts';
 import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
-import type { ModelRecord, RoundRecord, RunRecord, RunStatus, Store } from './store.ts';
+import { asyncStore, type ModelRecord, type RoundRecord, type RunRecord, type RunStatus, type Store, type SyncStore } from './store.ts';
 
 const MIGRATIONS = [
   `CREATE TABLE runs (
@@ -46,7 +46,13 @@ function toModel(row: ModelRow): ModelRecord {
 
 const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
 
+/** The Store on a SQLite file (':memory:' for tests), answering asynchronously as every store does. */
 export function openSqliteStore(file: string): Store {
+  return asyncStore(openSqlite(file));
+}
+
+/** The same store, answering at once: for tests that read it between two fake-clock steps. */
+export function openSqlite(file: string): SyncStore {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

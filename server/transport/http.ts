@@ -15,7 +15,7 @@ import { zipSync } from 'fflate';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { ConflictError, type Federation } from '../federation.ts';
-import type { Store } from '../store/store.ts';
+import type { ModelRecord, Store } from '../store/store.ts';
 import { requireAdmin } from './auth.ts';
 
 export interface HttpDeps {
@@ -100,20 +100,20 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   });
 
   /** every run with what came of it: rounds completed, failed attempts, final accuracy and model, duration */
-  app.get('/api/runs', (_req, res) => {
-    const outcomes = store.runOutcomes();
+  app.get('/api/runs', async (_req, res) => {
+    const outcomes = await store.runOutcomes();
     const now = Date.now();
-    const runs: RunSummary[] = store.listRuns().map((r) => ({ ...r, config: publicConfig(r.config), roundsCompleted: 0, failedAttempts: 0, finalTestAccuracy: null, finalModelVersion: null, ...outcomes.get(r.id), durationMs: (r.finishedAt ?? now) - r.createdAt }));
+    const runs: RunSummary[] = (await store.listRuns()).map((r) => ({ ...r, config: publicConfig(r.config), roundsCompleted: 0, failedAttempts: 0, finalTestAccuracy: null, finalModelVersion: null, ...outcomes.get(r.id), durationMs: (r.finishedAt ?? now) - r.createdAt }));
     res.json(runs);
   });
-  app.post('/api/runs', admin, (req, res) => {
+  app.post('/api/runs', admin, async (req, res) => {
     const checked = validateRunConfig(req.body ?? {});
     if (!checked.ok) {
       res.status(400).json({ error: `run config: ${checked.message}`, issues: checked.issues });
       return;
     }
     try {
-      const id = federation.startRun(checked.config);
+      const id = await federation.startRun(checked.config);
       res.status(201).json({ id, config: publicConfig(checked.config) });
     } catch (err) {
       if (err instanceof ConflictError) res.status(409).json({ error: err.message });
@@ -125,28 +125,27 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.status(stopped ? 200 : 409).json(stopped ? { stopped: true } : { error: 'no run is active' });
   });
   const runId = (raw: string | undefined) => (raw && /^\d{1,9}$/.test(raw) ? Number(raw) : undefined);
-  app.get('/api/runs/:id', (req, res) => {
-    const run = store.getRun(runId(req.params.id) ?? -1);
+  app.get('/api/runs/:id', async (req, res) => {
+    const run = await store.getRun(runId(req.params.id) ?? -1);
     if (!run) res.status(404).json({ error: `run ${req.params.id} not found` });
     else res.json({ ...run, config: publicConfig(run.config) });
   });
-  app.get('/api/runs/:id/rounds', (req, res) => {
+  app.get('/api/runs/:id/rounds', async (req, res) => {
     const id = runId(req.params.id);
-    if (id === undefined || !store.getRun(id)) {
+    if (id === undefined || !(await store.getRun(id))) {
       res.status(404).json({ error: `run ${req.params.id} not found` });
       return;
     }
-    res.json(store.listRounds(id));
+    res.json(await store.listRounds(id));
   });
 
-  app.get('/api/models', (_req, res) => {
-    res.json(store.listModels());
+  app.get('/api/models', async (_req, res) => {
+    res.json(await store.listModels());
   });
-  const modelVersion = (raw: string | undefined) => (raw === 'latest' ? store.latestModel()?.version : runId(raw));
+  const modelVersion = async (raw: string | undefined) => (raw === 'latest' ? (await store.latestModel())?.version : runId(raw));
   /** The TF.js model.json of a version; its weights file is named relative to it, so the two files work side by side offline. */
-  const modelJson = (version: number, weightsPath: string) => {
-    const model = store.getModel(version);
-    const weights = store.getModelWeights(version);
+  const modelJson = async (version: number, weightsPath: string) => {
+    const [model, weights] = await Promise.all([store.getModel(version), store.getModelWeights(version)]);
     if (!model || !weights) return undefined;
     const { specs } = decodeWeights(weights);
     return {
@@ -155,21 +154,20 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       convertedBy: null,
       modelTopology: topologyOf(model.model),
       weightsManifest: [{ paths: [weightsPath], weights: specs.map((s) => ({ name: s.name, shape: s.shape, dtype: 'float32' })) }],
-      userDefinedMetadata: { modelCard: modelCard(version) },
+      userDefinedMetadata: { modelCard: await modelCard(version, model, weights) },
     };
   };
   /** Where a version came from and how it does (the model card in model.json and in the archive). */
-  const modelCard = (version: number): ModelCard | undefined => {
-    const m = store.getModel(version);
-    if (!m) return undefined;
-    const run = m.runId === null ? undefined : store.getRun(m.runId);
-    const rounds = m.runId === null ? [] : store.listRounds(m.runId);
+  const modelCard = async (version: number, known?: ModelRecord, knownWeights?: Uint8Array): Promise<ModelCard | undefined> => {
+    const [m, weights] = await Promise.all([known ?? store.getModel(version), knownWeights ?? store.getModelWeights(version)]);
+    if (!m || !weights) return undefined;
+    const [run, rounds, models] = m.runId === null ? [undefined, [], []] : await Promise.all([store.getRun(m.runId), store.listRounds(m.runId), store.listModels()]);
     const produced = rounds.find((r) => r.modelVersion === version);
-    const parent = m.round === 0 ? null : (rounds.filter((r) => r.status === 'completed' && r.round < m.round && r.modelVersion !== null).at(-1)?.modelVersion ?? store.listModels().find((x) => x.runId === m.runId && x.round === 0)?.version ?? null);
+    const parent = m.round === 0 ? null : (rounds.filter((r) => r.status === 'completed' && r.round < m.round && r.modelVersion !== null).at(-1)?.modelVersion ?? models.find((x) => x.runId === m.runId && x.round === 0)?.version ?? null);
     return {
       version,
       model: m.model,
-      parameters: totalSize(decodeWeights(store.getModelWeights(version) as Uint8Array).specs),
+      parameters: totalSize(decodeWeights(weights).specs),
       createdAt: m.createdAt,
       runId: m.runId,
       round: m.round,
@@ -182,16 +180,16 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       privacy: produced?.privacy ?? null,
     };
   };
-  app.get('/api/models/:version/model.json', (req, res) => {
-    const version = modelVersion(req.params.version);
+  app.get('/api/models/:version/model.json', async (req, res) => {
+    const version = await modelVersion(req.params.version);
     // "latest" names its weights by version, so a new model between the two requests cannot mix them.
-    const json = version === undefined ? undefined : modelJson(version, req.params.version === 'latest' ? `weights.bin?v=${version}` : 'weights.bin');
+    const json = version === undefined ? undefined : await modelJson(version, req.params.version === 'latest' ? `weights.bin?v=${version}` : 'weights.bin');
     if (!json) res.status(404).json({ error: `model ${req.params.version} not found` });
     else res.json(json);
   });
-  app.get('/api/models/:version/weights.bin', (req, res) => {
-    const version = req.params.version === 'latest' && typeof req.query.v === 'string' ? runId(req.query.v) : modelVersion(req.params.version);
-    const weights = version === undefined ? undefined : store.getModelWeights(version);
+  app.get('/api/models/:version/weights.bin', async (req, res) => {
+    const version = req.params.version === 'latest' && typeof req.query.v === 'string' ? runId(req.query.v) : await modelVersion(req.params.version);
+    const weights = version === undefined ? undefined : await store.getModelWeights(version);
     if (!weights) {
       res.status(404).json({ error: `model ${req.params.version} not found` });
       return;
@@ -199,24 +197,24 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     const { values } = decodeWeights(weights);
     res.type('application/octet-stream').send(Buffer.from(values.buffer, values.byteOffset, values.byteLength));
   });
-  app.get('/api/models/:version/card.json', (req, res) => {
-    const version = modelVersion(req.params.version);
-    const card = version === undefined ? undefined : modelCard(version);
+  app.get('/api/models/:version/card.json', async (req, res) => {
+    const version = await modelVersion(req.params.version);
+    const card = version === undefined ? undefined : await modelCard(version);
     if (!card) res.status(404).json({ error: `model ${req.params.version} not found` });
     else res.json(card);
   });
   /** One archive for offline use: model.json, weights.bin and model-card.json (tf.loadLayersModel(tf.io.browserFiles([json, bin]))). */
-  app.get('/api/models/:version/model.zip', (req, res) => {
-    const version = modelVersion(req.params.version);
-    const json = version === undefined ? undefined : modelJson(version, 'weights.bin');
-    const payload = version === undefined ? undefined : store.getModelWeights(version);
+  app.get('/api/models/:version/model.zip', async (req, res) => {
+    const version = await modelVersion(req.params.version);
+    const json = version === undefined ? undefined : await modelJson(version, 'weights.bin');
+    const payload = version === undefined ? undefined : await store.getModelWeights(version);
     if (!json || !payload || version === undefined) {
       res.status(404).json({ error: `model ${req.params.version} not found` });
       return;
     }
     const { values } = decodeWeights(payload);
     const text = (o: unknown) => new TextEncoder().encode(JSON.stringify(o, null, 1));
-    const zip = zipSync({ 'model.json': text(json), 'weights.bin': [new Uint8Array(values.buffer, values.byteOffset, values.byteLength), { level: 0 }], 'model-card.json': text(modelCard(version)) });
+    const zip = zipSync({ 'model.json': text(json), 'weights.bin': [new Uint8Array(values.buffer, values.byteOffset, values.byteLength), { level: 0 }], 'model-card.json': text(json.userDefinedMetadata.modelCard) });
     res.type('application/zip').set('Content-Disposition', `attachment; filename="fedbrowser-model-v${version}.zip"`).send(Buffer.from(zip.buffer, zip.byteOffset, zip.byteLength));
   });
 

@@ -10,8 +10,8 @@ import { WeightedDeltaSum, type PartialSum } from '../../shared/fedavg.ts';
 import { strategyFor } from '../../server/fl/strategy.ts';
 import { createLogger } from '../../server/log.ts';
 import type { EvalResult, Evaluator } from '../../server/ml/evaluator.ts';
-import { openSqliteStore } from '../../server/store/sqlite.ts';
-import type { Store } from '../../server/store/store.ts';
+import { openSqlite } from '../../server/store/sqlite.ts';
+import { asyncStore, type Store, type SyncStore } from '../../server/store/store.ts';
 import type { ModelPublished, Result, RoundEnd, RoundStart } from '../../shared/protocol.ts';
 import { runConfigSchema, type RunConfig, type RunConfigInput, type UpdateSubmit } from '../../shared/schemas.ts';
 import { decodeWeights, encodeWeights, type FlatWeights, type TensorSpec } from '../../shared/weights.ts';
@@ -171,7 +171,9 @@ const METRICS = { accuracyBefore: 0.1, lossBefore: 2.3, accuracyAfter: 0.3, loss
 
 export class Scenario {
   readonly clock = new FakeClock();
-  readonly store: Store = openSqliteStore(':memory:');
+  /** the store, read at once between two steps (the federation writes it through the async interface) */
+  readonly db: SyncStore = openSqlite(':memory:');
+  readonly store: Store = asyncStore(this.db);
   readonly port = new RecordingPort();
   readonly evaluator = new ControlledEvaluator();
   readonly validator = new ControlledValidator();
@@ -190,7 +192,7 @@ export class Scenario {
     for (const id of ids) this.federation.join({ deviceId: id, backend: 'wasm', backendReason: 'scenario', examples: 100, heldOut: 20, labelHistogram: new Array(10).fill(10) });
   }
 
-  start(config: RunConfigInput): number {
+  start(config: RunConfigInput): Promise<number> {
     return this.federation.startRun(runConfigSchema.parse({ model: 'cnn-small', ...config }));
   }
 
@@ -220,10 +222,10 @@ export class Scenario {
   }
 
   rounds(runId: number) {
-    return this.store.listRounds(runId);
+    return this.db.listRounds(runId);
   }
 
   run(runId: number) {
-    return this.store.getRun(runId);
+    return this.db.getRun(runId);
   }
 }

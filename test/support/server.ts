@@ -14,8 +14,8 @@ import type { ThreadSums } from '../../server/work-pool.ts';
 import { loadMnist, type MnistSplit } from '../../server/data/mnist.ts';
 import { createLogger } from '../../server/log.ts';
 import { createEvaluator } from '../../server/ml/evaluator.ts';
-import { openSqliteStore } from '../../server/store/sqlite.ts';
-import type { Store } from '../../server/store/store.ts';
+import { openSqlite } from '../../server/store/sqlite.ts';
+import { asyncStore, type Store, type SyncStore } from '../../server/store/store.ts';
 import { gatherSamples } from '../../shared/dataset.ts';
 import type { DeviceMemory } from '../../shared/device.ts';
 import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
@@ -40,17 +40,20 @@ export async function useWasm(): Promise<void> {
 export interface TestServer {
   app: App;
   store: Store;
+  /** the same store, read at once (its writes land within a tick of the federation asking for them) */
+  db: SyncStore;
   url: string;
   close(): Promise<void>;
 }
 
 export async function startServer(options: { validate?: UpdateValidator; encodeDelta?: DeltaEncoder; sums?: ThreadSums; maxPayloadBytes?: number; evalLimit?: number; rateLimit?: { perSecond: number; burst: number }; tls?: { cert: string; key: string }; allowedOrigins?: string[]; apiRequestsPerMinute?: number; crossOriginIsolation?: boolean } = {}): Promise<TestServer> {
   const { train, test } = loadMnist();
-  const store = openSqliteStore(':memory:');
+  const db = openSqlite(':memory:');
+  const store = asyncStore(db);
   const app = createApp({ store, evaluator: createEvaluator(test, options.evalLimit ?? 1000), train, logger: createLogger('test', () => undefined), adminToken: ADMIN_TOKEN, webRoot: '/nonexistent', ...(options.validate ? { validate: options.validate } : {}), ...(options.encodeDelta ? { encodeDelta: options.encodeDelta } : {}), ...(options.sums ? { sums: options.sums } : {}), ...(options.maxPayloadBytes ? { maxPayloadBytes: options.maxPayloadBytes } : {}), ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}), ...(options.tls ? { tls: options.tls } : {}), ...(options.allowedOrigins ? { allowedOrigins: options.allowedOrigins } : {}), ...(options.apiRequestsPerMinute ? { apiRequestsPerMinute: options.apiRequestsPerMinute } : {}), ...(options.crossOriginIsolation ? { crossOriginIsolation: true } : {}) });
   await new Promise<void>((resolve) => app.http.listen(0, '127.0.0.1', resolve));
   const url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${(app.http.address() as AddressInfo).port}`;
-  return { app, store, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
+  return { app, store, db, url, close: () => app.close().then(() => new Promise<void>((r) => app.http.close(() => r()))) };
 }
 
 export type TestSocket = DeviceSocket;
@@ -170,7 +173,7 @@ export async function until<T>(probe: () => T | undefined | Promise<T | undefine
 /** Waits until run `runId` is no longer running, and returns it. */
 export function runEnded(server: TestServer, runId: number, timeoutMs = 60_000) {
   return until(() => {
-    const r = server.store.getRun(runId);
+    const r = server.db.getRun(runId);
     return r && r.status !== 'running' ? r : undefined;
   }, timeoutMs, `run ${runId} to end`);
 }
