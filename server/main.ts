@@ -12,6 +12,7 @@ import { createLogger } from './log.ts';
 import { startWorkPool } from './work-pool.ts';
 import { startWorkerEvaluator } from './ml/evaluator.ts';
 import { openSqliteStore } from './store/sqlite.ts';
+import { openPostgresStore, redact } from './store/postgres.ts';
 
 const log = createLogger('fl');
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -40,8 +41,10 @@ async function main(): Promise<void> {
   await tf.ready();
   log.info('tfjs ready', { backend: tf.getBackend() });
 
+  // one process keeps its store in a SQLite file; nodes of a cluster share a PostgreSQL server
+  const databaseUrl = process.env.DATABASE_URL;
   mkdirSync(dataDir, { recursive: true });
-  const store = openSqliteStore(path.join(dataDir, 'fl.sqlite'));
+  const store = databaseUrl ? await openPostgresStore(databaseUrl) : openSqliteStore(path.join(dataDir, 'fl.sqlite'));
   const { train, test } = loadMnist();
   const certFile = process.env.TLS_CERT;
   const keyFile = process.env.TLS_KEY;
@@ -75,7 +78,7 @@ async function main(): Promise<void> {
   app.http.listen(port, host, () => {
     const address = app.http.address();
     const actual = typeof address === 'object' && address ? address.port : port;
-    log.info('listening', { url: `${tls ? 'https' : 'http'}://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', dataDir });
+    log.info('listening', { url: `${tls ? 'https' : 'http'}://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', store: databaseUrl ? redact(databaseUrl) : dataDir });
   });
 
   let closing = false;
