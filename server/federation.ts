@@ -22,6 +22,7 @@ import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
 import { ModelBook, type DeltaEncoder, type DownloadsOf, type GlobalModel } from './model-book.ts';
 import type { KeptUpdate, ThreadSums } from './work-pool.ts';
+import type { PartialSum } from '../shared/fedavg.ts';
 import type { Store } from './store/store.ts';
 
 export type { DeviceInfo, FederationEvent, RoundTimeline } from '../shared/api.ts';
@@ -65,9 +66,54 @@ export class ConflictError extends Error {
   readonly code = 'CONFLICT';
 }
 
+/** A run config this federation cannot run (checked beyond its schema). */
+export class RunConfigError extends Error {
+  readonly code = 'BAD_CONFIG';
+}
+
+/** Why a run cannot be spread over a cluster's nodes (undefined: it can). */
+export function clusterRefuses(config: RunConfig): string | undefined {
+  if (config.secureAggregation) return 'secure aggregation runs on one server node only (its masked sum is not split across nodes yet)';
+  if (config.dp) return 'differential privacy runs on one server node only (its noised sum is not split across nodes yet)';
+  if (config.aggregation !== 'fedavg') return `aggregation "${config.aggregation}" needs every update in one place; across a cluster's nodes only fedavg is summed`;
+  return undefined;
+}
+
+/** An update held by a node of a cluster (cluster/): decoded, validated, kept and summed there. */
+export interface RemoteRef {
+  node: string;
+  id: number;
+}
+
+/**
+ * The updates of a cluster's devices, as the coordinating node sees them: each stays on the node
+ * its device sent it to, which validates it, adds it to its share of the round's sum once it is
+ * accepted, and hands that share over when the round is aggregated (O(nodes × model) here).
+ */
+export interface RemoteUpdates {
+  validate(ref: RemoteRef, modelVersion: number, config: RunConfig): Promise<{ norm: number; clipped: boolean }>;
+  add(ref: RemoteRef, key: string, weight: number): void;
+  drop(ref: RemoteRef): void;
+  /** the shares of round `key`'s sum held by `nodes` (size 0: discard them) */
+  take(key: string, nodes: readonly string[], size: number): Promise<PartialSum[]>;
+}
+
+/** What the device transport calls: one federation, or a cluster node that relays to the coordinating one. */
+export interface DeviceGateway {
+  readonly counters: { rejectedUpdates: number; lateUpdates: number; badMessages: number };
+  join(hello: DeviceHello, identityKey?: Uint8Array): void;
+  leave(deviceId: string): void;
+  report(deviceId: string, report: StateReport): void;
+  latestModel(): ModelPublished | null;
+  submitUpdate(deviceId: string, msg: UpdateSubmit): Promise<Result<{ accepted: true }>>;
+  secAggMessage(deviceId: string, ref: { runId: number; round: number; attempt: number }, message: SecAggMessage, bytes: number): Promise<Result<null>>;
+}
+
 interface Submission {
   deviceId: string;
   payload: Uint8Array;
+  /** an update held by a cluster node (its payload is there, not here) */
+  remote?: RemoteRef;
   /** a masked input's signature, under secure aggregation */
   signature?: Uint8Array;
   answer: (result: Result<{ accepted: true }>) => void;
@@ -89,17 +135,19 @@ export interface FederationDeps {
   encodeDelta?: DeltaEncoder;
   /** FedAvg's sum kept in work threads (default: on the event loop, as each update is accepted) */
   sums?: ThreadSums;
+  /** the updates held by the nodes of a cluster (cluster/leader.ts) */
+  remote?: RemoteUpdates;
 }
 
 const roundKey = (r: { runId: number; round: number; attempt: number }) => `${r.runId}:${r.round}:${r.attempt}`;
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
-export class Federation {
+export class Federation implements DeviceGateway {
   private state: CoordinatorState = initialState();
   private readonly devices = new DeviceRegistry();
   private readonly models: ModelBook;
   /** the round's aggregator; `inThreads`: accepted updates were added to the work threads' sums, merged at aggregation */
-  private aggregator: { key: string; sum: RoundAggregator; inThreads?: boolean } | undefined;
+  private aggregator: { key: string; sum: RoundAggregator; inThreads?: boolean; nodes?: Map<string, string[]> } | undefined;
   private readonly submissions = new Map<number, Submission>();
   private nextSubmission = 1;
   /** devices' identity keys (proven at hello) and whether they do X25519: secure aggregation checks and picks with them */
@@ -189,6 +237,8 @@ export class Federation {
   async startRun(config: RunConfig): Promise<number> {
     if (isActive(this.state)) throw new ConflictError(`run ${this.state.run?.id} is ${this.state.phase}; stop it first`);
     if (this.starting) throw new ConflictError('a run is being started; stop it first');
+    const refused = this.deps.remote ? clusterRefuses(config) : undefined;
+    if (refused) throw new RunConfigError(refused);
     this.starting = true;
     const { runId, initial } = await this.createRun(config).finally(() => (this.starting = false));
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
@@ -336,6 +386,31 @@ export class Federation {
     });
   }
 
+  /** An update a cluster node holds: counted or refused as any other; the answer goes back to the node. */
+  submitRemoteUpdate(deviceId: string, msg: Omit<UpdateSubmit, 'delta' | 'signature'> & { bytes: number }, ref: RemoteRef, answer: (result: Result<{ accepted: true }>) => void): void {
+    const submission = this.nextSubmission++;
+    this.submissions.set(submission, { deviceId, payload: new Uint8Array(0), remote: ref, answer });
+    this.dispatch({ type: 'update:submitted', submission, deviceId, runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: msg.numExamples, bytes: msg.bytes, metrics: msg.metrics });
+  }
+
+  /**
+   * A cluster node is gone (killed, or cut off): its devices have left, the updates it was
+   * validating are refused, and those it had counted into its share of the round's sum are lost
+   * with it — the coordinator counts them as dropped, so none is counted twice or summed half.
+   */
+  nodeLost(node: string, deviceIds: readonly string[]): void {
+    for (const id of deviceIds) this.leave(id);
+    for (const [n, s] of this.submissions) {
+      if (s.remote?.node === node) this.dispatch({ type: 'update:invalid', submission: n, reason: `the server node holding it (${node}) is gone` });
+    }
+    const lost = this.aggregator?.nodes?.get(node);
+    this.aggregator?.nodes?.delete(node);
+    if (lost?.length) {
+      this.note('warn', 'update:rejected', `server node ${node} is gone with ${lost.length} counted updates: they are dropped from the round`, { node, devices: lost.length });
+      this.dispatch({ type: 'updates:lost', deviceIds: lost, reason: `server node ${node} is gone` });
+    }
+  }
+
   /**
    * A secure-aggregation message (keys, shares or reveal): checked against the round and the
    * sender's identity key, then given to the coordinator, which takes or refuses it.
@@ -392,7 +467,11 @@ export class Federation {
         const s = this.submissions.get(effect.submission);
         this.submissions.delete(effect.submission);
         if (this.secure && s) this.secure.add(s.payload);
-        else if (s?.kept && this.aggregator && this.deps.sums) {
+        else if (s?.remote && this.aggregator && this.deps.remote) {
+          this.deps.remote.add(s.remote, this.aggregator.key, effect.weight);
+          const nodes = (this.aggregator.nodes ??= new Map());
+          nodes.set(s.remote.node, [...(nodes.get(s.remote.node) ?? []), effect.deviceId]);
+        } else if (s?.kept && this.aggregator && this.deps.sums) {
           this.deps.sums.add(s.kept, this.aggregator.key, effect.weight);
           this.aggregator.inThreads = true;
         } else if (!s?.validated || !this.aggregator) throw new Error(`update ${effect.submission} of device ${effect.deviceId} has no validated payload or no round to add to`);
@@ -405,6 +484,7 @@ export class Federation {
         const s = this.submissions.get(effect.submission);
         this.submissions.delete(effect.submission);
         if (s?.kept) this.deps.sums?.drop(s.kept);
+        if (s?.remote) this.deps.remote?.drop(s.remote);
         if (effect.late) this.counters.lateUpdates++;
         this.counters.rejectedUpdates++;
         this.note('warn', 'update:rejected', `update rejected (${effect.code}): ${effect.message}`, { deviceId: effect.deviceId, code: effect.code });
@@ -428,6 +508,7 @@ export class Federation {
         }
         // a round that ends without aggregation leaves its share of the sum in the threads: released
         if (r.status !== 'completed' && this.aggregator?.inThreads) void this.deps.sums?.take(this.aggregator.key, 0).catch(() => undefined);
+        if (r.status !== 'completed' && this.aggregator?.nodes?.size) void this.deps.remote?.take(this.aggregator.key, [...this.aggregator.nodes.keys()], 0).catch(() => undefined);
         this.aggregator = undefined;
         if (r.status === 'completed') {
           const acc = r.evaluationPending ? 'its model is being evaluated' : r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
@@ -579,6 +660,22 @@ export class Federation {
       );
       return;
     }
+    const remote = this.deps.remote;
+    if (s.remote) {
+      if (!remote || !this.aggregator?.sum.merge) throw new Error(`update ${submission}: held by node ${s.remote.node}, and this round's rule cannot add shares of its sum made elsewhere`);
+      const clipNow = this.state.current?.privacy?.clip;
+      const cfg = run.config.dp && clipNow !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clipNow } } : run.config;
+      this.track(
+        remote.validate(s.remote, global.version, cfg).then(
+          (v) => {
+            if (this.submissions.get(submission) !== s) return remote.drop(s.remote!); // refused (late, or its node lost) meanwhile
+            this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
+          },
+          (err: unknown) => this.invalid(submission, s.deviceId, err),
+        ),
+      );
+      return;
+    }
     const validate = this.deps.validate ?? inlineValidator;
     // under DP the round's own bound (adaptive clipping moves it from round to round)
     const clip = this.state.current?.privacy?.clip;
@@ -624,6 +721,8 @@ export class Federation {
         if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
         // the threads' shares of the sum, merged: O(threads × model)
         if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, global.weights.values.length)) aggregator.sum.merge!(p);
+        // and the cluster nodes' shares: O(nodes × model), whatever the number of devices
+        if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, [...aggregator.nodes.keys()], global.weights.values.length)) aggregator.sum.merge!(p);
         const next = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
         if (!next) throw new Error('no update to aggregate');
         for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);

@@ -12,6 +12,8 @@ import { createLogger } from './log.ts';
 import { startWorkPool } from './work-pool.ts';
 import { startWorkerEvaluator } from './ml/evaluator.ts';
 import { openSqliteStore } from './store/sqlite.ts';
+import { DEFAULT_HEARTBEAT_MS, DEFAULT_LEASE_MS, startClusterNode } from './cluster/start.ts';
+import { hostname } from 'node:os';
 import { openPostgresStore, redact } from './store/postgres.ts';
 
 const log = createLogger('fl');
@@ -36,6 +38,13 @@ async function main(): Promise<void> {
     process.stdout.write(`\nADMIN_TOKEN was not set; generated one for this run:\n  ${adminToken}\n\n`);
   }
 
+  // ROLE=all (default): one process, SQLite embedded. ROLE=node: one node of a cluster sharing Redis (REDIS_URL) and PostgreSQL (DATABASE_URL).
+  const role = process.env.ROLE ?? 'all';
+  if (role !== 'all' && role !== 'node') throw new Error(`ROLE must be "all" or "node", got "${role}"`);
+  const redisUrl = process.env.REDIS_URL;
+  if (role === 'node' && (!redisUrl || !process.env.DATABASE_URL)) throw new Error('ROLE=node needs REDIS_URL and DATABASE_URL (the nodes of a cluster share both)');
+  if (role === 'all' && redisUrl) throw new Error('REDIS_URL is set but ROLE is "all": set ROLE=node to run this process as a node of a cluster');
+
   registerWasmTrainingKernels();
   await tf.setBackend('wasm');
   await tf.ready();
@@ -57,7 +66,7 @@ async function main(): Promise<void> {
   // and updates are decoded, checked, clipped and summed, and model deltas encoded, in threads of their own (VALIDATE_THREADS, default 1; 0: on the event loop)
   const workThreads = envInt('VALIDATE_THREADS', 1);
   const work = workThreads > 0 ? await startWorkPool(workThreads) : undefined;
-  const app = createApp({
+  const deps = {
     ...(tls ? { tls } : {}),
     apiRequestsPerMinute: envInt('API_RATE_LIMIT', 1200) || 1200,
     crossOriginIsolation: envInt('CROSS_ORIGIN_ISOLATION', 0) === 1,
@@ -69,8 +78,31 @@ async function main(): Promise<void> {
     logger: log,
     adminToken,
     webRoot: path.resolve(process.env.WEB_ROOT ?? path.join(root, 'dist', 'web')),
-  });
+  };
+  const closeAll = () => Promise.all([evaluator.close(), work?.close()]);
 
+  if (role === 'node' && redisUrl) {
+    const node = await startClusterNode(deps, {
+      redisUrl,
+      nodeId: process.env.NODE_ID ?? `${hostname()}-${process.pid}`,
+      host,
+      port,
+      ...(process.env.PUBLIC_URL ? { publicUrl: process.env.PUBLIC_URL } : {}),
+      ...(process.env.CLUSTER_PREFIX ? { prefix: process.env.CLUSTER_PREFIX } : {}),
+      leaseMs: envInt('LEASE_MS', DEFAULT_LEASE_MS),
+      heartbeatMs: envInt('HEARTBEAT_MS', DEFAULT_HEARTBEAT_MS),
+      // a node that lost the lease while coordinating may hold a stale round: it stops, and its supervisor starts it again as a follower
+      onLeaseLost: (reason) => {
+        log.error('exiting: the leader lease was lost', { reason });
+        process.exit(3);
+      },
+    });
+    log.info('listening', { url: node.url, role, store: redact(process.env.DATABASE_URL ?? '') });
+    onSignals(() => node.close().then(closeAll));
+    return;
+  }
+
+  const app = createApp(deps);
   await app.federation.open();
   const resumed = await app.federation.resumeInterruptedRun();
   if (resumed !== undefined) log.info('resumed an interrupted run', { runId: resumed });
@@ -81,13 +113,18 @@ async function main(): Promise<void> {
     log.info('listening', { url: `${tls ? 'https' : 'http'}://${host === '0.0.0.0' ? 'localhost' : host}:${actual}/`, admin: '/admin', store: databaseUrl ? redact(databaseUrl) : dataDir });
   });
 
+  onSignals(() => app.close().then(closeAll));
+}
+
+/** SIGINT or SIGTERM: close (the run stays running in the store, for the next start to resume), then exit. */
+function onSignals(close: () => Promise<unknown>): void {
   let closing = false;
   const shutdown = (signal: string) => {
     if (closing) return;
     closing = true;
     log.info('shutting down', { signal });
-    app.close().then(
-      () => Promise.all([evaluator.close(), work?.close()]).then(() => process.exit(0)),
+    close().then(
+      () => process.exit(0),
       (err: unknown) => {
         log.error('shutdown failed', { error: String(err) });
         process.exit(1);

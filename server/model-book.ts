@@ -92,6 +92,13 @@ export class ModelBook {
     });
   }
 
+  /** What to send one device that holds version `held` (a cluster node, for its own devices): a delta when that is smaller. */
+  async download(held: number | null): Promise<Download> {
+    const global = this.current;
+    if (!global) throw new Error('model book: no current model');
+    return (held !== null && held !== global.version ? await this.delta(held, global) : undefined) ?? { weights: global.payload };
+  }
+
   private async delta(base: number, global: GlobalModel): Promise<Download | undefined> {
     const record = await this.store.getModel(base);
     const payload = record?.model === global.model ? await this.store.getModelWeights(base) : undefined;

@@ -15,6 +15,8 @@ import type { ValidatedUpdate } from './fl/validate.ts';
 import type { DeltaEncoder } from './model-book.ts';
 import type { PartialSum } from '../shared/fedavg.ts';
 import { tsWorker } from './ts-worker.ts';
+import { KeptSums } from './fl/kept-sums.ts';
+import { validateUpdate } from './fl/validate.ts';
 
 export type WorkJob =
   /** `keep`: the Δ stays in the thread for `add` or `drop` */
@@ -49,6 +51,23 @@ export interface ThreadSums {
   drop(kept: KeptUpdate): void;
   /** the shares of the round `key`'s sum, one from each thread that holds some (a failed add or a lost thread makes it fail: an accepted update would be missing) */
   take(key: string, size: number): Promise<PartialSum[]>;
+}
+
+/** The same on the event loop, for a process without work threads (VALIDATE_THREADS=0). */
+export function inlineSums(): ThreadSums {
+  const kept = new KeptSums();
+  let next = 1;
+  return {
+    async validate(payload, specs, config) {
+      const v = validateUpdate(payload, specs, config);
+      const id = next++;
+      kept.keep(id, v.delta);
+      return { kept: { thread: -1, id }, norm: v.norm, clipped: v.clipped };
+    },
+    add: (k, key, weight) => kept.add(k.id, key, weight),
+    drop: (k) => kept.drop(k.id),
+    take: async (key, size) => [kept.take(key, size)],
+  };
 }
 
 type Done = Extract<WorkReply, { ok: true }>;

@@ -142,6 +142,7 @@ export async function startRedis(): Promise<Service> {
   try {
     await until('redis-server', async () => {
       const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      r.on('error', () => undefined); // not up yet: the probe is tried again
       try {
         await r.connect();
         return (await r.ping()) === 'PONG';

@@ -190,6 +190,8 @@ interface RoundRef {
 export type CoordinatorEvent =
   | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
   | { type: 'device:left'; deviceId: string }
+  /** accepted updates that can no longer be summed (the cluster node holding them died): they count as dropped, never twice */
+  | { type: 'updates:lost'; deviceIds: readonly string[]; reason: string }
   | { type: 'run:start'; runId: number; config: RunConfig; fromRound?: number; fromAttempt?: number; samplingSeed?: number; released?: readonly ReleasedRound[]; clip?: number; parameters?: number }
   | { type: 'run:stop'; reason?: string }
   | { type: 'tick' }
@@ -769,6 +771,12 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       // A device that leaves after its update arrived has answered: the update (being validated or counted) stands.
       if (state.phase !== 'training' || !cur || !cur.selected.includes(id) || cur.dropped.includes(id) || cur.refused.includes(id) || ids(cur.accepted).includes(id) || ids(cur.validating).includes(id)) return { state: next, effects: [] };
       return settle({ ...next, current: { ...cur, dropped: [...cur.dropped, id] } }, now);
+    }
+    case 'updates:lost': {
+      const lost = new Set(event.deviceIds);
+      if (state.phase !== 'training' || !cur || !cur.accepted.some((c) => lost.has(c.deviceId))) return { state, effects: [] };
+      const gone = ids(cur.accepted).filter((id) => lost.has(id));
+      return settle({ ...state, current: { ...cur, accepted: cur.accepted.filter((c) => !lost.has(c.deviceId)), dropped: [...cur.dropped, ...gone.filter((id) => !cur.dropped.includes(id))] } }, now);
     }
     case 'run:start': {
       if (isActive(state)) throw new Error(`coordinator: cannot start run ${event.runId} while ${state.phase}`);

@@ -14,7 +14,8 @@ import type { ModelCard, RunSummary } from '../../shared/api.ts';
 import { zipSync } from 'fflate';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
-import { ConflictError, type Federation } from '../federation.ts';
+import { ConflictError, RunConfigError, type Federation } from '../federation.ts';
+import type { ClusterHooks } from '../app.ts';
 import type { ModelRecord, Store } from '../store/store.ts';
 import { requireAdmin } from './auth.ts';
 
@@ -32,6 +33,8 @@ export interface HttpDeps {
   apiRequestsPerMinute?: number;
   /** send COOP/COEP so the pages are cross-origin isolated (wasm threads) */
   crossOriginIsolation?: boolean;
+  /** a node of a cluster: what only the coordinating node can answer is redirected to it */
+  cluster?: Pick<ClusterHooks, 'coordinatorUrl' | 'describe'>;
 }
 
 const topologies = new Map<ModelName, object>();
@@ -53,7 +56,7 @@ function monitorEventLoop(): () => { p50Ms: number; p99Ms: number; maxMs: number
   return () => last;
 }
 
-export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false }: HttpDeps): Express {
+export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false, cluster }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(
@@ -84,13 +87,38 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.json({ ok: true });
   });
   const loop = monitorEventLoop();
+  /**
+   * In a cluster, runs are started, stopped and watched on the coordinating node: another node
+   * passes those requests on to it and its answer back (a redirect would lose the admin token,
+   * which browsers drop across origins); `?node=self` asks this node.
+   */
+  const coordinated: express.RequestHandler = async (req, res, next) => {
+    if (!cluster || req.query.node === 'self') return next();
+    const url = cluster.coordinatorUrl();
+    if (url === undefined) return next(); // this node coordinates
+    if (url === '') {
+      res.status(503).json({ error: 'no server node coordinates the cluster right now (another takes over within the lease time); try again' });
+      return;
+    }
+    try {
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      if (req.headers.authorization) headers.authorization = req.headers.authorization;
+      const r = await fetch(new URL(req.originalUrl, url), { method: req.method, headers, ...(req.method === 'POST' ? { body: JSON.stringify(req.body ?? {}) } : {}), signal: AbortSignal.timeout(15_000) });
+      res.status(r.status).type(r.headers.get('content-type') ?? 'application/json').send(Buffer.from(await r.arrayBuffer()));
+    } catch (err) {
+      res.status(502).json({ error: `the coordinating node (${url}) did not answer: ${err instanceof Error ? err.message : String(err)}` });
+    }
+  };
+  app.get('/api/cluster', async (_req, res) => {
+    res.json(cluster ? await cluster.describe() : { nodes: 1, cluster: false });
+  });
   /** public: phase, run, round, model version and the number of devices — no device ids, histograms or accuracies */
-  app.get('/api/status', (_req, res) => {
+  app.get('/api/status', coordinated, (_req, res) => {
     const mem = process.memoryUsage();
     res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()), eventLoopDelay: loop() } });
   });
   /** every known device (disconnected ones too, flagged), with what it declared and reported */
-  app.get('/api/devices', admin, (_req, res) => {
+  app.get('/api/devices', admin, coordinated, (_req, res) => {
     res.json(federation.listDevices(true));
   });
 
@@ -106,7 +134,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     const runs: RunSummary[] = (await store.listRuns()).map((r) => ({ ...r, config: publicConfig(r.config), roundsCompleted: 0, failedAttempts: 0, finalTestAccuracy: null, finalModelVersion: null, ...outcomes.get(r.id), durationMs: (r.finishedAt ?? now) - r.createdAt }));
     res.json(runs);
   });
-  app.post('/api/runs', admin, async (req, res) => {
+  app.post('/api/runs', admin, coordinated, async (req, res) => {
     const checked = validateRunConfig(req.body ?? {});
     if (!checked.ok) {
       res.status(400).json({ error: `run config: ${checked.message}`, issues: checked.issues });
@@ -117,10 +145,11 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       res.status(201).json({ id, config: publicConfig(checked.config) });
     } catch (err) {
       if (err instanceof ConflictError) res.status(409).json({ error: err.message });
+      else if (err instanceof RunConfigError) res.status(400).json({ error: `run config: ${err.message}` });
       else throw err;
     }
   });
-  app.post('/api/runs/current/stop', admin, (_req, res) => {
+  app.post('/api/runs/current/stop', admin, coordinated, (_req, res) => {
     const stopped = federation.stopRun();
     res.status(stopped ? 200 : 409).json(stopped ? { stopped: true } : { error: 'no run is active' });
   });

@@ -5,16 +5,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
-import { Server, type Socket } from 'socket.io';
+import { Server, type ServerOptions, type Socket } from 'socket.io';
 import type { ClientToServerEvents, ErrorCode, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import { CHALLENGE_BYTES, verifyHello } from '../../shared/identity.ts';
 import { describeIssues, helloSchema, secAggKeysSchema, secAggRevealSchema, secAggSharesSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
-import type { DevicePort, Federation } from '../federation.ts';
+import type { DeviceGateway, DevicePort } from '../federation.ts';
 import type { Logger } from '../log.ts';
 import { TokenBucket, type RateLimit } from './rate-limit.ts';
 
 type FlServer = Server<ClientToServerEvents, ServerToClientEvents>;
 type FlSocket = Socket<ClientToServerEvents, ServerToClientEvents>;
+
+/** Each device's socket is in a room of its own (a cluster's coordinating node reaches it through the Redis adapter). */
+export const deviceRoom = (deviceId: string) => `device:${deviceId}`;
 
 /** Routes messages to devices by id; bound to a socket.io server by attachSockets. */
 export class SocketDevicePort implements DevicePort {
@@ -62,11 +65,12 @@ const wireBytes = (raw: unknown): number => JSON.stringify(raw).length;
 const KNOWN_EVENTS: ReadonlySet<string> = new Set(['device:challenge', 'device:hello', 'device:state', 'update:submit', 'secagg:keys', 'secagg:shares', 'secagg:reveal']);
 const REFUSAL_WINDOW_MS = 10_000;
 
-export function attachSockets(http: HttpServer, federation: Federation, port: SocketDevicePort, logger: Logger, options: SocketOptions): FlServer {
+export function attachSockets(http: HttpServer, federation: DeviceGateway, port: SocketDevicePort, logger: Logger, options: SocketOptions & { adapter?: ServerOptions['adapter'] }): FlServer {
   const log = logger.child('transport');
   const io: FlServer = new Server(http, {
     maxHttpBufferSize: options.maxPayloadBytes,
     serveClient: false,
+    ...(options.adapter ? { adapter: options.adapter } : {}),
     allowRequest: (req, callback) => callback(originAllowed(req.headers.origin, req.headers.host, options.allowedOrigins) ? null : 'origin not allowed', originAllowed(req.headers.origin, req.headers.host, options.allowedOrigins)),
   });
   port.io = io;
@@ -151,6 +155,7 @@ export function attachSockets(http: HttpServer, federation: Federation, port: So
       }
       deviceId = hello.deviceId;
       port.sockets.set(deviceId, socket);
+      void socket.join(deviceRoom(deviceId));
       federation.join(hello, publicKey);
       answer(ack, { ok: true, data: { deviceId, globalModel: federation.latestModel() } });
     });
