@@ -31,6 +31,12 @@ export interface DevicePort {
   sendRoundStart(deviceId: string, msg: RoundStart): void;
   sendRoundEnd(deviceId: string, msg: RoundEnd): void;
   broadcastModel(msg: ModelPublished): void;
+  /**
+   * set when the far end makes each device's download itself (a cluster node, from the store): it
+   * is sent the whole model with `baseVersion` naming the version the device holds, and sends the
+   * device a delta against it when that is smaller — no delta is encoded here
+   */
+  readonly downloadsElsewhere?: boolean;
   /** a secure-aggregation message for one device (secagg/) */
   sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): void;
 }
@@ -621,6 +627,10 @@ export class Federation implements DeviceGateway {
     }
     const held = effect.deviceIds.map((id) => this.devices.heldVersion(id));
     this.devices.selected(effect.deviceIds);
+    if (this.deps.port.downloadsElsewhere) {
+      const whole = { weights: global.payload };
+      return this.sendRoundStart(effect, msg, (v) => (run.config.downlink === 'delta' && v !== null && v !== global.version ? { ...whole, baseVersion: v } : whole));
+    }
     const downloads = this.models.downloads(run.config, held);
     if (typeof downloads === 'function') return this.sendRoundStart(effect, msg, downloads);
     // deltas are encoded off the event loop first; a round that ended meanwhile sends nothing

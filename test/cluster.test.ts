@@ -121,7 +121,20 @@ describe('a cluster of three nodes on Redis and PostgreSQL', () => {
       expect(maxDiff(stored, expectedModel(previous, sent, 200))).toBeLessThan(1e-6);
       previous = stored;
     }
+    // round 2's model reached each device as a delta against the version it held, made by its own node from the store
+    expect(group.map((d) => d.deltas)).toEqual([1, 1, 1, 1, 1, 1]);
   }, 120_000);
+
+  it('refuses, with the reason, a run whose aggregation cannot be split across nodes', async () => {
+    for (const [config, reason] of [
+      [{ aggregation: 'median', clientsPerRound: 6, minUpdates: 5 }, /aggregation "median" needs every update in one place/],
+      [{ secureAggregation: true, clientsPerRound: 6, minUpdates: 3, clipNorm: 5 }, /secure aggregation runs on one server node only/],
+    ] as const) {
+      const res = await fetch(`${cluster.nodes[1]!.url}/api/runs`, { method: 'POST', headers: headers(), body: JSON.stringify({ model: 'cnn-small', ...config }) });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toMatch(reason);
+    }
+  });
 
   it('loses only the updates a killed node held: they are dropped from the round, and the round closes with the rest', async () => {
     const victim = cluster.nodes[2]!;

@@ -28,6 +28,8 @@ interface Pending {
 }
 
 export class LeaderLink implements DevicePort, RemoteUpdates {
+  /** each node makes its devices' downloads from the store (ClusterNode.startRound) */
+  readonly downloadsElsewhere = true;
   federation: Federation | undefined;
   io: Server | undefined;
   private readonly deviceNode = new Map<string, string>();

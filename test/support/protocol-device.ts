@@ -7,7 +7,8 @@
 import { io } from 'socket.io-client';
 import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
 import type { Result, RoundStart } from '../../shared/protocol.ts';
-import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
+import { decodeWeights, encodeWeights, type FlatWeights } from '../../shared/weights.ts';
+import { applyModelDelta } from '../../shared/model-delta.ts';
 import { joinFederation, type DeviceSocket } from '../../web-client/fl/join.ts';
 import { claims } from './server.ts';
 
@@ -27,6 +28,10 @@ export class ProtocolDevice {
   at: number;
   readonly sent: SentUpdate[] = [];
   readonly starts: RoundStart[] = [];
+  /** the global model it holds (it reports the version, so the server may send it deltas) */
+  model: { weights: FlatWeights; version: number } | undefined;
+  /** round starts whose weights were a delta against the model it held */
+  deltas = 0;
   /** while held, round starts wait (the update is sent when released) */
   private held: (() => void)[] | undefined;
   private closed = false;
@@ -98,9 +103,15 @@ export class ProtocolDevice {
   private async answer(socket: DeviceSocket, msg: RoundStart): Promise<void> {
     this.starts.push(msg);
     if (this.held) await new Promise<void>((r) => this.held!.push(r));
-    // it never reports a version it holds, so the server sends the whole model
-    if (msg.baseVersion !== undefined) throw new Error('a protocol device is sent the whole model');
-    const specs = decodeWeights(msg.weights).specs;
+    if (msg.baseVersion !== undefined) {
+      if (!this.model) throw new Error(`sent a delta against v${msg.baseVersion}, holding nothing`);
+      const applied = applyModelDelta(this.model.weights, msg.baseVersion, msg.weights);
+      if (applied.version !== msg.modelVersion) throw new Error(`a delta to v${applied.version}, the round's model is v${msg.modelVersion}`);
+      this.model = applied;
+      this.deltas++;
+    } else this.model = { weights: decodeWeights(msg.weights), version: msg.modelVersion };
+    socket.emit('device:state', { state: 'training', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
+    const specs = this.model.weights.specs;
     const delta = this.deltaFor(msg, specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0));
     const sent: SentUpdate = { runId: msg.runId, round: msg.round, attempt: msg.attempt, delta, numExamples: this.examples };
     this.sent.push(sent);
