@@ -291,9 +291,10 @@ async function benchServerMemory(server: ServerHandle): Promise<void> {
   line('devices | server RSS idle → max (MB) | updates/s | event loop max (ms)');
   const rows: unknown[] = [];
   for (const n of [10, 50, 100, 200]) {
-    const r = await measure(server, 'cnn-small', n);
-    rows.push(r);
-    line(`${n} | ${fmt(Number(r.rssIdleMB), 0)} → ${fmt(Number(r.rssMaxMB), 0)} | ${fmt(Number(r.updatesPerS), 0)} | ${fmt(Number(r.loopMaxMs), 0)}`);
+    const r = await measure([server], 'cnn-small', n);
+    const s = r.nodes[0]!;
+    rows.push({ ...r, ...s });
+    line(`${n} | ${fmt(s.rssIdleMB, 0)} → ${fmt(s.rssMaxMB, 0)} | ${fmt(r.updatesPerS, 0)} | ${fmt(s.loopMaxMs, 0)}`);
   }
   results.serverMemory = rows;
   line();

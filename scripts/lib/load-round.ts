@@ -11,18 +11,20 @@ import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/pr
 import { encodeWeights } from '../../shared/weights.ts';
 import { joinFederation } from '../../web-client/fl/join.ts';
 import { api, type ServerHandle } from './harness.ts';
+import type { RoundRecord } from '../../shared/api.ts';
 
 type Device = Socket<ServerToClientEvents, ClientToServerEvents>;
 
 interface Status {
   phase: string;
-  server: { rssBytes: number; eventLoopDelay: { p50Ms: number; p99Ms: number; maxMs: number } };
+  server: { rssBytes: number; cpuMs: number; eventLoopDelay: { p50Ms: number; p99Ms: number; maxMs: number } };
 }
 
-export async function connectDevices(server: ServerHandle, n: number): Promise<Device[]> {
+/** Connects `n` devices, spread in turn over the servers (the nodes of a cluster, or one server). */
+export async function connectDevices(servers: readonly ServerHandle[], n: number): Promise<Device[]> {
   const devices: Device[] = [];
   for (let i = 0; i < n; i++) {
-    const s: Device = io(server.url, { transports: ['websocket'], forceNew: true, reconnection: false });
+    const s: Device = io(servers[i % servers.length]!.url, { transports: ['websocket'], forceNew: true, reconnection: false });
     devices.push(s);
     await new Promise<void>((resolve, reject) => {
       s.once('connect', () => resolve());
@@ -34,9 +36,41 @@ export async function connectDevices(server: ServerHandle, n: number): Promise<D
   return devices;
 }
 
-export async function measure(server: ServerHandle, model: ModelName, n: number): Promise<Record<string, number | string>> {
-  const idle = (await api<Status>(server, '/api/status')).body.server.rssBytes;
-  const devices = await connectDevices(server, n);
+export interface NodeLoad {
+  rssIdleMB: number;
+  rssMaxMB: number;
+  loopP99MaxMs: number;
+  loopMaxMs: number;
+  /** CPU time the node used during the round (all its threads), ms */
+  cpuMs: number;
+  /** devices connected to it */
+  devices: number;
+}
+
+export interface RoundLoad {
+  model: ModelName;
+  devices: number;
+  started: number;
+  accepted: number;
+  rejected: number;
+  updatesPerS: number;
+  mbPerS: number;
+  payloadMB: number;
+  /** the round's aggregation phase on the coordinating node (closed → new model stored): the coordinator's cost per round */
+  aggregationMs: number;
+  /** per server, in the order given */
+  nodes: NodeLoad[];
+}
+
+/**
+ * One round with K = all `n` devices, spread over `servers` (launched through the first), each
+ * answering with the same real-size update at once. Samples every server's own status
+ * (`?node=self`) every 100 ms.
+ */
+export async function measure(servers: readonly ServerHandle[], model: ModelName, n: number): Promise<RoundLoad> {
+  const self = async (s: ServerHandle) => (await api<Status>(s, '/api/status?node=self')).body.server;
+  const idle = await Promise.all(servers.map(self));
+  const devices = await connectDevices(servers, n);
   const base = initialWeights(model, 1);
   const payload = encodeWeights({ specs: base.specs, values: base.values.map((_, i) => ((i % 7) - 3) * 1e-4) });
   const metrics = { accuracyBefore: 0.5, lossBefore: 1, accuracyAfter: 0.6, lossAfter: 0.9, downloadMs: 0, evaluateMs: 0, trainMs: 0 };
@@ -61,31 +95,34 @@ export async function measure(server: ServerHandle, model: ModelName, n: number)
       });
     }
   });
-  const rss: number[] = [];
-  const loopP99: number[] = [];
-  const loopMax: number[] = [];
+  const samples = servers.map(() => ({ rss: [] as number[], p99: [] as number[], max: [] as number[] }));
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      const { body } = await api<Status>(server, '/api/status');
-      rss.push(body.server.rssBytes);
-      loopP99.push(body.server.eventLoopDelay.p99Ms);
-      loopMax.push(body.server.eventLoopDelay.maxMs);
+      const now = await Promise.all(servers.map(self));
+      now.forEach((s, i) => {
+        samples[i]!.rss.push(s.rssBytes);
+        samples[i]!.p99.push(s.eventLoopDelay.p99Ms);
+        samples[i]!.max.push(s.eventLoopDelay.maxMs);
+      });
       await new Promise((r) => setTimeout(r, 100));
     }
   })();
-  const created = await api<{ id: number; error?: string }>(server, '/api/runs', { method: 'POST', body: { model, rounds: 1, clientsPerRound: n, minUpdates: n, overSelect: 1, roundTimeoutMs: 600_000 } });
+  const launcher = servers[0]!;
+  const created = await api<{ id: number; error?: string }>(launcher, '/api/runs', { method: 'POST', body: { model, rounds: 1, clientsPerRound: n, minUpdates: n, overSelect: 1, roundTimeoutMs: 600_000 } });
   if (created.status !== 201) throw new Error(`launch failed: ${created.body.error}`);
   await done;
   // Wait for the run to finish (aggregate, store, evaluate) before the next measurement.
   for (;;) {
-    const { body } = await api<{ status: string }>(server, `/api/runs/${created.body.id}`);
+    const { body } = await api<{ status: string }>(launcher, `/api/runs/${created.body.id}`);
     if (body.status !== 'running') break;
     await new Promise((r) => setTimeout(r, 200));
   }
   await new Promise((r) => setTimeout(r, 2100)); // one more event-loop window
   sampling = false;
   await sampler;
+  const after = await Promise.all(servers.map(self));
+  const [round] = (await api<RoundRecord[]>(launcher, `/api/runs/${created.body.id}/rounds`)).body;
   for (const s of devices) s.disconnect();
   const seconds = (lastAck - firstStart) / 1000;
   return {
@@ -97,13 +134,17 @@ export async function measure(server: ServerHandle, model: ModelName, n: number)
     updatesPerS: acked / seconds,
     mbPerS: (acked * payload.byteLength) / 1e6 / seconds,
     payloadMB: payload.byteLength / 1e6,
-    rssIdleMB: idle / 1e6,
-    rssMaxMB: Math.max(...rss) / 1e6,
-    loopP99MaxMs: Math.max(...loopP99),
-    loopMaxMs: Math.max(...loopMax),
+    aggregationMs: round?.phases.aggregationMs ?? Number.NaN,
+    nodes: servers.map((_, i) => ({
+      rssIdleMB: idle[i]!.rssBytes / 1e6,
+      rssMaxMB: Math.max(...samples[i]!.rss) / 1e6,
+      loopP99MaxMs: Math.max(...samples[i]!.p99),
+      loopMaxMs: Math.max(...samples[i]!.max),
+      cpuMs: after[i]!.cpuMs - idle[i]!.cpuMs,
+      devices: Math.floor(n / servers.length) + (i < n % servers.length ? 1 : 0),
+    })),
   };
 }
-
 
 /**
  * The same round's traffic through a bare socket.io server (echo-server.ts): it sends each of `n`

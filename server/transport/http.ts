@@ -56,6 +56,12 @@ function monitorEventLoop(): () => { p50Ms: number; p99Ms: number; maxMs: number
   return () => last;
 }
 
+/** CPU time this process has used (user + system, all threads), in ms: a load test reads it before and after a round. */
+const cpuMs = () => {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1000;
+};
+
 export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false, cluster }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
@@ -115,7 +121,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   /** public: phase, run, round, model version and the number of devices — no device ids, histograms or accuracies */
   app.get('/api/status', coordinated, (_req, res) => {
     const mem = process.memoryUsage();
-    res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()), eventLoopDelay: loop() } });
+    res.json({ ...federation.status(), server: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, arrayBuffersBytes: mem.arrayBuffers, uptimeS: Math.round(process.uptime()), cpuMs: cpuMs(), eventLoopDelay: loop() } });
   });
   /** every known device (disconnected ones too, flagged), with what it declared and reported */
   app.get('/api/devices', admin, coordinated, (_req, res) => {
