@@ -199,6 +199,8 @@ export class ClusterNode implements DeviceGateway {
   }
 
   private specsOf(version: number): Promise<readonly TensorSpec[]> {
+    // the version its devices were sent is the one it holds (read once, at the round's start)
+    if (this.book.current?.version === version) return Promise.resolve(this.book.current.weights.specs);
     let p = this.specs.get(version);
     if (!p) {
       p = this.deps.store.getModelWeights(version).then((w) => {
