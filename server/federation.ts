@@ -15,7 +15,7 @@ import { WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
-import { dpFedAvgAggregator, type RoundAggregator, type Strategy } from './fl/strategy.ts';
+import { dpFedAvgAggregator, nextGlobalModel, type RoundAggregator, type Strategy } from './fl/strategy.ts';
 import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
@@ -733,10 +733,14 @@ export class Federation implements DeviceGateway {
         if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, global.weights.values.length)) aggregator.sum.merge!(p);
         // and the cluster nodes' shares: O(nodes × model), whatever the number of devices
         if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, [...aggregator.nodes.keys()], global.weights.values.length)) aggregator.sum.merge!(p);
-        const next = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
-        if (!next) throw new Error('no update to aggregate');
-        for (let i = 0; i < next.length; i++) if (!Number.isFinite(next[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
-        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next }, this.deps.clock.now());
+        const aggregated = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
+        if (!aggregated) throw new Error('no update to aggregate');
+        const config = this.state.run?.config;
+        if (!config) throw new Error('no run to aggregate for');
+        // the strategy's step from the round's mean: q-FFL's scale, a server optimizer's state
+        const next = nextGlobalModel(config, global.weights.values, aggregated, { ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
+        for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
+        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), next.state);
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum
         const count = effect.clipCount;
         const unclippedShare = count ? (count.unclipped - effect.updates / 2 + addGaussianNoise(new Float64Array(1), count.noiseStd)[0]!) / count.expected + 0.5 : undefined;

@@ -6,6 +6,7 @@ import { encodeModelDelta } from '../shared/model-delta.ts';
 import { initialWeights, type ModelName } from '../shared/models.ts';
 import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
 import type { RunConfig } from '../shared/schemas.ts';
+import { decodeServerState, encodeServerState, type ServerOptimizerState } from '../shared/server-optimizer.ts';
 import type { Logger } from './log.ts';
 import type { ModelRecord, Store } from './store/store.ts';
 
@@ -15,6 +16,8 @@ export interface GlobalModel {
   weights: FlatWeights;
   /** the binary weight payload (weights.ts), as stored and as sent in full */
   payload: Uint8Array;
+  /** the server optimizer's state after the round that made this version (server-optimizer.ts) */
+  optimizerState?: ServerOptimizerState;
 }
 
 export interface Download {
@@ -52,10 +55,10 @@ export class ModelBook {
     return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now);
   }
 
-  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number): Promise<GlobalModel> {
+  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number, optimizerState?: ServerOptimizerState): Promise<GlobalModel> {
     const payload = encodeWeights(weights);
-    const version = await this.store.saveModel({ runId, round, model, weights: payload }, now);
-    this.current = { version, model, weights, payload };
+    const version = await this.store.saveModel({ runId, round, model, weights: payload, ...(optimizerState ? { optimizerState: encodeServerState(optimizerState) } : {}) }, now);
+    this.current = { version, model, weights, payload, ...(optimizerState ? { optimizerState } : {}) };
     this.latest = { version, runId, round, model, createdAt: now, testAccuracy: null, testLoss: null };
     return this.current;
   }
@@ -68,9 +71,10 @@ export class ModelBook {
 
   /** Makes a stored version the current model (a resumed run); false when it is not stored. */
   async load(version: number, model: ModelName): Promise<boolean> {
-    const payload = await this.store.getModelWeights(version);
+    const [payload, state] = await Promise.all([this.store.getModelWeights(version), this.store.getOptimizerState(version)]);
     if (!payload) return false;
-    this.current = { version, model, weights: decodeWeights(payload), payload };
+    const weights = decodeWeights(payload);
+    this.current = { version, model, weights, payload, ...(state ? { optimizerState: decodeServerState(state, weights.values.length) } : {}) };
     return true;
   }
 

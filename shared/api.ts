@@ -4,6 +4,7 @@
  */
 import type { ModelName } from './models-names.ts';
 import type { RoundPhases, RoundTimeline } from './phases.ts';
+import type { Fairness } from './fairness.ts';
 import type { Hello, RunConfig, StateReport } from './schemas.ts';
 
 export type { RoundPhases, RoundTimeline } from './phases.ts';
@@ -151,6 +152,8 @@ export interface RoundRecord {
   /** mean over the counted devices of their held-out accuracy before/after local training */
   localAccuracyBefore: number | null;
   localAccuracyAfter: number | null;
+  /** the spread of the counted devices' held-out accuracy of the round's global model (mean, worst and best 10 %, variance); null when none reported */
+  fairness: Fairness | null;
   /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice; null under secure aggregation), its held-out accuracy before/after local training */
   devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
   modelVersion: number | null;

@@ -46,6 +46,8 @@ export interface TrainingPlan {
   seed: number;
   /** how the device encodes its update */
   codec: CodecConfig;
+  /** FedProx: μ of the proximal term μ/2·‖w − w_global‖² added to the local loss (absent: none) */
+  mu?: number;
 }
 
 export interface RoundStart {

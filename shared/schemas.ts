@@ -139,6 +139,17 @@ export const AGGREGATIONS = ['fedavg', 'median', 'trimmed-mean'] as const;
 export const DOWNLINKS = ['full', 'delta'] as const;
 export type Aggregation = (typeof AGGREGATIONS)[number];
 
+/**
+ * How a round's training is configured and its results turned into the next model (non-IID data):
+ * FedAvg; a server optimizer on FedAvg's mean (Reddi et al. 2021); FedProx's proximal term on the
+ * devices (Li et al. 2020); q-FFL's fairness weighting (Li et al. 2020, ICLR).
+ */
+export const STRATEGY_NAMES = ['fedavg', 'fedavgm', 'fedadagrad', 'fedadam', 'fedyogi', 'fedprox', 'qffl'] as const;
+export type StrategyName = (typeof STRATEGY_NAMES)[number];
+
+/** The server learning rate a server optimizer uses when the config leaves it out. */
+export const DEFAULT_SERVER_LEARNING_RATE: Record<'fedavgm' | 'fedadagrad' | 'fedadam' | 'fedyogi', number> = { fedavgm: 1, fedadagrad: 0.1, fedadam: 0.01, fedyogi: 0.01 };
+
 const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
 
 export const runConfigSchema = z.strictObject({
@@ -156,6 +167,20 @@ export const runConfigSchema = z.strictObject({
   /** how many times a failed round is retried before the run stops as failed */
   maxRoundRetries: whole(0, 100).default(2),
   seed: whole(0, 2 ** 31 - 1).default(1),
+  /** how a round is configured and its updates turned into the next model (non-IID data) */
+  strategy: z.enum(STRATEGY_NAMES, { error: `must be one of ${STRATEGY_NAMES.join(', ')}` }).default('fedavg'),
+  /** η of the server optimizer (fedavgm, fedadagrad, fedadam, fedyogi); default per optimizer (DEFAULT_SERVER_LEARNING_RATE) */
+  serverLearningRate: between(0, 100, true).optional(),
+  /** β1: server momentum (fedavgm) or the first moment (fedadagrad, fedadam, fedyogi) */
+  beta1: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(1, { error: 'must be less than 1' }).default(0.9),
+  /** β2: the second moment's decay (fedadam, fedyogi) */
+  beta2: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(1, { error: 'must be less than 1' }).default(0.99),
+  /** τ: the adaptive optimizers' degree of adaptivity */
+  tau: between(0, 1, true).default(1e-3),
+  /** μ of FedProx's proximal term μ/2·‖w − w_global‖² in local training */
+  mu: between(0, 100, true).default(0.01),
+  /** q of q-FFL: 0 is FedAvg with equal weights; larger q weighs devices with a higher loss more */
+  q: between(0, 50).default(1),
   /** how updates are combined: FedAvg, or a robust rule against hostile updates */
   aggregation: z.enum(AGGREGATIONS, { error: `must be one of ${AGGREGATIONS.join(', ')}` }).default('fedavg'),
   /** fraction trimmed at each end per coordinate by `trimmed-mean` */
@@ -251,7 +276,30 @@ function silentNoOps(c: RunConfig): FieldIssue[] {
     if (c.randFraction !== RUN_CONFIG_DEFAULTS.randFraction && !codec.random) issues.push({ field: 'randFraction', message: `has no effect: the codec ${codec.name} has no rand stage` });
     if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values)) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
   }
-  return [...issues, ...secureAggregationIssues(c), ...privacyIssues(c)];
+  return [...issues, ...strategyIssues(c), ...secureAggregationIssues(c), ...privacyIssues(c)];
+}
+
+/** The strategy's own parameters set for a strategy that does not use them, and what cannot go with it. */
+function strategyIssues(c: RunConfig): FieldIssue[] {
+  const issues: FieldIssue[] = [];
+  const optimizer = c.strategy === 'fedavgm' || c.strategy === 'fedadagrad' || c.strategy === 'fedadam' || c.strategy === 'fedyogi';
+  const uses: Record<'serverLearningRate' | 'beta1' | 'beta2' | 'tau' | 'mu' | 'q', boolean> = {
+    serverLearningRate: optimizer,
+    beta1: optimizer,
+    beta2: c.strategy === 'fedadam' || c.strategy === 'fedyogi',
+    tau: optimizer && c.strategy !== 'fedavgm',
+    mu: c.strategy === 'fedprox',
+    q: c.strategy === 'qffl',
+  };
+  for (const field of Object.keys(uses) as (keyof typeof uses)[]) {
+    if (!uses[field] && c[field] !== RUN_CONFIG_DEFAULTS[field]) issues.push({ field, message: `has no effect: strategy ${c.strategy} does not use it` });
+  }
+  if (c.strategy === 'qffl') {
+    if (c.aggregation !== 'fedavg') issues.push({ field: 'strategy', message: `qffl weighs each update by its device's loss; ${c.aggregation} ignores weights: use aggregation fedavg` });
+    if (c.dp) issues.push({ field: 'strategy', message: 'qffl weighs updates by what devices report, which DP-FedAvg\'s accounting does not allow (every update weighs 1)' });
+    if (c.secureAggregation) issues.push({ field: 'strategy', message: 'qffl needs each device\'s update norm, which secure aggregation hides' });
+  }
+  return issues;
 }
 
 /** The L2 bound updates are clipped to: the privacy bound when the run is private (a round's own under adaptive clipping), else clipNorm (0: none). */

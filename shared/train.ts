@@ -89,9 +89,26 @@ export interface TrainResult {
   stopped: boolean;
 }
 
-/** E epochs of minibatch SGD (batch B, learning rate η) in a seeded order. */
+/**
+ * The loss a device minimizes on a batch: cross-entropy, plus FedProx's proximal term
+ * μ/2·‖w − w_global‖² (Li et al. 2020) when `prox` is given — `anchors` are the global model's
+ * trainable weights, in the order of `model.trainableWeights`. Its gradient adds μ(w − w_global).
+ */
+export function localLoss(model: tf.LayersModel, x: tf.Tensor, y: tf.Tensor1D, prox?: { mu: number; anchors: readonly tf.Tensor[] }): tf.Scalar {
+  const ce = crossEntropy(model.apply(x, { training: true }) as tf.Tensor, y);
+  if (!prox || prox.mu === 0) return ce;
+  const weights = model.trainableWeights;
+  if (weights.length !== prox.anchors.length) throw new Error(`fedprox: ${prox.anchors.length} anchors for ${weights.length} trainable weights`);
+  const distance = tf.addN(weights.map((w, i) => tf.sum(tf.square(tf.sub(w.read(), prox.anchors[i]!)))));
+  return tf.add(ce, tf.mul(prox.mu / 2, distance)) as tf.Scalar;
+}
+
+/** E epochs of minibatch SGD (batch B, learning rate η) in a seeded order; with plan.mu, FedProx's local problem around the weights it starts from. */
 export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks = {}): Promise<TrainResult> {
   const optimizer = tf.train.sgd(plan.learningRate);
+  // FedProx: the global model's weights, as training starts from them
+  const anchors = plan.mu ? model.trainableWeights.map((w) => tf.keep(w.read().clone())) : undefined;
+  const prox = anchors && plan.mu ? { mu: plan.mu, anchors } : undefined;
   const rng = createRng(plan.seed);
   const perEpoch = Math.ceil(data.count / plan.batchSize);
   const total = perEpoch * plan.localEpochs;
@@ -105,11 +122,7 @@ export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: O
       for (let b = 0; b < perEpoch; b++) {
         if (hooks.shouldStop?.()) return { batches: done, loss: lastLoss, stopped: true };
         const idx = tf.tensor1d(Int32Array.from(order.slice(b * plan.batchSize, (b + 1) * plan.batchSize)), 'int32');
-        const cost = optimizer.minimize(() => {
-          const x = tf.gather(data.x, idx);
-          const y = tf.gather(data.y, idx);
-          return crossEntropy(model.apply(x, { training: true }) as tf.Tensor, y as tf.Tensor1D);
-        }, true);
+        const cost = optimizer.minimize(() => localLoss(model, tf.gather(data.x, idx), tf.gather(data.y, idx) as tf.Tensor1D, prox), true);
         idx.dispose();
         done++;
         const now = Date.now();
@@ -125,6 +138,7 @@ export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: O
     return { batches: done, loss: lastLoss, stopped: false };
   } finally {
     optimizer.dispose();
+    if (anchors) tf.dispose(anchors);
   }
 }
 

@@ -11,6 +11,8 @@ import { flush, Scenario } from './support/scenario.ts';
 import { Federation } from '../server/federation.ts';
 import { strategyFor } from '../server/fl/strategy.ts';
 import { createLogger } from '../server/log.ts';
+import { decodeServerState, initialServerState, serverStep } from '../shared/server-optimizer.ts';
+import { qfflScale } from '../shared/fairness.ts';
 
 const lastModel = (s: Scenario, runId: number) => decodeWeights(s.db.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
 
@@ -439,5 +441,74 @@ describe('hostile but well-formed updates from selected devices', () => {
     await s.submit('device-b');
     expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 1, rejected: 1 });
     expect(lastModel(s, runId).values.every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('strategies for non-IID data, through the federation', () => {
+  const modelOf = (s: Scenario, runId: number, round: number) => {
+    const r = s.rounds(runId).find((x) => x.round === round && x.status === 'completed')!;
+    return { version: r.modelVersion!, values: decodeWeights(s.db.getModelWeights(r.modelVersion!)!).values, record: r };
+  };
+
+  it('FedAdam steps from the round\'s mean, stores its state with the version, and a restart resumes from it exactly', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const config = { rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1, strategy: 'fedadam', serverLearningRate: 0.1 } as const;
+    const runId = await s.start(config);
+    await flush();
+    const w0 = s.globalFor('device-a').values;
+    await s.submit('device-a', { step: 0.001 });
+    await s.submit('device-b', { step: 0.003 });
+    await flush();
+    const params = { learningRate: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    const mean1 = new Float32Array(w0.length).fill(0.002);
+    const hand1 = serverStep('fedadam', params, w0, mean1, initialServerState('fedadam', w0.length, 1e-3));
+    const r1 = modelOf(s, runId, 1);
+    // the mean the server saw is (0.001 + 0.003) / 2 per weight (up to float32 rounding of w + Δ)
+    for (let i = 0; i < w0.length; i += 61) expect(r1.values[i]).toBeCloseTo(hand1.weights[i]!, 6);
+    const state1 = decodeServerState(s.db.getOptimizerState(r1.version)!, w0.length);
+    for (let i = 0; i < w0.length; i += 61) expect(state1.m[i]).toBeCloseTo(0.1 * mean1[i]!, 7);
+    // round 2 is under way when the process dies; the next one resumes it from v1 and its state
+    s.federation.shutdown();
+    const next = new Federation({ store: s.store, strategyFor, evaluator: s.evaluator, clock: s.clock, logger: createLogger('restart', () => undefined), port: s.port });
+    expect(await next.resumeInterruptedRun()).toBe(runId);
+    for (const id of ['device-a', 'device-b']) next.join({ deviceId: id, backend: 'wasm', backendReason: 'scenario', examples: 100, heldOut: 20, labelHistogram: new Array(10).fill(10) });
+    await flush();
+    for (const [id, step] of [['device-a', 0.002], ['device-b', 0.002]] as const) {
+      void next.submitUpdate(id, s.update(id, { step }));
+      await flush();
+    }
+    await flush();
+    const r2 = modelOf(s, runId, 2);
+    const start2 = decodeWeights(s.port.lastStart('device-a')!.weights).values;
+    expect(Array.from(start2.subarray(0, 50))).toEqual(Array.from(r1.values.subarray(0, 50)));
+    const aggregated = Float32Array.from(r1.values, (w) => w + Math.fround(0.002)); // as applyDelta makes it: w + the float32 mean
+    const hand2 = serverStep('fedadam', params, r1.values, Float32Array.from(aggregated, (a, i) => a - r1.values[i]!), state1);
+    expect(Array.from(r2.values)).toEqual(Array.from(hand2.weights));
+    next.shutdown();
+  });
+
+  it('q-FFL weighs each update by its device\'s loss and scales the step; the round records the devices\' spread', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 2, overSelect: 1, strategy: 'qffl', q: 1, learningRate: 0.1 });
+    await flush();
+    const w0 = s.globalFor('device-a').values;
+    const send = async (id: string, step: number, lossBefore: number, accuracyBefore: number) => {
+      const u = s.update(id, { step });
+      void s.federation.submitUpdate(id, { ...u, metrics: { ...u.metrics, lossBefore, accuracyBefore } });
+      await flush();
+    };
+    await send('device-a', 0.001, 3, 0.4);
+    await send('device-b', 0.004, 1, 0.9);
+    await flush();
+    const { values, record } = modelOf(s, runId, 1);
+    expect(record.devices.map((d) => d.weight)).toEqual([3, 1]);
+    const norm = (step: number) => step * Math.sqrt(w0.length);
+    const scale = qfflScale([{ loss: 3, norm: norm(0.001) }, { loss: 1, norm: norm(0.004) }], 1, 0.1);
+    const mean = (3 * 0.001 + 1 * 0.004) / 4;
+    for (let i = 0; i < w0.length; i += 53) expect(values[i]).toBeCloseTo(w0[i]! + scale * mean, 6);
+    expect(scale).toBeLessThan(1);
+    expect(record.fairness).toEqual({ devices: 2, mean: 0.65, worst10: 0.4, best10: 0.9, variance: expect.closeTo(0.0625, 12) });
   });
 });

@@ -11,7 +11,8 @@ import { runConfigSchema } from '../shared/schemas.ts';
 import type { RoundRecord } from '../shared/api.ts';
 import { createDatabase, startPostgres, type Service } from '../server/cluster/services.ts';
 import { openPostgresStore } from '../server/store/postgres.ts';
-import { openSqliteStore } from '../server/store/sqlite.ts';
+import Database from 'better-sqlite3';
+import { openSqliteStore, SQLITE_MIGRATIONS } from '../server/store/sqlite.ts';
 import type { Store } from '../server/store/store.ts';
 
 let postgres: Service | undefined;
@@ -92,7 +93,10 @@ describe.each(kinds)('the %s store', (_name, open) => {
       const run = await store.createRun(config, 1);
       const bytes = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7919) % 256);
       const v1 = await store.saveModel({ runId: run, round: 0, model: 'cnn-small', weights: bytes }, 10);
-      const v2 = await store.saveModel({ runId: null, round: 0, model: 'mlp', weights: bytes.subarray(5, 100) }, 11);
+      const state = Uint8Array.from({ length: 999 }, (_, i) => (i * 31) % 256);
+      const v2 = await store.saveModel({ runId: null, round: 0, model: 'mlp', weights: bytes.subarray(5, 100), optimizerState: state.subarray(1) }, 11);
+      expect(Array.from((await store.getOptimizerState(v2))!)).toEqual(Array.from(state.subarray(1)));
+      expect(await store.getOptimizerState(v1)).toBeUndefined();
       expect(v2).toBeGreaterThan(v1);
       expect(Array.from((await store.getModelWeights(v1))!)).toEqual(Array.from(bytes));
       expect(Array.from((await store.getModelWeights(v2))!)).toEqual(Array.from(bytes.subarray(5, 100)));
@@ -152,5 +156,29 @@ describe('the PostgreSQL store', () => {
 
   it('says which server it could not reach', async () => {
     await expect(openPostgresStore('postgres://fl:secret@127.0.0.1:1/nowhere')).rejects.toThrow(/PostgreSQL at postgres:\/\/fl:\*\*\*@127\.0\.0\.1:1\/nowhere/);
+  });
+});
+
+describe('the SQLite store', () => {
+  it('migrates a file of the first schema in place, keeping what it held', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fl-store-'));
+    dirs.push(dir);
+    const file = path.join(dir, 'old.sqlite');
+    const old = new Database(file);
+    old.exec(SQLITE_MIGRATIONS[0]!);
+    old.pragma('user_version = 1');
+    old.prepare('INSERT INTO runs (config, status, created_at) VALUES (?, ?, ?)').run(JSON.stringify(config), 'done', 7);
+    old.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)').run(1, 0, 'cnn-small', 8, Buffer.from([1, 2, 3]));
+    old.close();
+    const store = openSqliteStore(file);
+    try {
+      expect(await store.getRun(1)).toMatchObject({ status: 'done', createdAt: 7 });
+      expect(Array.from((await store.getModelWeights(1))!)).toEqual([1, 2, 3]);
+      expect(await store.getOptimizerState(1)).toBeUndefined();
+      const v = await store.saveModel({ runId: 1, round: 1, model: 'cnn-small', weights: Uint8Array.of(4), optimizerState: Uint8Array.of(9, 9) }, 9);
+      expect(Array.from((await store.getOptimizerState(v))!)).toEqual([9, 9]);
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -33,6 +33,7 @@ import { composeRdp, epsilonFromRdp, type SkellamSensitivity } from '../../share
 import { skellamSensitivity } from '../../shared/privacy/skellam.ts';
 import { quantLevels, quantProblem, type QuantBounds } from '../../shared/secagg/quantize.ts';
 import { phaseDurations } from '../../shared/phases.ts';
+import { fairnessOf, qfflScale, qfflWeight } from '../../shared/fairness.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
@@ -216,7 +217,8 @@ export type Effect =
   /** `submission` is absent for a refusal decided before the update was taken in */
   | { type: 'update:reject'; submission: number; deviceId: string; code: ErrorCode; message: string; late: boolean }
   | ({ type: 'round:notify-end'; deviceIds: readonly string[]; counted: readonly string[]; outcome: 'completed' | 'failed' | 'stopped' } & RoundRef)
-  | ({ type: 'round:aggregate'; updates: number; clipCount?: { unclipped: number; noiseStd: number; expected: number }; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
+  /** `scale`: q-FFL's step is this times the weighted mean of the updates */
+  | ({ type: 'round:aggregate'; updates: number; scale?: number; clipCount?: { unclipped: number; noiseStd: number; expected: number }; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
   /** keep (ok) or drop a secure-aggregation message, and answer its sender */
   | { type: 'secagg:answer'; message: number; deviceId: string; error?: { code: ErrorCode; message: string } }
   | ({ type: 'secagg:neighbours'; neighbours: Readonly<Record<string, readonly string[]>> } & RoundRef)
@@ -403,6 +405,8 @@ function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status
     testLoss: outcome.testLoss,
     localAccuracyBefore: mean(m.map((x) => x.metrics.accuracyBefore)),
     localAccuracyAfter: mean(m.map((x) => x.metrics.accuracyAfter)),
+    // how the round's global model serves each counted device (its held-out accuracy before training)
+    fairness: fairnessOf(m.map((x) => x.metrics.accuracyBefore)),
     devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
     secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
@@ -571,8 +575,16 @@ function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<
   }
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
-    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, ...clipCount(state, closed) }],
+    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, ...clipCount(state, closed), ...qffl(state, closed) }],
   };
+}
+
+/** q-FFL's scale of the round's weighted mean, from the counted updates' losses and (clipped) norms. */
+function qffl(state: CoordinatorState, closed: RoundState): { scale?: number } {
+  const config = state.run?.config;
+  if (config?.strategy !== 'qffl') return {};
+  const clip = config.clipNorm;
+  return { scale: qfflScale(closed.accepted.map((c) => ({ loss: c.metrics.lossBefore, norm: clip > 0 ? Math.min(c.norm, clip) : c.norm })), config.q, config.learningRate) };
 }
 
 /** Under adaptive clipping, what the aggregation must release of the round's norms: how many the bound left unclipped, with its noise. */
@@ -847,7 +859,9 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
         const settled = settle(refused, now);
         return { state: settled.state, effects: [{ type: 'update:reject', submission: pending.submission, deviceId: pending.deviceId, code: 'BAD_WEIGHTS', message: `update from device ${pending.deviceId} for round ${cur.round}: ${event.reason}`, late: false }, ...settled.effects] };
       }
-      const contribution: Contribution = { deviceId: pending.deviceId, numExamples: pending.numExamples, weight: Math.min(pending.numExamples, run.config.maxExamplesPerDevice), norm: event.norm, clipped: event.clipped, bytes: pending.bytes, arrivedAt: pending.arrivedAt, metrics: pending.metrics };
+      // FedAvg weighs an update by its examples (capped); q-FFL by its device's loss, F^q
+      const weight = run.config.strategy === 'qffl' ? qfflWeight(pending.metrics.lossBefore, run.config.q) : Math.min(pending.numExamples, run.config.maxExamplesPerDevice);
+      const contribution: Contribution = { deviceId: pending.deviceId, numExamples: pending.numExamples, weight, norm: event.norm, clipped: event.clipped, bytes: pending.bytes, arrivedAt: pending.arrivedAt, metrics: pending.metrics };
       const timeline = state.timeline && { ...state.timeline, lastUpdateAt: Math.max(state.timeline.lastUpdateAt ?? 0, pending.arrivedAt) };
       const accepted = { ...state, current: { ...cur, validating, accepted: [...cur.accepted, contribution] }, ...(timeline ? { timeline } : {}) };
       const settled = settle(accepted, now);

@@ -8,7 +8,8 @@ import { applyDelta, WeightedDeltaSum, type PartialSum } from '../../shared/feda
 import type { TrainingPlan } from '../../shared/protocol.ts';
 import { addGaussianNoise } from '../../shared/privacy/noise.ts';
 import { coordinateMedian, trimmedMean } from '../../shared/robust.ts';
-import { codecConfig, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
+import { codecConfig, DEFAULT_SERVER_LEARNING_RATE, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
+import { initialServerState, isServerOptimizer, serverStep, type ServerOptimizerState } from '../../shared/server-optimizer.ts';
 
 export interface RoundAggregator {
   /** adds one validated update with its weight (the example count, capped by the run) */
@@ -32,6 +33,7 @@ const configureFit = (config: RunConfig, round: number, attempt: number): Traini
   learningRate: config.learningRate,
   seed: (config.seed * 1_000_003 + round * 101 + attempt) >>> 0,
   codec: codecConfig(config),
+  ...(config.strategy === 'fedprox' ? { mu: config.mu } : {}),
 });
 
 export const fedAvgStrategy: Strategy = {
@@ -109,3 +111,19 @@ export const STRATEGIES: Record<Aggregation, Strategy> = {
 };
 
 export const strategyFor = (config: RunConfig): Strategy => STRATEGIES[config.aggregation];
+
+/**
+ * From a round's aggregate (w + the round's mean update) to the next global model, as the run's
+ * strategy asks: q-FFL scales the mean by the coordinator's `scale`; a server optimizer takes its
+ * step with the mean as the pseudo-gradient and returns its new state, stored with the version.
+ */
+export function nextGlobalModel(config: RunConfig, global: Float32Array, aggregated: Float32Array, o: { scale?: number; state?: ServerOptimizerState } = {}): { values: Float32Array; state?: ServerOptimizerState } {
+  const mean = new Float32Array(global.length);
+  const scale = o.scale ?? 1;
+  for (let i = 0; i < mean.length; i++) mean[i] = scale * (aggregated[i]! - global[i]!);
+  if (!isServerOptimizer(config.strategy)) return { values: o.scale === undefined ? aggregated : applyDelta(global, mean) };
+  const params = { learningRate: config.serverLearningRate ?? DEFAULT_SERVER_LEARNING_RATE[config.strategy], beta1: config.beta1, beta2: config.beta2, tau: config.tau };
+  const state = o.state ?? initialServerState(config.strategy, global.length, config.tau);
+  const { weights, state: next } = serverStep(config.strategy, params, global, mean, state);
+  return { values: weights, state: next };
+}

@@ -36,6 +36,8 @@ const MIGRATIONS = [
      weights BYTEA NOT NULL
    );
    CREATE INDEX models_run ON models (run_id, version);`,
+  // a server optimizer's state (momentum, second moment) goes with the version it produced
+  `ALTER TABLE models ADD COLUMN optimizer_state BYTEA;`,
 ];
 
 /** an arbitrary key for the migration lock (pg_advisory_xact_lock) */
@@ -51,6 +53,7 @@ interface ModelRow { version: number; run_id: number | null; round: number; mode
 
 const toRun = (row: RunRow): RunRecord => ({ id: row.id, config: runConfigSchema.parse(row.config) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at });
 const toModel = (row: ModelRow): ModelRecord => ({ version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss });
+const asBuffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
 
 /** Connects, migrates and returns the store; the connection is checked before this returns. */
@@ -89,7 +92,7 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
       return new Map(outcomes.map((r) => [r.run_id, { roundsCompleted: r.completed, failedAttempts: r.failed, finalTestAccuracy: r.accuracy, finalModelVersion: r.version }]));
     },
     saveModel: async (m, now) =>
-      (await rows<{ version: number }>('INSERT INTO models (run_id, round, model, created_at, weights) VALUES ($1, $2, $3, $4, $5) RETURNING version', [m.runId, m.round, m.model, now, Buffer.from(m.weights.buffer, m.weights.byteOffset, m.weights.byteLength)]))[0]!.version,
+      (await rows<{ version: number }>('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state) VALUES ($1, $2, $3, $4, $5, $6) RETURNING version', [m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null]))[0]!.version,
     setModelMetrics: async (version, acc, loss) => void (await pool.query('UPDATE models SET test_accuracy = $1, test_loss = $2 WHERE version = $3', [acc, loss, version])),
     getModel: async (version) => {
       const [row] = await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = $1`, [version]);
@@ -102,6 +105,11 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
     getModelWeights: async (version) => {
       const [row] = await rows<{ weights: Buffer }>('SELECT weights FROM models WHERE version = $1', [version]);
       return row ? new Uint8Array(row.weights.buffer, row.weights.byteOffset, row.weights.byteLength) : undefined;
+    },
+    getOptimizerState: async (version) => {
+      const [row] = await rows<{ optimizer_state: Buffer | null }>('SELECT optimizer_state FROM models WHERE version = $1', [version]);
+      const b = row?.optimizer_state;
+      return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
     listModels: async () => (await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`)).map(toModel),
     close: () => pool.end(),

@@ -4,7 +4,7 @@ import type { ModelName } from '../../shared/models-names.ts';
 import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
 import { asyncStore, type ModelRecord, type RoundRecord, type RunRecord, type RunStatus, type Store, type SyncStore } from './store.ts';
 
-const MIGRATIONS = [
+export const SQLITE_MIGRATIONS = [
   `CREATE TABLE runs (
      id INTEGER PRIMARY KEY AUTOINCREMENT,
      config TEXT NOT NULL,
@@ -31,6 +31,8 @@ const MIGRATIONS = [
      test_loss REAL,
      weights BLOB NOT NULL
    );`,
+  // a server optimizer's state (momentum, second moment) goes with the version it produced
+  `ALTER TABLE models ADD COLUMN optimizer_state BLOB;`,
 ];
 
 interface RunRow { id: number; config: string; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
@@ -43,6 +45,8 @@ function toRun(row: RunRow): RunRecord {
 function toModel(row: ModelRow): ModelRecord {
   return { version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss };
 }
+
+const asBuffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
 
@@ -59,8 +63,8 @@ export function openSqlite(file: string): SyncStore {
   db.pragma('foreign_keys = ON');
   const version = db.pragma('user_version', { simple: true }) as number;
   db.transaction(() => {
-    for (let v = version; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
+    for (let v = version; v < SQLITE_MIGRATIONS.length; v++) db.exec(SQLITE_MIGRATIONS[v] as string);
+    db.pragma(`user_version = ${SQLITE_MIGRATIONS.length}`);
   })();
 
   const q = {
@@ -76,7 +80,8 @@ export function openSqlite(file: string): SyncStore {
          (SELECT json_extract(data, '$.modelVersion') FROM rounds l WHERE l.run_id = r.run_id AND l.status = 'completed' ORDER BY round DESC, attempt DESC LIMIT 1) AS version
        FROM rounds r GROUP BY run_id`,
     ),
-    insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)'),
+    insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state) VALUES (?, ?, ?, ?, ?, ?)'),
+    optimizerState: db.prepare<[number], { optimizer_state: Buffer | null }>('SELECT optimizer_state FROM models WHERE version = ?'),
     setMetrics: db.prepare('UPDATE models SET test_accuracy = ?, test_loss = ? WHERE version = ?'),
     getModel: db.prepare<[number], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = ?`),
     latest: db.prepare<[], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version DESC LIMIT 1`),
@@ -96,7 +101,7 @@ export function openSqlite(file: string): SyncStore {
     recordRound: (r: RoundRecord) => void q.upsertRound.run(r.runId, r.round, r.attempt, r.status, JSON.stringify(r)),
     listRounds: (runId) => q.listRounds.all(runId).map((row) => JSON.parse(row.data) as RoundRecord),
     runOutcomes: () => new Map(q.outcomes.all().map((r) => [r.run_id, { roundsCompleted: r.completed, failedAttempts: r.failed, finalTestAccuracy: r.accuracy, finalModelVersion: r.version }])),
-    saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, Buffer.from(m.weights.buffer, m.weights.byteOffset, m.weights.byteLength)).lastInsertRowid),
+    saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null).lastInsertRowid),
     setModelMetrics: (version, acc, loss) => void q.setMetrics.run(acc, loss, version),
     getModel: (version) => {
       const row = q.getModel.get(version);
@@ -109,6 +114,10 @@ export function openSqlite(file: string): SyncStore {
     getModelWeights: (version) => {
       const row = q.weights.get(version);
       return row ? new Uint8Array(row.weights.buffer, row.weights.byteOffset, row.weights.byteLength) : undefined;
+    },
+    getOptimizerState: (version) => {
+      const b = q.optimizerState.get(version)?.optimizer_state;
+      return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
     listModels: () => q.listModels.all().map(toModel),
     close: () => db.close(),

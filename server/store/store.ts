@@ -25,12 +25,14 @@ export interface Store {
   runOutcomes(): Promise<Map<number, RunOutcome>>;
   recordRound(round: RoundRecord): Promise<void>;
   listRounds(runId: number): Promise<RoundRecord[]>;
-  /** stores a new model version (the binary weight payload) and returns its number */
-  saveModel(model: { runId: number | null; round: number; model: ModelName; weights: Uint8Array }, now: number): Promise<number>;
+  /** stores a new model version (the binary weight payload, and the server optimizer's state after it) and returns its number */
+  saveModel(model: { runId: number | null; round: number; model: ModelName; weights: Uint8Array; optimizerState?: Uint8Array }, now: number): Promise<number>;
   setModelMetrics(version: number, testAccuracy: number, testLoss: number): Promise<void>;
   getModel(version: number): Promise<ModelRecord | undefined>;
   latestModel(model?: ModelName): Promise<ModelRecord | undefined>;
   getModelWeights(version: number): Promise<Uint8Array | undefined>;
+  /** the server optimizer's state stored with a version (undefined: none, or no such version) */
+  getOptimizerState(version: number): Promise<Uint8Array | undefined>;
   listModels(): Promise<ModelRecord[]>;
   close(): Promise<void>;
 }
@@ -57,6 +59,7 @@ export function asyncStore(sync: SyncStore): Store {
     getModel: wrap(sync.getModel),
     latestModel: wrap(sync.latestModel),
     getModelWeights: wrap(sync.getModelWeights),
+    getOptimizerState: wrap(sync.getOptimizerState),
     listModels: wrap(sync.listModels),
     close: wrap(sync.close),
   };

@@ -1,0 +1,170 @@
+/**
+ * The non-IID strategies' math against hand-computed steps: the server optimizers (Reddi et al.
+ * 2021), q-FFL's scale and weights, the fairness metrics, and FedProx's gradient against a finite
+ * difference of its loss.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { fairnessOf, qfflScale, qfflWeight, QFFL_MAX_LOSS } from '../shared/fairness.ts';
+import { buildModel, getFlatWeights, initialWeights, setFlatWeights } from '../shared/models.ts';
+import { runConfigSchema, validateRunConfig } from '../shared/schemas.ts';
+import { decodeServerState, encodeServerState, initialServerState, serverStep, type ServerOptimizerName } from '../shared/server-optimizer.ts';
+import { localLoss } from '../shared/train.ts';
+import { nextGlobalModel } from '../server/fl/strategy.ts';
+import { useWasm } from './support/server.ts';
+
+const p = { learningRate: 0.5, beta1: 0.9, beta2: 0.99, tau: 0.1 };
+const f32 = (xs: number[]) => Float32Array.from(xs);
+
+describe('server optimizers', () => {
+  const w = f32([1, -2]);
+  const d1 = f32([0.2, -0.4]);
+  const d2 = f32([-0.1, 0.3]);
+
+  it('FedAvgM: m ← β·m + Δ, w ← w + η·m', () => {
+    const s1 = serverStep('fedavgm', p, w, d1, initialServerState('fedavgm', 2, p.tau));
+    expect(Array.from(s1.state.m)).toEqual(Array.from(f32([0.2, -0.4])));
+    expect(Array.from(s1.weights)).toEqual(Array.from(f32([1 + 0.5 * 0.2, -2 + 0.5 * -0.4])));
+    const s2 = serverStep('fedavgm', p, s1.weights, d2, s1.state);
+    // m = 0.9·(0.2, −0.4) + (−0.1, 0.3) = (0.08, −0.06)
+    expect(s2.state.m[0]).toBeCloseTo(0.08, 6);
+    expect(s2.state.m[1]).toBeCloseTo(-0.06, 6);
+    expect(s2.weights[0]).toBeCloseTo(1.1 + 0.5 * 0.08, 6);
+    expect(s2.weights[1]).toBeCloseTo(-2.2 + 0.5 * -0.06, 6);
+  });
+
+  // one step from v = τ² = 0.01, m = 0: m = 0.1·Δ; v per rule; w += η·m / (√v + τ)
+  const cases: [ServerOptimizerName, (v: number, d: number) => number][] = [
+    ['fedadagrad', (v, d) => v + d * d],
+    ['fedadam', (v, d) => 0.99 * v + 0.01 * d * d],
+    ['fedyogi', (v, d) => v - 0.01 * d * d * Math.sign(v - d * d)],
+  ];
+  for (const [name, rule] of cases) {
+    it(`${name}: the first and second steps, coordinate by coordinate`, () => {
+      let state = initialServerState(name, 2, p.tau);
+      expect(Array.from(state.v!)).toEqual(Array.from(f32([0.01, 0.01])));
+      let weights: Float32Array = w;
+      const mHand = [0, 0];
+      const vHand = [0.01, 0.01];
+      const wHand = [1, -2];
+      for (const d of [d1, d2]) {
+        ({ weights, state } = serverStep(name, p, weights, d, state));
+        for (let i = 0; i < 2; i++) {
+          mHand[i] = 0.9 * mHand[i]! + 0.1 * d[i]!;
+          vHand[i] = rule(vHand[i]!, d[i]!);
+          wHand[i] = wHand[i]! + (0.5 * mHand[i]!) / (Math.sqrt(vHand[i]!) + 0.1);
+          expect(state.m[i]).toBeCloseTo(mHand[i]!, 6);
+          expect(state.v![i]).toBeCloseTo(vHand[i]!, 6);
+          expect(weights[i]).toBeCloseTo(wHand[i]!, 5);
+        }
+      }
+    });
+  }
+
+  it('keeps its state exactly through the stored form, and refuses a state of another size', () => {
+    const { state } = serverStep('fedadam', p, w, d1, initialServerState('fedadam', 2, p.tau));
+    const back = decodeServerState(encodeServerState(state), 2);
+    expect(Array.from(back.m)).toEqual(Array.from(state.m));
+    expect(Array.from(back.v!)).toEqual(Array.from(state.v!));
+    expect(() => decodeServerState(encodeServerState(state), 3)).toThrow(/expected m \(and v\) of 3 values/);
+  });
+
+  it('takes the round\'s aggregate as w + mean and steps from it (q-FFL\'s scale first)', () => {
+    const config = runConfigSchema.parse({ strategy: 'fedavgm', serverLearningRate: 2, beta1: 0.5 });
+    const aggregated = f32([1.2, -2.4]); // mean = (0.2, −0.4)
+    const first = nextGlobalModel(config, w, aggregated);
+    expect(first.values[0]).toBeCloseTo(1 + 2 * 0.2, 6);
+    const second = nextGlobalModel(config, w, aggregated, { state: first.state! });
+    expect(second.values[0]).toBeCloseTo(1 + 2 * (0.5 * 0.2 + 0.2), 6);
+    const qffl = nextGlobalModel(runConfigSchema.parse({ strategy: 'qffl' }), w, aggregated, { scale: 0.5 });
+    expect(qffl.values[1]).toBeCloseTo(-2 + 0.5 * -0.4, 6);
+    expect(qffl.state).toBeUndefined();
+    expect(nextGlobalModel(runConfigSchema.parse({}), w, aggregated).values).toBe(aggregated);
+  });
+
+  it('refuses a strategy parameter the strategy does not use, and q-FFL where weights cannot count', () => {
+    const r = validateRunConfig({ strategy: 'fedavgm', beta2: 0.5, mu: 0.1 });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.issues.map((i) => i.field).sort()).toEqual(['beta2', 'mu']);
+    const q = validateRunConfig({ strategy: 'qffl', aggregation: 'median', minUpdates: 3 });
+    expect(!q.ok && q.issues.some((i) => i.field === 'strategy' && /ignores weights/.test(i.message))).toBe(true);
+    expect(validateRunConfig({ strategy: 'fedyogi', serverLearningRate: 0.03, beta2: 0.999, tau: 0.01 }).ok).toBe(true);
+  });
+});
+
+describe('fairness and q-FFL', () => {
+  it('mean, worst and best 10 %, variance of fixed accuracies', () => {
+    const acc = [0.5, 0.9, 0.7, 0.8, 0.6, 0.95, 0.85, 0.75, 0.65, 0.55, 0.9, 0.8];
+    const f = fairnessOf(acc)!;
+    const mean = acc.reduce((a, b) => a + b) / 12;
+    expect(f.devices).toBe(12);
+    expect(f.mean).toBeCloseTo(mean, 12);
+    // ⌈1.2⌉ = 2 devices at each end
+    expect(f.worst10).toBeCloseTo((0.5 + 0.55) / 2, 12);
+    expect(f.best10).toBeCloseTo((0.95 + 0.9) / 2, 12);
+    expect(f.variance).toBeCloseTo(acc.reduce((a, x) => a + (x - mean) ** 2, 0) / 12, 12);
+    expect(fairnessOf([0.3])).toEqual({ devices: 1, mean: 0.3, worst10: 0.3, best10: 0.3, variance: 0 });
+    expect(fairnessOf([])).toBeNull();
+  });
+
+  it('q = 0 is FedAvg with equal weights; q = 1 by hand; a claimed loss is bounded', () => {
+    expect(qfflScale([{ loss: 2, norm: 3 }, { loss: 0.5, norm: 1 }], 0, 0.1)).toBeCloseTo(1, 12);
+    // L = 10; F = (2, 0.5); h = q·F^0·L²·‖Δ‖² + L·F = (100·9 + 20, 100·1 + 5) = (920, 105); s = L·ΣF/Σh = 10·2.5/1025
+    expect(qfflScale([{ loss: 2, norm: 3 }, { loss: 0.5, norm: 1 }], 1, 0.1)).toBeCloseTo(25 / 1025, 12);
+    expect(qfflWeight(2, 2)).toBe(4);
+    expect(qfflWeight(1e9, 1)).toBe(QFFL_MAX_LOSS);
+    expect(qfflWeight(Number.NaN, 1)).toBe(QFFL_MAX_LOSS);
+    expect(qfflWeight(-5, 1)).toBe(1e-6);
+  });
+});
+
+describe('FedProx', () => {
+  beforeAll(useWasm);
+
+  it('adds μ(w − w_global) to the gradient, and its loss\'s gradient matches a finite difference', () => {
+    const model = buildModel('cnn-small');
+    const global = initialWeights('cnn-small', 1);
+    // the model a few steps away from the global one
+    const moved = { specs: global.specs, values: global.values.map((v, i) => v + 0.05 * Math.sin(i)) };
+    setFlatWeights(model, moved);
+    const x = tf.randomUniform([4, 28, 28, 1], 0, 1, 'float32', 7);
+    const y = tf.tensor1d([1, 7, 3, 0], 'int32');
+    const anchors = (() => {
+      const m2 = buildModel('cnn-small');
+      setFlatWeights(m2, global);
+      const a = m2.trainableWeights.map((w) => tf.keep(w.read().clone()));
+      m2.dispose();
+      return a;
+    })();
+    const mu = 5;
+    const vars = model.trainableWeights.map((w) => w.read() as tf.Variable);
+    const grads = (prox?: { mu: number; anchors: tf.Tensor[] }) => tf.variableGrads(() => localLoss(model, x, y, prox), vars).grads;
+    const plain = grads();
+    const withProx = grads({ mu, anchors });
+    // the difference is μ(w − w_global), tensor by tensor
+    vars.forEach((v, i) => {
+      const diff = tf.sub(withProx[v.name]!, plain[v.name]!).dataSync();
+      const expected = tf.mul(mu, tf.sub(v, anchors[i]!)).dataSync();
+      for (let j = 0; j < diff.length; j += 97) expect(diff[j]!).toBeCloseTo(expected[j]!, 4);
+    });
+    // and a central difference of the whole loss along a few coordinates of the first kernel
+    const kernel = vars[0]!;
+    const g = withProx[kernel.name]!.dataSync();
+    const base = kernel.dataSync().slice();
+    const eps = 1e-2;
+    for (const j of [0, 5, 17, 40]) {
+      const at = (delta: number) => {
+        const vals = base.slice();
+        vals[j] = vals[j]! + delta;
+        kernel.assign(tf.tensor(vals, kernel.shape));
+        return localLoss(model, x, y, { mu, anchors }).dataSync()[0]!;
+      };
+      const numeric = (at(eps) - at(-eps)) / (2 * eps);
+      expect(Math.abs(numeric - g[j]!)).toBeLessThan(0.02 * Math.max(1, Math.abs(g[j]!)));
+    }
+    kernel.assign(tf.tensor(base, kernel.shape));
+    tf.dispose([x, y, ...anchors, ...Object.values(plain), ...Object.values(withProx)]);
+    expect(getFlatWeights(model).values.length).toBe(global.values.length);
+    model.dispose();
+  });
+});
