@@ -9,6 +9,7 @@
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
+ *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
  *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)
  *
@@ -19,7 +20,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { MODEL_NAMES } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
-import { AGGREGATIONS, describeIssues } from '../shared/schemas.ts';
+import { AGGREGATIONS, describeIssues, STRATEGY_NAMES } from '../shared/schemas.ts';
 import { loadMnist } from '../server/data/mnist.ts';
 import { runSimulation, type SimRound } from '../server/sim/simulation.ts';
 import { writeChart } from './lib/plot.ts';
@@ -41,6 +42,13 @@ const argsSchema = z.strictObject({
   'held-out': z.coerce.number().min(0).lt(1).default(0),
   'over-select': z.coerce.number().min(1).max(10).default(1),
   aggregation: z.enum(AGGREGATIONS).default('fedavg'),
+  strategy: z.enum(STRATEGY_NAMES).default('fedavg'),
+  'server-lr': z.coerce.number().positive().max(100).optional(),
+  beta1: z.coerce.number().min(0).lt(1).optional(),
+  beta2: z.coerce.number().min(0).lt(1).optional(),
+  tau: z.coerce.number().positive().max(1).optional(),
+  mu: z.coerce.number().positive().max(100).optional(),
+  q: z.coerce.number().min(0).max(50).optional(),
   workers: z.coerce.number().int().min(1).max(64).optional(),
   codec: z.string().default('float32'),
   topk: z.coerce.number().gt(0).max(1).default(0.01),
@@ -88,7 +96,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -118,6 +126,7 @@ const result = await runSimulation(
     ...(args.examples ? { examples: args.examples } : {}),
     overSelect: args['over-select'],
     aggregation: args.aggregation,
+    strategy: { strategy: args.strategy, ...(args['server-lr'] !== undefined ? { serverLearningRate: args['server-lr'] } : {}), ...(args.beta1 !== undefined ? { beta1: args.beta1 } : {}), ...(args.beta2 !== undefined ? { beta2: args.beta2 } : {}), ...(args.tau !== undefined ? { tau: args.tau } : {}), ...(args.mu !== undefined ? { mu: args.mu } : {}), ...(args.q !== undefined ? { q: args.q } : {}) },
     ...(args.workers ? { workers: args.workers } : {}),
     codec: args.codec,
     topkFraction: args.topk,

@@ -56,6 +56,8 @@ export interface SimulationOptions {
   /** selected = ceil(K × overSelect); 1 as in the paper */
   overSelect?: number;
   aggregation?: Aggregation;
+  /** the strategy for non-IID data and its parameters (run config fields of the same names) */
+  strategy?: Partial<Pick<RunConfig, 'strategy' | 'serverLearningRate' | 'beta1' | 'beta2' | 'tau' | 'mu' | 'q'>>;
   workers?: number;
   /** the update codec (codec.ts) and its parameters; float32 by default */
   codec?: string;
@@ -135,6 +137,7 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     learningRate: o.lr,
     seed: o.seed,
     aggregation: o.aggregation ?? 'fedavg',
+    ...o.strategy,
     ...(o.codec !== undefined ? { updateCodec: o.codec } : {}),
     ...(o.topkFraction !== undefined ? { topkFraction: o.topkFraction } : {}),
     ...(o.randFraction !== undefined ? { randFraction: o.randFraction } : {}),

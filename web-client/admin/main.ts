@@ -9,7 +9,7 @@ import type { AdminSnapshot, FederationEvent, ModelRecord, RoundRecord, RunSumma
 import { MODEL_NAMES } from '../../shared/models-names.ts';
 import { ROUND_PHASES, phaseKey } from '../../shared/phases.ts';
 import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
-import { AGGREGATIONS, DOWNLINKS, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
+import { AGGREGATIONS, DOWNLINKS, STRATEGY_NAMES, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
 import { PHASE_COLORS, renderDevices, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
@@ -43,6 +43,13 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'selectionTimeoutMs', label: 'Selection wait (ms)' },
   { name: 'maxRoundRetries', label: 'Round retries' },
   { name: 'seed', label: 'Seed' },
+  { name: 'strategy', label: 'Strategy' },
+  { name: 'serverLearningRate', label: 'Server learning rate', step: 'any' },
+  { name: 'beta1', label: 'Server β1 (momentum)', step: 'any' },
+  { name: 'beta2', label: 'Server β2', step: 'any' },
+  { name: 'tau', label: 'Server τ (adaptivity)', step: 'any' },
+  { name: 'mu', label: 'FedProx μ', step: 'any' },
+  { name: 'q', label: 'q-FFL q', step: 'any' },
   { name: 'aggregation', label: 'Aggregation' },
   { name: 'trimFraction', label: 'Trimmed fraction', step: '0.05' },
   { name: 'clipNorm', label: 'L2 bound (0 = off)', step: 'any' },
@@ -73,7 +80,7 @@ const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, 
 const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
 const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
-const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS, secureAggregation: ['false', 'true'] };
+const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, strategy: STRATEGY_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS, secureAggregation: ['false', 'true'] };
 /** yes/no fields: a select of "false"/"true", sent as a boolean */
 const BOOLEAN: ReadonlySet<Field> = new Set(['secureAggregation']);
 
@@ -95,7 +102,7 @@ for (const f of FIELDS) {
     ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === String(fallback) }, BOOLEAN.has(f.name) ? (m === 'true' ? 'on' : 'off') : m)))
     : TEXT.has(f.name)
       ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
-      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: `default ${fallback}` });
+      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01' : `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 for (const f of DP_FIELDS) {
@@ -238,6 +245,10 @@ const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCa
     datasets: [
       { label: 'before local training (global model)', data: [], backgroundColor: '#b26a00', pointRadius: 4 },
       { label: 'after local training', data: [], backgroundColor: '#1f8a4c', pointRadius: 4 },
+      // fairness: how the round's global model serves the devices (round records' `fairness`)
+      { label: 'global model: worst 10 %', data: [], borderColor: '#c0392b', backgroundColor: '#c0392b', showLine: true, pointRadius: 0, borderWidth: 2 },
+      { label: 'mean', data: [], borderColor: '#5a5a5a', backgroundColor: '#5a5a5a', showLine: true, pointRadius: 0, borderWidth: 2 },
+      { label: 'best 10 %', data: [], borderColor: '#2f6fde', backgroundColor: '#2f6fde', showLine: true, pointRadius: 0, borderWidth: 2 },
     ],
   },
   options: { scales: { x: { title: { display: true, text: 'round' }, ticks: { stepSize: 1 } }, y: { min: 0, max: 1 } }, plugins: { legend: { position: 'bottom' } } },
@@ -273,7 +284,11 @@ function renderCharts(rounds: readonly RoundRecord[]): void {
   accuracyChart.update();
   spreadChart.data.datasets[0]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
   spreadChart.data.datasets[1]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));
+  const fair = done.filter((r) => r.fairness);
+  (['worst10', 'mean', 'best10'] as const).forEach((k, i) => (spreadChart.data.datasets[2 + i]!.data = fair.map((r) => ({ x: r.round, y: r.fairness![k] }))));
   spreadChart.update();
+  const f = fair.at(-1);
+  byId('fairness-note').textContent = f?.fairness ? `Round ${f.round}, global model over ${f.fairness.devices} devices: worst 10 % ${pct(f.fairness.worst10, 1)}, mean ${pct(f.fairness.mean, 1)}, best 10 % ${pct(f.fairness.best10, 1)}, variance ${f.fairness.variance.toFixed(4)}.` : '';
   bytesChart.data.labels = rounds.map(label);
   bytesChart.data.datasets[0]!.data = rounds.map((r) => r.bytesUp);
   bytesChart.data.datasets[1]!.data = rounds.map((r) => r.bytesDown);

@@ -71,7 +71,7 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
 export function renderRuns(target: HTMLTableElement, runs: readonly RunSummary[], selected: number | undefined, onSelect: (id: number) => void): void {
   const configLine = (r: RunSummary) => {
     const c = r.config;
-    return `${c.model} · K=${c.clientsPerRound} · E=${c.localEpochs} · B=${c.batchSize} · η=${c.learningRate}${c.aggregation !== 'fedavg' ? ` · ${c.aggregation}` : ''}${c.updateCodec !== 'float32' ? ` · ${c.updateCodec}` : ''}`;
+    return `${c.model} · K=${c.clientsPerRound} · E=${c.localEpochs} · B=${c.batchSize} · η=${c.learningRate}${c.strategy !== 'fedavg' ? ` · ${c.strategy}` : ''}${c.aggregation !== 'fedavg' ? ` · ${c.aggregation}` : ''}${c.updateCodec !== 'float32' ? ` · ${c.updateCodec}` : ''}`;
   };
   table<RunSummary>(
     target,
