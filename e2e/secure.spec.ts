@@ -18,7 +18,7 @@ test('five tabs train with secure aggregation; a tab closed after sending its ma
 
   // Round 2: once tab 0's masked input has been taken, close the tab before anyone is asked to unmask.
   const tab0 = devices[0]!.page;
-  await tab0.waitForFunction(() => window.__fl.snapshot?.history.some((h) => h.round === 2 && h.outcome === 'trained'), undefined, { timeout: 240_000 });
+  await tab0.waitForFunction(() => window.__fl.snapshot?.history.some((h) => h.round === 2 && h.outcome === 'trained'), undefined, { timeout: 240_000, polling: 50 }); // by interval: a busy page's animation frames may come too seldom to see the state, which lasts only until round 2 ends
   const roundWhenClosed = ((await (await admin.get('/api/status')).json()) as { round: { round: number; accepted: number; selected: number } | null }).round;
   await devices[0]!.context.close();
 

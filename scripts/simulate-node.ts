@@ -10,6 +10,7 @@
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
+ *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes, measured on its held-out data)
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
  *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)
  *
@@ -24,6 +25,7 @@ import { AGGREGATIONS, describeIssues, STRATEGY_NAMES } from '../shared/schemas.
 import { loadMnist } from '../server/data/mnist.ts';
 import { runSimulation, type SimRound } from '../server/sim/simulation.ts';
 import { writeChart } from './lib/plot.ts';
+import { fairnessOf } from '../shared/fairness.ts';
 
 const argsSchema = z.strictObject({
   clients: z.coerce.number().int().min(1).max(60_000).default(100),
@@ -68,6 +70,8 @@ const argsSchema = z.strictObject({
   json: z.string().optional(),
   plot: z.string().optional(),
   quiet: z.literal(true).optional(),
+  /** personalization is summarized over the counted devices of this many last rounds */
+  'personal-window': z.coerce.number().int().min(1).max(10_000).default(10),
 });
 
 function parse(argv: string[]): z.infer<typeof argsSchema> {
@@ -156,7 +160,26 @@ process.stdout.write(
     (args.target !== undefined ? `target ${args.target}: ${result.roundsToTarget === null ? 'not reached' : `reached in round ${result.roundsToTarget}, after ${(result.timeToTargetMs! / 1000).toFixed(1)} s`}\n` : '') +
     `wall time ${(result.wallMs / 1000).toFixed(1)} s\n`,
 );
-writeFileSync(jsonFile, JSON.stringify(result, null, 1));
+// personalization (with --held-out > 0 and at least 3 clients): the counted devices of the last rounds, pooled
+const pooled = result.rounds.slice(-args['personal-window']).flatMap((r) => r.devices).filter((d) => d.mixed !== undefined && d.halfMix !== undefined);
+const personalization = pooled.length
+  ? {
+      rounds: Math.min(args['personal-window'], result.rounds.length),
+      deviceRounds: pooled.length,
+      meanDistance: pooled.reduce((a, d) => a + d.distance!, 0) / pooled.length,
+      global: fairnessOf(pooled.map((d) => d.global)),
+      personal: fairnessOf(pooled.map((d) => d.personal)),
+      halfMix: fairnessOf(pooled.map((d) => d.halfMix!)),
+      mixed: fairnessOf(pooled.map((d) => d.mixed!)),
+    }
+  : null;
+if (personalization) {
+  process.stdout.write(`\npersonalization over the counted devices of the last ${personalization.rounds} rounds (${personalization.deviceRounds} device-rounds; mean label distance ${personalization.meanDistance.toFixed(3)}): held-out accuracy, mean / worst 10 % / variance\n`);
+  for (const [label, f] of [['global model', personalization.global], ['personal (fine-tuned)', personalization.personal], ['even mix (0.5)', personalization.halfMix], ['distance-aware mix', personalization.mixed]] as const) {
+    process.stdout.write(`  ${label.padEnd(22)} ${pct(f!.mean)} / ${pct(f!.worst10)} / ${f!.variance.toFixed(4)}\n`);
+  }
+}
+writeFileSync(jsonFile, JSON.stringify({ ...result, personalization }, null, 1));
 process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {
   mkdirSync(path.dirname(args.plot), { recursive: true });

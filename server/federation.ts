@@ -17,6 +17,7 @@ import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, 
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
 import { dpFedAvgAggregator, nextGlobalModel, type RoundAggregator, type Strategy } from './fl/strategy.ts';
 import { addGaussianNoise } from '../shared/privacy/noise.ts';
+import { populationOf } from '../shared/personalize.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
@@ -614,7 +615,9 @@ export class Federation implements DeviceGateway {
     const strategy = this.deps.strategyFor(run.config);
     const dp = run.config.dp;
     this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, effect.privacy.noiseStd, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
-    const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload };
+    // the population's label distribution, for the devices' personalization (never fewer than 3 devices' histograms)
+    const population = populationOf(this.devices.list().map((d) => d.labelHistogram));
+    const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload, ...(population ? { population } : {}) };
     this.secure = undefined;
     if (run.config.secureAggregation) {
       // X25519 when every selected device has it, else P-256 (all of a round's keys must agree)

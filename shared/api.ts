@@ -154,8 +154,10 @@ export interface RoundRecord {
   localAccuracyAfter: number | null;
   /** the spread of the counted devices' held-out accuracy of the round's global model (mean, worst and best 10 %, variance); null when none reported */
   fairness: Fairness | null;
+  /** the same spread for the devices' personal models (fine-tuned), their distance-aware mix and an even mix, with the mean label distance; null when the devices reported none */
+  personalization: { meanDistance: number; global: Fairness; personal: Fairness; mixed: Fairness; halfMix: Fairness } | null;
   /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice; null under secure aggregation), its held-out accuracy before/after local training */
-  devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number }[];
+  devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number; labelDistance?: number; accuracyMixed?: number; accuracyHalfMix?: number }[];
   modelVersion: number | null;
   /** set when the round aggregated securely: then the server never saw a device's update or weight (weight is null) */
   secureAggregation: SecAggRecord | null;

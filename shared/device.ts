@@ -14,6 +14,8 @@ import type { RoundStart } from './protocol.ts';
 import { createRng, hashString } from './rng.ts';
 import type { UpdateSubmit } from './schemas.ts';
 import { computeUpdate, type LocalData, type TrainHooks } from './train.ts';
+import { mixedAccuracies, mixWeight, totalVariation } from './personalize.ts';
+import { setFlatWeights } from './models.ts';
 import { decodeWeights, type FlatWeights } from './weights.ts';
 
 /** The last global model this device downloaded: the base a server may send the next one against. */
@@ -31,14 +33,21 @@ export interface HeldModel {
 export interface DeviceMemory {
   loadModel(): Promise<HeldModel | undefined>;
   saveModel(model: HeldModel | undefined): Promise<void>;
+  /** the device's personal model: the round's global model fine-tuned on its own data (personalize.ts) */
+  savePersonal?(model: HeldModel): Promise<void>;
   loadResidual(key: string): Promise<Float32Array | undefined>;
   saveResidual(key: string, residual: Float32Array | undefined): Promise<void>;
 }
 
-export function memoryInProcess(initial: { model?: HeldModel | undefined; residual?: { key: string; values: Float32Array } | undefined } = {}): DeviceMemory & { residual(): { key: string; values: Float32Array } | undefined; model(): HeldModel | undefined } {
+export function memoryInProcess(initial: { model?: HeldModel | undefined; residual?: { key: string; values: Float32Array } | undefined } = {}): DeviceMemory & { residual(): { key: string; values: Float32Array } | undefined; model(): HeldModel | undefined; personal(): HeldModel | undefined } {
   let model = initial.model;
   let residual = initial.residual;
+  let personal: HeldModel | undefined;
   return {
+    savePersonal: async (m) => {
+      personal = m;
+    },
+    personal: () => personal,
     loadModel: async () => model,
     saveModel: async (m) => {
       model = m;
@@ -98,6 +107,8 @@ export interface DeviceRound {
   accuracyBefore: number;
   accuracyAfter: number;
   lossAfter: number;
+  /** personalization, when the round named the population's label distribution */
+  personalization?: { distance: number; mix: number; accuracyMixed: number; accuracyHalfMix: number };
   downloadMs: number;
   evaluateMs: number;
   trainMs: number;
@@ -110,8 +121,12 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
   const global = await receiveModel(msg, ctx.model, ctx.memory);
   const downloadMs = performance.now() - t0;
   const u = await computeUpdate(ctx.model, global, ctx.train, ctx.heldOut, msg.plan, ctx.hooks);
-  const round = { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
-  if (u.stopped) return { ...round, residual: undefined, encodeMs: 0 };
+  if (u.stopped) return { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs, residual: undefined, encodeMs: 0 };
+  // the trained model is the device's personal one: kept, and mixed with the global one by its distance to the population
+  const personal = { specs: u.delta.specs, values: global.values.map((w, i) => w + u.delta.values[i]!) };
+  await ctx.memory.savePersonal?.({ version: msg.modelVersion, model: msg.model, weights: personal }).catch(() => undefined);
+  const personalization = await personalize(msg, ctx, global, personal);
+  const round = { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, ...(personalization ? { personalization } : {}), downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
   const residual = await ctx.memory.loadResidual(residualKey(msg.runId, msg.model)).catch(() => undefined);
   const t1 = performance.now();
   const encoded = encodeWithFeedback(u.delta, residual, msg.plan.codec, createRng(codecSeed(msg.plan.seed, ctx.deviceId)));
@@ -122,9 +137,36 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
     attempt: msg.attempt,
     numExamples: u.numExamples,
     delta: encoded.payload,
-    metrics: { accuracyBefore: u.before.accuracy, lossBefore: u.before.loss, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs },
+    metrics: {
+      accuracyBefore: u.before.accuracy,
+      lossBefore: u.before.loss,
+      accuracyAfter: u.after.accuracy,
+      lossAfter: u.after.loss,
+      downloadMs,
+      evaluateMs: u.evaluateMs,
+      trainMs: u.trainMs,
+      ...(personalization ? { labelDistance: personalization.distance, accuracyMixed: personalization.accuracyMixed, accuracyHalfMix: personalization.accuracyHalfMix } : {}),
+    },
   };
   return { ...round, submission, residual: encoded.residual, delta: u.delta.values, encodeMs };
+}
+
+/** The device's label histogram: what its training data holds of each class. */
+export function labelHistogramOf(data: LocalData, classes = 10): number[] {
+  const h = new Array<number>(classes).fill(0);
+  if (data.labels) for (const l of data.labels) if (l >= 0 && l < classes) h[l] = h[l]! + 1;
+  return h;
+}
+
+/** The distance-aware mix's accuracy (and an even mix's, for comparison) on held-out data, when the round names the population. */
+async function personalize(msg: RoundStart, ctx: DeviceRoundContext, global: FlatWeights, personal: FlatWeights): Promise<DeviceRound['personalization']> {
+  const population = msg.population;
+  if (!population || ctx.heldOut.count === 0 || population.length !== 10 || !population.every((p) => Number.isFinite(p) && p >= 0)) return undefined;
+  const distance = totalVariation(labelHistogramOf(ctx.train), population);
+  const mix = mixWeight(distance);
+  const [accuracyMixed, accuracyHalfMix] = await mixedAccuracies(ctx.model, global, personal, ctx.heldOut, [mix, 0.5]);
+  setFlatWeights(ctx.model, personal);
+  return { distance, mix, accuracyMixed: accuracyMixed!, accuracyHalfMix: accuracyHalfMix! };
 }
 
 /** Keeps the codec's residual once the server has counted the update (a refused update leaves the old one). */

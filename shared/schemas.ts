@@ -70,6 +70,10 @@ export const updateMetricsSchema = z.strictObject({
   downloadMs: durationMs,
   evaluateMs: durationMs,
   trainMs: durationMs,
+  /** personalization (personalize.ts): the device's label distance to the population, and the held-out accuracy of its distance-aware mix and of an even mix */
+  labelDistance: z.number().min(0).max(1).optional(),
+  accuracyMixed: z.number().min(0).max(1).optional(),
+  accuracyHalfMix: z.number().min(0).max(1).optional(),
 });
 export type UpdateMetrics = z.infer<typeof updateMetricsSchema>;
 

@@ -9,7 +9,11 @@ import { fairnessOf, qfflScale, qfflWeight, QFFL_MAX_LOSS } from '../shared/fair
 import { buildModel, getFlatWeights, initialWeights, setFlatWeights } from '../shared/models.ts';
 import { runConfigSchema, validateRunConfig } from '../shared/schemas.ts';
 import { decodeServerState, encodeServerState, initialServerState, serverStep, type ServerOptimizerName } from '../shared/server-optimizer.ts';
-import { localLoss } from '../shared/train.ts';
+import { computeUpdate, localLoss, toTensors } from '../shared/train.ts';
+import { mixedAccuracies, mixWeight, populationOf, totalVariation } from '../shared/personalize.ts';
+import { labelHistogramOf, memoryInProcess, runDeviceRound } from '../shared/device.ts';
+import { encodeWeights } from '../shared/weights.ts';
+import { loadMnist } from '../server/data/mnist.ts';
 import { nextGlobalModel } from '../server/fl/strategy.ts';
 import { useWasm } from './support/server.ts';
 
@@ -165,6 +169,52 @@ describe('FedProx', () => {
     kernel.assign(tf.tensor(base, kernel.shape));
     tf.dispose([x, y, ...anchors, ...Object.values(plain), ...Object.values(withProx)]);
     expect(getFlatWeights(model).values.length).toBe(global.values.length);
+    model.dispose();
+  });
+});
+
+describe('personalization', () => {
+  beforeAll(useWasm);
+
+  it('measures a device\'s label distance to the population and mixes by it', () => {
+    expect(totalVariation([1, 1, 0, 0], [1, 1, 0, 0])).toBe(0);
+    expect(totalVariation([2, 0, 0, 0], [0, 0, 3, 0])).toBe(1);
+    // two labels of ten against a uniform population: ½(2 × |0.5 − 0.1| + 8 × 0.1) = 0.8
+    expect(totalVariation([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], new Array(10).fill(1))).toBeCloseTo(0.8, 12);
+    expect(mixWeight(0.8)).toBe(0.8);
+    expect(mixWeight(-1)).toBe(0);
+    expect(mixWeight(2)).toBe(1);
+    // never one device's histogram: at least three make up the population
+    expect(populationOf([[1, 0], [0, 1]])).toBeUndefined();
+    expect(populationOf([[1, 0], [0, 1], [3, 0]])).toEqual([0.8, 0.2]);
+    expect(() => totalVariation([1], [1, 2])).toThrow(/2 classes/);
+  });
+
+  it('a mix of 0 is the global model\'s accuracy, of 1 the personal model\'s; the device round reports the distance-aware mix', async () => {
+    const { train } = loadMnist();
+    const samples = (from: number, n: number) => toTensors({ pixels: train.images.slice(from * 784, (from + n) * 784), labels: train.labels.slice(from, from + n) });
+    const local = samples(0, 200);
+    const heldOut = samples(200, 80);
+    const model = buildModel('cnn-small');
+    const global = initialWeights('cnn-small', 1);
+    const u = await computeUpdate(model, global, local, heldOut, { localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 3 });
+    const personal = { specs: global.specs, values: global.values.map((w, i) => w + u.delta.values[i]!) };
+    const [g, p] = await mixedAccuracies(model, global, personal, heldOut, [0, 1]);
+    expect(g).toBeCloseTo(u.before.accuracy, 10);
+    expect(p).toBeCloseTo(u.after.accuracy, 10);
+    // the same through the device's round, with a population to measure against
+    const memory = memoryInProcess();
+    const msg = { runId: 1, round: 1, attempt: 1, model: 'cnn-small' as const, modelVersion: 1, deadline: Date.now() + 60_000, weights: encodeWeights(global), plan: { localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 3, codec: { codec: 'float32', topkFraction: 0.01, randFraction: 0.25, quantBlock: 256 } }, population: new Array(10).fill(0.1) };
+    const round = await runDeviceRound(msg, { deviceId: 'dev-p', model, train: local, heldOut, memory });
+    const d = totalVariation(labelHistogramOf(local), msg.population);
+    expect(round.personalization).toMatchObject({ distance: d, mix: d });
+    expect(round.submission!.metrics).toMatchObject({ labelDistance: d, accuracyMixed: round.personalization!.accuracyMixed, accuracyHalfMix: round.personalization!.accuracyHalfMix });
+    const [expectedMixed] = await mixedAccuracies(model, global, personal, heldOut, [d]);
+    expect(round.personalization!.accuracyMixed).toBeCloseTo(expectedMixed!, 10);
+    expect(Array.from(memory.personal()!.weights.values.subarray(0, 20))).toEqual(Array.from(personal.values.subarray(0, 20)));
+    // without a population (fewer than three devices), no mix is measured
+    expect((await runDeviceRound({ ...msg, population: undefined }, { deviceId: 'dev-p', model, train: local, heldOut, memory: memoryInProcess() })).personalization).toBeUndefined();
+    tf.dispose([local.x, local.y, heldOut.x, heldOut.y]);
     model.dispose();
   });
 });

@@ -132,6 +132,12 @@ function render(s: DeviceSnapshot | undefined): void {
   renderProgress(byId('progress'), byId('progress-line'), byId('round-line'), s);
   const g = s?.globalModel;
   byId('global-line').textContent = !s || s.connection === 'offline' ? '' : g ? `Latest global model: version ${g.version}${g.round > 0 ? ` (after round ${g.round})` : ' (initial)'}, test accuracy ${g.testAccuracy === null ? 'not measured yet' : (g.testAccuracy * 100).toFixed(2) + ' %'}` : 'No global model yet: no run has started.';
+  // personalization: the latest round this tab trained, global against personal, and the mix its label distance sets
+  const p = [...(s?.history ?? [])].reverse().find((h) => h.accuracyBefore !== null);
+  byId('personal-line').textContent = p
+    ? `Personal model (the global one fine-tuned here), kept in IndexedDB: held-out accuracy ${pct1(p.accuracyAfter)} against the global model's ${pct1(p.accuracyBefore)}` +
+      (p.labelDistance === null ? '.' : `; this tab's labels are at distance ${p.labelDistance.toFixed(2)} from the population's, so predictions mix ${Math.round(p.labelDistance * 100)} % personal with the global model: ${pct1(p.accuracyMixed)}.`)
+    : '';
   const stage = s?.secure;
   byId('secure-line').textContent = stage ? `Secure aggregation: ${SECURE_STAGES[stage]}` : '';
   const history = s?.history ?? [];
@@ -150,6 +156,8 @@ function render(s: DeviceSnapshot | undefined): void {
   historyChart.update();
   if (s?.error) errorLine.textContent = s.error;
 }
+
+const pct1 = (v: number | null) => (v === null ? '—' : `${(v * 100).toFixed(1)} %`);
 
 function setBusy(busy: boolean): void {
   joinButton.disabled = busy || client !== undefined;

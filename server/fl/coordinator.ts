@@ -407,7 +407,8 @@ function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status
     localAccuracyAfter: mean(m.map((x) => x.metrics.accuracyAfter)),
     // how the round's global model serves each counted device (its held-out accuracy before training)
     fairness: fairnessOf(m.map((x) => x.metrics.accuracyBefore)),
-    devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs })),
+    personalization: personalizationOf(m.map((x) => x.metrics)),
+    devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs, ...(x.metrics.labelDistance !== undefined ? { labelDistance: x.metrics.labelDistance } : {}), ...(x.metrics.accuracyMixed !== undefined ? { accuracyMixed: x.metrics.accuracyMixed } : {}), ...(x.metrics.accuracyHalfMix !== undefined ? { accuracyHalfMix: x.metrics.accuracyHalfMix } : {}) })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
     secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
     privacy: null,
@@ -576,6 +577,19 @@ function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
     effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, ...clipCount(state, closed), ...qffl(state, closed) }],
+  };
+}
+
+/** The personal, mixed and evenly mixed accuracies of the counted devices that reported them all. */
+function personalizationOf(metrics: readonly UpdateMetrics[]): RoundRecord['personalization'] {
+  const full = metrics.filter((x) => x.labelDistance !== undefined && x.accuracyMixed !== undefined && x.accuracyHalfMix !== undefined);
+  if (full.length === 0) return null;
+  return {
+    meanDistance: full.reduce((a, x) => a + x.labelDistance!, 0) / full.length,
+    global: fairnessOf(full.map((x) => x.accuracyBefore))!,
+    personal: fairnessOf(full.map((x) => x.accuracyAfter))!,
+    mixed: fairnessOf(full.map((x) => x.accuracyMixed!))!,
+    halfMix: fairnessOf(full.map((x) => x.accuracyHalfMix!))!,
   };
 }
 

@@ -101,6 +101,8 @@ export interface SimRound {
   epsilon: number | null;
   /** under distributed DP: ε against the server, which knows who was sampled */
   epsilonAgainstServer: number | null;
+  /** the counted devices' held-out accuracies: of the global model, their personal one, its distance-aware and even mixes (when measured) */
+  devices: { global: number; personal: number; mixed?: number; halfMix?: number; distance?: number }[];
 }
 
 export interface SimulationResult {
@@ -339,6 +341,7 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   dropped: r.dropped,
   epsilon: r.privacy?.epsilon ?? null,
   epsilonAgainstServer: r.privacy?.distributed?.epsilonAgainstServer ?? null,
+  devices: r.devices.map((d) => ({ global: d.accuracyBefore, personal: d.accuracyAfter, ...(d.accuracyMixed !== undefined ? { mixed: d.accuracyMixed } : {}), ...(d.accuracyHalfMix !== undefined ? { halfMix: d.accuracyHalfMix } : {}), ...(d.labelDistance !== undefined ? { distance: d.labelDistance } : {}) })),
 });
 
 /** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */

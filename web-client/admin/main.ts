@@ -245,6 +245,7 @@ const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCa
     datasets: [
       { label: 'before local training (global model)', data: [], backgroundColor: '#b26a00', pointRadius: 4 },
       { label: 'after local training', data: [], backgroundColor: '#1f8a4c', pointRadius: 4 },
+      { label: 'personal mix (by label distance)', data: [], backgroundColor: '#6b3fa0', pointRadius: 3, pointStyle: 'triangle' },
       // fairness: how the round's global model serves the devices (round records' `fairness`)
       { label: 'global model: worst 10 %', data: [], borderColor: '#c0392b', backgroundColor: '#c0392b', showLine: true, pointRadius: 0, borderWidth: 2 },
       { label: 'mean', data: [], borderColor: '#5a5a5a', backgroundColor: '#5a5a5a', showLine: true, pointRadius: 0, borderWidth: 2 },
@@ -284,11 +285,12 @@ function renderCharts(rounds: readonly RoundRecord[]): void {
   accuracyChart.update();
   spreadChart.data.datasets[0]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round - 0.08, y: d.accuracyBefore })));
   spreadChart.data.datasets[1]!.data = done.flatMap((r) => r.devices.map((d) => ({ x: r.round + 0.08, y: d.accuracyAfter })));
+  spreadChart.data.datasets[2]!.data = done.flatMap((r) => r.devices.filter((d) => d.accuracyMixed !== undefined).map((d) => ({ x: r.round + 0.16, y: d.accuracyMixed! })));
   const fair = done.filter((r) => r.fairness);
-  (['worst10', 'mean', 'best10'] as const).forEach((k, i) => (spreadChart.data.datasets[2 + i]!.data = fair.map((r) => ({ x: r.round, y: r.fairness![k] }))));
+  (['worst10', 'mean', 'best10'] as const).forEach((k, i) => (spreadChart.data.datasets[3 + i]!.data = fair.map((r) => ({ x: r.round, y: r.fairness![k] }))));
   spreadChart.update();
   const f = fair.at(-1);
-  byId('fairness-note').textContent = f?.fairness ? `Round ${f.round}, global model over ${f.fairness.devices} devices: worst 10 % ${pct(f.fairness.worst10, 1)}, mean ${pct(f.fairness.mean, 1)}, best 10 % ${pct(f.fairness.best10, 1)}, variance ${f.fairness.variance.toFixed(4)}.` : '';
+  byId('fairness-note').textContent = f?.fairness ? `Round ${f.round}, global model over ${f.fairness.devices} devices: worst 10 % ${pct(f.fairness.worst10, 1)}, mean ${pct(f.fairness.mean, 1)}, best 10 % ${pct(f.fairness.best10, 1)}, variance ${f.fairness.variance.toFixed(4)}.${f.personalization ? ` Personal models: worst 10 % ${pct(f.personalization.personal.worst10, 1)}, mean ${pct(f.personalization.personal.mean, 1)}; mixed by label distance (mean ${f.personalization.meanDistance.toFixed(2)}): worst 10 % ${pct(f.personalization.mixed.worst10, 1)}, mean ${pct(f.personalization.mixed.mean, 1)}.` : ''}` : '';
   bytesChart.data.labels = rounds.map(label);
   bytesChart.data.datasets[0]!.data = rounds.map((r) => r.bytesUp);
   bytesChart.data.datasets[1]!.data = rounds.map((r) => r.bytesDown);

@@ -173,6 +173,9 @@ export const indexedDbMemory: DeviceMemory = {
     if (!m) await database.delete('state', 'model');
     else await database.put('state', { version: m.version, model: m.model, specs: m.weights.specs, values: m.weights.values } satisfies StoredModel, 'model');
   },
+  async savePersonal(m) {
+    await (await db()).put('state', { version: m.version, model: m.model, specs: m.weights.specs, values: m.weights.values } satisfies StoredModel, 'personal');
+  },
   async loadResidual(key) {
     const r = (await (await db()).get('state', 'residual')) as StoredResidual | undefined;
     return r && r.key === key && r.values instanceof Float32Array ? r.values : undefined;

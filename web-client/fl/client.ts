@@ -29,6 +29,9 @@ export interface RoundHistoryEntry {
   modelVersion: number;
   accuracyBefore: number | null;
   accuracyAfter: number | null;
+  /** personalization: the held-out accuracy of the mix of personal and global models, and the label distance that weighs it */
+  accuracyMixed: number | null;
+  labelDistance: number | null;
   lossAfter: number | null;
   trainMs: number | null;
   bytesDown: number;
@@ -257,7 +260,7 @@ export class DeviceClient {
 
   private async round(msg: RoundStart): Promise<void> {
     this.stopRound = undefined;
-    const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, lossAfter: null, trainMs: null, bytesDown: msg.weights.byteLength, bytesUp: 0, outcome: 'trained' };
+    const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, accuracyMixed: null, labelDistance: null, lossAfter: null, trainMs: null, bytesDown: msg.weights.byteLength, bytesUp: 0, outcome: 'trained' };
     // The round's model is the latest global model, even if this device missed its publication.
     const known = this.snapshot.globalModel;
     const globalModel = !known || known.version < msg.modelVersion ? { version: msg.modelVersion, round: msg.round - 1, testAccuracy: null } : known;
@@ -288,7 +291,7 @@ export class DeviceClient {
           yieldToHost,
         },
       });
-      Object.assign(entry, { accuracyBefore: round.accuracyBefore, accuracyAfter: round.accuracyAfter, lossAfter: round.lossAfter, trainMs: round.trainMs });
+      Object.assign(entry, { accuracyBefore: round.accuracyBefore, accuracyAfter: round.accuracyAfter, accuracyMixed: round.personalization?.accuracyMixed ?? null, labelDistance: round.personalization?.distance ?? null, lossAfter: round.lossAfter, trainMs: round.trainMs });
       const socket = this.socket;
       if (!round.submission || shouldStop() || !socket) {
         entry.outcome = 'stopped';

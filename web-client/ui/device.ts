@@ -85,10 +85,10 @@ export function renderProgress(bar: HTMLElement, line: HTMLElement, roundLine: H
 
 export function renderHistory(table: HTMLTableElement, history: readonly RoundHistoryEntry[]): void {
   // Columns marked optional give way on narrow screens.
-  const cols: [string, boolean][] = [['Run', false], ['Round', false], ['Model v', true], ['Acc. before', false], ['Acc. after', false], ['Train', true], ['Down', true], ['Up', true], ['Outcome', false]];
+  const cols: [string, boolean][] = [['Run', false], ['Round', false], ['Model v', true], ['Global', false], ['Personal', false], ['Mix', true], ['Train', true], ['Down', true], ['Up', true], ['Outcome', false]];
   const head = el('tr', {}, ...cols.map(([h, opt]) => el('th', { scope: 'col', class: opt ? 'opt' : undefined }, h)));
   const rows = [...history].reverse().map((h) => {
-    const cells = [h.runId, h.attempt > 1 ? `${h.round} (try ${h.attempt})` : h.round, h.modelVersion, pct(h.accuracyBefore), pct(h.accuracyAfter), ms(h.trainMs), bytes(h.bytesDown), bytes(h.bytesUp), el('span', { class: `pill ${h.outcome.replace(' ', '-')}`, title: h.message }, h.outcome)];
+    const cells = [h.runId, h.attempt > 1 ? `${h.round} (try ${h.attempt})` : h.round, h.modelVersion, pct(h.accuracyBefore), pct(h.accuracyAfter), pct(h.accuracyMixed), ms(h.trainMs), bytes(h.bytesDown), bytes(h.bytesUp), el('span', { class: `pill ${h.outcome.replace(' ', '-')}`, title: h.message }, h.outcome)];
     return el('tr', {}, ...cells.map((c, i) => el('td', { class: cols[i]?.[1] ? 'opt' : undefined }, c)));
   });
   table.replaceChildren(el('thead', {}, head), el('tbody', {}, ...rows));
