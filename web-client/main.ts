@@ -111,7 +111,7 @@ async function fetchSlice(spec: SliceSpec): Promise<DeviceDataset> {
 const histogramChart = barChart(byId<HTMLCanvasElement>('histogram'), ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'], 'examples', '#2f6fde');
 const historyChart = lineChart(byId<HTMLCanvasElement>('history-chart'), [], [
   { label: 'global model on held-out data (before training)', color: '#b26a00' },
-  { label: 'local model on held-out data (after training)', color: '#1f8a4c' },
+  { label: 'personal model on held-out data (fine-tuned here)', color: '#1f8a4c' },
 ], 1);
 
 let client: DeviceClient | undefined;
@@ -149,7 +149,7 @@ function render(s: DeviceSnapshot | undefined): void {
   byId('history').hidden = history.length === 0;
   byId('history-chart-wrap').hidden = trained.length === 0;
   byId('history-run').hidden = trained.length === 0;
-  byId('history-run').textContent = `Run ${latest}: held-out accuracy of the global model before local training, and of the local model after it.`;
+  byId('history-run').textContent = `Run ${latest}: held-out accuracy of the global model before local training, and of this tab's personal model (the global one fine-tuned here) after it.`;
   historyChart.data.labels = trained.map((h) => (h.attempt > 1 ? `r${h.round}.${h.attempt}` : `r${h.round}`));
   historyChart.data.datasets[0]!.data = trained.map((h) => h.accuracyBefore);
   historyChart.data.datasets[1]!.data = trained.map((h) => h.accuracyAfter);

@@ -252,7 +252,7 @@ const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCa
       { label: 'best 10 %', data: [], borderColor: '#2f6fde', backgroundColor: '#2f6fde', showLine: true, pointRadius: 0, borderWidth: 2 },
     ],
   },
-  options: { scales: { x: { title: { display: true, text: 'round' }, ticks: { stepSize: 1 } }, y: { min: 0, max: 1 } }, plugins: { legend: { position: 'bottom' } } },
+  options: { maintainAspectRatio: false, scales: { x: { title: { display: true, text: 'round' }, ticks: { stepSize: 1 } }, y: { min: 0, max: 1 } }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 10, font: { size: 11 } } } } },
 });
 const bytesChart = barChart(byId<HTMLCanvasElement>('bytes-chart'), [], 'bytes up', '#2f6fde');
 bytesChart.data.datasets.push({ label: 'bytes down', data: [], backgroundColor: '#8a94a6' });
