@@ -18,7 +18,9 @@
  *      delta, in-process against the server's threads — wall time, and the longest the event loop
  *      waited meanwhile (Node)
  *
- *   npm run bench -- [--repeats 3] [--skip threads,simulation,training,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
+ *  10. the non-IID strategies' cost on the device: FedProx's proximal term and personalization's mixes (Node)
+ *
+ *   npm run bench -- [--repeats 3] [--skip strategies,threads,simulation,training,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
  *                    [--only aggregation,bomb,secagg,…]   (just these sections)
  */
 import { execSync } from 'node:child_process';
@@ -39,6 +41,10 @@ import { inlineDeltaEncoder } from '../server/model-book.ts';
 import { startWorkPool } from '../server/work-pool.ts';
 import { runSimulation } from '../server/sim/simulation.ts';
 import { measure } from './lib/load-round.ts';
+import { buildModel, setFlatWeights } from '../shared/models.ts';
+import { disposeData, toTensors, trainLocal } from '../shared/train.ts';
+import { mixedAccuracies } from '../shared/personalize.ts';
+import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
 import { api, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
 
 const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '', only: '' });
@@ -415,9 +421,66 @@ async function benchOffLoop(): Promise<void> {
   line();
 }
 
+// ─── 10. the non-IID strategies' cost on the device ─────────────────────────
+/**
+ * What FedProx's proximal term and personalization (the two mixes, scored on held-out data) add to
+ * a device's round: local training of the 2NN and cnn-small on 600 examples (E = 1, B = 10) with
+ * μ = 0 and μ = 0.01, and the mixes on 150 held-out examples — in-process, on wasm, medians. The
+ * server optimizers and q-FFL cost the device nothing: they are server-side.
+ */
+async function benchStrategies(): Promise<void> {
+  line('## The strategies\' cost on the device (Node, wasm, median of repeats)');
+  line('model | local training, FedAvg (ms) | with FedProx μ = 0.01 (ms) | ratio | personalization: two mixes on 150 held-out (ms)');
+  const tf = await import('@tensorflow/tfjs');
+  await import('@tensorflow/tfjs-backend-wasm');
+  registerWasmTrainingKernels();
+  await tf.setBackend('wasm');
+  await tf.ready();
+  const { train } = loadMnist();
+  const data = toTensors({ pixels: train.images.slice(0, 600 * 784), labels: train.labels.slice(0, 600) });
+  const heldOut = toTensors({ pixels: train.images.slice(600 * 784, 750 * 784), labels: train.labels.slice(600, 750) });
+  const rows: unknown[] = [];
+  try {
+    for (const name of ['mlp', 'cnn-small'] as const) {
+      const model = buildModel(name);
+      const global = initialWeights(name, 1);
+      const time = async (mu: number) => {
+        setFlatWeights(model, global);
+        const t0 = performance.now();
+        await trainLocal(model, data, { localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 1, ...(mu ? { mu } : {}) });
+        return performance.now() - t0;
+      };
+      await time(0); // warm-up: kernels
+      const plain: number[] = [];
+      const prox: number[] = [];
+      for (let i = 0; i < repeats; i++) {
+        plain.push(await time(0));
+        prox.push(await time(0.01));
+      }
+      const personal = { specs: global.specs, values: global.values.map((w, i) => w + 1e-3 * Math.sin(i)) };
+      const mixes: number[] = [];
+      for (let i = 0; i < repeats; i++) {
+        const t0 = performance.now();
+        await mixedAccuracies(model, global, personal, heldOut, [0.7, 0.5]);
+        mixes.push(performance.now() - t0);
+      }
+      const r = { model: name, plainMs: median(plain), proxMs: median(prox), mixMs: median(mixes) };
+      rows.push(r);
+      line(`${name} | ${fmt(r.plainMs, 0)} | ${fmt(r.proxMs, 0)} | ${fmt(r.proxMs / r.plainMs, 2)} | ${fmt(r.mixMs, 0)}`);
+      model.dispose();
+    }
+  } finally {
+    disposeData(data);
+    disposeData(heldOut);
+  }
+  results.strategies = rows;
+  line();
+}
+
 if (!skip.has('aggregation')) benchAggregation();
 if (!skip.has('bomb')) benchBomb();
 if (!skip.has('secagg')) await benchSecAgg();
+if (!skip.has('strategies')) await benchStrategies();
 if (!skip.has('evaluation')) await benchOffLoop();
 if (!skip.has('threads')) await benchWasmThreads();
 if (!skip.has('simulation')) await benchSimulation();

@@ -10,7 +10,7 @@
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
- *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes, measured on its held-out data)
+ *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes on its held-out data, summarized per window of rounds)
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
  *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)
  *
@@ -70,7 +70,7 @@ const argsSchema = z.strictObject({
   json: z.string().optional(),
   plot: z.string().optional(),
   quiet: z.literal(true).optional(),
-  /** personalization is summarized over the counted devices of this many last rounds */
+  /** personalization is summarized over the counted devices of each window of this many rounds */
   'personal-window': z.coerce.number().int().min(1).max(10_000).default(10),
 });
 
@@ -160,26 +160,29 @@ process.stdout.write(
     (args.target !== undefined ? `target ${args.target}: ${result.roundsToTarget === null ? 'not reached' : `reached in round ${result.roundsToTarget}, after ${(result.timeToTargetMs! / 1000).toFixed(1)} s`}\n` : '') +
     `wall time ${(result.wallMs / 1000).toFixed(1)} s\n`,
 );
-// personalization (with --held-out > 0 and at least 3 clients): the counted devices of the last rounds, pooled
-const pooled = result.rounds.slice(-args['personal-window']).flatMap((r) => r.devices).filter((d) => d.mixed !== undefined && d.halfMix !== undefined);
-const personalization = pooled.length
-  ? {
-      rounds: Math.min(args['personal-window'], result.rounds.length),
-      deviceRounds: pooled.length,
-      meanDistance: pooled.reduce((a, d) => a + d.distance!, 0) / pooled.length,
-      global: fairnessOf(pooled.map((d) => d.global)),
-      personal: fairnessOf(pooled.map((d) => d.personal)),
-      halfMix: fairnessOf(pooled.map((d) => d.halfMix!)),
-      mixed: fairnessOf(pooled.map((d) => d.mixed!)),
-    }
-  : null;
-if (personalization) {
-  process.stdout.write(`\npersonalization over the counted devices of the last ${personalization.rounds} rounds (${personalization.deviceRounds} device-rounds; mean label distance ${personalization.meanDistance.toFixed(3)}): held-out accuracy, mean / worst 10 % / variance\n`);
-  for (const [label, f] of [['global model', personalization.global], ['personal (fine-tuned)', personalization.personal], ['even mix (0.5)', personalization.halfMix], ['distance-aware mix', personalization.mixed]] as const) {
-    process.stdout.write(`  ${label.padEnd(22)} ${pct(f!.mean)} / ${pct(f!.worst10)} / ${f!.variance.toFixed(4)}\n`);
-  }
+// personalization (with --held-out > 0 and at least 3 clients): the counted devices of each window of rounds, pooled
+const window = args['personal-window'];
+const personalization = [];
+for (let from = 1; from <= result.rounds.length; from += window) {
+  const pooled = result.rounds.filter((r) => r.round >= from && r.round < from + window).flatMap((r) => r.devices).filter((d) => d.mixed !== undefined && d.halfMix !== undefined);
+  if (pooled.length === 0) continue;
+  personalization.push({
+    rounds: [from, Math.min(from + window - 1, result.rounds.at(-1)!.round)],
+    deviceRounds: pooled.length,
+    meanDistance: pooled.reduce((a, d) => a + d.distance!, 0) / pooled.length,
+    global: fairnessOf(pooled.map((d) => d.global))!,
+    personal: fairnessOf(pooled.map((d) => d.personal))!,
+    halfMix: fairnessOf(pooled.map((d) => d.halfMix!))!,
+    mixed: fairnessOf(pooled.map((d) => d.mixed!))!,
+  });
 }
-writeFileSync(jsonFile, JSON.stringify({ ...result, personalization }, null, 1));
+if (personalization.length) {
+  process.stdout.write(`\npersonalization: the counted devices' held-out accuracy, pooled over windows of ${window} rounds (mean label distance ${personalization[0]!.meanDistance.toFixed(3)}): mean / worst 10 % / variance\n`);
+  process.stdout.write(`rounds    | device-rounds | global model             | personal (fine-tuned)    | even mix (0.5)           | distance-aware mix\n`);
+  const cell = (f: NonNullable<ReturnType<typeof fairnessOf>>) => `${pct(f.mean)} / ${pct(f.worst10)} / ${f.variance.toFixed(4)}`;
+  for (const w of personalization) process.stdout.write(`${`${w.rounds[0]}–${w.rounds[1]}`.padEnd(9)} | ${String(w.deviceRounds).padStart(13)} | ${cell(w.global)} | ${cell(w.personal)} | ${cell(w.halfMix)} | ${cell(w.mixed)}\n`);
+}
+writeFileSync(jsonFile, JSON.stringify({ ...result, ...(personalization.length ? { personalization } : {}) }, null, 1));
 process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {
   mkdirSync(path.dirname(args.plot), { recursive: true });
