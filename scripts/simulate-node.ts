@@ -187,7 +187,7 @@ process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {
   mkdirSync(path.dirname(args.plot), { recursive: true });
   const files = await writeChart(args.plot, {
-    title: `FedAvg ${args.model}, ${args.partition}, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}`,
+    title: `${args.strategy === 'fedavg' ? 'FedAvg' : args.strategy} ${args.model}, ${args.partition}, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}`,
     xLabel: 'round',
     yLabel: 'test accuracy',
     integerX: true,
