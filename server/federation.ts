@@ -15,9 +15,8 @@ import { WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
-import { dpFedAvgAggregator, nextGlobalModel, type RoundAggregator, type Strategy } from './fl/strategy.ts';
+import { dpFedAvgAggregator, type RoundAggregator, type Strategy } from './fl/strategy.ts';
 import { addGaussianNoise } from '../shared/privacy/noise.ts';
-import { populationOf } from '../shared/personalize.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
@@ -615,9 +614,8 @@ export class Federation implements DeviceGateway {
     const strategy = this.deps.strategyFor(run.config);
     const dp = run.config.dp;
     this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, effect.privacy.noiseStd, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
-    // the population's label distribution, for the devices' personalization (never fewer than 3 devices' histograms)
-    const population = populationOf(this.devices.list().map((d) => d.labelHistogram));
-    const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload, ...(population ? { population } : {}) };
+    // the strategy's hooks: the training plan, and what the devices evaluate with (the population's label distribution)
+    const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload, ...strategy.configureEvaluate(this.devices.list()) };
     this.secure = undefined;
     if (run.config.secureAggregation) {
       // X25519 when every selected device has it, else P-256 (all of a round's keys must agree)
@@ -741,7 +739,7 @@ export class Federation implements DeviceGateway {
         const config = this.state.run?.config;
         if (!config) throw new Error('no run to aggregate for');
         // the strategy's step from the round's mean: q-FFL's scale, a server optimizer's state
-        const next = nextGlobalModel(config, global.weights.values, aggregated, { ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
+        const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
         for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), next.state);
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum

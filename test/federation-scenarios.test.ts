@@ -9,7 +9,8 @@ import { fedAvg } from '../shared/fedavg.ts';
 import { decodeWeights } from '../shared/weights.ts';
 import { flush, Scenario } from './support/scenario.ts';
 import { Federation } from '../server/federation.ts';
-import { strategyFor } from '../server/fl/strategy.ts';
+import { strategyFor, type FitResults, type Strategy } from '../server/fl/strategy.ts';
+import type { RunConfig } from '../shared/schemas.ts';
 import { createLogger } from '../server/log.ts';
 import { decodeServerState, initialServerState, serverStep } from '../shared/server-optimizer.ts';
 import { qfflScale } from '../shared/fairness.ts';
@@ -486,6 +487,36 @@ describe('strategies for non-IID data, through the federation', () => {
     const hand2 = serverStep('fedadam', params, r1.values, Float32Array.from(aggregated, (a, i) => a - r1.values[i]!), state1);
     expect(Array.from(r2.values)).toEqual(Array.from(hand2.weights));
     next.shutdown();
+  });
+
+  it('gives the strategy\'s hooks the round: its plan, the population for evaluation, the fit with its failures as data', async () => {
+    const seen: { fit?: FitResults; evaluate?: number } = {};
+    const spy = (config: RunConfig): Strategy => {
+      const base = strategyFor(config);
+      return {
+        ...base,
+        aggregateFit: (c, fit) => {
+          seen.fit = fit;
+          return base.aggregateFit(c, fit);
+        },
+        configureEvaluate: (devices) => {
+          seen.evaluate = devices.length;
+          return base.configureEvaluate(devices);
+        },
+      };
+    };
+    const s = new Scenario({ strategyFor: spy });
+    s.join('device-a', 'device-b', 'device-c');
+    await s.start({ rounds: 1, clientsPerRound: 3, minUpdates: 2, overSelect: 1, roundTimeoutMs: 10_000 });
+    await flush();
+    expect(seen.evaluate).toBe(3);
+    expect(s.port.lastStart('device-a')!.population).toEqual(new Array(10).fill(0.1)); // three devices' histograms, summed
+    await s.submit('device-a');
+    s.federation.leave('device-c'); // a failure
+    await s.submit('device-b');
+    await flush();
+    expect(seen.fit).toMatchObject({ failures: 1 });
+    expect(seen.fit!.aggregated.length).toBe(seen.fit!.global.length);
   });
 
   it('q-FFL weighs each update by its device\'s loss and scales the step; the round records the devices\' spread', async () => {

@@ -33,7 +33,8 @@ import { composeRdp, epsilonFromRdp, type SkellamSensitivity } from '../../share
 import { skellamSensitivity } from '../../shared/privacy/skellam.ts';
 import { quantLevels, quantProblem, type QuantBounds } from '../../shared/secagg/quantize.ts';
 import { phaseDurations } from '../../shared/phases.ts';
-import { fairnessOf, qfflScale, qfflWeight } from '../../shared/fairness.ts';
+import { qfflScale, qfflWeight } from '../../shared/fairness.ts';
+import { strategyFor } from './strategy.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
@@ -218,7 +219,7 @@ export type Effect =
   | { type: 'update:reject'; submission: number; deviceId: string; code: ErrorCode; message: string; late: boolean }
   | ({ type: 'round:notify-end'; deviceIds: readonly string[]; counted: readonly string[]; outcome: 'completed' | 'failed' | 'stopped' } & RoundRef)
   /** `scale`: q-FFL's step is this times the weighted mean of the updates */
-  | ({ type: 'round:aggregate'; updates: number; scale?: number; clipCount?: { unclipped: number; noiseStd: number; expected: number }; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
+  | ({ type: 'round:aggregate'; updates: number; failures: number; scale?: number; clipCount?: { unclipped: number; noiseStd: number; expected: number }; secagg?: { t: number; neighbours: Readonly<Record<string, readonly string[]>>; shared: readonly string[]; inputs: readonly string[] } } & RoundRef)
   /** keep (ok) or drop a secure-aggregation message, and answer its sender */
   | { type: 'secagg:answer'; message: number; deviceId: string; error?: { code: ErrorCode; message: string } }
   | ({ type: 'secagg:neighbours'; neighbours: Readonly<Record<string, readonly string[]>> } & RoundRef)
@@ -370,7 +371,7 @@ const median = (xs: number[]): number => {
 const mean = (xs: number[]): number | null => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
 
 /** The record of a round, from its ledger and its timeline (which must be ended: evaluated, failed or stopped). */
-function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status: RoundRecord['status']; reason: string | null; testAccuracy: number | null; testLoss: number | null }): RoundRecord {
+function roundRecord(config: RunConfig, cur: RoundState, timeline: RoundTimeline, outcome: { status: RoundRecord['status']; reason: string | null; testAccuracy: number | null; testLoss: number | null }): RoundRecord {
   const m = cur.accepted;
   const end = timeline.evaluatedAt ?? timeline.endedAt ?? timeline.selectionStartedAt;
   const timings: DeviceTimings | null = m.length
@@ -406,8 +407,8 @@ function roundRecord(cur: RoundState, timeline: RoundTimeline, outcome: { status
     localAccuracyBefore: mean(m.map((x) => x.metrics.accuracyBefore)),
     localAccuracyAfter: mean(m.map((x) => x.metrics.accuracyAfter)),
     // how the round's global model serves each counted device (its held-out accuracy before training)
-    fairness: fairnessOf(m.map((x) => x.metrics.accuracyBefore)),
-    personalization: personalizationOf(m.map((x) => x.metrics)),
+    // the strategy's last hook: the devices' evaluations summed up (fairness, personalization)
+    ...strategyFor(config).aggregateEvaluate(m.map((x) => x.metrics)),
     devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs, ...(x.metrics.labelDistance !== undefined ? { labelDistance: x.metrics.labelDistance } : {}), ...(x.metrics.accuracyMixed !== undefined ? { accuracyMixed: x.metrics.accuracyMixed } : {}), ...(x.metrics.accuracyHalfMix !== undefined ? { accuracyHalfMix: x.metrics.accuracyHalfMix } : {}) })),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
     secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
@@ -576,20 +577,7 @@ function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<
   }
   return {
     state: { ...state, phase: 'aggregating', devices: freeAll(state.devices, cur.selected), current: closed, timeline: { ...(state.timeline as RoundTimeline), closedAt: now } },
-    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, ...clipCount(state, closed), ...qffl(state, closed) }],
-  };
-}
-
-/** The personal, mixed and evenly mixed accuracies of the counted devices that reported them all. */
-function personalizationOf(metrics: readonly UpdateMetrics[]): RoundRecord['personalization'] {
-  const full = metrics.filter((x) => x.labelDistance !== undefined && x.accuracyMixed !== undefined && x.accuracyHalfMix !== undefined);
-  if (full.length === 0) return null;
-  return {
-    meanDistance: full.reduce((a, x) => a + x.labelDistance!, 0) / full.length,
-    global: fairnessOf(full.map((x) => x.accuracyBefore))!,
-    personal: fairnessOf(full.map((x) => x.accuracyAfter))!,
-    mixed: fairnessOf(full.map((x) => x.accuracyMixed!))!,
-    halfMix: fairnessOf(full.map((x) => x.accuracyHalfMix!))!,
+    effects: [...lateValidations(cur), notifyEnd(closed, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: closed.accepted.length, failures: closed.refused.length + closed.dropped.length, ...clipCount(state, closed), ...qffl(state, closed) }],
   };
 }
 
@@ -617,7 +605,7 @@ function failRound(state: CoordinatorState, now: number, reason: string, before:
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), endedAt: now, outcome: 'failed' };
   const effects: Effect[] = [...before, ...lateValidations(cur)];
   if (state.phase === 'training' || cur.secagg?.stage === 'unmask') effects.push(notifyEnd(cur, 'failed'));
-  effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status: 'failed', reason, testAccuracy: null, testLoss: null }), willRetry });
+  effects.push({ type: 'round:record', record: roundRecord(run.config, { ...cur, late: cur.late + cur.validating.length }, timeline, { status: 'failed', reason, testAccuracy: null, testLoss: null }), willRetry });
   if (!willRetry) {
     const message = `round ${cur.round} failed ${run.attempt} time(s); last: ${reason}`;
     effects.push({ type: 'run:finished', runId: run.id, status: 'failed', reason: message });
@@ -684,7 +672,7 @@ function settleUnmask(state: CoordinatorState, now: number): StepResult {
   const done: RoundState = { ...cur, workStartedAt: now, secagg: { ...s, stage: 'done', began: { ...s.began, done: now } } };
   return {
     state: { ...state, current: done },
-    effects: [notifyEnd(done, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: inputs.length, secagg: { t: s.t, neighbours: s.neighbours, shared: s.survivors, inputs } }],
+    effects: [notifyEnd(done, 'completed'), { type: 'round:aggregate', runId: cur.runId, round: cur.round, attempt: cur.attempt, updates: inputs.length, failures: cur.refused.length + cur.dropped.length + s.lost.length, secagg: { t: s.t, neighbours: s.neighbours, shared: s.survivors, inputs } }],
   };
 }
 
@@ -745,7 +733,7 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   const closedHow = cur.closedBy === 'deadline' ? `closed at the deadline with ${cur.accepted.length} updates` : cur.closedBy === 'all answered' ? `closed when every selected device had answered (${cur.accepted.length} updates)` : null;
   const reason = [closedHow, result.reason].filter(Boolean).join('; ') || null;
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now, outcome: 'completed' };
-  const record = roundRecord(cur, timeline, { ...result, status: 'completed', reason });
+  const record = roundRecord(run.config, cur, timeline, { ...result, status: 'completed', reason });
   // A released round spends privacy: the accountant composes it with the run's earlier ones.
   let accounted = run;
   const dp = run.config.dp;
@@ -967,7 +955,7 @@ function endRun(state: CoordinatorState, now: number, status: 'stopped' | 'faile
   if (cur) {
     devices = freeAll(devices, cur.selected);
     if (state.phase === 'training' || cur.secagg?.stage === 'unmask') effects.push(...lateValidations(cur), notifyEnd(cur, status));
-    if (record && timeline) effects.push({ type: 'round:record', record: roundRecord({ ...cur, late: cur.late + cur.validating.length }, timeline, { status, reason, testAccuracy: null, testLoss: null }), willRetry: false });
+    if (record && timeline) effects.push({ type: 'round:record', record: roundRecord(run.config, { ...cur, late: cur.late + cur.validating.length }, timeline, { status, reason, testAccuracy: null, testLoss: null }), willRetry: false });
   }
   effects.push({ type: 'run:finished', runId: run.id, status, reason });
   return { state: { ...state, phase: status, devices, run: { ...run, reason }, current: undefined, ...(timeline ? { timeline } : {}) }, effects };

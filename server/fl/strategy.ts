@@ -1,14 +1,20 @@
 /**
- * Pluggable aggregation, after Flower's Strategy: how a round's training is configured and how its
- * results are combined. Each rule is a strategy (FedAvg, coordinate-wise median, trimmed mean),
- * chosen per run by `aggregation`. Updates arrive validated and, when the run sets `clipNorm`,
- * already clipped (validate.ts), whatever the strategy.
+ * Strategies, after Flower's four hooks: configure a round's training, aggregate its training
+ * results, configure the devices' evaluation, aggregate their evaluation results. A run's strategy
+ * is its aggregation rule (`aggregation`: FedAvg, coordinate-wise median, trimmed mean — how the
+ * updates are summed, streaming) composed with its strategy for non-IID data (`strategy`: what the
+ * round's aggregate becomes — a server optimizer's step, q-FFL's scaled step — and FedProx's term
+ * in the training plan). Updates arrive validated and, when the run sets `clipNorm`, already clipped
+ * (validate.ts) for every strategy alike. Failures (refused and dropped devices) come in as data.
  */
 import { applyDelta, WeightedDeltaSum, type PartialSum } from '../../shared/fedavg.ts';
 import type { TrainingPlan } from '../../shared/protocol.ts';
 import { addGaussianNoise } from '../../shared/privacy/noise.ts';
 import { coordinateMedian, trimmedMean } from '../../shared/robust.ts';
-import { codecConfig, DEFAULT_SERVER_LEARNING_RATE, type Aggregation, type RunConfig } from '../../shared/schemas.ts';
+import { codecConfig, DEFAULT_SERVER_LEARNING_RATE, type Aggregation, type RunConfig, type UpdateMetrics } from '../../shared/schemas.ts';
+import type { RoundRecord } from '../../shared/api.ts';
+import { fairnessOf, type Fairness } from '../../shared/fairness.ts';
+import { populationOf } from '../../shared/personalize.ts';
 import { initialServerState, isServerOptimizer, serverStep, type ServerOptimizerState } from '../../shared/server-optimizer.ts';
 
 export interface RoundAggregator {
@@ -21,10 +27,65 @@ export interface RoundAggregator {
   result(global: Float32Array): Float32Array | undefined;
 }
 
+/** What a round's training came to: the global model it started from, the aggregation rule's result, and the round's failures. */
+export interface FitResults {
+  global: Float32Array;
+  /** the rule's aggregate: the global model plus the round's combined update */
+  aggregated: Float32Array;
+  /** q-FFL: the coordinator's scale of the combined update */
+  scale?: number;
+  /** the server optimizer's state from the previous version */
+  state?: ServerOptimizerState;
+  /** devices of the round that were refused or dropped out */
+  failures: number;
+}
+
+/** What the devices evaluate with in a round, besides the global model: the population's label distribution for personalization. */
+export interface EvaluatePlan {
+  population?: number[];
+}
+
+/** What the counted devices' evaluations come to: the global model's fairness across them, and their personal models'. */
+export interface EvaluateResults {
+  fairness: Fairness | null;
+  personalization: RoundRecord['personalization'];
+}
+
 export interface Strategy {
   readonly name: Aggregation;
+  /** hook 1: the training plan of a round */
   configureFit(config: RunConfig, round: number, attempt: number): TrainingPlan;
+  /** hook 2, the streaming half: the round's running aggregate, update by update */
   createAggregator(size: number, config: RunConfig): RoundAggregator;
+  /** hook 2, the closing half: the next global model (and the server optimizer's state) */
+  aggregateFit(config: RunConfig, fit: FitResults): { values: Float32Array; state?: ServerOptimizerState };
+  /** hook 3: what the devices' evaluation needs, from the connected devices' declared label histograms */
+  configureEvaluate(devices: readonly { labelHistogram: readonly number[] }[]): EvaluatePlan;
+  /** hook 4: the counted devices' held-out metrics, summed up */
+  aggregateEvaluate(metrics: readonly UpdateMetrics[]): EvaluateResults;
+}
+
+/** The hooks every rule shares: the non-IID strategy's step, the personalization plan, the fairness figures. */
+const sharedHooks: Pick<Strategy, 'aggregateFit' | 'configureEvaluate' | 'aggregateEvaluate'> = {
+  aggregateFit: (config, fit) => nextGlobalModel(config, fit.global, fit.aggregated, { ...(fit.scale !== undefined ? { scale: fit.scale } : {}), ...(fit.state ? { state: fit.state } : {}) }),
+  configureEvaluate: (devices) => {
+    const population = populationOf(devices.map((d) => d.labelHistogram));
+    return population ? { population } : {};
+  },
+  aggregateEvaluate: (metrics) => ({ fairness: fairnessOf(metrics.map((x) => x.accuracyBefore)), personalization: personalizationOf(metrics) }),
+};
+
+/** The personal, mixed and evenly mixed accuracies of the counted devices that reported them all, beside the global model's on the same devices. */
+function personalizationOf(metrics: readonly UpdateMetrics[]): RoundRecord['personalization'] {
+  const full = metrics.filter((x) => x.labelDistance !== undefined && x.accuracyMixed !== undefined && x.accuracyHalfMix !== undefined);
+  if (full.length === 0) return null;
+  return {
+    meanDistance: full.reduce((a, x) => a + x.labelDistance!, 0) / full.length,
+    global: fairnessOf(full.map((x) => x.accuracyBefore))!,
+    personal: fairnessOf(full.map((x) => x.accuracyAfter))!,
+    mixed: fairnessOf(full.map((x) => x.accuracyMixed!))!,
+    halfMix: fairnessOf(full.map((x) => x.accuracyHalfMix!))!,
+  };
 }
 
 const configureFit = (config: RunConfig, round: number, attempt: number): TrainingPlan => ({
@@ -39,6 +100,7 @@ const configureFit = (config: RunConfig, round: number, attempt: number): Traini
 export const fedAvgStrategy: Strategy = {
   name: 'fedavg',
   configureFit,
+  ...sharedHooks,
   createAggregator(size) {
     const sum = new WeightedDeltaSum(size);
     return {
@@ -60,6 +122,7 @@ function robustStrategy(name: Aggregation, reduce: (updates: Float32Array[], con
   return {
     name,
     configureFit,
+    ...sharedHooks,
     createAggregator(size, config) {
       const updates: Float32Array[] = [];
       return {

@@ -183,9 +183,10 @@ export class Scenario {
   /** `sums`: FedAvg's sum kept as the work threads keep it (ControlledSums) */
   readonly sums: ControlledSums | undefined;
 
-  constructor(o: { sums?: boolean } = {}) {
+  /** `strategyFor`: the run's strategy (default: the server's) */
+  constructor(o: { sums?: boolean; strategyFor?: typeof strategyFor } = {}) {
     this.sums = o.sums ? new ControlledSums() : undefined;
-    this.federation = new Federation({ store: this.store, strategyFor, evaluator: this.evaluator, clock: this.clock, logger: createLogger('scenario', () => undefined), port: this.port, validate: this.validator.validate, ...(this.sums ? { sums: this.sums } : {}) });
+    this.federation = new Federation({ store: this.store, strategyFor: o.strategyFor ?? strategyFor, evaluator: this.evaluator, clock: this.clock, logger: createLogger('scenario', () => undefined), port: this.port, validate: this.validator.validate, ...(this.sums ? { sums: this.sums } : {}) });
   }
 
   join(...ids: string[]): void {
