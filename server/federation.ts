@@ -671,15 +671,17 @@ export class Federation implements DeviceGateway {
       );
       return;
     }
+    // under DP the round's own bound (adaptive clipping moves it from round to round)
+    const clip = this.state.current?.privacy?.clip;
+    const config = run.config.dp && clip !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clip } } : run.config;
     const remote = this.deps.remote;
     if (s.remote) {
-      if (!remote || !this.aggregator?.sum.merge) throw new Error(`update ${submission}: held by node ${s.remote.node}, and this round's rule cannot add shares of its sum made elsewhere`);
-      const clipNow = this.state.current?.privacy?.clip;
-      const cfg = run.config.dp && clipNow !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clipNow } } : run.config;
+      const ref = s.remote;
+      if (!remote || !this.aggregator?.sum.merge) throw new Error(`update ${submission}: held by node ${ref.node}, and this round's rule cannot add shares of its sum made elsewhere`);
       this.track(
-        remote.validate(s.remote, global.version, cfg).then(
+        remote.validate(ref, global.version, config).then(
           (v) => {
-            if (this.submissions.get(submission) !== s) return remote.drop(s.remote!); // refused (late, or its node lost) meanwhile
+            if (this.submissions.get(submission) !== s) return remote.drop(ref); // refused (late, or its node lost) meanwhile
             this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
           },
           (err: unknown) => this.invalid(submission, s.deviceId, err),
@@ -688,9 +690,6 @@ export class Federation implements DeviceGateway {
       return;
     }
     const validate = this.deps.validate ?? inlineValidator;
-    // under DP the round's own bound (adaptive clipping moves it from round to round)
-    const clip = this.state.current?.privacy?.clip;
-    const config = run.config.dp && clip !== undefined ? { ...run.config, dp: { ...run.config.dp, clipNorm: clip } } : run.config;
     // a linear rule's sum can be kept in the work threads: the update stays where it is decoded
     const sums = this.deps.sums;
     if (sums && this.aggregator?.sum.merge) {

@@ -125,6 +125,30 @@ describe('a cluster of three nodes on Redis and PostgreSQL', () => {
     expect(group.map((d) => d.deltas)).toEqual([1, 1, 1, 1, 1, 1]);
   }, 120_000);
 
+  it('refuses hostile updates from selected devices on other nodes, at the node that holds them, and sums the rest exactly', async () => {
+    const leader = await coordinator();
+    const elsewhere = devices.filter((d) => d.url !== leader.url);
+    const [nan, liar] = elsewhere as [ProtocolDevice, ProtocolDevice];
+    // one sends a value that is not a number; the other claims more examples than it declared
+    nan.tamper = (delta) => ({ delta: Float32Array.from(delta, (v, i) => (i === 7 ? Number.NaN : v)) });
+    liar.tamper = (delta) => ({ delta, numExamples: 60_000 });
+    try {
+      const runId = await launch(leader.url, { rounds: 1, clientsPerRound: 6, minUpdates: 3, roundTimeoutMs: 60_000 });
+      expect(await runEnded(runId)).toMatchObject({ status: 'done' });
+      const [r] = await store.listRounds(runId);
+      expect(r).toMatchObject({ status: 'completed', completed: 4, rejected: 2 });
+      const answers = (d: ProtocolDevice) => d.sent.filter((s) => s.runId === runId).map((s) => s.answer);
+      expect(answers(nan)).toEqual([expect.objectContaining({ ok: false, error: expect.objectContaining({ code: 'BAD_WEIGHTS', message: expect.stringMatching(/not finite|non-finite|NaN/i) }) })]);
+      expect(answers(liar)).toEqual([expect.objectContaining({ ok: false, error: expect.objectContaining({ code: 'TOO_MANY_EXAMPLES' }) })]);
+      const honest = devices.filter((d) => d !== nan && d !== liar).flatMap((d) => d.sent.filter((s) => s.runId === runId));
+      const initial = await modelOf((await store.listModels()).find((m) => m.runId === runId && m.round === 0)!.version);
+      expect(maxDiff(await modelOf(r!.modelVersion!), expectedModel(initial, honest, 1000))).toBeLessThan(1e-6);
+    } finally {
+      nan.tamper = undefined;
+      liar.tamper = undefined;
+    }
+  }, 120_000);
+
   it('refuses, with the reason, a run whose aggregation cannot be split across nodes', async () => {
     for (const [config, reason] of [
       [{ aggregation: 'median', clientsPerRound: 6, minUpdates: 5 }, /aggregation "median" needs every update in one place/],

@@ -32,6 +32,8 @@ export class ProtocolDevice {
   model: { weights: FlatWeights; version: number } | undefined;
   /** round starts whose weights were a delta against the model it held */
   deltas = 0;
+  /** a hostile device: what it does to its update before sending it (well-formed, selected, lying) */
+  tamper: ((delta: Float32Array, msg: RoundStart) => { delta: Float32Array; numExamples?: number }) | undefined;
   /** while held, round starts wait (the update is sent when released) */
   private held: (() => void)[] | undefined;
   private closed = false;
@@ -112,13 +114,15 @@ export class ProtocolDevice {
     } else this.model = { weights: decodeWeights(msg.weights), version: msg.modelVersion };
     socket.emit('device:state', { state: 'training', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
     const specs = this.model.weights.specs;
-    const delta = this.deltaFor(msg, specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0));
-    const sent: SentUpdate = { runId: msg.runId, round: msg.round, attempt: msg.attempt, delta, numExamples: this.examples };
+    const honest = this.deltaFor(msg, specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0));
+    const tampered = this.tamper?.(honest, msg);
+    const delta = tampered?.delta ?? honest;
+    const sent: SentUpdate = { runId: msg.runId, round: msg.round, attempt: msg.attempt, delta, numExamples: tampered?.numExamples ?? this.examples };
     this.sent.push(sent);
     const metrics = { accuracyBefore: 0.1, lossBefore: 2.3, accuracyAfter: 0.2, lossAfter: 2.1, downloadMs: 1, evaluateMs: 1, trainMs: 1 };
     sent.answer = await socket
       .timeout(60_000)
-      .emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: this.examples, delta: encodeWeights({ specs, values: delta }), metrics })
+      .emitWithAck('update:submit', { runId: msg.runId, round: msg.round, attempt: msg.attempt, numExamples: sent.numExamples, delta: encodeWeights({ specs, values: delta }), metrics })
       .catch((err: unknown) => ({ ok: false as const, error: { code: 'INTERNAL' as const, message: String(err) } }));
   }
 
