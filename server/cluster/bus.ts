@@ -30,7 +30,8 @@ export type ToNode =
   | { t: 'round:start'; deviceId: string; msg: Omit<RoundStart, 'weights'> };
 
 /** From the leader to every node. */
-export type ToAll = { t: 'leader'; node: string; url: string } | { t: 'model'; msg: ModelPublished };
+/** `term`: new at every acquisition of the lease, so a node restarted under the same id is a new coordinator too */
+export type ToAll = { t: 'leader'; node: string; url: string; term: string } | { t: 'model'; msg: ModelPublished };
 
 type Envelope = { to: 'leader'; m: ToLeader } | { to: 'node'; m: ToNode } | { to: 'all'; m: ToAll };
 
@@ -47,6 +48,8 @@ export class Names {
   nodeChannel = (node: string) => `${this.prefix}:to-node:${node}`;
   allChannel = () => `${this.prefix}:to-all`;
   lease = () => `${this.prefix}:lease`;
+  /** the coordinator's announcement, for nodes that start after it */
+  leaderInfo = () => `${this.prefix}:leader-info`;
   alive = (node: string) => `${this.prefix}:alive:${node}`;
   aliveScan = () => `${this.prefix}:alive:*`;
   partial = (key: string, node: string, req: number) => `${this.prefix}:partial:${key}:${node}:${req}`;

@@ -7,6 +7,7 @@
  * nodes' heartbeats: a node whose heartbeat expired is lost with its devices and its share of
  * the round's sum (Federation.nodeLost).
  */
+import { randomUUID } from 'node:crypto';
 import type { Server } from 'socket.io';
 import type { PartialSum } from '../../shared/fedavg.ts';
 import type { ModelPublished, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
@@ -51,7 +52,9 @@ export class LeaderLink implements DevicePort, RemoteUpdates {
   async lead(federation: Federation, url: string): Promise<void> {
     this.federation = federation;
     await this.bus.lead(true);
-    this.bus.toAll({ t: 'leader', node: this.bus.node, url });
+    const announcement = { t: 'leader' as const, node: this.bus.node, url, term: randomUUID() };
+    await this.bus.redis.set(this.bus.names.leaderInfo(), JSON.stringify(announcement));
+    this.bus.toAll(announcement);
     this.watch = setInterval(() => void this.checkNodes(), this.heartbeatMs);
   }
 

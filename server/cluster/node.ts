@@ -45,7 +45,7 @@ export class ClusterNode implements DeviceGateway {
   private readonly held = new Map<number, Held>();
   private nextId = 1;
   private latest: ModelPublished | null = null;
-  private leader: { node: string; url: string } | undefined;
+  private leader: { node: string; url: string; term: string } | undefined;
   private readonly specs = new Map<number, Promise<readonly TensorSpec[]>>();
   private readonly book: ModelBook;
   /** one download per (version, held version), shared by the devices that need it */
@@ -153,8 +153,8 @@ export class ClusterNode implements DeviceGateway {
       this.latest = m.msg;
       return;
     }
-    const changed = this.leader?.node !== m.node;
-    this.leader = { node: m.node, url: m.url };
+    const changed = this.leader?.term !== m.term;
+    this.leader = { node: m.node, url: m.url, term: m.term };
     if (!changed) return;
     // a new coordinator knows nothing of what the old one was doing: updates waiting for a verdict are answered, and devices introduced again
     for (const [id, h] of this.held) {

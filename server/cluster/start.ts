@@ -11,7 +11,7 @@ import { Redis } from 'ioredis';
 import { createApp, type App, type AppDeps } from '../app.ts';
 import type { Logger } from '../log.ts';
 import { inlineSums } from '../work-pool.ts';
-import { Bus, Names } from './bus.ts';
+import { Bus, Names, type ToAll } from './bus.ts';
 import { LeaderLink } from './leader.ts';
 import { Lease } from './lease.ts';
 import { ClusterNode } from './node.ts';
@@ -99,8 +99,9 @@ export async function startClusterNode(deps: Omit<AppDeps, 'cluster'>, o: Cluste
 
   // a node that starts while another coordinates learns of it now (later changes are announced on the bus)
   const holder = await bus.redis.get(names.lease());
-  const holderUrl = holder ? await bus.redis.get(names.alive(holder)) : null;
-  if (holder && holderUrl) node.handleAll({ t: 'leader', node: holder, url: (JSON.parse(holderUrl) as { url: string }).url });
+  const info = holder ? await bus.redis.get(names.leaderInfo()) : null;
+  const announced = info ? (JSON.parse(info) as Extract<ToAll, { t: 'leader' }>) : undefined;
+  if (announced && announced.node === holder) node.handleAll(announced);
 
   lease = new Lease(bus.redis, names.lease(), o.nodeId, leaseMs, {
     acquired: () => {
