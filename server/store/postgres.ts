@@ -4,9 +4,7 @@
  * process. Migrations run once, under an advisory lock, whichever node starts first.
  */
 import pg from 'pg';
-import type { ModelName } from '../../shared/models-names.ts';
-import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
-import type { ModelRecord, RoundRecord, RunRecord, RunStatus, Store } from './store.ts';
+import { asBuffer, MODEL_COLUMNS, modelFromRow, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store } from './store.ts';
 
 const MIGRATIONS = [
   `CREATE TABLE runs (
@@ -48,13 +46,6 @@ const types = {
   getTypeParser: ((oid: number, format?: 'text' | 'binary') => (oid === pg.types.builtins.INT8 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text'))) as typeof pg.types.getTypeParser,
 };
 
-interface RunRow { id: number; config: unknown; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
-interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null }
-
-const toRun = (row: RunRow): RunRecord => ({ id: row.id, config: runConfigSchema.parse(row.config) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at });
-const toModel = (row: ModelRow): ModelRecord => ({ version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss });
-const asBuffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
 
 /** Connects, migrates and returns the store; the connection is checked before this returns. */
 export async function openPostgresStore(url: string, options: { maxConnections?: number } = {}): Promise<Store> {
@@ -74,9 +65,9 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
     finishRun: async (id, status, reason, now) => void (await pool.query('UPDATE runs SET status = $1, reason = $2, finished_at = $3 WHERE id = $4', [status, reason, now, id])),
     getRun: async (id) => {
       const [row] = await rows<RunRow>('SELECT * FROM runs WHERE id = $1', [id]);
-      return row ? toRun(row) : undefined;
+      return row ? runFromRow(row) : undefined;
     },
-    listRuns: async () => (await rows<RunRow>('SELECT * FROM runs ORDER BY id')).map(toRun),
+    listRuns: async () => (await rows<RunRow>('SELECT * FROM runs ORDER BY id')).map(runFromRow),
     recordRound: async (r: RoundRecord) =>
       void (await pool.query('INSERT INTO rounds (run_id, round, attempt, status, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, round, attempt) DO UPDATE SET status = EXCLUDED.status, data = EXCLUDED.data', [r.runId, r.round, r.attempt, r.status, JSON.stringify(r)])),
     listRounds: async (runId) => (await rows<{ data: RoundRecord }>('SELECT data FROM rounds WHERE run_id = $1 ORDER BY round, attempt', [runId])).map((row) => row.data),
@@ -96,11 +87,11 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
     setModelMetrics: async (version, acc, loss) => void (await pool.query('UPDATE models SET test_accuracy = $1, test_loss = $2 WHERE version = $3', [acc, loss, version])),
     getModel: async (version) => {
       const [row] = await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = $1`, [version]);
-      return row ? toModel(row) : undefined;
+      return row ? modelFromRow(row) : undefined;
     },
     latestModel: async (model) => {
       const [row] = model ? await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE model = $1 ORDER BY version DESC LIMIT 1`, [model]) : await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version DESC LIMIT 1`);
-      return row ? toModel(row) : undefined;
+      return row ? modelFromRow(row) : undefined;
     },
     getModelWeights: async (version) => {
       const [row] = await rows<{ weights: Buffer }>('SELECT weights FROM models WHERE version = $1', [version]);
@@ -111,7 +102,7 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
       const b = row?.optimizer_state;
       return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
-    listModels: async () => (await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`)).map(toModel),
+    listModels: async () => (await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`)).map(modelFromRow),
     close: () => pool.end(),
   };
 }

@@ -1,8 +1,6 @@
 /** The Store on SQLite (better-sqlite3): embedded, one file under DATA_DIR; synchronous underneath, so each answer is ready at once. */
 import Database from 'better-sqlite3';
-import type { ModelName } from '../../shared/models-names.ts';
-import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
-import { asyncStore, type ModelRecord, type RoundRecord, type RunRecord, type RunStatus, type Store, type SyncStore } from './store.ts';
+import { asBuffer, asyncStore, MODEL_COLUMNS, modelFromRow, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store, type SyncStore } from './store.ts';
 
 export const SQLITE_MIGRATIONS = [
   `CREATE TABLE runs (
@@ -35,20 +33,9 @@ export const SQLITE_MIGRATIONS = [
   `ALTER TABLE models ADD COLUMN optimizer_state BLOB;`,
 ];
 
-interface RunRow { id: number; config: string; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
-interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null }
-
-function toRun(row: RunRow): RunRecord {
-  return { id: row.id, config: runConfigSchema.parse(JSON.parse(row.config)) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at };
-}
-
-function toModel(row: ModelRow): ModelRecord {
-  return { version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss };
-}
-
-const asBuffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-
-const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
+/** SQLite keeps a run's config as JSON text */
+type SqliteRunRow = Omit<RunRow, 'config'> & { config: string };
+const toRun = (row: SqliteRunRow) => runFromRow({ ...row, config: JSON.parse(row.config) });
 
 /** The Store on a SQLite file (':memory:' for tests), answering asynchronously as every store does. */
 export function openSqliteStore(file: string): Store {
@@ -70,8 +57,8 @@ export function openSqlite(file: string): SyncStore {
   const q = {
     insertRun: db.prepare('INSERT INTO runs (config, status, created_at) VALUES (?, ?, ?)'),
     finishRun: db.prepare('UPDATE runs SET status = ?, reason = ?, finished_at = ? WHERE id = ?'),
-    getRun: db.prepare<[number], RunRow>('SELECT * FROM runs WHERE id = ?'),
-    listRuns: db.prepare<[], RunRow>('SELECT * FROM runs ORDER BY id'),
+    getRun: db.prepare<[number], SqliteRunRow>('SELECT * FROM runs WHERE id = ?'),
+    listRuns: db.prepare<[], SqliteRunRow>('SELECT * FROM runs ORDER BY id'),
     upsertRound: db.prepare('INSERT OR REPLACE INTO rounds (run_id, round, attempt, status, data) VALUES (?, ?, ?, ?, ?)'),
     listRounds: db.prepare<[number], { data: string }>('SELECT data FROM rounds WHERE run_id = ? ORDER BY round, attempt'),
     outcomes: db.prepare<[], { run_id: number; completed: number; failed: number; accuracy: number | null; version: number | null }>(
@@ -105,11 +92,11 @@ export function openSqlite(file: string): SyncStore {
     setModelMetrics: (version, acc, loss) => void q.setMetrics.run(acc, loss, version),
     getModel: (version) => {
       const row = q.getModel.get(version);
-      return row ? toModel(row) : undefined;
+      return row ? modelFromRow(row) : undefined;
     },
     latestModel: (model) => {
       const row = model ? q.latestOf.get(model) : q.latest.get();
-      return row ? toModel(row) : undefined;
+      return row ? modelFromRow(row) : undefined;
     },
     getModelWeights: (version) => {
       const row = q.weights.get(version);
@@ -119,7 +106,7 @@ export function openSqlite(file: string): SyncStore {
       const b = q.optimizerState.get(version)?.optimizer_state;
       return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
-    listModels: () => q.listModels.all().map(toModel),
+    listModels: () => q.listModels.all().map(modelFromRow),
     close: () => db.close(),
   };
 }

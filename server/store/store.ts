@@ -4,7 +4,7 @@
  * several (store/postgres.ts); both pass the same suite (test/store.test.ts).
  */
 import type { ModelName } from '../../shared/models-names.ts';
-import type { RunConfig } from '../../shared/schemas.ts';
+import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
 import type { ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
 export type { ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
@@ -36,6 +36,17 @@ export interface Store {
   listModels(): Promise<ModelRecord[]>;
   close(): Promise<void>;
 }
+
+/** The columns of a run and of a model version as both stores keep them (a run's config: parsed JSON). */
+export interface RunRow { id: number; config: unknown; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
+export interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null }
+export const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
+
+/** A stored run, its config checked again by the schema (a config stored by older code gets today's defaults). */
+export const runFromRow = (row: RunRow): RunRecord => ({ id: row.id, config: runConfigSchema.parse(row.config) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at });
+export const modelFromRow = (row: ModelRow): ModelRecord => ({ version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss });
+/** A byte view as a Buffer over the same memory, as both drivers take binary values. */
+export const asBuffer = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 /** A store whose every answer is ready at once (SQLite's). */
 export type SyncStore = { [K in keyof Store]: (...args: Parameters<Store[K]>) => Awaited<ReturnType<Store[K]>> };
