@@ -100,8 +100,11 @@ export interface RemoteUpdates {
   validate(ref: RemoteRef, modelVersion: number, config: RunConfig): Promise<{ norm: number; clipped: boolean }>;
   add(ref: RemoteRef, key: string, weight: number): void;
   drop(ref: RemoteRef): void;
-  /** the shares of round `key`'s sum held by `nodes` (size 0: discard them) */
-  take(key: string, nodes: readonly string[], size: number): Promise<PartialSum[]>;
+  /**
+   * the shares of round `key`'s sum, from each node with the number of updates counted from it
+   * (a share that holds another number fails: an add was lost on the way); size 0: discard them
+   */
+  take(key: string, counted: ReadonlyMap<string, number>, size: number): Promise<PartialSum[]>;
 }
 
 /** What the device transport calls: one federation, or a cluster node that relays to the coordinating one. */
@@ -144,6 +147,9 @@ export interface FederationDeps {
   /** the updates held by the nodes of a cluster (cluster/leader.ts) */
   remote?: RemoteUpdates;
 }
+
+/** how many updates were counted from each node */
+const counts = (nodes: ReadonlyMap<string, readonly string[]>): Map<string, number> => new Map([...nodes].map(([node, ids]) => [node, ids.length]));
 
 const roundKey = (r: { runId: number; round: number; attempt: number }) => `${r.runId}:${r.round}:${r.attempt}`;
 const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err));
@@ -514,7 +520,7 @@ export class Federation implements DeviceGateway {
         }
         // a round that ends without aggregation leaves its share of the sum in the threads: released
         if (r.status !== 'completed' && this.aggregator?.inThreads) void this.deps.sums?.take(this.aggregator.key, 0).catch(() => undefined);
-        if (r.status !== 'completed' && this.aggregator?.nodes?.size) void this.deps.remote?.take(this.aggregator.key, [...this.aggregator.nodes.keys()], 0).catch(() => undefined);
+        if (r.status !== 'completed' && this.aggregator?.nodes?.size) void this.deps.remote?.take(this.aggregator.key, counts(this.aggregator.nodes), 0).catch(() => undefined);
         this.aggregator = undefined;
         if (r.status === 'completed') {
           const acc = r.evaluationPending ? 'its model is being evaluated' : r.testAccuracy === null ? 'not evaluated' : `test accuracy ${(r.testAccuracy * 100).toFixed(2)} %`;
@@ -732,7 +738,7 @@ export class Federation implements DeviceGateway {
         // the threads' shares of the sum, merged: O(threads × model)
         if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, global.weights.values.length)) aggregator.sum.merge!(p);
         // and the cluster nodes' shares: O(nodes × model), whatever the number of devices
-        if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, [...aggregator.nodes.keys()], global.weights.values.length)) aggregator.sum.merge!(p);
+        if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, counts(aggregator.nodes), global.weights.values.length)) aggregator.sum.merge!(p);
         const aggregated = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
         if (!aggregated) throw new Error('no update to aggregate');
         const config = this.state.run?.config;

@@ -4,7 +4,9 @@
  * devices either.
  */
 import { describe, expect, it } from 'vitest';
-import type { Bus, ToLeader } from '../server/cluster/bus.ts';
+import { Names, type Bus, type ToLeader, type ToNode } from '../server/cluster/bus.ts';
+import { LeaderLink } from '../server/cluster/leader.ts';
+import type { Federation } from '../server/federation.ts';
 import { ClusterNode } from '../server/cluster/node.ts';
 import { createLogger } from '../server/log.ts';
 import { openSqliteStore } from '../server/store/sqlite.ts';
@@ -35,5 +37,26 @@ describe('a cluster node', () => {
     expect(await pending).toMatchObject({ ok: false, error: { code: 'NO_ACTIVE_ROUND' } });
     expect(sent.slice(3).map((m) => (m.t === 'join' ? m.hello.deviceId : m.t))).toEqual(['dev-1', 'dev-2']);
     expect(node.stats()).toEqual({ devices: 2, held: 0 });
+  });
+});
+
+describe('the coordinator\'s side of a cluster', () => {
+  it('fails a round\'s sum when a node\'s share holds fewer updates than were counted from it (a lost add), and takes it when they agree', async () => {
+    const toNode: { node: string; m: ToNode }[] = [];
+    const share = Buffer.from(new Float64Array([1, 2, 3, 4]).buffer);
+    const bus = { node: 'lead', toNode: (node: string, m: ToNode) => toNode.push({ node, m }), redis: { getBuffer: async () => share, del: async () => 1 }, names: new Names('t') } as unknown as Bus;
+    const link = new LeaderLink(bus, createLogger('test', () => undefined), 1000);
+    link.federation = {} as Federation;
+    const answer = (updates: number) => {
+      const m = toNode.at(-1)!.m as Extract<ToNode, { t: 'take' }>;
+      link.handle({ t: 'partial', node: 'node-a', req: m.req, ok: true, redisKey: 'k', weight: 3, updates });
+    };
+    const lost = link.take('1:1:1', new Map([['node-a', 2]]), 4);
+    answer(1);
+    await expect(lost).rejects.toThrow(/node node-a's share of the sum holds 1 updates, 2 were counted from it/);
+    const whole = link.take('1:1:1', new Map([['node-a', 2]]), 4);
+    answer(2);
+    expect(await whole).toEqual([{ sum: new Float64Array([1, 2, 3, 4]), weight: 3, updates: 2 }]);
+    link.stop();
   });
 });

@@ -134,7 +134,8 @@ export class LeaderLink implements DevicePort, RemoteUpdates {
     this.bus.toNode(ref.node, { t: 'drop', id: ref.id });
   }
 
-  async take(key: string, nodes: readonly string[], size: number): Promise<PartialSum[]> {
+  async take(key: string, counted: ReadonlyMap<string, number>, size: number): Promise<PartialSum[]> {
+    const nodes = [...counted.keys()];
     if (size === 0) {
       for (const node of nodes) this.bus.toNode(node, { t: 'take', req: 0, key, size: 0 });
       return [];
@@ -145,6 +146,8 @@ export class LeaderLink implements DevicePort, RemoteUpdates {
         const r = await this.request(node, (req) => this.bus.toNode(node, { t: 'take', req, key, size }));
         if (r.t !== 'partial') throw new Error('cluster: a reply of the wrong kind');
         if (!r.ok) throw new Error(`node ${node} could not hand over its share of the sum: ${r.message}`);
+        // pub/sub delivers at most once: a lost add must fail the round, not leave a counted update out of the sum
+        if (r.updates !== counted.get(node)) throw new Error(`node ${node}'s share of the sum holds ${r.updates} updates, ${counted.get(node)} were counted from it`);
         const raw = await this.bus.redis.getBuffer(r.redisKey);
         await this.bus.redis.del(r.redisKey);
         if (!raw || raw.byteLength !== size * 8) throw new Error(`node ${node}'s share of the sum is missing or has the wrong size`);
