@@ -69,9 +69,9 @@ export class ModelBook {
     if (this.latest?.version === version) this.latest = { ...this.latest, testAccuracy: accuracy, testLoss: loss };
   }
 
-  /** Makes a stored version the current model (a resumed run); false when it is not stored. */
-  async load(version: number, model: ModelName): Promise<boolean> {
-    const [payload, state] = await Promise.all([this.store.getModelWeights(version), this.store.getOptimizerState(version)]);
+  /** Makes a stored version the current model (a resumed run); false when it is not stored. `optimizer: false`: without the server optimizer's state (a cluster node only serves the weights). */
+  async load(version: number, model: ModelName, o: { optimizer?: boolean } = {}): Promise<boolean> {
+    const [payload, state] = await Promise.all([this.store.getModelWeights(version), o.optimizer === false ? undefined : this.store.getOptimizerState(version)]);
     if (!payload) return false;
     const weights = decodeWeights(payload);
     this.current = { version, model, weights, payload, ...(state ? { optimizerState: decodeServerState(state, weights.values.length) } : {}) };

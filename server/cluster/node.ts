@@ -221,7 +221,7 @@ export class ClusterNode implements DeviceGateway {
       let download = this.downloads.get(key);
       if (!download) {
         download = (async () => {
-          if (this.book.current?.version !== msg.modelVersion && !(await this.book.load(msg.modelVersion, msg.model))) throw new Error(`model v${msg.modelVersion} is not stored`);
+          if (this.book.current?.version !== msg.modelVersion && !(await this.book.load(msg.modelVersion, msg.model, { optimizer: false }))) throw new Error(`model v${msg.modelVersion} is not stored`);
           return this.book.download(held);
         })();
         // a version's downloads are kept while it is the newest (a round's devices share them)
