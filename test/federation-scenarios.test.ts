@@ -13,7 +13,7 @@ import { strategyFor, type FitResults, type Strategy } from '../server/fl/strate
 import type { RunConfig } from '../shared/schemas.ts';
 import { createLogger } from '../server/log.ts';
 import { decodeServerState, initialServerState, serverStep } from '../shared/server-optimizer.ts';
-import { qfflScale } from '../shared/fairness.ts';
+import { qfflScale, QFFL_MAX_LOSS } from '../shared/fairness.ts';
 
 const lastModel = (s: Scenario, runId: number) => decodeWeights(s.db.getModelWeights(s.rounds(runId).filter((r) => r.status === 'completed').at(-1)!.modelVersion!)!);
 
@@ -541,5 +541,20 @@ describe('strategies for non-IID data, through the federation', () => {
     for (let i = 0; i < w0.length; i += 53) expect(values[i]).toBeCloseTo(w0[i]! + scale * mean, 6);
     expect(scale).toBeLessThan(1);
     expect(record.fairness).toEqual({ devices: 2, mean: 0.65, worst10: 0.4, best10: 0.9, variance: expect.closeTo(0.0625, 12) });
+  });
+
+  it('q-FFL weighs a device that claims a huge loss no more than the worst loss a device can have', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b');
+    const runId = await s.start({ rounds: 1, clientsPerRound: 2, minUpdates: 2, overSelect: 1, strategy: 'qffl', q: 2 });
+    await flush();
+    for (const [id, lossBefore] of [['device-a', 1e6], ['device-b', 2]] as const) {
+      const u = s.update(id, { step: 0.001 });
+      void s.federation.submitUpdate(id, { ...u, metrics: { ...u.metrics, lossBefore } });
+      await flush();
+    }
+    await flush();
+    const [r] = s.rounds(runId);
+    expect(r!.devices.map((d) => d.weight)).toEqual([QFFL_MAX_LOSS ** 2, 4]);
   });
 });
