@@ -9,7 +9,7 @@
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
- *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
+ *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
  *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes on its held-out data, summarized per window of rounds)
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
  *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)

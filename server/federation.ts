@@ -11,11 +11,11 @@ import type { ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents
 import { roundContext } from '../shared/secagg/plan.ts';
 import { neighbourToWire, sharesToWire } from '../shared/secagg/wire.ts';
 import { publicConfig, type DeviceHello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
-import { WeightsFormatError } from '../shared/weights.ts';
+import { encodeWeights, totalSize, WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
-import { dpFedAvgAggregator, type RoundAggregator, type Strategy } from './fl/strategy.ts';
+import { aggregationBase, dpFedAvgAggregator, serverControl, updateSpecs, type RoundAggregator, type Strategy } from './fl/strategy.ts';
 import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
@@ -82,6 +82,7 @@ export function clusterRefuses(config: RunConfig): string | undefined {
   if (config.secureAggregation) return 'secure aggregation runs on one server node only (its masked sum is not split across nodes yet)';
   if (config.dp) return 'differential privacy runs on one server node only (its noised sum is not split across nodes yet)';
   if (config.aggregation !== 'fedavg') return `aggregation "${config.aggregation}" needs every update in one place; across a cluster's nodes only fedavg is summed`;
+  if (config.strategy === 'scaffold') return 'scaffold runs on one server node only (its control variate is not sent by the nodes yet)';
   return undefined;
 }
 
@@ -619,9 +620,12 @@ export class Federation implements DeviceGateway {
     if (!run || !global) throw new Error(`round ${effect.round}: no run or no global model`);
     const strategy = this.deps.strategyFor(run.config);
     const dp = run.config.dp;
-    this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(global.weights.values.length, effect.privacy.noiseStd, effect.privacy.expected) : strategy.createAggregator(global.weights.values.length, run.config) };
+    const size = global.weights.values.length;
+    this.aggregator = { key: roundKey(effect), sum: dp && effect.privacy ? dpFedAvgAggregator(size, effect.privacy.noiseStd, effect.privacy.expected) : strategy.createAggregator(totalSize(updateSpecs(run.config, global.weights.specs)), run.config) };
     // the strategy's hooks: the training plan, and what the devices evaluate with (the population's label distribution)
     const msg: RoundStart = { runId: effect.runId, round: effect.round, attempt: effect.attempt, model: global.model, modelVersion: global.version, plan: strategy.configureFit(run.config, effect.round, effect.attempt), deadline: effect.deadline, weights: global.payload, ...strategy.configureEvaluate(this.devices.list()) };
+    // SCAFFOLD: the server's control variate goes with the model
+    if (run.config.strategy === 'scaffold') msg.control = encodeWeights({ specs: global.weights.specs, values: serverControl(global.optimizerState, size) });
     this.secure = undefined;
     if (run.config.secureAggregation) {
       // X25519 when every selected device has it, else P-256 (all of a round's keys must agree)
@@ -653,7 +657,7 @@ export class Federation implements DeviceGateway {
     let bytesDown = 0;
     for (const id of effect.deviceIds) {
       const d = download(this.devices.heldVersion(id));
-      bytesDown += d.weights.byteLength;
+      bytesDown += d.weights.byteLength + (msg.control?.byteLength ?? 0); // SCAFFOLD sends its control variate with the model
       this.deps.port.sendRoundStart(id, d.baseVersion === undefined ? msg : { ...msg, weights: d.weights, baseVersion: d.baseVersion });
     }
     this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
@@ -700,7 +704,7 @@ export class Federation implements DeviceGateway {
     const sums = this.deps.sums;
     if (sums && this.aggregator?.sum.merge) {
       this.track(
-        sums.validate(s.payload, global.weights.specs, config).then(
+        sums.validate(s.payload, updateSpecs(config, global.weights.specs), config).then(
           (v) => {
             if (this.submissions.get(submission) !== s) return sums.drop(v.kept); // refused (late) while it was being validated
             s.kept = v.kept;
@@ -712,7 +716,7 @@ export class Federation implements DeviceGateway {
       return;
     }
     this.track(
-      validate(s.payload, global.weights.specs, config).then(
+      validate(s.payload, updateSpecs(config, global.weights.specs), config).then(
         (v) => {
           s.validated = v;
           this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
@@ -735,16 +739,19 @@ export class Federation implements DeviceGateway {
       (async () => {
         await new Promise<void>((resolve) => setImmediate(resolve)); // off the caller's stack: a deadline may pass meanwhile
         if (!aggregator || aggregator.key !== roundKey(ref) || !global) throw new Error('no aggregator for this round');
-        // the threads' shares of the sum, merged: O(threads × model)
-        if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, global.weights.values.length)) aggregator.sum.merge!(p);
-        // and the cluster nodes' shares: O(nodes × model), whatever the number of devices
-        if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, counts(aggregator.nodes), global.weights.values.length)) aggregator.sum.merge!(p);
-        const aggregated = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(global.weights.values);
-        if (!aggregated) throw new Error('no update to aggregate');
         const config = this.state.run?.config;
         if (!config) throw new Error('no run to aggregate for');
-        // the strategy's step from the round's mean: q-FFL's scale, a server optimizer's state
-        const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
+        // the vector the mean update is added to: the model (and SCAFFOLD's control variate)
+        const base = aggregationBase(config, global.weights.values, global.optimizerState);
+        // the threads' shares of the sum, merged: O(threads × model)
+        if (aggregator.inThreads && this.deps.sums) for (const p of await this.deps.sums.take(aggregator.key, base.length)) aggregator.sum.merge!(p);
+        // and the cluster nodes' shares: O(nodes × model), whatever the number of devices
+        if (aggregator.nodes?.size && this.deps.remote) for (const p of await this.deps.remote.take(aggregator.key, counts(aggregator.nodes), base.length)) aggregator.sum.merge!(p);
+        const aggregated = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(base);
+        if (!aggregated) throw new Error('no update to aggregate');
+        // the strategy's step from the round's mean: q-FFL's scale, a server optimizer's state, SCAFFOLD's share of the devices
+        const share = Math.min(1, effect.updates / Math.max(1, this.devices.list().length));
+        const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, share, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
         for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), next.state);
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum

@@ -6,7 +6,7 @@ import { encodeModelDelta } from '../shared/model-delta.ts';
 import { initialWeights, type ModelName } from '../shared/models.ts';
 import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
 import type { RunConfig } from '../shared/schemas.ts';
-import { decodeServerState, encodeServerState, type ServerOptimizerState } from '../shared/server-optimizer.ts';
+import { decodeServerState, encodeServerState, type ServerState } from '../shared/server-optimizer.ts';
 import type { Logger } from './log.ts';
 import type { ModelRecord, Store } from './store/store.ts';
 
@@ -16,8 +16,8 @@ export interface GlobalModel {
   weights: FlatWeights;
   /** the binary weight payload (weights.ts), as stored and as sent in full */
   payload: Uint8Array;
-  /** the server optimizer's state after the round that made this version (server-optimizer.ts) */
-  optimizerState?: ServerOptimizerState;
+  /** the strategy's state after the round that made this version: a server optimizer's moments, SCAFFOLD's control variate (server-optimizer.ts) */
+  optimizerState?: ServerState;
 }
 
 export interface Download {
@@ -55,7 +55,7 @@ export class ModelBook {
     return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now);
   }
 
-  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number, optimizerState?: ServerOptimizerState): Promise<GlobalModel> {
+  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number, optimizerState?: ServerState): Promise<GlobalModel> {
     const payload = encodeWeights(weights);
     const version = await this.store.saveModel({ runId, round, model, weights: payload, ...(optimizerState ? { optimizerState: encodeServerState(optimizerState) } : {}) }, now);
     this.current = { version, model, weights, payload, ...(optimizerState ? { optimizerState } : {}) };

@@ -3,7 +3,7 @@
  * the tests, with no transport of its own: receive the global model (in full, or rebuilt from the
  * version it holds and the server's delta), evaluate it on held-out data, train, evaluate again,
  * and encode Δ = w_local − w_global with the run's codec (adding the error-feedback residual of a
- * topk codec). The caller sends the submission it returns, then calls `keepResidual` with the
+ * topk codec). The caller sends the submission it returns, then calls `keepRoundState` with the
  * server's answer.
  */
 import type * as tf from '@tensorflow/tfjs';
@@ -15,6 +15,7 @@ import { createRng, hashString } from './rng.ts';
 import type { UpdateSubmit } from './schemas.ts';
 import { computeUpdate, type LocalData, type TrainHooks } from './train.ts';
 import { mixedAccuracies, mixWeight, totalVariation } from './personalize.ts';
+import { controlCorrection, deviceControlStep, scaffoldUpdateSpecs } from './scaffold.ts';
 import { setFlatWeights } from './models.ts';
 import { decodeWeights, type FlatWeights } from './weights.ts';
 
@@ -26,9 +27,9 @@ export interface HeldModel {
 }
 
 /**
- * What a device keeps between rounds and across reloads: the held global model, and the error-
- * feedback residual of a topk codec (what it has not sent yet), per run. The page keeps them in
- * IndexedDB; the simulation and the tests in memory.
+ * What a device keeps between rounds and across reloads: the held global model, the error-feedback
+ * residual of a topk codec (what it has not sent yet), and SCAFFOLD's control variate c_i, per run.
+ * The page keeps them in IndexedDB; the simulation and the tests in memory.
  */
 export interface DeviceMemory {
   loadModel(): Promise<HeldModel | undefined>;
@@ -37,11 +38,21 @@ export interface DeviceMemory {
   savePersonal?(model: HeldModel): Promise<void>;
   loadResidual(key: string): Promise<Float32Array | undefined>;
   saveResidual(key: string, residual: Float32Array | undefined): Promise<void>;
+  /** SCAFFOLD: the device's control variate of a run (absent: 0, the device's first round in it) */
+  loadControl(key: string): Promise<Float32Array | undefined>;
+  saveControl(key: string, control: Float32Array): Promise<void>;
 }
 
-export function memoryInProcess(initial: { model?: HeldModel | undefined; residual?: { key: string; values: Float32Array } | undefined } = {}): DeviceMemory & { residual(): { key: string; values: Float32Array } | undefined; model(): HeldModel | undefined; personal(): HeldModel | undefined } {
+/** A value kept for one run at a time (an older run's is of no use): the codec's residual, the control variate. */
+export interface Keyed {
+  key: string;
+  values: Float32Array;
+}
+
+export function memoryInProcess(initial: { model?: HeldModel | undefined; residual?: Keyed | undefined; control?: Keyed | undefined } = {}): DeviceMemory & { residual(): Keyed | undefined; control(): Keyed | undefined; model(): HeldModel | undefined; personal(): HeldModel | undefined } {
   let model = initial.model;
   let residual = initial.residual;
+  let control = initial.control;
   let personal: HeldModel | undefined;
   return {
     savePersonal: async (m) => {
@@ -58,6 +69,11 @@ export function memoryInProcess(initial: { model?: HeldModel | undefined; residu
       residual = values ? { key, values } : undefined;
     },
     residual: () => residual,
+    loadControl: async (key) => (control?.key === key ? control.values : undefined),
+    saveControl: async (key, values) => {
+      control = { key, values };
+    },
+    control: () => control,
     model: () => model,
   };
 }
@@ -65,7 +81,7 @@ export function memoryInProcess(initial: { model?: HeldModel | undefined; residu
 /** Seeds the device's stochastic rounding and random mask: the round's plan seed mixed with the device id. */
 export const codecSeed = (planSeed: number, deviceId: string): number => (planSeed ^ hashString(deviceId)) >>> 0;
 
-/** The residual of a run's topk codec is kept per run and model. */
+/** The residual of a run's topk codec, and its SCAFFOLD control variate, are kept per run and model. */
 export const residualKey = (runId: number, model: ModelName): string => `${runId}:${model}`;
 
 /** The round's global model: in full, or rebuilt from the held model and the server's delta; then held. */
@@ -101,6 +117,8 @@ export interface DeviceRound {
   submission?: UpdateSubmit;
   /** the topk codec's residual, to keep once the server has counted the update */
   residual: Float32Array | undefined;
+  /** SCAFFOLD: the device's new control variate c_i⁺, to keep once the server has counted the update (with c_i − c_i⁺ in it) */
+  control?: Float32Array;
   /** Δ itself, unencoded: what a secure-aggregation round masks instead (secagg/session.ts) */
   delta?: Float32Array;
   bytesDown: number;
@@ -120,7 +138,9 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
   const t0 = performance.now();
   const global = await receiveModel(msg, ctx.model, ctx.memory);
   const downloadMs = performance.now() - t0;
-  const u = await computeUpdate(ctx.model, global, ctx.train, ctx.heldOut, msg.plan, ctx.hooks);
+  // SCAFFOLD: the server's control variate c and this device's c_i correct every local step
+  const control = msg.control ? await controlsOf(msg, global, ctx.memory) : undefined;
+  const u = await computeUpdate(ctx.model, global, ctx.train, ctx.heldOut, msg.plan, ctx.hooks, control ? controlCorrection(control.local, control.server) : undefined);
   if (u.stopped) return { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs, residual: undefined, encodeMs: 0 };
   // the trained model is the device's personal one: kept, and mixed with the global one by its distance to the population
   const personal = { specs: u.delta.specs, values: global.values.map((w, i) => w + u.delta.values[i]!) };
@@ -129,7 +149,10 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
   const round = { bytesDown: msg.weights.byteLength, accuracyBefore: u.before.accuracy, accuracyAfter: u.after.accuracy, lossAfter: u.after.loss, ...(personalization ? { personalization } : {}), downloadMs, evaluateMs: u.evaluateMs, trainMs: u.trainMs };
   const residual = await ctx.memory.loadResidual(residualKey(msg.runId, msg.model)).catch(() => undefined);
   const t1 = performance.now();
-  const encoded = encodeWithFeedback(u.delta, residual, msg.plan.codec, createRng(codecSeed(msg.plan.seed, ctx.deviceId)));
+  // SCAFFOLD's update: Δy, then the control variate's change Δc (scaffold.ts)
+  const step = control ? deviceControlStep(control.local, control.server, u.delta.values, u.steps, msg.plan.learningRate) : undefined;
+  const sent = step ? { specs: scaffoldUpdateSpecs(u.delta.specs), values: concat(u.delta.values, step.change) } : u.delta;
+  const encoded = encodeWithFeedback(sent, residual, msg.plan.codec, createRng(codecSeed(msg.plan.seed, ctx.deviceId)));
   const encodeMs = performance.now() - t1;
   const submission: UpdateSubmit = {
     runId: msg.runId,
@@ -148,7 +171,22 @@ export async function runDeviceRound(msg: RoundStart, ctx: DeviceRoundContext): 
       ...(personalization ? { labelDistance: personalization.distance, accuracyMixed: personalization.accuracyMixed, accuracyHalfMix: personalization.accuracyHalfMix } : {}),
     },
   };
-  return { ...round, submission, residual: encoded.residual, delta: u.delta.values, encodeMs };
+  return { ...round, submission, residual: encoded.residual, delta: u.delta.values, encodeMs, ...(step ? { control: step.next } : {}) };
+}
+
+/** SCAFFOLD's two control variates for a round: the server's, as sent, and this device's (0 in its first round of the run). */
+async function controlsOf(msg: RoundStart, global: FlatWeights, memory: DeviceMemory): Promise<{ server: Float32Array; local: Float32Array }> {
+  const bytes = msg.control instanceof Uint8Array ? msg.control : new Uint8Array(msg.control as unknown as ArrayBuffer); // socket.io gives browsers ArrayBuffers
+  const server = decodeWeights(bytes, global.specs).values;
+  const kept = await memory.loadControl(residualKey(msg.runId, msg.model)).catch(() => undefined);
+  return { server, local: kept && kept.length === server.length ? kept : new Float32Array(server.length) };
+}
+
+function concat(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 /** The device's label histogram: what its training data holds of each class. */
@@ -169,7 +207,10 @@ async function personalize(msg: RoundStart, ctx: DeviceRoundContext, global: Fla
   return { distance, mix, accuracyMixed: accuracyMixed!, accuracyHalfMix: accuracyHalfMix! };
 }
 
-/** Keeps the codec's residual once the server has counted the update (a refused update leaves the old one). */
-export async function keepResidual(msg: RoundStart, round: DeviceRound, counted: boolean, memory: DeviceMemory): Promise<void> {
-  if (counted && round.residual) await memory.saveResidual(residualKey(msg.runId, msg.model), round.residual).catch(() => undefined);
+/** Keeps the codec's residual and SCAFFOLD's control variate once the server has counted the update (a refused update leaves the old ones). */
+export async function keepRoundState(msg: RoundStart, round: DeviceRound, counted: boolean, memory: DeviceMemory): Promise<void> {
+  if (!counted) return;
+  const key = residualKey(msg.runId, msg.model);
+  if (round.residual) await memory.saveResidual(key, round.residual).catch(() => undefined);
+  if (round.control) await memory.saveControl(key, round.control).catch(() => undefined);
 }

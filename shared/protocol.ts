@@ -66,6 +66,8 @@ export interface RoundStart {
   baseVersion?: number;
   /** set when the round aggregates securely: the device advertises keys at once (secagg:keys) */
   secureAggregation?: SecAggRoundPlan;
+  /** SCAFFOLD: the server's control variate c, a binary weight payload with the model's tensors (scaffold.ts) */
+  control?: Uint8Array;
   /** the population's label distribution (the connected devices' histograms summed, at least 3 of them): a device's distance to it sets its personalization mix (personalize.ts) */
   population?: number[];
 }

@@ -146,13 +146,14 @@ export type Aggregation = (typeof AGGREGATIONS)[number];
 /**
  * How a round's training is configured and its results turned into the next model (non-IID data):
  * FedAvg; a server optimizer on FedAvg's mean (Reddi et al. 2021); FedProx's proximal term on the
- * devices (Li et al. 2020); q-FFL's fairness weighting (Li et al. 2020, ICLR).
+ * devices (Li et al. 2020); SCAFFOLD's control variates (Karimireddy et al. 2020); q-FFL's fairness
+ * weighting (Li et al. 2020, ICLR).
  */
-export const STRATEGY_NAMES = ['fedavg', 'fedavgm', 'fedadagrad', 'fedadam', 'fedyogi', 'fedprox', 'qffl'] as const;
+export const STRATEGY_NAMES = ['fedavg', 'fedavgm', 'fedadagrad', 'fedadam', 'fedyogi', 'fedprox', 'scaffold', 'qffl'] as const;
 export type StrategyName = (typeof STRATEGY_NAMES)[number];
 
-/** The server learning rate a server optimizer uses when the config leaves it out. */
-export const DEFAULT_SERVER_LEARNING_RATE: Record<'fedavgm' | 'fedadagrad' | 'fedadam' | 'fedyogi', number> = { fedavgm: 1, fedadagrad: 0.1, fedadam: 0.01, fedyogi: 0.01 };
+/** The server learning rate a server optimizer (or SCAFFOLD, η_g) uses when the config leaves it out. */
+export const DEFAULT_SERVER_LEARNING_RATE: Record<'fedavgm' | 'fedadagrad' | 'fedadam' | 'fedyogi' | 'scaffold', number> = { fedavgm: 1, fedadagrad: 0.1, fedadam: 0.01, fedyogi: 0.01, scaffold: 1 };
 
 const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
 
@@ -173,7 +174,7 @@ export const runConfigSchema = z.strictObject({
   seed: whole(0, 2 ** 31 - 1).default(1),
   /** how a round is configured and its updates turned into the next model (non-IID data) */
   strategy: z.enum(STRATEGY_NAMES, { error: `must be one of ${STRATEGY_NAMES.join(', ')}` }).default('fedavg'),
-  /** η of the server optimizer (fedavgm, fedadagrad, fedadam, fedyogi); default per optimizer (DEFAULT_SERVER_LEARNING_RATE) */
+  /** η of the server optimizer (fedavgm, fedadagrad, fedadam, fedyogi) or SCAFFOLD's η_g; default per strategy (DEFAULT_SERVER_LEARNING_RATE) */
   serverLearningRate: between(0, 100, true).optional(),
   /** β1: server momentum (fedavgm) or the first moment (fedadagrad, fedadam, fedyogi) */
   beta1: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(1, { error: 'must be less than 1' }).default(0.9),
@@ -288,7 +289,7 @@ function strategyIssues(c: RunConfig): FieldIssue[] {
   const issues: FieldIssue[] = [];
   const optimizer = c.strategy === 'fedavgm' || c.strategy === 'fedadagrad' || c.strategy === 'fedadam' || c.strategy === 'fedyogi';
   const uses: Record<'serverLearningRate' | 'beta1' | 'beta2' | 'tau' | 'mu' | 'q', boolean> = {
-    serverLearningRate: optimizer,
+    serverLearningRate: optimizer || c.strategy === 'scaffold',
     beta1: optimizer,
     beta2: c.strategy === 'fedadam' || c.strategy === 'fedyogi',
     tau: optimizer && c.strategy !== 'fedavgm',
@@ -302,6 +303,13 @@ function strategyIssues(c: RunConfig): FieldIssue[] {
     if (c.aggregation !== 'fedavg') issues.push({ field: 'strategy', message: `qffl weighs each update by its device's loss; ${c.aggregation} ignores weights: use aggregation fedavg` });
     if (c.dp) issues.push({ field: 'strategy', message: 'qffl weighs updates by what devices report, which DP-FedAvg\'s accounting does not allow (every update weighs 1)' });
     if (c.secureAggregation) issues.push({ field: 'strategy', message: 'qffl needs each device\'s update norm, which secure aggregation hides' });
+  }
+  if (c.strategy === 'scaffold') {
+    // the update carries the control variate's change after Δ (scaffold.ts): rules that look at, bound or mask it as one vector would mix the two
+    if (c.aggregation !== 'fedavg') issues.push({ field: 'strategy', message: `scaffold averages the devices' control variates with their updates; ${c.aggregation} would not: use aggregation fedavg` });
+    if (c.clipNorm !== 0) issues.push({ field: 'clipNorm', message: 'scaffold sends the control variate\'s change with the update, which one bound on both would distort: leave clipNorm at 0' });
+    if (c.dp) issues.push({ field: 'strategy', message: 'scaffold\'s control variates are not covered by DP-FedAvg\'s clipping and noise' });
+    if (c.secureAggregation) issues.push({ field: 'strategy', message: 'scaffold\'s control variates are not masked by secure aggregation here' });
   }
   return issues;
 }

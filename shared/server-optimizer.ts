@@ -13,6 +13,7 @@
  * resumed run goes on from exactly the state it stopped at. Pure: no TF.js.
  */
 
+import type { ScaffoldState } from './scaffold.ts';
 import { decodeWeights, encodeWeights } from './weights.ts';
 
 export const SERVER_OPTIMIZERS = ['fedavgm', 'fedadagrad', 'fedadam', 'fedyogi'] as const;
@@ -75,18 +76,24 @@ export function serverStep(name: ServerOptimizerName, p: ServerOptimizerParams, 
   return { weights, state: { m, v } };
 }
 
-/** The state as stored with a model version: a weights payload (weights.ts) with tensors `m` and, when kept, `v`. */
-export function encodeServerState(state: ServerOptimizerState): Uint8Array {
-  const n = state.m.length;
-  const values = new Float32Array(state.v ? 2 * n : n);
-  values.set(state.m);
-  if (state.v) values.set(state.v, n);
-  return encodeWeights({ specs: state.v ? [{ name: 'm', shape: [n] }, { name: 'v', shape: [n] }] : [{ name: 'm', shape: [n] }], values });
+/** What the server keeps with a model version for the run's strategy: a server optimizer's moments, or SCAFFOLD's control variate. */
+export type ServerState = ServerOptimizerState | ScaffoldState;
+
+const STATE_LAYOUTS = ['m', 'm,v', 'c'] as const;
+
+/** The state as stored with a model version: a weights payload (weights.ts) with tensors `m` (and `v`), or `c`. */
+export function encodeServerState(state: ServerState): Uint8Array {
+  const parts: [string, Float32Array][] = 'c' in state ? [['c', state.c]] : state.v ? [['m', state.m], ['v', state.v]] : [['m', state.m]];
+  const n = parts[0]![1].length;
+  const values = new Float32Array(parts.length * n);
+  parts.forEach(([, v], i) => values.set(v, i * n));
+  return encodeWeights({ specs: parts.map(([name]) => ({ name, shape: [n] })), values });
 }
 
-export function decodeServerState(payload: Uint8Array, size: number): ServerOptimizerState {
+export function decodeServerState(payload: Uint8Array, size: number): ServerState {
   const { specs, values } = decodeWeights(payload);
   const names = specs.map((s) => s.name).join(',');
-  if ((names !== 'm' && names !== 'm,v') || specs.some((s) => s.shape.length !== 1 || s.shape[0] !== size)) throw new Error(`server optimizer state: expected m (and v) of ${size} values, found ${specs.map((s) => `${s.name}[${s.shape.join('×')}]`).join(', ')}`);
-  return names === 'm' ? { m: values.slice(0, size) } : { m: values.slice(0, size), v: values.slice(size, 2 * size) };
+  if (!(STATE_LAYOUTS as readonly string[]).includes(names) || specs.some((s) => s.shape.length !== 1 || s.shape[0] !== size)) throw new Error(`server state: expected m (and v), or c, of ${size} values, found ${specs.map((s) => `${s.name}[${s.shape.join('×')}]`).join(', ')}`);
+  const part = (i: number) => values.slice(i * size, (i + 1) * size);
+  return names === 'c' ? { c: part(0) } : names === 'm' ? { m: part(0) } : { m: part(0), v: part(1) };
 }

@@ -103,12 +103,37 @@ export function localLoss(model: tf.LayersModel, x: tf.Tensor, y: tf.Tensor1D, p
   return tf.add(ce, tf.mul(prox.mu / 2, distance)) as tf.Scalar;
 }
 
-/** E epochs of minibatch SGD (batch B, learning rate η) in a seeded order; with plan.mu, FedProx's local problem around the weights it starts from. */
-export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks = {}): Promise<TrainResult> {
+/**
+ * SCAFFOLD's correction of every step (scaffold.ts), y ← y − η·(g − c_i + c): the flat c − c_i cut
+ * into the model's tensors (in `model.weights` order, as flat weights are), scaled by η once.
+ */
+function correctionTensors(model: tf.LayersModel, correction: Float32Array, learningRate: number): tf.Tensor[] {
+  if (model.weights.some((w) => !w.trainable)) throw new Error(`scaffold: model ${model.name} has weights that do not train`);
+  let offset = 0;
+  const tensors = model.weights.map((w) => {
+    const n = w.shape.reduce((a: number, b) => a * (b ?? 1), 1);
+    const t = tf.tidy(() => tf.tensor(correction.subarray(offset, offset + n), w.shape as number[], 'float32').mul(learningRate));
+    offset += n;
+    return t;
+  });
+  if (offset !== correction.length) {
+    tf.dispose(tensors);
+    throw new Error(`scaffold: the correction has ${correction.length} values, model ${model.name} ${offset}`);
+  }
+  return tensors;
+}
+
+/**
+ * E epochs of minibatch SGD (batch B, learning rate η) in a seeded order; with plan.mu, FedProx's
+ * local problem around the weights it starts from; with `correction` (c − c_i), SCAFFOLD's
+ * corrected steps — the loss reported stays the local objective without SCAFFOLD's linear term.
+ */
+export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks = {}, correction?: Float32Array): Promise<TrainResult> {
   const optimizer = tf.train.sgd(plan.learningRate);
   // FedProx: the global model's weights, as training starts from them
   const anchors = plan.mu ? model.trainableWeights.map((w) => tf.keep(w.read().clone())) : undefined;
   const prox = anchors && plan.mu ? { mu: plan.mu, anchors } : undefined;
+  const shift = correction ? correctionTensors(model, correction, plan.learningRate) : undefined;
   const rng = createRng(plan.seed);
   const perEpoch = Math.ceil(data.count / plan.batchSize);
   const total = perEpoch * plan.localEpochs;
@@ -124,6 +149,7 @@ export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: O
         const idx = tf.tensor1d(Int32Array.from(order.slice(b * plan.batchSize, (b + 1) * plan.batchSize)), 'int32');
         const cost = optimizer.minimize(() => localLoss(model, tf.gather(data.x, idx), tf.gather(data.y, idx) as tf.Tensor1D, prox), true);
         idx.dispose();
+        if (shift) tf.tidy(() => model.weights.forEach((w, i) => w.write(tf.sub(w.read(), shift[i]!))));
         done++;
         const now = Date.now();
         if (cost && (now - lastReport >= every || done === total)) {
@@ -139,6 +165,7 @@ export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: O
   } finally {
     optimizer.dispose();
     if (anchors) tf.dispose(anchors);
+    if (shift) tf.dispose(shift);
   }
 }
 
@@ -150,20 +177,22 @@ export interface UpdateResult {
   evaluateMs: number;
   trainMs: number;
   stopped: boolean;
+  /** local steps taken (SCAFFOLD's K) */
+  steps: number;
 }
 
 /**
  * One device's part of a FedAvg round: load the global model, evaluate it on held-out data
  * (before training, as GBoard does), train locally, evaluate again, and return Δ = w_local − w_global.
  */
-export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, train: LocalData, heldOut: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void } = {}): Promise<UpdateResult> {
+export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, train: LocalData, heldOut: LocalData, plan: Omit<TrainingPlan, 'codec'>, hooks: TrainHooks & { onPhase?: (phase: 'evaluating' | 'training') => void } = {}, correction?: Float32Array): Promise<UpdateResult> {
   setFlatWeights(model, global);
   hooks.onPhase?.('evaluating');
   const t0 = performance.now();
   const before = await evaluateLocal(model, heldOut);
   const t1 = performance.now();
   hooks.onPhase?.('training');
-  const result = await trainLocal(model, train, plan, hooks);
+  const result = await trainLocal(model, train, plan, hooks, correction);
   const t2 = performance.now();
   const after = await evaluateLocal(model, heldOut);
   const local = getFlatWeights(model);
@@ -175,5 +204,6 @@ export async function computeUpdate(model: tf.LayersModel, global: FlatWeights, 
     evaluateMs: t1 - t0 + (performance.now() - t2),
     trainMs: t2 - t1,
     stopped: result.stopped,
+    steps: result.batches,
   };
 }

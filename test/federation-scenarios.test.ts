@@ -6,7 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import { VALIDATION_GRACE_MS, WORK_TIMEOUT_MS } from '../server/fl/coordinator.ts';
 import { fedAvg } from '../shared/fedavg.ts';
-import { decodeWeights } from '../shared/weights.ts';
+import { decodeWeights, encodeWeights } from '../shared/weights.ts';
+import { scaffoldUpdateSpecs } from '../shared/scaffold.ts';
 import { flush, Scenario } from './support/scenario.ts';
 import { Federation } from '../server/federation.ts';
 import { strategyFor, type FitResults, type Strategy } from '../server/fl/strategy.ts';
@@ -468,6 +469,7 @@ describe('strategies for non-IID data, through the federation', () => {
     // the mean the server saw is (0.001 + 0.003) / 2 per weight (up to float32 rounding of w + Δ)
     for (let i = 0; i < w0.length; i += 61) expect(r1.values[i]).toBeCloseTo(hand1.weights[i]!, 6);
     const state1 = decodeServerState(s.db.getOptimizerState(r1.version)!, w0.length);
+    if ('c' in state1) throw new Error('fedadam stored a control variate');
     for (let i = 0; i < w0.length; i += 61) expect(state1.m[i]).toBeCloseTo(0.1 * mean1[i]!, 7);
     // round 2 is under way when the process dies; the next one resumes it from v1 and its state
     s.federation.shutdown();
@@ -486,6 +488,49 @@ describe('strategies for non-IID data, through the federation', () => {
     const aggregated = Float32Array.from(r1.values, (w) => w + Math.fround(0.002)); // as applyDelta makes it: w + the float32 mean
     const hand2 = serverStep('fedadam', params, r1.values, Float32Array.from(aggregated, (a, i) => a - r1.values[i]!), state1);
     expect(Array.from(r2.values)).toEqual(Array.from(hand2.weights));
+    next.shutdown();
+  });
+
+  it('SCAFFOLD sends c with the model, refuses an update without its control half, steps x and c by the counted share, and a restart resumes c', async () => {
+    const s = new Scenario();
+    s.join('device-a', 'device-b', 'device-c', 'device-d');
+    const runId = await s.start({ rounds: 2, clientsPerRound: 3, minUpdates: 2, overSelect: 1, strategy: 'scaffold', roundTimeoutMs: 60_000 });
+    await flush();
+    const selected = s.port.selected(1);
+    expect(selected).toHaveLength(3);
+    const g = s.globalFor(selected[0]!);
+    const n = g.values.length;
+    const start1 = s.port.lastStart(selected[0]!)!;
+    expect(decodeWeights(start1.control!, g.specs).values.every((v) => v === 0)).toBe(true); // c = 0 before the first round
+    const send = async (id: string, dy: number, dc: number) => {
+      const values = new Float32Array(2 * n).fill(dy, 0, n).fill(dc, n);
+      const answer = s.federation.submitUpdate(id, { ...s.update(id), delta: encodeWeights({ specs: scaffoldUpdateSpecs(g.specs), values }) });
+      await flush();
+      return answer;
+    };
+    // a selected device sends a well-formed model-sized update without the control half: decoded, and refused
+    const calls = s.validator.calls;
+    expect(await s.submit(selected[0]!, { step: 0.001 })).toMatchObject({ ok: false, error: { code: 'BAD_WEIGHTS' } });
+    expect(s.validator.calls).toBe(calls + 1);
+    expect(await send(selected[1]!, 0.001, 0.5)).toMatchObject({ ok: true });
+    expect(await send(selected[2]!, 0.003, -0.1)).toMatchObject({ ok: true });
+    await flush();
+    const r1 = modelOf(s, runId, 1);
+    for (let i = 0; i < n; i += 61) expect(r1.values[i]).toBeCloseTo(g.values[i]! + 0.002, 6);
+    // two of the four connected devices counted: c = 0 + (2/4)·mean Δc = 0.5·0.2
+    const state = decodeServerState(s.db.getOptimizerState(r1.version)!, n);
+    if (!('c' in state)) throw new Error('no control variate stored');
+    for (let i = 0; i < n; i += 61) expect(state.c[i]).toBeCloseTo(0.1, 6);
+    const control2 = decodeWeights(s.port.lastStart(s.port.selected(2)[0]!)!.control!, g.specs).values;
+    expect(Array.from(control2)).toEqual(Array.from(state.c));
+    // the process dies in round 2; the next one sends the stored c again
+    s.federation.shutdown();
+    const next = new Federation({ store: s.store, strategyFor, evaluator: s.evaluator, clock: s.clock, logger: createLogger('restart', () => undefined), port: s.port });
+    expect(await next.resumeInterruptedRun()).toBe(runId);
+    for (const id of ['device-a', 'device-b', 'device-c', 'device-d']) next.join({ deviceId: id, backend: 'wasm', backendReason: 'scenario', examples: 100, heldOut: 20, labelHistogram: new Array(10).fill(10) });
+    await flush();
+    const resumed = s.port.lastStart(s.port.selected(2).at(-1)!)!;
+    expect(Array.from(decodeWeights(resumed.control!, g.specs).values)).toEqual(Array.from(state.c));
     next.shutdown();
   });
 

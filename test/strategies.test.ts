@@ -1,7 +1,7 @@
 /**
  * The non-IID strategies' math against hand-computed steps: the server optimizers (Reddi et al.
- * 2021), q-FFL's scale and weights, the fairness metrics, and FedProx's gradient against a finite
- * difference of its loss.
+ * 2021), q-FFL's scale and weights, the fairness metrics, FedProx's gradient against a finite
+ * difference of its loss, and SCAFFOLD's control-variate rules and corrected steps.
  */
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -9,12 +9,13 @@ import { fairnessOf, qfflScale, qfflWeight, QFFL_MAX_LOSS } from '../shared/fair
 import { buildModel, getFlatWeights, initialWeights, setFlatWeights } from '../shared/models.ts';
 import { runConfigSchema, validateRunConfig } from '../shared/schemas.ts';
 import { decodeServerState, encodeServerState, initialServerState, serverStep, type ServerOptimizerName } from '../shared/server-optimizer.ts';
-import { computeUpdate, localLoss, toTensors } from '../shared/train.ts';
+import { computeUpdate, localLoss, toTensors, trainLocal } from '../shared/train.ts';
+import { controlCorrection, deviceControlStep, scaffoldServerStep, scaffoldUpdateSpecs } from '../shared/scaffold.ts';
 import { mixedAccuracies, mixWeight, populationOf, totalVariation } from '../shared/personalize.ts';
-import { labelHistogramOf, memoryInProcess, runDeviceRound } from '../shared/device.ts';
-import { encodeWeights } from '../shared/weights.ts';
+import { keepRoundState, labelHistogramOf, memoryInProcess, runDeviceRound } from '../shared/device.ts';
+import { decodeWeights, encodeWeights } from '../shared/weights.ts';
 import { loadMnist } from '../server/data/mnist.ts';
-import { nextGlobalModel } from '../server/fl/strategy.ts';
+import { aggregationBase, nextGlobalModel } from '../server/fl/strategy.ts';
 import { useWasm } from './support/server.ts';
 
 const p = { learningRate: 0.5, beta1: 0.9, beta2: 0.99, tau: 0.1 };
@@ -68,9 +69,10 @@ describe('server optimizers', () => {
   it('keeps its state exactly through the stored form, and refuses a state of another size', () => {
     const { state } = serverStep('fedadam', p, w, d1, initialServerState('fedadam', 2, p.tau));
     const back = decodeServerState(encodeServerState(state), 2);
+    if ('c' in back) throw new Error('decoded as a control variate');
     expect(Array.from(back.m)).toEqual(Array.from(state.m));
     expect(Array.from(back.v!)).toEqual(Array.from(state.v!));
-    expect(() => decodeServerState(encodeServerState(state), 3)).toThrow(/expected m \(and v\) of 3 values/);
+    expect(() => decodeServerState(encodeServerState(state), 3)).toThrow(/expected m \(and v\), or c, of 3 values/);
   });
 
   it('takes the round\'s aggregate as w + mean and steps from it (q-FFL\'s scale first)', () => {
@@ -170,6 +172,99 @@ describe('FedProx', () => {
     tf.dispose([x, y, ...anchors, ...Object.values(plain), ...Object.values(withProx)]);
     expect(getFlatWeights(model).values.length).toBe(global.values.length);
     model.dispose();
+  });
+});
+
+describe('SCAFFOLD', () => {
+  beforeAll(useWasm);
+
+  it('the device\'s control variate: c_i⁺ = c_i − c + (x − y)/(Kη), and it reports Δc = c_i⁺ − c_i', () => {
+    const local = f32([0.5, -1]);
+    const server = f32([0.25, 2]);
+    const delta = f32([-0.3, 0.6]); // y − x
+    const { next, change } = deviceControlStep(local, server, delta, 4, 0.1);
+    // (x − y)/(Kη) = −Δy / 0.4 = (0.75, −1.5)
+    expect(next[0]).toBeCloseTo(0.5 - 0.25 + 0.75, 6);
+    expect(next[1]).toBeCloseTo(-1 - 2 - 1.5, 6);
+    expect(change[0]).toBeCloseTo(next[0]! - 0.5, 6);
+    expect(change[1]).toBeCloseTo(next[1]! + 1, 6);
+    expect(Array.from(controlCorrection(local, server))).toEqual([0.25 - 0.5, 3]);
+    expect(() => deviceControlStep(local, server, delta, 0, 0.1)).toThrow(/at least one step/);
+    expect(() => deviceControlStep(f32([1]), server, delta, 1, 0.1)).toThrow(/sizes differ/);
+  });
+
+  it('the server: x ← x + η_g·mean Δy, c ← c + (|S|/N)·mean Δc — from the aggregate [x + mean Δy ; c + mean Δc]', () => {
+    const x = f32([1, -2]);
+    const c = f32([0.5, 0.5]);
+    const step = scaffoldServerStep(x, { c }, f32([0.2, -0.4, 1, -3]), 0.5, 0.1);
+    expect(step.weights[0]).toBeCloseTo(1.1, 6);
+    expect(step.weights[1]).toBeCloseTo(-2.2, 6);
+    expect(step.state.c[0]).toBeCloseTo(0.6, 6);
+    expect(step.state.c[1]).toBeCloseTo(0.2, 6);
+    // the federation adds the round's mean to [x ; c] and the strategy takes the same step from it
+    const config = runConfigSchema.parse({ strategy: 'scaffold', serverLearningRate: 0.5 });
+    const base = aggregationBase(config, x, { c });
+    expect(Array.from(base)).toEqual([1, -2, 0.5, 0.5]);
+    const aggregated = base.map((v, i) => v + [0.2, -0.4, 1, -3][i]!);
+    const next = nextGlobalModel(config, x, aggregated, { state: { c }, share: 0.1 });
+    for (let i = 0; i < 2; i++) {
+      expect(next.values[i]).toBeCloseTo(step.weights[i]!, 6);
+      expect((next.state as { c: Float32Array }).c[i]).toBeCloseTo(step.state.c[i]!, 6);
+    }
+    // before the first round c is 0; the state is kept with the version like an optimizer's
+    expect(Array.from(aggregationBase(config, x, undefined))).toEqual([1, -2, 0, 0]);
+    const back = decodeServerState(encodeServerState(step.state), 2);
+    expect('c' in back && Array.from(back.c)).toEqual(Array.from(step.state.c));
+    expect(() => nextGlobalModel(config, x, f32([1, 2]))).toThrow(/expected 4 \(model and control\)/);
+    expect(() => scaffoldServerStep(x, { c }, f32([0, 0, 0, 0]), 1, 0)).toThrow(/share of devices/);
+  });
+
+  it('a corrected step is the plain step minus η·(c − c_i), and the device round sends [Δy ; Δc] and keeps c_i⁺ once counted', async () => {
+    const { train } = loadMnist();
+    const data = toTensors({ pixels: train.images.slice(0, 20 * 784), labels: train.labels.slice(0, 20) });
+    const model = buildModel('mlp');
+    const global = initialWeights('mlp', 2);
+    const correction = new Float32Array(global.values.length).map((_, i) => ((i % 7) - 3) * 0.01);
+    const plan = { localEpochs: 1, batchSize: 20, learningRate: 0.1, seed: 5 }; // one step over all 20 examples
+    setFlatWeights(model, global);
+    await trainLocal(model, data, plan);
+    const plain = getFlatWeights(model).values;
+    setFlatWeights(model, global);
+    await trainLocal(model, data, plan, {}, correction);
+    const corrected = getFlatWeights(model).values;
+    for (let i = 0; i < plain.length; i += 997) expect(corrected[i]! - plain[i]!).toBeCloseTo(-0.1 * correction[i]!, 5);
+    // the device round: c from the server, c_i from memory, one update of both halves
+    const server = new Float32Array(global.values.length).fill(0.02);
+    const local = new Float32Array(global.values.length).fill(-0.01);
+    const memory = memoryInProcess({ control: { key: '7:mlp', values: local } });
+    const msg = { runId: 7, round: 2, attempt: 1, model: 'mlp' as const, modelVersion: 3, deadline: Date.now() + 60_000, weights: encodeWeights(global), control: encodeWeights({ specs: global.specs, values: server }), plan: { ...plan, codec: { codec: 'float32', topkFraction: 0.01, randFraction: 0.25, quantBlock: 256 } } };
+    const round = await runDeviceRound(msg, { deviceId: 'dev-s', model, train: data, heldOut: data, memory });
+    const sent = decodeWeights(round.submission!.delta, scaffoldUpdateSpecs(global.specs));
+    const n = global.values.length;
+    const dy = sent.values.subarray(0, n);
+    const dc = sent.values.subarray(n);
+    // one step (K = 1): Δc = −c − Δy/η
+    for (let i = 0; i < n; i += 997) expect(dc[i]).toBeCloseTo(-0.02 - dy[i]! / 0.1, 3);
+    expect(memory.control()!.values).toBe(local); // not counted yet
+    await keepRoundState(msg, round, false, memory);
+    expect(memory.control()!.values).toBe(local);
+    await keepRoundState(msg, round, true, memory);
+    for (let i = 0; i < n; i += 997) expect(memory.control()!.values[i]).toBeCloseTo(local[i]! + dc[i]!, 5);
+    tf.dispose([data.x, data.y]);
+    model.dispose();
+  });
+
+  it('refuses what would mix its control variates up, with the reason', () => {
+    for (const [extra, field, text] of [
+      [{ clipNorm: 5 }, 'clipNorm', 'leave clipNorm at 0'],
+      [{ aggregation: 'median' }, 'strategy', 'use aggregation fedavg'],
+      [{ secureAggregation: true, clientsPerRound: 5, minUpdates: 3, clipNorm: 0 }, 'strategy', 'not masked by secure aggregation'],
+    ] as const) {
+      const r = validateRunConfig({ strategy: 'scaffold', ...extra });
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.issues).toContainEqual({ field, message: expect.stringContaining(text) });
+    }
+    expect(validateRunConfig({ strategy: 'scaffold', serverLearningRate: 0.5 }).ok).toBe(true);
   });
 });
 

@@ -15,7 +15,9 @@ import { codecConfig, DEFAULT_SERVER_LEARNING_RATE, type Aggregation, type RunCo
 import type { RoundRecord } from '../../shared/api.ts';
 import { fairnessOf, type Fairness } from '../../shared/fairness.ts';
 import { populationOf } from '../../shared/personalize.ts';
-import { initialServerState, isServerOptimizer, serverStep, type ServerOptimizerState } from '../../shared/server-optimizer.ts';
+import { initialServerState, isServerOptimizer, serverStep, type ServerState } from '../../shared/server-optimizer.ts';
+import { scaffoldServerStep, scaffoldUpdateSpecs } from '../../shared/scaffold.ts';
+import type { TensorSpec } from '../../shared/weights.ts';
 
 export interface RoundAggregator {
   /** adds one validated update with its weight (the example count, capped by the run) */
@@ -34,8 +36,10 @@ export interface FitResults {
   aggregated: Float32Array;
   /** q-FFL: the coordinator's scale of the combined update */
   scale?: number;
-  /** the server optimizer's state from the previous version */
-  state?: ServerOptimizerState;
+  /** the strategy's state from the previous version: a server optimizer's moments, SCAFFOLD's control variate */
+  state?: ServerState;
+  /** SCAFFOLD: the share |S|/N of the connected devices whose updates the round counted */
+  share?: number;
   /** devices of the round that were refused or dropped out */
   failures: number;
 }
@@ -58,7 +62,7 @@ export interface Strategy {
   /** hook 2, the streaming half: the round's running aggregate, update by update */
   createAggregator(size: number, config: RunConfig): RoundAggregator;
   /** hook 2, the closing half: the next global model (and the server optimizer's state) */
-  aggregateFit(config: RunConfig, fit: FitResults): { values: Float32Array; state?: ServerOptimizerState };
+  aggregateFit(config: RunConfig, fit: FitResults): { values: Float32Array; state?: ServerState };
   /** hook 3: what the devices' evaluation needs, from the connected devices' declared label histograms */
   configureEvaluate(devices: readonly { labelHistogram: readonly number[] }[]): EvaluatePlan;
   /** hook 4: the counted devices' held-out metrics, summed up */
@@ -67,7 +71,7 @@ export interface Strategy {
 
 /** The hooks every rule shares: the non-IID strategy's step, the personalization plan, the fairness figures. */
 const sharedHooks: Pick<Strategy, 'aggregateFit' | 'configureEvaluate' | 'aggregateEvaluate'> = {
-  aggregateFit: (config, fit) => nextGlobalModel(config, fit.global, fit.aggregated, { ...(fit.scale !== undefined ? { scale: fit.scale } : {}), ...(fit.state ? { state: fit.state } : {}) }),
+  aggregateFit: (config, fit) => nextGlobalModel(config, fit.global, fit.aggregated, { ...(fit.scale !== undefined ? { scale: fit.scale } : {}), ...(fit.state ? { state: fit.state } : {}), ...(fit.share !== undefined ? { share: fit.share } : {}) }),
   configureEvaluate: (devices) => {
     const population = populationOf(devices.map((d) => d.labelHistogram));
     return population ? { population } : {};
@@ -176,17 +180,49 @@ export const STRATEGIES: Record<Aggregation, Strategy> = {
 export const strategyFor = (config: RunConfig): Strategy => STRATEGIES[config.aggregation];
 
 /**
+ * The tensors of one device's update in a run: the model's, and for SCAFFOLD the control variate's
+ * change after them (scaffold.ts) — what the codec decodes and the validator checks.
+ */
+export const updateSpecs = (config: RunConfig, specs: readonly TensorSpec[]): readonly TensorSpec[] => (config.strategy === 'scaffold' ? scaffoldUpdateSpecs(specs) : specs);
+
+/** The vector the round's mean update is added to: the global model, and for SCAFFOLD the server's control variate after it. */
+export function aggregationBase(config: RunConfig, global: Float32Array, state: ServerState | undefined): Float32Array {
+  if (config.strategy !== 'scaffold') return global;
+  const base = new Float32Array(2 * global.length);
+  base.set(global);
+  if (state && 'c' in state) base.set(state.c, global.length);
+  return base;
+}
+
+/** SCAFFOLD's control variate for a round's devices: the server's c, 0 before the run's first round. */
+export const serverControl = (state: ServerState | undefined, size: number): Float32Array => (state && 'c' in state ? state.c : new Float32Array(size));
+
+/**
  * From a round's aggregate (w + the round's mean update) to the next global model, as the run's
  * strategy asks: q-FFL scales the mean by the coordinator's `scale`; a server optimizer takes its
- * step with the mean as the pseudo-gradient and returns its new state, stored with the version.
+ * step with the mean as the pseudo-gradient and returns its new state, stored with the version;
+ * SCAFFOLD's aggregate is [x + mean Δy ; c + mean Δc] (aggregationBase), its step moves x by η_g
+ * and c by the share of devices that took part.
  */
-export function nextGlobalModel(config: RunConfig, global: Float32Array, aggregated: Float32Array, o: { scale?: number; state?: ServerOptimizerState } = {}): { values: Float32Array; state?: ServerOptimizerState } {
-  const mean = new Float32Array(global.length);
+export function nextGlobalModel(config: RunConfig, global: Float32Array, aggregated: Float32Array, o: { scale?: number; state?: ServerState; share?: number } = {}): { values: Float32Array; state?: ServerState } {
+  const n = global.length;
+  if (config.strategy === 'scaffold') {
+    if (aggregated.length !== 2 * n) throw new RangeError(`scaffold: the aggregate has ${aggregated.length} values, expected ${2 * n} (model and control)`);
+    const c = serverControl(o.state, n);
+    const mean = new Float32Array(2 * n);
+    for (let i = 0; i < n; i++) {
+      mean[i] = aggregated[i]! - global[i]!;
+      mean[n + i] = aggregated[n + i]! - c[i]!;
+    }
+    const { weights, state } = scaffoldServerStep(global, { c }, mean, config.serverLearningRate ?? DEFAULT_SERVER_LEARNING_RATE.scaffold, o.share ?? 1);
+    return { values: weights, state };
+  }
+  const mean = new Float32Array(n);
   const scale = o.scale ?? 1;
   for (let i = 0; i < mean.length; i++) mean[i] = scale * (aggregated[i]! - global[i]!);
   if (!isServerOptimizer(config.strategy)) return { values: o.scale === undefined ? aggregated : applyDelta(global, mean) };
   const params = { learningRate: config.serverLearningRate ?? DEFAULT_SERVER_LEARNING_RATE[config.strategy], beta1: config.beta1, beta2: config.beta2, tau: config.tau };
-  const state = o.state ?? initialServerState(config.strategy, global.length, config.tau);
+  const state = o.state && !('c' in o.state) ? o.state : initialServerState(config.strategy, global.length, config.tau);
   const { weights, state: next } = serverStep(config.strategy, params, global, mean, state);
   return { values: weights, state: next };
 }

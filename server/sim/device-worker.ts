@@ -36,9 +36,9 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
       const train = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.train));
       const heldOut = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.heldOut));
       try {
-        const memory = memoryInProcess({ model: job.held, residual: job.residual });
+        const memory = memoryInProcess({ model: job.held, residual: job.residual, control: job.control });
         const r = await runDeviceRound(job.round, { deviceId: job.deviceId, model: model(job.round.model), train, heldOut, memory });
-        return { type: 'train', job: job.job, submission: r.submission, residual: r.residual, held: memory.model(), encodeMs: r.encodeMs };
+        return { type: 'train', job: job.job, submission: r.submission, residual: r.residual, control: r.control, held: memory.model(), encodeMs: r.encodeMs };
       } finally {
         disposeData(train);
         disposeData(heldOut);
@@ -68,7 +68,7 @@ await tf.setBackend('wasm');
 await tf.ready();
 port.on('message', (job: WorkerJob) => {
   run(job).then(
-    (reply) => port.postMessage(reply, reply.type === 'train' && reply.residual ? [reply.residual.buffer as ArrayBuffer] : []),
+    (reply) => port.postMessage(reply, reply.type === 'train' ? [reply.residual, reply.control].filter((v) => v !== undefined).map((v) => v.buffer as ArrayBuffer) : []),
     (err: unknown) => port.postMessage({ type: 'error', job: job.job, message: err instanceof Error ? err.message : String(err) } satisfies WorkerReply),
   );
 });

@@ -26,6 +26,8 @@ export interface TrainJob {
   held: HeldModel | undefined;
   /** its codec's error-feedback residual from earlier rounds (topk codecs) */
   residual: { key: string; values: Float32Array } | undefined;
+  /** its SCAFFOLD control variate from earlier rounds of the run */
+  control?: { key: string; values: Float32Array } | undefined;
 }
 
 export interface EvaluateJob {
@@ -48,6 +50,8 @@ export interface TrainDone {
   submission: UpdateSubmit | undefined;
   /** the residual to keep if the update counts */
   residual: Float32Array | undefined;
+  /** SCAFFOLD: the control variate to keep if the update counts */
+  control?: Float32Array | undefined;
   /** the global model the device holds after the round */
   held: HeldModel | undefined;
   encodeMs: number;

@@ -180,7 +180,8 @@ export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[
  * The DevicePort of the simulation: a round's selected devices run their round in the pool (the
  * browser device's own code, shared/device.ts), then submit in selection order. Each device keeps
  * what a browser keeps between rounds — the global model it holds (so the server sends it deltas)
- * and its codec's error-feedback residual — one copy per model version, shared by its holders.
+ * its codec's error-feedback residual and its SCAFFOLD control variate — one copy of each model
+ * version, shared by its holders.
  */
 class SimulatedDevices implements DevicePort {
   federation: Federation | undefined;
@@ -190,6 +191,7 @@ class SimulatedDevices implements DevicePort {
   private readonly held = new Map<string, number>();
   private readonly versions = new Map<number, HeldModel>();
   private readonly residuals = new Map<string, { key: string; values: Float32Array }>();
+  private readonly controls = new Map<string, { key: string; values: Float32Array }>();
   /** encode time of each update (the codec's cost on the device) */
   readonly encodeMs: number[] = [];
 
@@ -284,7 +286,7 @@ class SimulatedDevices implements DevicePort {
       starts.map(({ id, msg }) => {
         const d = this.devices.get(id) as SimDevice;
         const version = this.held.get(id);
-        return this.pool.train({ type: 'train', deviceId: id, round: msg, train: d.train, heldOut: d.heldOut, held: version === undefined ? undefined : this.versions.get(version), residual: this.residuals.get(id) });
+        return this.pool.train({ type: 'train', deviceId: id, round: msg, train: d.train, heldOut: d.heldOut, held: version === undefined ? undefined : this.versions.get(version), residual: this.residuals.get(id), control: this.controls.get(id) });
       }),
     );
     const federation = this.federation as Federation;
@@ -312,6 +314,7 @@ class SimulatedDevices implements DevicePort {
       }
       const ack = await federation.submitUpdate(id, submission);
       if (ack.ok && r.residual) this.residuals.set(id, { key: residualKey(msg.runId, msg.model), values: r.residual });
+      if (ack.ok && r.control) this.controls.set(id, { key: residualKey(msg.runId, msg.model), values: r.control });
       if (!ack.ok && ack.error.code !== 'ROUND_FULL') throw new Error(`simulated device ${id}, round ${msg.round}: ${ack.error.code}: ${ack.error.message}`);
       federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
     }

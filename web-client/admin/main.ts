@@ -102,7 +102,7 @@ for (const f of FIELDS) {
     ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === String(fallback) }, BOOLEAN.has(f.name) ? (m === 'true' ? 'on' : 'off') : m)))
     : TEXT.has(f.name)
       ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
-      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01' : `default ${fallback}` });
+      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01, scaffold 1' : `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 for (const f of DP_FIELDS) {

@@ -46,8 +46,8 @@ interface DeviceDB extends DBSchema {
   kv: { key: string; value: string };
   /** the device's key pair; the private key is not extractable, so it never leaves this store */
   identity: { key: string; value: CryptoKeyPair };
-  /** the held global model ('model') and the update codec's error-feedback residual ('residual') */
-  state: { key: string; value: StoredModel | StoredResidual };
+  /** the held global model ('model'), the personal one ('personal'), the update codec's error-feedback residual ('residual') and SCAFFOLD's control variate ('control') */
+  state: { key: string; value: StoredModel | StoredKeyed };
 }
 
 interface StoredModel {
@@ -57,9 +57,21 @@ interface StoredModel {
   values: Float32Array;
 }
 
-interface StoredResidual {
+/** a vector kept for one run at a time: the codec's residual, the control variate */
+interface StoredKeyed {
   key: string;
   values: Float32Array;
+}
+
+async function loadKeyed(slot: 'residual' | 'control', key: string): Promise<Float32Array | undefined> {
+  const r = (await (await db()).get('state', slot)) as StoredKeyed | undefined;
+  return r && r.key === key && r.values instanceof Float32Array ? r.values : undefined;
+}
+
+async function saveKeyed(slot: 'residual' | 'control', key: string, values: Float32Array | undefined): Promise<void> {
+  const database = await db();
+  if (!values) await database.delete('state', slot);
+  else await database.put('state', { key, values } satisfies StoredKeyed, slot);
 }
 
 let dbPromise: Promise<IDBPDatabase<DeviceDB>> | undefined;
@@ -160,8 +172,8 @@ export async function ensureDataset(spec: SliceSpec, fetchSlice: (spec: SliceSpe
 
 /**
  * The device's memory between rounds, in IndexedDB: the held global model (so a reload can still
- * receive deltas) and the error-feedback residual of the current run (so what a topk codec has not
- * sent yet survives a reload).
+ * receive deltas), the error-feedback residual of the current run (so what a topk codec has not
+ * sent yet survives a reload) and its SCAFFOLD control variate.
  */
 export const indexedDbMemory: DeviceMemory = {
   async loadModel() {
@@ -176,13 +188,8 @@ export const indexedDbMemory: DeviceMemory = {
   async savePersonal(m) {
     await (await db()).put('state', { version: m.version, model: m.model, specs: m.weights.specs, values: m.weights.values } satisfies StoredModel, 'personal');
   },
-  async loadResidual(key) {
-    const r = (await (await db()).get('state', 'residual')) as StoredResidual | undefined;
-    return r && r.key === key && r.values instanceof Float32Array ? r.values : undefined;
-  },
-  async saveResidual(key, values) {
-    const database = await db();
-    if (!values) await database.delete('state', 'residual');
-    else await database.put('state', { key, values } satisfies StoredResidual, 'residual');
-  },
+  loadResidual: (key) => loadKeyed('residual', key),
+  saveResidual: (key, values) => saveKeyed('residual', key, values),
+  loadControl: (key) => loadKeyed('control', key),
+  saveControl: (key, values) => saveKeyed('control', key, values),
 };

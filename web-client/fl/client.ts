@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { io, type Socket } from 'socket.io-client';
-import { keepResidual, memoryInProcess, runDeviceRound, type DeviceMemory } from '../../shared/device.ts';
+import { keepRoundState, memoryInProcess, runDeviceRound, type DeviceMemory } from '../../shared/device.ts';
 import type { DeviceIdentity } from '../../shared/identity.ts';
 import { buildModel, type ModelName } from '../../shared/models.ts';
 import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
@@ -317,7 +317,7 @@ export class DeviceClient {
         entry.outcome = 'rejected';
         entry.message = `${ack.error.code}: ${ack.error.message}`;
       }
-      await keepResidual(msg, round, ack.ok, this.memory);
+      await keepRoundState(msg, round, ack.ok, this.memory);
     } catch (err) {
       entry.outcome = shouldStop() ? 'stopped' : 'failed';
       entry.message = err instanceof Error ? err.message : String(err);
