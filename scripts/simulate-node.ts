@@ -10,6 +10,7 @@
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
+ *     [--validation 10000 [--validation-seed 12345]]   (tuning: measure on examples carved from the training set, not on the test set)
  *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes on its held-out data, summarized per window of rounds)
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
  *      with --secure-aggregation the devices add Skellam noise (distributed DP), --dp-dropout-tolerance 0.2)
@@ -22,7 +23,7 @@ import { z } from 'zod';
 import { MODEL_NAMES } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
 import { AGGREGATIONS, describeIssues, STRATEGY_NAMES } from '../shared/schemas.ts';
-import { loadMnist } from '../server/data/mnist.ts';
+import { carveValidation, loadMnist } from '../server/data/mnist.ts';
 import { runSimulation, type SimRound } from '../server/sim/simulation.ts';
 import { writeChart } from './lib/plot.ts';
 import { fairnessOf } from '../shared/fairness.ts';
@@ -42,6 +43,9 @@ const argsSchema = z.strictObject({
   'keep-going': z.literal(true).optional(),
   examples: z.coerce.number().int().min(1).max(60_000).optional(),
   'held-out': z.coerce.number().min(0).lt(1).default(0),
+  /** tuning: evaluate on N examples carved from the training set (seeded by --validation-seed), never on the test set */
+  validation: z.coerce.number().int().min(1).max(30_000).optional(),
+  'validation-seed': z.coerce.number().int().min(0).default(12345),
   'over-select': z.coerce.number().min(1).max(10).default(1),
   aggregation: z.enum(AGGREGATIONS).default('fedavg'),
   strategy: z.enum(STRATEGY_NAMES).default('fedavg'),
@@ -100,7 +104,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}`;
+const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -109,9 +113,13 @@ const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccur
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });
 const partial: SimRound[] = [];
-const mnist = loadMnist();
+const loaded = loadMnist();
+// with --validation the federation trains on the rest of the training set and is measured on the carved split
+const mnist = args.validation ? (({ train, validation }) => ({ train, test: validation }))(carveValidation(loaded.train, args.validation, args['validation-seed'])) : loaded;
+const measuredOn = args.validation ? 'valid acc' : ' test acc';
 process.stdout.write(`simulate:node ${name}: ${args.clients} clients, C=${args.fraction}, ${args.rounds} rounds${args.target ? `, target ${args.target}` : ''}\n`);
-process.stdout.write(`round |   test acc | test loss |   round |   elapsed |  up/device | down/device | dropped\n`);
+if (args.validation) process.stdout.write(`tuning: ${args.validation} validation examples carved from the training set (seed ${args['validation-seed']}), ${mnist.train.count} left to train on; the test set is not used\n`);
+process.stdout.write(`round |  ${measuredOn} | ${args.validation ? 'valid' : ' test'} loss |   round |   elapsed |  up/device | down/device | dropped\n`);
 const result = await runSimulation(
   {
     clients: args.clients,
@@ -182,14 +190,14 @@ if (personalization.length) {
   const cell = (f: NonNullable<ReturnType<typeof fairnessOf>>) => `${pct(f.mean)} / ${pct(f.worst10)} / ${f.variance.toFixed(4)}`;
   for (const w of personalization) process.stdout.write(`${`${w.rounds[0]}–${w.rounds[1]}`.padEnd(9)} | ${String(w.deviceRounds).padStart(13)} | ${cell(w.global)} | ${cell(w.personal)} | ${cell(w.halfMix)} | ${cell(w.mixed)}\n`);
 }
-writeFileSync(jsonFile, JSON.stringify({ ...result, ...(personalization.length ? { personalization } : {}) }, null, 1));
+writeFileSync(jsonFile, JSON.stringify({ ...result, ...(args.validation ? { measuredOn: { validation: args.validation, seed: args['validation-seed'], trainExamples: mnist.train.count } } : {}), ...(personalization.length ? { personalization } : {}) }, null, 1));
 process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {
   mkdirSync(path.dirname(args.plot), { recursive: true });
   const files = await writeChart(args.plot, {
     title: `${args.strategy === 'fedavg' ? 'FedAvg' : args.strategy} ${args.model}, ${args.partition}, C=${args.fraction}, E=${args.epochs}, B=${args.batch}, η=${args.lr}`,
     xLabel: 'round',
-    yLabel: 'test accuracy',
+    yLabel: args.validation ? 'validation accuracy' : 'test accuracy',
     integerX: true,
     yMax: 1,
     series: [{ label: `seed ${args.seed}`, points: [{ x: 0, y: result.initial.testAccuracy }, ...result.rounds.map((r) => ({ x: r.round, y: r.testAccuracy }))] }],

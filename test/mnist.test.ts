@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadMnist, parseIdx } from '../server/data/mnist.ts';
+import { carveValidation, loadMnist, parseIdx } from '../server/data/mnist.ts';
 import { decodeDataset, encodeDataset } from '../shared/dataset.ts';
 
 describe('MNIST', () => {
@@ -13,6 +13,22 @@ describe('MNIST', () => {
     expect(test.count).toBe(10_000);
     expect(train.images.length).toBe(60_000 * 784);
     expect(Math.max(...test.labels)).toBe(9);
+  });
+
+  it('carves a validation split from the training set: disjoint, seeded, and the test set untouched', () => {
+    const { train } = loadMnist();
+    const small = { images: train.images.subarray(0, 1000 * 784), labels: train.labels.subarray(0, 1000), count: 1000 };
+    const a = carveValidation(small, 200, 7);
+    expect([a.train.count, a.validation.count]).toEqual([800, 200]);
+    // every image lands on exactly one side: the two splits' image sums add up to the whole
+    const key = (s: typeof small, i: number) => `${s.labels[i]}:${s.images.subarray(i * 784, (i + 1) * 784).join(',')}`;
+    const all = new Map<string, number>();
+    for (let i = 0; i < 1000; i++) all.set(key(small, i), (all.get(key(small, i)) ?? 0) + 1);
+    for (const part of [a.train, a.validation]) for (let i = 0; i < part.count; i++) all.set(key(part, i), all.get(key(part, i))! - 1);
+    expect([...all.values()].every((v) => v === 0)).toBe(true);
+    expect(Array.from(carveValidation(small, 200, 7).validation.labels)).toEqual(Array.from(a.validation.labels));
+    expect(Array.from(carveValidation(small, 200, 8).validation.labels)).not.toEqual(Array.from(a.validation.labels));
+    expect(() => carveValidation(small, 1000, 7)).toThrow(/must leave some to train on/);
   });
 
   it('fails loudly on a corrupt file', () => {

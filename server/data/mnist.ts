@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 
 export interface MnistSplit {
   /** count × 784 pixels, row-major, 0..255 */
@@ -63,4 +64,26 @@ export function loadMnist(dir = mnistDir()): { train: MnistSplit; test: MnistSpl
   if (dir !== mnistDir()) return { train: loadSplit(dir, FILES.trainImages, FILES.trainLabels), test: loadSplit(dir, FILES.testImages, FILES.testLabels) };
   cache ??= { train: loadSplit(dir, FILES.trainImages, FILES.trainLabels), test: loadSplit(dir, FILES.testImages, FILES.testLabels) };
   return cache;
+}
+
+/**
+ * A validation split carved from the training set, for tuning hyper-parameters without touching the
+ * test set: `count` examples drawn by a seeded shuffle become the validation split, the rest stay
+ * training data (disjoint; the same seed, the same split).
+ */
+export function carveValidation(train: MnistSplit, count: number, seed: number): { train: MnistSplit; validation: MnistSplit } {
+  if (!Number.isInteger(count) || count < 1 || count >= train.count) throw new RangeError(`validation split: ${count} examples of ${train.count} (must leave some to train on)`);
+  const order = shuffleInPlace(Array.from({ length: train.count }, (_, i) => i), createRng(seed));
+  const pick = (indices: number[]): MnistSplit => {
+    const images = new Uint8Array(indices.length * 784);
+    const labels = new Uint8Array(indices.length);
+    indices.forEach((from, to) => {
+      images.set(train.images.subarray(from * 784, (from + 1) * 784), to * 784);
+      labels[to] = train.labels[from]!;
+    });
+    return { images, labels, count: indices.length };
+  };
+  const held = order.slice(0, count).sort((a, b) => a - b);
+  const rest = order.slice(count).sort((a, b) => a - b);
+  return { train: pick(rest), validation: pick(held) };
 }
