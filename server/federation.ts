@@ -216,7 +216,7 @@ export class Federation implements DeviceGateway {
     this.devices.join(hello, this.deps.clock.now());
     if (identityKey) this.identityKeys.set(hello.deviceId, { key: Uint8Array.from(identityKey), x25519: hello.x25519 === true });
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
-    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
+    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, labelHistogram: hello.labelHistogram, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
   }
 
   leave(deviceId: string): void {
@@ -253,7 +253,11 @@ export class Federation implements DeviceGateway {
     const refused = this.deps.remote ? clusterRefuses(config) : undefined;
     if (refused) throw new RunConfigError(refused);
     this.starting = true;
-    const { runId, initial } = await this.createRun(config).finally(() => (this.starting = false));
+    const { runId, initial } = await (async () => {
+      const problem = await this.models.initialProblem(config);
+      if (problem) throw new RunConfigError(problem);
+      return this.createRun(config);
+    })().finally(() => (this.starting = false));
     this.note('info', 'run:started', `run ${runId} started: ${config.model}, ${config.rounds} rounds, K=${config.clientsPerRound}`, { runId, config: publicConfig(config) });
     // under DP, devices are sampled from a secret seed (the config's seed is public)
     this.dispatch({ type: 'run:start', runId, config, ...(config.dp ? { samplingSeed: crypto.getRandomValues(new Uint32Array(1))[0]!, parameters: initial.weights.values.length } : {}) });
@@ -753,7 +757,7 @@ export class Federation implements DeviceGateway {
         const share = Math.min(1, effect.updates / Math.max(1, this.devices.list().length));
         const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, share, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
         for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
-        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), next.state);
+        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), { state: next.state, parent: global.version });
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum
         const count = effect.clipCount;
         const unclippedShare = count ? (count.unclipped - effect.updates / 2 + addGaussianNoise(new Float64Array(1), count.noiseStd)[0]!) / count.expected + 0.5 : undefined;

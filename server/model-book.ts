@@ -8,7 +8,7 @@ import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weight
 import type { RunConfig } from '../shared/schemas.ts';
 import { decodeServerState, encodeServerState, type ServerState } from '../shared/server-optimizer.ts';
 import type { Logger } from './log.ts';
-import type { ModelRecord, Store } from './store/store.ts';
+import { EMPTY_META, type ModelRecord, type Store } from './store/store.ts';
 
 export interface GlobalModel {
   version: number;
@@ -50,16 +50,31 @@ export class ModelBook {
     this.latest = await this.store.latestModel();
   }
 
-  /** A run's initial model (seeded), stored as its round 0. */
-  createInitial(runId: number, config: RunConfig, now: number): Promise<GlobalModel> {
-    return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now);
+  /** Why a run cannot start from `config.initialVersion` (undefined: it can, or it starts fresh). */
+  async initialProblem(config: RunConfig): Promise<string | undefined> {
+    if (config.initialVersion === undefined) return undefined;
+    const stored = await this.store.getModel(config.initialVersion);
+    if (!stored) return `initialVersion: model version ${config.initialVersion} is not stored`;
+    if (stored.model !== config.model) return `initialVersion: version ${config.initialVersion} is a ${stored.model}, the run trains a ${config.model}`;
+    return undefined;
   }
 
-  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number, optimizerState?: ServerState): Promise<GlobalModel> {
+  /** A run's initial model — seeded, or the stored version it starts from (its parent in the lineage) — stored as its round 0. */
+  async createInitial(runId: number, config: RunConfig, now: number): Promise<GlobalModel> {
+    const from = config.initialVersion;
+    if (from === undefined) return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now, { parent: null });
+    const payload = await this.store.getModelWeights(from);
+    if (!payload) throw new Error(`model version ${from} is not stored`);
+    return this.save(runId, 0, config.model, decodeWeights(payload, initialWeights(config.model, config.seed).specs), now, { parent: from });
+  }
+
+  /** Stores a new version: its weights, the strategy's state after it, and the version it was made from. */
+  async save(runId: number, round: number, model: ModelName, weights: FlatWeights, now: number, o: { state?: ServerState | undefined; parent: number | null }): Promise<GlobalModel> {
     const payload = encodeWeights(weights);
-    const version = await this.store.saveModel({ runId, round, model, weights: payload, ...(optimizerState ? { optimizerState: encodeServerState(optimizerState) } : {}) }, now);
+    const optimizerState = o.state;
+    const version = await this.store.saveModel({ runId, round, model, weights: payload, parentVersion: o.parent, ...(optimizerState ? { optimizerState: encodeServerState(optimizerState) } : {}) }, now);
     this.current = { version, model, weights, payload, ...(optimizerState ? { optimizerState } : {}) };
-    this.latest = { version, runId, round, model, createdAt: now, testAccuracy: null, testLoss: null };
+    this.latest = { version, runId, round, model, createdAt: now, testAccuracy: null, testLoss: null, parentVersion: o.parent, meta: { ...EMPTY_META } };
     return this.current;
   }
 

@@ -56,6 +56,25 @@ export interface ModelCard {
   format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)';
   /** (ε, δ) of the run up to the round that made this version, and the DP settings (null: not private) */
   privacy: PrivacyRecord | null;
+  // ─── the registry's record (server/registry.ts): what the admin says, and what federated learning adds
+  name: string | null;
+  description: string | null;
+  owner: string | null;
+  /** the run's labels with the version's own over them */
+  labels: Record<string, string>;
+  framework: { name: 'TensorFlow.js'; version: string };
+  /** how it was trained: the run's strategy, aggregation rule, update codec and download */
+  strategy: string | null;
+  aggregation: string | null;
+  codec: string | null;
+  /** the round that made it, with the label distribution its counted devices declared (null: unknown, or a secure round's devices declared none) */
+  trainedBy: { devices: number; examples: number; labelDistribution: number[] | null } | null;
+  /** every round of its lineage, back to a fresh model: device-rounds, distinct devices, examples, label distribution (summed over the rounds that declared one) */
+  lineage: { rounds: number; deviceRounds: number; devices: number; examples: number; labelDistribution: number[] | null; ancestors: number[] };
+  /** how the devices did with it: their held-out accuracy of it as the next round began (Flower's evaluate), its spread over them */
+  federatedEvaluation: (Fairness & { round: number }) | null;
+  /** the versions made from it */
+  children: number[];
 }
 
 /** How the counted devices spent their part of a round, as they reported it (medians over them). */
@@ -158,6 +177,8 @@ export interface RoundRecord {
   personalization: { meanDistance: number; global: Fairness; personal: Fairness; mixed: Fairness; halfMix: Fairness } | null;
   /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice; null under secure aggregation), its held-out accuracy before/after local training */
   devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number; labelDistance?: number; accuracyMixed?: number; accuracyHalfMix?: number }[];
+  /** the counted devices' declared label histograms, summed: what the round trained on (null: none counted, or one declared none) */
+  labelDistribution?: number[] | null;
   modelVersion: number | null;
   /** set when the round aggregated securely: then the server never saw a device's update or weight (weight is null) */
   secureAggregation: SecAggRecord | null;
@@ -173,6 +194,18 @@ export interface ModelRecord {
   createdAt: number;
   testAccuracy: number | null;
   testLoss: number | null;
+  /** the version it was trained from: the run's previous version, or for a run's initial model the version it started from (null: a fresh initialization) */
+  parentVersion: number | null;
+  /** what the admin says of it (registry.ts) */
+  meta: ModelMeta;
+}
+
+/** A version's registry metadata, set by the admin (PATCH /api/models/:version): free text and labels, never used by training. */
+export interface ModelMeta {
+  name: string | null;
+  description: string | null;
+  owner: string | null;
+  labels: Record<string, string>;
 }
 
 export interface DeviceInfo {

@@ -157,6 +157,21 @@ export const DEFAULT_SERVER_LEARNING_RATE: Record<'fedavgm' | 'fedadagrad' | 'fe
 
 const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
 
+// ─── the model registry ──────────────────────────────────────────────────────
+/** Labels as Kubeflow's: keys of letters, digits and . _ / - (up to 63), short text values; at most 32 of them. */
+export const labelsSchema = z
+  .record(
+    z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/, { error: 'label keys are 1–63 letters, digits, . _ / or -, starting and ending with a letter or digit' }),
+    z.string({ error: 'label values must be strings' }).max(200, { error: 'label values are at most 200 characters' }),
+    { error: 'must be an object of string labels' },
+  )
+  .refine((o) => Object.keys(o).length <= 32, { error: 'at most 32 labels' });
+
+const text = (max: number) => z.string({ error: 'must be a string or null' }).trim().max(max, { error: `must be at most ${max} characters` }).nullable();
+/** What the admin may say of a model version (PATCH /api/models/:version): every field optional; null clears it; labels replace the old ones. */
+export const modelMetaSchema = z.strictObject({ name: text(100), description: text(2000), owner: text(100), labels: labelsSchema }).partial();
+export type ModelMetaPatch = z.infer<typeof modelMetaSchema>;
+
 export const runConfigSchema = z.strictObject({
   model: z.enum(MODEL_NAMES, { error: `must be one of ${MODEL_NAMES.join(', ')}` }).default('cnn-small'),
   rounds: whole(1, 10_000).default(5),
@@ -218,6 +233,10 @@ export const runConfigSchema = z.strictObject({
   secAggNeighbours: whole(0, 254).default(0),
   /** shares that rebuild a secret (more than half the neighbours; 0: a bare majority) */
   secAggThreshold: whole(0, 254).default(0),
+  /** start from this stored version of the same model instead of a fresh initialization (its descendant in the registry's lineage) */
+  initialVersion: z.number({ error: 'must be a model version' }).int({ error: 'must be a whole number' }).positive({ error: 'must be a model version' }).optional(),
+  /** labels every version the run makes carries in the registry (e.g. the partition of a simulation) */
+  labels: labelsSchema.default({}),
   /** user-level differential privacy (DP-FedAvg): clip, sample, add noise, account (privacy/); with secureAggregation the devices add the noise */
   dp: z
     .strictObject({

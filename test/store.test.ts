@@ -101,13 +101,19 @@ describe.each(kinds)('the %s store', (_name, open) => {
       expect(Array.from((await store.getModelWeights(v1))!)).toEqual(Array.from(bytes));
       expect(Array.from((await store.getModelWeights(v2))!)).toEqual(Array.from(bytes.subarray(5, 100)));
       await store.setModelMetrics(v1, 0.9375, 0.21);
-      expect(await store.getModel(v1)).toEqual({ version: v1, runId: run, round: 0, model: 'cnn-small', createdAt: 10, testAccuracy: 0.9375, testLoss: 0.21 });
-      expect((await store.latestModel())?.version).toBe(v2);
-      expect((await store.latestModel('cnn-small'))?.version).toBe(v1);
+      expect(await store.getModel(v1)).toEqual({ version: v1, runId: run, round: 0, model: 'cnn-small', createdAt: 10, testAccuracy: 0.9375, testLoss: 0.21, parentVersion: null, meta: { name: null, description: null, owner: null, labels: {} } });
+      // the registry's metadata: stored whole, read back as written; a version that is not stored is said so
+      const v3 = await store.saveModel({ runId: run, round: 1, model: 'cnn-small', weights: bytes.subarray(0, 10), parentVersion: v1 }, 12);
+      const meta = { name: 'digits – ünïcode', description: 'line one\nline two', owner: 'ml-team', labels: { stage: 'candidate', 'team/area': 'vision' } };
+      expect(await store.setModelMeta(v3, meta)).toBe(true);
+      expect(await store.getModel(v3)).toMatchObject({ parentVersion: v1, meta });
+      expect(await store.setModelMeta(v3 + 100, meta)).toBe(false);
+      expect((await store.latestModel())?.version).toBe(v3);
+      expect((await store.latestModel('mlp'))?.version).toBe(v2);
       expect(await store.latestModel('cnn')).toBeUndefined();
-      expect((await store.listModels()).map((m) => m.version)).toEqual([v1, v2]);
-      expect(await store.getModel(v2 + 100)).toBeUndefined();
-      expect(await store.getModelWeights(v2 + 100)).toBeUndefined();
+      expect((await store.listModels()).map((m) => m.version)).toEqual([v1, v2, v3]);
+      expect(await store.getModel(v3 + 100)).toBeUndefined();
+      expect(await store.getModelWeights(v3 + 100)).toBeUndefined();
     } finally {
       await store.close();
     }
@@ -169,14 +175,20 @@ describe('the SQLite store', () => {
     old.pragma('user_version = 1');
     old.prepare('INSERT INTO runs (config, status, created_at) VALUES (?, ?, ?)').run(JSON.stringify(config), 'done', 7);
     old.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)').run(1, 0, 'cnn-small', 8, Buffer.from([1, 2, 3]));
+    old.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)').run(1, 1, 'cnn-small', 9, Buffer.from([4]));
+    old.prepare('INSERT INTO models (run_id, round, model, created_at, weights) VALUES (?, ?, ?, ?, ?)').run(1, 3, 'cnn-small', 10, Buffer.from([5]));
     old.close();
     const store = openSqliteStore(file);
     try {
       expect(await store.getRun(1)).toMatchObject({ status: 'done', createdAt: 7 });
       expect(Array.from((await store.getModelWeights(1))!)).toEqual([1, 2, 3]);
       expect(await store.getOptimizerState(1)).toBeUndefined();
-      const v = await store.saveModel({ runId: 1, round: 1, model: 'cnn-small', weights: Uint8Array.of(4), optimizerState: Uint8Array.of(9, 9) }, 9);
+      // the registry's columns: each old version's parent is its run's previous version, no metadata yet
+      expect((await store.listModels()).map((m) => [m.version, m.parentVersion])).toEqual([[1, null], [2, 1], [3, 2]]);
+      expect((await store.getModel(3))!.meta).toEqual({ name: null, description: null, owner: null, labels: {} });
+      const v = await store.saveModel({ runId: 1, round: 4, model: 'cnn-small', weights: Uint8Array.of(4), optimizerState: Uint8Array.of(9, 9), parentVersion: 3 }, 9);
       expect(Array.from((await store.getOptimizerState(v))!)).toEqual([9, 9]);
+      expect((await store.getModel(v))!.parentVersion).toBe(3);
     } finally {
       await store.close();
     }

@@ -55,6 +55,8 @@ export interface DeviceSlot {
   joinToken?: string;
   /** training examples the device declared when it joined */
   examples: number;
+  /** the label histogram of its training data, as it declared it when it joined */
+  labelHistogram?: readonly number[];
 }
 
 /** One counted update, as the ledger keeps it. */
@@ -89,6 +91,8 @@ export interface RoundState {
   selected: readonly string[];
   /** examples each selected device had declared when it was selected: the most its update may claim */
   declared: Readonly<Record<string, number>>;
+  /** the label histograms the selected devices had declared: the counted ones' sum is the data the round trained on */
+  histograms: Readonly<Record<string, readonly number[]>>;
   /** updates that passed the round's checks and are being decoded and validated */
   validating: readonly Submission[];
   accepted: readonly Contribution[];
@@ -190,7 +194,7 @@ interface RoundRef {
 }
 
 export type CoordinatorEvent =
-  | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string }
+  | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string; labelHistogram?: readonly number[] }
   | { type: 'device:left'; deviceId: string }
   /** accepted updates that can no longer be summed (the cluster node holding them died): they count as dropped, never twice */
   | { type: 'updates:lost'; deviceIds: readonly string[]; reason: string }
@@ -410,10 +414,19 @@ function roundRecord(config: RunConfig, cur: RoundState, timeline: RoundTimeline
     // the strategy's last hook: the devices' evaluations summed up (fairness, personalization)
     ...strategyFor(config).aggregateEvaluate(m.map((x) => x.metrics)),
     devices: m.map((x) => ({ id: x.deviceId, numExamples: x.numExamples, weight: cur.secagg ? null : x.weight, accuracyBefore: x.metrics.accuracyBefore, accuracyAfter: x.metrics.accuracyAfter, trainMs: x.metrics.trainMs, ...(x.metrics.labelDistance !== undefined ? { labelDistance: x.metrics.labelDistance } : {}), ...(x.metrics.accuracyMixed !== undefined ? { accuracyMixed: x.metrics.accuracyMixed } : {}), ...(x.metrics.accuracyHalfMix !== undefined ? { accuracyHalfMix: x.metrics.accuracyHalfMix } : {}) })),
+    labelDistribution: labelDistributionOf(m.map((x) => cur.histograms[x.deviceId])),
     modelVersion: outcome.status === 'completed' ? (cur.modelVersion ?? null) : null,
     secureAggregation: cur.secagg ? secAggRecord(cur, end) : null,
     privacy: null,
   };
+}
+
+/** The counted devices' declared label histograms, summed (null when one of them declared none). */
+function labelDistributionOf(histograms: readonly (readonly number[] | undefined)[]): number[] | null {
+  if (histograms.length === 0 || histograms.some((h) => !h)) return null;
+  const sum = new Array<number>(histograms[0]!.length).fill(0);
+  for (const h of histograms) h!.forEach((v, i) => (sum[i] = (sum[i] ?? 0) + v));
+  return sum;
 }
 
 function secAggRecord(cur: RoundState, end: number): SecAggRecord {
@@ -485,12 +498,14 @@ function startedWith(state: CoordinatorState, run: RunState, now: number, select
   const deadline = now + config.roundTimeoutMs;
   const devices = new Map(state.devices);
   const declared: Record<string, number> = {};
+  const histograms: Record<string, readonly number[]> = {};
   for (const id of selected) {
     const slot = state.devices.get(id) as DeviceSlot;
     devices.set(id, { ...slot, busy: true });
     declared[id] = slot.examples;
+    if (slot.labelHistogram) histograms[id] = slot.labelHistogram;
   }
-  const current: RoundState = { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now, deadline, selected, declared, validating: [], accepted: [], refused: [], dropped: [], late: 0, rejected: 0, bytesDown: 0, bytesUp: 0 };
+  const current: RoundState = { runId: run.id, round: run.round, attempt: run.attempt, selectionStartedAt: run.selectingSince, selectedAt: now, deadline, selected, declared, histograms, validating: [], accepted: [], refused: [], dropped: [], late: 0, rejected: 0, bytesDown: 0, bytesUp: 0 };
   if (privacy) current.privacy = privacy;
   if (config.secureAggregation) {
     current.secagg = { stage: 'keys', stageEnds: Math.min(now + SECAGG_STAGE_MS, deadline), began: { keys: now }, advertised: [], shared: [], survivors: [], revealed: [], lost: [], k: 0, t: 0, neighbours: {} };
@@ -771,7 +786,7 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
   switch (event.type) {
     case 'device:joined': {
       const known = state.devices.get(event.deviceId);
-      const slot: DeviceSlot = { busy: known?.busy ?? false, examples: event.examples, ...(event.joinToken !== undefined ? { joinToken: event.joinToken } : {}) };
+      const slot: DeviceSlot = { busy: known?.busy ?? false, examples: event.examples, ...(event.joinToken !== undefined ? { joinToken: event.joinToken } : {}), ...(event.labelHistogram ? { labelHistogram: event.labelHistogram } : {}) };
       return trySelect({ ...state, devices: withDevice(state.devices, event.deviceId, slot) }, now);
     }
     case 'device:left': {

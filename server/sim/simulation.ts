@@ -150,6 +150,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.secAggNeighbours ? { secAggNeighbours: o.secAggNeighbours } : {}),
     ...(o.dp ? { dp: o.dp } : {}),
     ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
+    // the registry records the data a simulated run's versions were trained on
+    labels: { simulated: 'node', partition: o.partition, clients: String(o.clients), ...(o.partition === 'dirichlet' ? { alpha: String(o.alpha) } : {}) },
     roundTimeoutMs: 24 * 3600_000,
     selectionTimeoutMs: 0,
     // with dropouts a secure round can fail (a neighbourhood lost more than k − t): it is redone, as a deployment would

@@ -4,7 +4,7 @@
  * process. Migrations run once, under an advisory lock, whichever node starts first.
  */
 import pg from 'pg';
-import { asBuffer, MODEL_COLUMNS, modelFromRow, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store } from './store.ts';
+import { asBuffer, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store } from './store.ts';
 
 const MIGRATIONS = [
   `CREATE TABLE runs (
@@ -36,6 +36,10 @@ const MIGRATIONS = [
    CREATE INDEX models_run ON models (run_id, version);`,
   // a server optimizer's state (momentum, second moment) goes with the version it produced
   `ALTER TABLE models ADD COLUMN optimizer_state BYTEA;`,
+  // the registry: a version's parent (exact from now on, inferred for the versions before) and what the admin says of it
+  `ALTER TABLE models ADD COLUMN parent_version INTEGER;
+   ALTER TABLE models ADD COLUMN meta JSONB;
+   ${REGISTRY_BACKFILL};`,
 ];
 
 /** an arbitrary key for the migration lock (pg_advisory_xact_lock) */
@@ -83,8 +87,9 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
       return new Map(outcomes.map((r) => [r.run_id, { roundsCompleted: r.completed, failedAttempts: r.failed, finalTestAccuracy: r.accuracy, finalModelVersion: r.version }]));
     },
     saveModel: async (m, now) =>
-      (await rows<{ version: number }>('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state) VALUES ($1, $2, $3, $4, $5, $6) RETURNING version', [m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null]))[0]!.version,
+      (await rows<{ version: number }>('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state, parent_version) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING version', [m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null, m.parentVersion ?? null]))[0]!.version,
     setModelMetrics: async (version, acc, loss) => void (await pool.query('UPDATE models SET test_accuracy = $1, test_loss = $2 WHERE version = $3', [acc, loss, version])),
+    setModelMeta: async (version, meta) => ((await pool.query('UPDATE models SET meta = $1 WHERE version = $2', [JSON.stringify(meta), version])).rowCount ?? 0) > 0,
     getModel: async (version) => {
       const [row] = await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = $1`, [version]);
       return row ? modelFromRow(row) : undefined;

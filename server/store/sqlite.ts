@@ -1,6 +1,6 @@
 /** The Store on SQLite (better-sqlite3): embedded, one file under DATA_DIR; synchronous underneath, so each answer is ready at once. */
 import Database from 'better-sqlite3';
-import { asBuffer, asyncStore, MODEL_COLUMNS, modelFromRow, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store, type SyncStore } from './store.ts';
+import { asBuffer, asyncStore, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store, type SyncStore } from './store.ts';
 
 export const SQLITE_MIGRATIONS = [
   `CREATE TABLE runs (
@@ -31,6 +31,10 @@ export const SQLITE_MIGRATIONS = [
    );`,
   // a server optimizer's state (momentum, second moment) goes with the version it produced
   `ALTER TABLE models ADD COLUMN optimizer_state BLOB;`,
+  // the registry: a version's parent (exact from now on, inferred for the versions before) and what the admin says of it
+  `ALTER TABLE models ADD COLUMN parent_version INTEGER;
+   ALTER TABLE models ADD COLUMN meta TEXT;
+   ${REGISTRY_BACKFILL};`,
 ];
 
 /** SQLite keeps a run's config as JSON text */
@@ -67,7 +71,8 @@ export function openSqlite(file: string): SyncStore {
          (SELECT json_extract(data, '$.modelVersion') FROM rounds l WHERE l.run_id = r.run_id AND l.status = 'completed' ORDER BY round DESC, attempt DESC LIMIT 1) AS version
        FROM rounds r GROUP BY run_id`,
     ),
-    insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state) VALUES (?, ?, ?, ?, ?, ?)'),
+    insertModel: db.prepare('INSERT INTO models (run_id, round, model, created_at, weights, optimizer_state, parent_version) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    setMeta: db.prepare('UPDATE models SET meta = ? WHERE version = ?'),
     optimizerState: db.prepare<[number], { optimizer_state: Buffer | null }>('SELECT optimizer_state FROM models WHERE version = ?'),
     setMetrics: db.prepare('UPDATE models SET test_accuracy = ?, test_loss = ? WHERE version = ?'),
     getModel: db.prepare<[number], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE version = ?`),
@@ -88,8 +93,9 @@ export function openSqlite(file: string): SyncStore {
     recordRound: (r: RoundRecord) => void q.upsertRound.run(r.runId, r.round, r.attempt, r.status, JSON.stringify(r)),
     listRounds: (runId) => q.listRounds.all(runId).map((row) => JSON.parse(row.data) as RoundRecord),
     runOutcomes: () => new Map(q.outcomes.all().map((r) => [r.run_id, { roundsCompleted: r.completed, failedAttempts: r.failed, finalTestAccuracy: r.accuracy, finalModelVersion: r.version }])),
-    saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null).lastInsertRowid),
+    saveModel: (m, now) => Number(q.insertModel.run(m.runId, m.round, m.model, now, asBuffer(m.weights), m.optimizerState ? asBuffer(m.optimizerState) : null, m.parentVersion ?? null).lastInsertRowid),
     setModelMetrics: (version, acc, loss) => void q.setMetrics.run(acc, loss, version),
+    setModelMeta: (version, meta) => q.setMeta.run(JSON.stringify(meta), version).changes > 0,
     getModel: (version) => {
       const row = q.getModel.get(version);
       return row ? modelFromRow(row) : undefined;

@@ -4,10 +4,10 @@
  * several (store/postgres.ts); both pass the same suite (test/store.test.ts).
  */
 import type { ModelName } from '../../shared/models-names.ts';
-import { runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
-import type { ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
+import { modelMetaSchema, runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
+import type { ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
-export type { ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
+export type { ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
 export interface RunOutcome {
   roundsCompleted: number;
@@ -26,8 +26,10 @@ export interface Store {
   recordRound(round: RoundRecord): Promise<void>;
   listRounds(runId: number): Promise<RoundRecord[]>;
   /** stores a new model version (the binary weight payload, and the server optimizer's state after it) and returns its number */
-  saveModel(model: { runId: number | null; round: number; model: ModelName; weights: Uint8Array; optimizerState?: Uint8Array }, now: number): Promise<number>;
+  saveModel(model: { runId: number | null; round: number; model: ModelName; weights: Uint8Array; optimizerState?: Uint8Array; parentVersion?: number | null }, now: number): Promise<number>;
   setModelMetrics(version: number, testAccuracy: number, testLoss: number): Promise<void>;
+  /** replaces a version's registry metadata; false when there is no such version */
+  setModelMeta(version: number, meta: ModelMeta): Promise<boolean>;
   getModel(version: number): Promise<ModelRecord | undefined>;
   latestModel(model?: ModelName): Promise<ModelRecord | undefined>;
   getModelWeights(version: number): Promise<Uint8Array | undefined>;
@@ -39,12 +41,29 @@ export interface Store {
 
 /** The columns of a run and of a model version as both stores keep them (a run's config: parsed JSON). */
 export interface RunRow { id: number; config: unknown; status: RunStatus; reason: string | null; created_at: number; finished_at: number | null }
-export interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null }
-export const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss';
+export interface ModelRow { version: number; run_id: number | null; round: number; model: ModelName; created_at: number; test_accuracy: number | null; test_loss: number | null; parent_version: number | null; meta: unknown }
+export const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_accuracy, test_loss, parent_version, meta';
+
+/** Both stores' third migration: a version's parent and registry metadata; the parents of versions stored before it are their run's previous version. */
+export const REGISTRY_BACKFILL = 'UPDATE models SET parent_version = (SELECT MAX(p.version) FROM models p WHERE p.run_id = models.run_id AND p.version < models.version) WHERE round > 0';
+
+export const EMPTY_META: ModelMeta = { name: null, description: null, owner: null, labels: {} };
+/** Stored metadata as the schema reads it: a row from older code, or one edited by hand, gets the empty fields. */
+const metaFromColumn = (raw: unknown): ModelMeta => {
+  const parsed = modelMetaSchema.safeParse(typeof raw === 'string' ? safeJson(raw) : raw);
+  return parsed.success ? { ...EMPTY_META, ...parsed.data } : { ...EMPTY_META };
+};
+const safeJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+};
 
 /** A stored run, its config checked again by the schema (a config stored by older code gets today's defaults). */
 export const runFromRow = (row: RunRow): RunRecord => ({ id: row.id, config: runConfigSchema.parse(row.config) as RunConfig, status: row.status, reason: row.reason, createdAt: row.created_at, finishedAt: row.finished_at });
-export const modelFromRow = (row: ModelRow): ModelRecord => ({ version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss });
+export const modelFromRow = (row: ModelRow): ModelRecord => ({ version: row.version, runId: row.run_id, round: row.round, model: row.model, createdAt: row.created_at, testAccuracy: row.test_accuracy, testLoss: row.test_loss, parentVersion: row.parent_version, meta: metaFromColumn(row.meta) });
 /** A byte view as a Buffer over the same memory, as both drivers take binary values. */
 export const asBuffer = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
@@ -67,6 +86,7 @@ export function asyncStore(sync: SyncStore): Store {
     listRounds: wrap(sync.listRounds),
     saveModel: wrap(sync.saveModel),
     setModelMetrics: wrap(sync.setModelMetrics),
+    setModelMeta: wrap(sync.setModelMeta),
     getModel: wrap(sync.getModel),
     latestModel: wrap(sync.latestModel),
     getModelWeights: wrap(sync.getModelWeights),

@@ -9,14 +9,15 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
 import { publicConfig, validateRunConfig } from '../../shared/schemas.ts';
-import { decodeWeights, totalSize } from '../../shared/weights.ts';
-import type { ModelCard, RunSummary } from '../../shared/api.ts';
+import { decodeWeights } from '../../shared/weights.ts';
+import type { RunSummary } from '../../shared/api.ts';
 import { zipSync } from 'fflate';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { ConflictError, RunConfigError, type Federation } from '../federation.ts';
 import type { ClusterHooks } from '../app.ts';
-import type { ModelRecord, Store } from '../store/store.ts';
+import type { Store } from '../store/store.ts';
+import { modelCard, patchModelMeta } from '../registry.ts';
 import { requireAdmin } from './auth.ts';
 
 export interface HttpDeps {
@@ -189,32 +190,27 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       convertedBy: null,
       modelTopology: topologyOf(model.model),
       weightsManifest: [{ paths: [weightsPath], weights: specs.map((s) => ({ name: s.name, shape: s.shape, dtype: 'float32' })) }],
-      userDefinedMetadata: { modelCard: await modelCard(version, model, weights) },
+      userDefinedMetadata: { modelCard: await modelCard(store, version, { model, weights }) },
     };
   };
-  /** Where a version came from and how it does (the model card in model.json and in the archive). */
-  const modelCard = async (version: number, known?: ModelRecord, knownWeights?: Uint8Array): Promise<ModelCard | undefined> => {
-    const [m, weights] = await Promise.all([known ?? store.getModel(version), knownWeights ?? store.getModelWeights(version)]);
-    if (!m || !weights) return undefined;
-    const [run, rounds, models] = m.runId === null ? [undefined, [], []] : await Promise.all([store.getRun(m.runId), store.listRounds(m.runId), store.listModels()]);
-    const produced = rounds.find((r) => r.modelVersion === version);
-    const parent = m.round === 0 ? null : (rounds.filter((r) => r.status === 'completed' && r.round < m.round && r.modelVersion !== null).at(-1)?.modelVersion ?? models.find((x) => x.runId === m.runId && x.round === 0)?.version ?? null);
-    return {
-      version,
-      model: m.model,
-      parameters: totalSize(decodeWeights(weights).specs),
-      createdAt: m.createdAt,
-      runId: m.runId,
-      round: m.round,
-      parentVersion: parent,
-      testAccuracy: m.testAccuracy,
-      testLoss: m.testLoss,
-      config: run ? publicConfig(run.config) : null,
-      training: produced ? { devices: produced.completed, examples: produced.devices.reduce((a, d) => a + d.numExamples, 0), weight: produced.devices.some((d) => d.weight === null) ? null : produced.devices.reduce((a, d) => a + (d.weight ?? 0), 0) } : null,
-      format: 'tfjs layers-model: model.json + weights.bin (float32, little-endian)',
-      privacy: produced?.privacy ?? null,
-    };
-  };
+  /** The registry's record of a version: lineage, training aggregates, metrics, the admin's metadata. */
+  app.get('/api/models/:version', async (req, res) => {
+    const version = await modelVersion(req.params.version);
+    const card = version === undefined ? undefined : await modelCard(store, version);
+    if (!card) res.status(404).json({ error: `model ${req.params.version} not found` });
+    else res.json(card);
+  });
+  /** The admin edits a version's name, description, owner and labels (nothing that training uses). */
+  app.patch('/api/models/:version', admin, async (req, res) => {
+    const version = runId(String(req.params.version));
+    if (version === undefined) {
+      res.status(404).json({ error: `model ${req.params.version} not found` });
+      return;
+    }
+    const r = await patchModelMeta(store, version, req.body);
+    if (!r.ok) res.status(r.status).json({ error: r.error, ...(r.issues ? { issues: r.issues } : {}) });
+    else res.json(await modelCard(store, version));
+  });
   app.get('/api/models/:version/model.json', async (req, res) => {
     const version = await modelVersion(req.params.version);
     // "latest" names its weights by version, so a new model between the two requests cannot mix them.
@@ -234,7 +230,7 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   });
   app.get('/api/models/:version/card.json', async (req, res) => {
     const version = await modelVersion(req.params.version);
-    const card = version === undefined ? undefined : await modelCard(version);
+    const card = version === undefined ? undefined : await modelCard(store, version);
     if (!card) res.status(404).json({ error: `model ${req.params.version} not found` });
     else res.json(card);
   });

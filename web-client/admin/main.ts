@@ -28,8 +28,8 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
-/** the form's fields: every run-config field but `dp` (an object, set through the API) */
-type Field = Exclude<keyof RunConfig, 'dp'>;
+/** the form's fields: every run-config field but `dp` and `labels` (objects, set through the API) */
+type Field = Exclude<keyof RunConfig, 'dp' | 'labels'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },
@@ -43,6 +43,7 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'selectionTimeoutMs', label: 'Selection wait (ms)' },
   { name: 'maxRoundRetries', label: 'Round retries' },
   { name: 'seed', label: 'Seed' },
+  { name: 'initialVersion', label: 'Start from model version' },
   { name: 'strategy', label: 'Strategy' },
   { name: 'serverLearningRate', label: 'Server learning rate', step: 'any' },
   { name: 'beta1', label: 'Server β1 (momentum)', step: 'any' },
@@ -102,7 +103,7 @@ for (const f of FIELDS) {
     ? el('select', { name: f.name, id: `f-${f.name}`, 'aria-describedby': `e-${f.name}` }, ...choices.map((m) => el('option', { value: m, selected: m === String(fallback) }, BOOLEAN.has(f.name) ? (m === 'true' ? 'on' : 'off') : m)))
     : TEXT.has(f.name)
       ? el('input', { name: f.name, id: `f-${f.name}`, type: 'password', autocomplete: 'off', 'aria-describedby': `e-${f.name}`, title: 'when set, only devices that join with ?joinToken=… are selected' })
-      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01, scaffold 1' : `default ${fallback}` });
+      : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: f.name === 'initialVersion' ? 'empty: a fresh model' : fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01, scaffold 1' : `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
 for (const f of DP_FIELDS) {
