@@ -169,3 +169,49 @@ test('a stopped run keeps its round and its outcome visible', async ({ openDevic
   await expect(page.locator('#time-chart')).toHaveCSS('visibility', 'hidden');
   await page.screenshot({ path: `${shots}/admin-stopped.png`, fullPage: true });
 });
+
+test('the model registry: a lineage tree across runs, two versions side by side, and the admin names and labels one', async ({ openDevices, page, admin }) => {
+  await openDevices([0, 1].map((client) => ({ clients: 2, client, examples: 200 })));
+  const config = { model: 'mlp', rounds: 2, clientsPerRound: 2, overSelect: 1, minUpdates: 2, localEpochs: 1, batchSize: 20, learningRate: 0.1, roundTimeoutMs: 120_000 };
+  const first = (await (await admin.post('/api/runs', { data: config })).json()) as { id: number };
+  expect((await waitForRun(admin, first.id, 3 * 60_000)).status).toBe('done');
+  const models = (await (await admin.get('/api/models')).json()) as { version: number; runId: number; round: number }[];
+  const tip = models.filter((m) => m.runId === first.id).at(-1)!;
+  // a second run fine-tunes the first one's last version: the lineage branches across runs
+  const second = await admin.post('/api/runs', { data: { ...config, rounds: 1, learningRate: 0.05, initialVersion: tip.version, labels: { purpose: 'fine-tune' } } });
+  expect(second.status(), await second.text()).toBe(201);
+  const { id } = (await second.json()) as { id: number };
+  expect((await waitForRun(admin, id, 3 * 60_000)).status).toBe('done');
+  const child = ((await (await admin.get('/api/models')).json()) as { version: number; runId: number; round: number }[]).filter((m) => m.runId === id).at(-1)!;
+
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const tree = page.locator('#lineage');
+  await expect(tree.locator(`button[data-version="${child.version}"]`)).toBeVisible();
+  // the second run's versions hang under the first run's tip
+  await expect(tree.locator(`li:has(> .node button[data-version="${tip.version}"]) button[data-version="${child.version}"]`)).toBeVisible();
+
+  await tree.locator(`button[data-version="${tip.version}"]`).click();
+  await tree.locator(`button[data-version="${child.version}"]`).click();
+  const compare = page.locator('#compare table.compare');
+  await expect(compare.locator('thead')).toContainText(`v${tip.version}`);
+  await expect(compare.locator('thead')).toContainText(`v${child.version}`);
+  await expect(compare.locator('tr.differs[data-row="η · E · B · K"]')).toContainText('0.05');
+  await expect(compare.locator('tr[data-row="Labels"]')).toContainText('purpose=fine-tune');
+  await expect(compare.locator('tr[data-row="Lineage"]')).toContainText('3 rounds');
+
+  // the admin names and labels the version being edited (the last selected); a bad label key is refused with the reason
+  await page.locator('#meta-labels').fill('bad key!=1');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await expect(page.locator('#meta-error')).toContainText('label keys are');
+  await page.locator('#meta-name').fill('digits, fine-tuned');
+  await page.locator('#meta-labels').fill('stage=candidate, team=vision');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await expect(page.locator('#meta-error')).toHaveText('Saved.');
+  await expect(tree.locator('li', { hasText: 'digits, fine-tuned' }).first()).toContainText('stage=candidate');
+  await expect(compare.locator('tr[data-row="Name"]')).toContainText('digits, fine-tuned');
+  const record = (await (await admin.get(`/api/models/${child.version}`)).json()) as { name: string; labels: Record<string, string>; parentVersion: number };
+  expect(record).toMatchObject({ name: 'digits, fine-tuned', labels: { purpose: 'fine-tune', stage: 'candidate', team: 'vision' } });
+  await page.locator('section[aria-labelledby="h-registry"]').screenshot({ path: `${shots}/admin-registry.png` });
+});

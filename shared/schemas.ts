@@ -159,11 +159,12 @@ const MIN_UPDATES_RULE = 'minUpdates must not exceed clientsPerRound';
 
 // ─── the model registry ──────────────────────────────────────────────────────
 /** Labels as Kubeflow's: keys of letters, digits and . _ / - (up to 63), short text values; at most 32 of them. */
+const LABEL_KEY_RULE = 'label keys are 1–63 letters, digits, . _ / or -, starting and ending with a letter or digit';
 export const labelsSchema = z
   .record(
-    z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/, { error: 'label keys are 1–63 letters, digits, . _ / or -, starting and ending with a letter or digit' }),
+    z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/),
     z.string({ error: 'label values must be strings' }).max(200, { error: 'label values are at most 200 characters' }),
-    { error: 'must be an object of string labels' },
+    { error: (issue) => (issue.code === 'invalid_type' ? 'must be an object of string labels' : issue.code === 'invalid_key' ? LABEL_KEY_RULE : undefined) },
   )
   .refine((o) => Object.keys(o).length <= 32, { error: 'at most 32 labels' });
 

@@ -5,12 +5,13 @@
  * runs; the launch form opens in a drawer.
  */
 import { io, type Socket } from 'socket.io-client';
-import type { AdminSnapshot, FederationEvent, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import type { AdminSnapshot, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
 import { ROUND_PHASES, phaseKey } from '../../shared/phases.ts';
 import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
 import { AGGREGATIONS, DOWNLINKS, STRATEGY_NAMES, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
-import { PHASE_COLORS, renderDevices, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
+import { PHASE_COLORS, renderComparison, renderDevices, renderLineage, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
+import { lineageTree } from '../ui/lineage.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
 
@@ -388,6 +389,8 @@ async function loadHistory(): Promise<void> {
   const runLabel = runId === undefined ? '' : `· run ${runId}`;
   for (const id of ['acc-run', 'rounds-run', 'models-run']) byId(id).textContent = runLabel;
   const { body: models } = await api<ModelRecord[]>('/api/models');
+  registryModels = models;
+  void renderRegistry();
   const ofRun = models.filter((m) => m.runId === runId);
   const shown = showAllModels ? ofRun : ofRun.slice(-10);
   renderModels(byId<HTMLTableElement>('models'), shown, last?.modelVersion ?? null);
@@ -399,6 +402,51 @@ async function loadHistory(): Promise<void> {
   renderRounds(byId<HTMLTableElement>('rounds'), rounds, openRounds);
   renderCharts(rounds);
 }
+// ─── the model registry: lineage tree, records side by side, the admin's edits ───
+let registryModels: ModelRecord[] = [];
+/** the versions selected in the tree: the latest two, the last one is the one edited */
+let selectedVersions: number[] = [];
+async function renderRegistry(): Promise<void> {
+  renderLineage(byId('lineage'), lineageTree(registryModels, new Set(selectedVersions)), selectedVersions, (v) => {
+    selectedVersions = selectedVersions.includes(v) ? selectedVersions.filter((x) => x !== v) : [...selectedVersions, v].slice(-2);
+    void renderRegistry();
+  });
+  const cards = (await Promise.all(selectedVersions.map((v) => api<ModelCard>(`/api/models/${v}`)))).filter((r) => r.status === 200).map((r) => r.body);
+  renderComparison(byId('compare'), cards);
+  const edited = cards.at(-1);
+  const form = byId<HTMLFormElement>('model-edit');
+  form.hidden = !edited || !token;
+  if (!edited || form.dataset.version === String(edited.version)) return;
+  form.dataset.version = String(edited.version);
+  byId('model-edit-title').textContent = `Edit v${edited.version}`;
+  byId<HTMLInputElement>('meta-name').value = edited.name ?? '';
+  byId<HTMLInputElement>('meta-owner').value = edited.owner ?? '';
+  // the version's own labels (the record also shows those of its run, which are the run's to set)
+  const own = registryModels.find((m) => m.version === edited.version)?.meta.labels ?? {};
+  byId<HTMLInputElement>('meta-labels').value = Object.entries(own).map(([k, v]) => `${k}=${v}`).join(', ');
+  byId<HTMLTextAreaElement>('meta-description').value = edited.description ?? '';
+  byId('meta-error').textContent = '';
+}
+byId<HTMLFormElement>('model-edit').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const version = byId<HTMLFormElement>('model-edit').dataset.version;
+  const labels: Record<string, string> = {};
+  for (const pair of byId<HTMLInputElement>('meta-labels').value.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const at = pair.indexOf('=');
+    labels[(at < 0 ? pair : pair.slice(0, at)).trim()] = at < 0 ? '' : pair.slice(at + 1).trim();
+  }
+  const body = { name: byId<HTMLInputElement>('meta-name').value, owner: byId<HTMLInputElement>('meta-owner').value, description: byId<HTMLTextAreaElement>('meta-description').value, labels };
+  void api<{ error?: string }>(`/api/models/${version}`, { method: 'PATCH', body: JSON.stringify(body) }).then(({ status, body: answer }) => {
+    byId('meta-error').className = status === 200 ? 'saved' : 'field-error';
+    if (status !== 200) {
+      byId('meta-error').textContent = answer.error ?? `could not save (HTTP ${status})`;
+      return;
+    }
+    delete byId<HTMLFormElement>('model-edit').dataset.version; // filled again from the saved record
+    void refreshHistory().then(() => (byId('meta-error').textContent = 'Saved.'));
+  });
+});
+
 byId('models-more').addEventListener('click', () => {
   showAllModels = !showAllModels;
   void refreshHistory();

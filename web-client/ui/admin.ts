@@ -1,5 +1,6 @@
 /** Render functions of the admin page: they take elements and data, never the network. */
-import type { DeviceInfo, FederationEvent, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import type { DeviceInfo, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import type { LineageNode } from './lineage.ts';
 import { phaseKey, phaseSpans, ROUND_PHASES, type RoundPhase, type RoundTimeline } from '../../shared/phases.ts';
 import { bytes, el, ms, num, pct } from './dom.ts';
 
@@ -195,4 +196,71 @@ export type LogEntry = FederationEvent;
 
 export function renderLog(target: HTMLElement, entries: readonly LogEntry[]): void {
   target.replaceChildren(...[...entries].reverse().slice(0, 200).map((e) => el('li', { class: e.level }, el('time', { datetime: new Date(e.at).toISOString() }, new Date(e.at).toLocaleTimeString()), e.message)));
+}
+
+/** The registry's lineage (lineage.ts): each version a button that selects it for the details and the comparison (at most two). */
+export function renderLineage(target: HTMLElement, nodes: readonly LineageNode[], selected: readonly number[], onSelect: (version: number) => void): void {
+  const item = (n: LineageNode): HTMLLIElement => {
+    const m = n.model;
+    const on = selected.includes(m.version);
+    const what = [m.runId === null ? 'no run' : `run ${m.runId}`, m.round === 0 ? 'initial' : `round ${m.round}`, m.testAccuracy === null ? null : pct(m.testAccuracy, 2)].filter(Boolean).join(' · ');
+    const button = el('button', { type: 'button', class: on ? 'version selected' : 'version', 'aria-pressed': on ? 'true' : 'false', 'data-version': String(m.version) }, `v${m.version}`);
+    button.onclick = () => onSelect(m.version);
+    return el(
+      'li',
+      {},
+      n.folded ? el('span', { class: 'folded muted' }, `⋮ ${n.folded} version${n.folded === 1 ? '' : 's'}`) : null,
+      el('span', { class: 'node' }, button, ' ', what, m.meta.name ? el('strong', {}, ` ${m.meta.name}`) : null, ...Object.entries(m.meta.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`))),
+      n.children.length ? el('ul', {}, ...n.children.map(item)) : null,
+    );
+  };
+  target.replaceChildren(nodes.length ? el('ul', { class: 'tree' }, ...nodes.map(item)) : el('p', { class: 'muted' }, 'No model yet.'));
+}
+
+const distribution = (d: readonly number[] | null) => {
+  if (!d) return '—';
+  const total = d.reduce((a, b) => a + b, 0) || 1;
+  return d.map((c, i) => `${i}:${Math.round((c / total) * 100)}%`).join(' ');
+};
+
+/** One or two registry records side by side; rows where two differ are marked. */
+export function renderComparison(target: HTMLElement, cards: readonly ModelCard[]): void {
+  if (cards.length === 0) {
+    target.replaceChildren(el('p', { class: 'muted' }, 'Select a version in the tree to see its record; select a second to compare them.'));
+    return;
+  }
+  const c = (f: (x: ModelCard) => unknown) => (x: ModelCard) => {
+    const v = f(x);
+    return v === null || v === undefined || v === '' ? '—' : String(v);
+  };
+  const rows: [string, (x: ModelCard) => string][] = [
+    ['Name', c((x) => x.name)],
+    ['Description', c((x) => x.description)],
+    ['Owner', c((x) => x.owner)],
+    ['Labels', c((x) => Object.entries(x.labels).map(([k, v]) => `${k}=${v}`).join(', '))],
+    ['Run · round', c((x) => `${x.runId === null ? 'no run' : `run ${x.runId}`} · ${x.round === 0 ? 'initial' : `round ${x.round}`}`)],
+    ['Parent', c((x) => (x.parentVersion === null ? 'fresh initialization' : `v${x.parentVersion}`))],
+    ['Children', c((x) => x.children.map((v) => `v${v}`).join(', '))],
+    ['Created', c((x) => new Date(x.createdAt).toLocaleString())],
+    ['Test accuracy', c((x) => pct(x.testAccuracy, 2))],
+    ['Test loss', c((x) => num(x.testLoss))],
+    ['Devices\' evaluation (mean / worst 10 %)', c((x) => (x.federatedEvaluation ? `${pct(x.federatedEvaluation.mean, 1)} / ${pct(x.federatedEvaluation.worst10, 1)} over ${x.federatedEvaluation.devices} devices (round ${x.federatedEvaluation.round})` : null))],
+    ['Model · parameters', c((x) => `${x.model} · ${x.parameters.toLocaleString()}`)],
+    ['Strategy · aggregation · codec', c((x) => (x.strategy ? `${x.strategy} · ${x.aggregation} · ${x.codec}` : null))],
+    ['η · E · B · K', c((x) => (x.config ? `${x.config.learningRate} · ${x.config.localEpochs} · ${x.config.batchSize} · ${x.config.clientsPerRound}` : null))],
+    ['Trained by (this round)', c((x) => (x.trainedBy ? `${x.trainedBy.devices} devices, ${x.trainedBy.examples.toLocaleString()} examples` : null))],
+    ['Its labels (declared)', c((x) => distribution(x.trainedBy?.labelDistribution ?? null))],
+    ['Lineage', c((x) => `${x.lineage.rounds} rounds, ${x.lineage.deviceRounds} device-rounds of ${x.lineage.devices} devices, ${x.lineage.examples.toLocaleString()} examples`)],
+    ['Privacy', c((x) => (x.privacy ? `ε = ${x.privacy.epsilon.toFixed(2)} (δ = ${x.privacy.delta})` : 'not private'))],
+    ['Framework', c((x) => `${x.framework.name} ${x.framework.version}`)],
+  ];
+  const differs = (f: (x: ModelCard) => string) => cards.length === 2 && f(cards[0]!) !== f(cards[1]!);
+  target.replaceChildren(
+    el(
+      'table',
+      { class: 'compare' },
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Version'), ...cards.map((x) => el('th', { scope: 'col' }, `v${x.version}`)))),
+      el('tbody', {}, ...rows.map(([head, f]) => el('tr', { class: differs(f) ? 'differs' : undefined, 'data-row': head }, el('th', { scope: 'row' }, head), ...cards.map((x) => el('td', {}, f(x)))))),
+    ),
+  );
 }
