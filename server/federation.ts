@@ -7,12 +7,13 @@
  * updates being validated and the acks waiting for an answer.
  */
 import type { AdminSnapshot, DeviceInfo, FederationEvent, FederationStatus } from '../shared/api.ts';
-import type { ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../shared/protocol.ts';
+import type { CanaryEnd, EvalStart, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../shared/protocol.ts';
 import { roundContext } from '../shared/secagg/plan.ts';
 import { neighbourToWire, sharesToWire } from '../shared/secagg/wire.ts';
-import { publicConfig, type DeviceHello, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
+import { publicConfig, type DeviceHello, type EvalReport, type RunConfig, type StateReport, type UpdateSubmit } from '../shared/schemas.ts';
 import { encodeWeights, totalSize, WeightsFormatError } from '../shared/weights.ts';
 import { DeviceRegistry } from './devices.ts';
+import { EvaluationService } from './evaluations.ts';
 import { describeWaiting, initialState, isActive, selectionSize, stageOf, step, type CoordinatorEvent, type CoordinatorState, type Effect } from './fl/coordinator.ts';
 import { SecureRound, verifyInput, type SecAggMessage } from './fl/secagg.ts';
 import { aggregationBase, dpFedAvgAggregator, serverControl, updateSpecs, type RoundAggregator, type Strategy } from './fl/strategy.ts';
@@ -39,6 +40,9 @@ export interface DevicePort {
   readonly downloadsElsewhere?: boolean;
   /** a secure-aggregation message for one device (secagg/) */
   sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): void;
+  /** evaluation rounds and the canary (evaluations.ts); a port without them does not offer them */
+  sendEvalStart?(deviceId: string, msg: EvalStart): void;
+  sendCanaryEnd?(deviceId: string, msg: CanaryEnd): void;
 }
 
 export interface Clock {
@@ -117,6 +121,8 @@ export interface DeviceGateway {
   latestModel(): ModelPublished | null;
   submitUpdate(deviceId: string, msg: UpdateSubmit): Promise<Result<{ accepted: true }>>;
   secAggMessage(deviceId: string, ref: { runId: number; round: number; attempt: number }, message: SecAggMessage, bytes: number): Promise<Result<null>>;
+  /** a device's evaluation report (evaluation rounds and the canary); absent where they are not offered */
+  evaluationReport?(deviceId: string, report: EvalReport): Result<null>;
 }
 
 interface Submission {
@@ -159,6 +165,8 @@ export class Federation implements DeviceGateway {
   private state: CoordinatorState = initialState();
   private readonly devices = new DeviceRegistry();
   private readonly models: ModelBook;
+  /** evaluation rounds, the canary and the live version (evaluations.ts) */
+  readonly evaluations: EvaluationService;
   /** the round's aggregator; `inThreads`: accepted updates were added to the work threads' sums, merged at aggregation */
   private aggregator: { key: string; sum: RoundAggregator; inThreads?: boolean; nodes?: Map<string, string[]> } | undefined;
   private readonly submissions = new Map<number, Submission>();
@@ -186,6 +194,21 @@ export class Federation implements DeviceGateway {
   constructor(private readonly deps: FederationDeps) {
     this.log = deps.logger.child('federation');
     this.models = new ModelBook(deps.store, this.log, deps.encodeDelta);
+    const port = deps.port;
+    this.evaluations = new EvaluationService({
+      store: deps.store,
+      clock: deps.clock,
+      port: port.sendEvalStart && port.sendCanaryEnd ? { sendEvalStart: (id, m) => port.sendEvalStart!(id, m), sendCanaryEnd: (id, m) => port.sendCanaryEnd!(id, m) } : undefined,
+      log: this.log.child('evaluations'),
+      devices: () => this.devices.list(),
+      busy: () => (this.starting ? 'a run is starting' : isActive(this.state) ? `run ${this.state.run?.id} is ${this.state.phase}: its devices train; evaluate once it ends` : undefined),
+      note: (level, kind, message, fields) => this.note(level, kind, message, fields),
+    });
+  }
+
+  /** A device's evaluation report, taken or refused by the evaluation round under way. */
+  evaluationReport(deviceId: string, report: EvalReport): Result<null> {
+    return this.evaluations.report(deviceId, report);
   }
 
   // ─── observers (the admin feed) ──────────────────────────────────────────
@@ -222,6 +245,7 @@ export class Federation implements DeviceGateway {
   leave(deviceId: string): void {
     if (!this.devices.leave(deviceId, this.deps.clock.now())) return;
     this.note('info', 'device:left', `device ${deviceId} left`, { deviceId });
+    this.evaluations.left(deviceId);
     this.dispatch({ type: 'device:left', deviceId });
   }
 
@@ -234,6 +258,7 @@ export class Federation implements DeviceGateway {
   /** Reads what the store holds that the federation answers from at once (the newest model). */
   async open(): Promise<void> {
     await this.models.open();
+    await this.evaluations.open();
   }
 
   /** The latest global model of any run, as devices are told of it. */
@@ -250,6 +275,8 @@ export class Federation implements DeviceGateway {
   async startRun(config: RunConfig): Promise<number> {
     if (isActive(this.state)) throw new ConflictError(`run ${this.state.run?.id} is ${this.state.phase}; stop it first`);
     if (this.starting) throw new ConflictError('a run is being started; stop it first');
+    const evaluating = this.evaluations.running();
+    if (evaluating) throw new ConflictError(`${evaluating}; start the run once it ends`);
     const refused = this.deps.remote ? clusterRefuses(config) : undefined;
     if (refused) throw new RunConfigError(refused);
     this.starting = true;
@@ -361,13 +388,14 @@ export class Federation implements DeviceGateway {
    */
   shutdown(): void {
     this.closed = true;
+    this.evaluations.shutdown();
     this.timer?.cancel();
     this.timer = undefined;
   }
 
   /** Settles once the store's writes asked for so far are done. */
   flushed(): Promise<void> {
-    return this.writes;
+    return Promise.all([this.writes, this.evaluations.flushed()]).then(() => undefined);
   }
 
   /** Settles once the work in flight (validation, aggregation, evaluations) is done. */
@@ -546,6 +574,11 @@ export class Federation implements DeviceGateway {
         this.aggregator = undefined;
         this.persist(effect.type, () => this.deps.store.finishRun(effect.runId, effect.status, effect.reason, now));
         this.note(effect.status === 'done' ? 'info' : 'warn', 'run:finished', `run ${effect.runId} ${effect.status}: ${effect.reason}`, { runId: effect.runId, status: effect.status });
+        // a run that completed hands its final version on: live at once, or a candidate for a canary
+        if (effect.status === 'done' && this.state.run?.config && this.models.current) {
+          const [config, version] = [this.state.run.config, this.models.current.version];
+          this.track(this.writes.then(() => this.evaluations.runFinished(config, version)));
+        }
         return;
       case 'timer:set':
         return this.arm(effect.at);

@@ -5,6 +5,7 @@
 import type { ModelName } from './models-names.ts';
 import type { RoundPhases, RoundTimeline } from './phases.ts';
 import type { Fairness } from './fairness.ts';
+import type { NonInferiority } from './canary.ts';
 import type { Hello, RunConfig, StateReport } from './schemas.ts';
 
 export type { RoundPhases, RoundTimeline } from './phases.ts';
@@ -276,3 +277,30 @@ export interface AdminSnapshot extends Omit<FederationStatus, 'devices'> {
   now: number;
 }
 
+
+/** What an evaluation round came to, as stored and served (GET /api/evaluations). */
+export interface EvaluationRecord {
+  id: number;
+  purpose: 'evaluate' | 'canary';
+  versions: number[];
+  startedAt: number;
+  endedAt: number;
+  reason: string;
+  selected: number;
+  reported: number;
+  /** per version: the example-weighted accuracy and loss over the reporting devices, and the spread of their accuracies */
+  results: { version: number; examples: number; accuracy: number | null; loss: number | null; spread: Fairness | null }[];
+  /** a canary's test and what became of the candidate */
+  canary?: NonInferiority & { live: number; candidate: number; outcome: 'promoted' | 'rolled back' | 'decided by the admin' };
+}
+
+
+/** Which version is live (served as `latest`) and which is being tried (GET /api/canary). */
+export interface Deployment {
+  /** the live version: promoted by a canary, or the final version of a run that went live at once (null: none yet — `latest` is then the newest) */
+  live: number | null;
+  /** the candidate under a canary, its evaluation and its settings (null: none) */
+  candidate: { version: number; evalId: number; startedAt: number; margin: number; alpha: number; share: number } | null;
+  /** the last canary's outcome */
+  last: EvaluationRecord | null;
+}

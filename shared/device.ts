@@ -10,10 +10,11 @@ import type * as tf from '@tensorflow/tfjs';
 import { encodeWithFeedback } from './codec.ts';
 import { applyModelDelta } from './model-delta.ts';
 import { weightSpecs, type ModelName } from './models.ts';
-import type { RoundStart } from './protocol.ts';
+import type { EvalStart, RoundStart } from './protocol.ts';
 import { createRng, hashString } from './rng.ts';
-import type { UpdateSubmit } from './schemas.ts';
-import { computeUpdate, type LocalData, type TrainHooks } from './train.ts';
+import type { EvalReport, UpdateSubmit } from './schemas.ts';
+import { computeUpdate, evaluateLocal, type LocalData, type TrainHooks } from './train.ts';
+import { pairedCounts } from './canary.ts';
 import { mixedAccuracies, mixWeight, totalVariation } from './personalize.ts';
 import { controlCorrection, deviceControlStep, scaffoldUpdateSpecs } from './scaffold.ts';
 import { setFlatWeights } from './models.ts';
@@ -213,4 +214,26 @@ export async function keepRoundState(msg: RoundStart, round: DeviceRound, counte
   const key = residualKey(msg.runId, msg.model);
   if (round.residual) await memory.saveResidual(key, round.residual).catch(() => undefined);
   if (round.control) await memory.saveControl(key, round.control).catch(() => undefined);
+}
+
+/**
+ * The device's part of an evaluation round (evaluations on the server): each version it was sent,
+ * evaluated on its held-out data — no training — and, for a canary's [live, candidate], how often
+ * each got right what the other got wrong (canary.ts). Aggregates only leave the device.
+ */
+export async function runEvaluation(msg: EvalStart, ctx: { model: (name: ModelName) => tf.LayersModel; heldOut: LocalData }): Promise<EvalReport> {
+  if (ctx.heldOut.count === 0 || !ctx.heldOut.labels) throw new Error(`evaluation ${msg.evalId}: this device holds no held-out data`);
+  const predictions: Int32Array[] = [];
+  const results: EvalReport['results'] = [];
+  for (const m of msg.models) {
+    const bytes = m.weights instanceof Uint8Array ? m.weights : new Uint8Array(m.weights as ArrayBuffer); // socket.io gives browsers ArrayBuffers
+    const model = ctx.model(m.model);
+    setFlatWeights(model, decodeWeights(bytes, weightSpecs(model)));
+    const predicted = new Int32Array(ctx.heldOut.count);
+    const r = await evaluateLocal(model, ctx.heldOut, 100, undefined, predicted);
+    predictions.push(predicted);
+    results.push({ version: m.version, accuracy: r.accuracy, loss: r.loss });
+  }
+  const paired = msg.purpose === 'canary' && predictions.length === 2 ? pairedCounts(ctx.heldOut.labels, predictions[0]!, predictions[1]!) : undefined;
+  return { evalId: msg.evalId, examples: ctx.heldOut.count, results, ...(paired ? { paired: { b: paired.b, c: paired.c } } : {}) };
 }

@@ -6,7 +6,7 @@
 import type { AdminSnapshot, FederationEvent } from './api.ts';
 import type { CodecConfig } from './codec.ts';
 import type { ModelName } from './models-names.ts';
-import type { Hello, SecAggKeys, SecAggReveal, SecAggShares, StateReport, UpdateSubmit } from './schemas.ts';
+import type { EvalReport, Hello, SecAggKeys, SecAggReveal, SecAggShares, StateReport, UpdateSubmit } from './schemas.ts';
 import type { NeighbourKeysWire, SealedShareWire } from './secagg/wire.ts';
 import type { SecAggRoundPlan } from './secagg/session.ts';
 
@@ -104,6 +104,27 @@ export interface RoundEnd {
   counted: boolean;
 }
 
+/**
+ * eval:start — evaluate stored versions on the device's held-out data, no training (evaluation
+ * rounds, and the canary's comparison: then `models` is [live, candidate] and the device serves its
+ * predictions from the candidate until the canary ends)
+ */
+export interface EvalStart {
+  evalId: number;
+  purpose: 'evaluate' | 'canary';
+  /** epoch milliseconds after which the server stops taking reports */
+  deadline: number;
+  /** each version's architecture and its full weight payload (weights.ts) */
+  models: { version: number; model: ModelName; weights: Uint8Array }[];
+}
+
+/** canary:end — the canary's outcome; a device that served the candidate goes back to the live model */
+export interface CanaryEnd {
+  evalId: number;
+  outcome: 'promoted' | 'rolled back';
+  live: number;
+}
+
 export interface ModelPublished {
   version: number;
   runId: number;
@@ -119,6 +140,8 @@ export interface ServerToClientEvents {
   'secagg:shares': (msg: SecAggSharesIn) => void;
   'secagg:unmask': (msg: SecAggUnmask) => void;
   'model:published': (msg: ModelPublished) => void;
+  'eval:start': (msg: EvalStart) => void;
+  'canary:end': (msg: CanaryEnd) => void;
   'server:error': (error: ProtocolError) => void;
 }
 
@@ -133,6 +156,7 @@ export interface ClientToServerEvents {
   'secagg:keys': (msg: SecAggKeys, ack: Ack<null>) => void;
   'secagg:shares': (msg: SecAggShares, ack: Ack<null>) => void;
   'secagg:reveal': (msg: SecAggReveal, ack: Ack<null>) => void;
+  'eval:report': (msg: EvalReport, ack: Ack<null>) => void;
 }
 
 export const SOCKET_PATH = '/socket.io';

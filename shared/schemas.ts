@@ -89,6 +89,19 @@ export const updateSubmitSchema = z.strictObject({
   signature: z.instanceof(Uint8Array).refine((s) => s.byteLength === 64, 'must be a 64-byte ECDSA signature').optional(),
 });
 
+/** eval:report — a device's evaluation of the versions it was sent, on its held-out data: aggregates only */
+export const evalReportSchema = z
+  .strictObject({
+    evalId: z.number().int().positive(),
+    /** held-out examples evaluated (at most what the device declared when it joined) */
+    examples: z.number().int().min(1).max(60_000),
+    results: z.array(z.strictObject({ version: z.number().int().positive(), accuracy: z.number().min(0).max(1), loss: finiteMetric.min(0).max(1e6) })).min(1).max(8),
+    /** a canary's two models on the same examples: b = the candidate right and the live one wrong, c = the reverse */
+    paired: z.strictObject({ b: z.number().int().min(0), c: z.number().int().min(0) }).optional(),
+  })
+  .refine((r) => !r.paired || r.paired.b + r.paired.c <= r.examples, { message: 'b + c must not exceed examples', path: ['paired'] });
+export type EvalReport = z.infer<typeof evalReportSchema>;
+
 // ─── secure aggregation (secagg/) ────────────────────────────────────────────
 /** bytes as base64 text (wire.ts): decoded here, their length bounded */
 const sized = (min: number, max: number) =>
@@ -173,6 +186,25 @@ const text = (max: number) => z.string({ error: 'must be a string or null' }).tr
 export const modelMetaSchema = z.strictObject({ name: text(100), description: text(2000), owner: text(100), labels: labelsSchema }).partial();
 export type ModelMetaPatch = z.infer<typeof modelMetaSchema>;
 
+/** A canary's settings (canary.ts): the share of devices that try the candidate, the test's margin and level, how long they have. */
+export const canarySettingsSchema = z.strictObject({
+  share: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.1),
+  margin: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).lt(1, { error: 'must be less than 1' }).default(0.01),
+  alpha: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).lt(0.5, { error: 'must be less than 0.5' }).default(0.05),
+  timeoutMs: z.number({ error: 'must be a number' }).int({ error: 'must be a whole number' }).min(1_000, { error: 'must be at least 1000' }).max(24 * 3600_000, { error: 'must be at most 86400000' }).default(120_000),
+});
+export type CanarySettings = z.infer<typeof canarySettingsSchema>;
+
+/** POST /api/evaluations: which stored versions, on what share of the connected devices, for how long */
+export const evaluationRequestSchema = z.strictObject({
+  versions: z.array(z.number({ error: 'must be model versions' }).int().positive(), { error: 'must be a list of model versions' }).min(1, { error: 'name at least one version' }).max(4, { error: 'at most 4 versions at once' }),
+  share: canarySettingsSchema.shape.share.default(1),
+  timeoutMs: canarySettingsSchema.shape.timeoutMs.default(60_000),
+});
+
+/** POST /api/canary: a stored version to try against the live one */
+export const canaryRequestSchema = canarySettingsSchema.extend({ version: z.number({ error: 'must be a model version' }).int().positive() });
+
 export const runConfigSchema = z.strictObject({
   model: z.enum(MODEL_NAMES, { error: `must be one of ${MODEL_NAMES.join(', ')}` }).default('cnn-small'),
   rounds: whole(1, 10_000).default(5),
@@ -236,6 +268,8 @@ export const runConfigSchema = z.strictObject({
   secAggThreshold: whole(0, 254).default(0),
   /** start from this stored version of the same model instead of a fresh initialization (its descendant in the registry's lineage) */
   initialVersion: z.number({ error: 'must be a model version' }).int({ error: 'must be a whole number' }).positive({ error: 'must be a model version' }).optional(),
+  /** when set, the run's final version becomes a candidate tried on a share of devices against the live model (canary.ts), instead of going live at once */
+  canary: canarySettingsSchema.optional(),
   /** labels every version the run makes carries in the registry (e.g. the partition of a simulation) */
   labels: labelsSchema.default({}),
   /** user-level differential privacy (DP-FedAvg): clip, sample, add noise, account (privacy/); with secureAggregation the devices add the noise */

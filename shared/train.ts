@@ -53,21 +53,24 @@ export interface EvalMetrics {
  * 1,000 on the wasm backend, by `npm run bench`'s server evaluation time). `yieldToHost`, if given,
  * runs between batches so a long evaluation does not stall the host's event loop.
  */
-export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batchSize = 100, yieldToHost?: () => Promise<void>): Promise<EvalMetrics> {
+export async function evaluateLocal(model: tf.LayersModel, data: LocalData, batchSize = 100, yieldToHost?: () => Promise<void>, predictions?: Int32Array): Promise<EvalMetrics> {
   if (data.count === 0) return { accuracy: 0, loss: 0 };
+  if (predictions && predictions.length !== data.count) throw new RangeError(`evaluation: room for ${predictions.length} predictions, ${data.count} examples`);
   let correct = 0;
   let lossSum = 0;
   for (let start = 0; start < data.count; start += batchSize) {
     const n = Math.min(batchSize, data.count - start);
-    const [hits, loss] = tf.tidy(() => {
+    const [hits, loss, predicted] = tf.tidy(() => {
       const x = data.pixels ? tf.tensor4d(data.pixels.subarray(start * 784, (start + n) * 784), [n, 28, 28, 1]) : data.x.slice([start, 0, 0, 0], [n, 28, 28, 1]);
       const y = data.labels ? tf.tensor1d(data.labels.subarray(start, start + n), 'int32') : data.y.slice([start], [n]);
       const probs = model.predict(x) as tf.Tensor2D;
-      return [probs.argMax(1).equal(y).sum(), crossEntropy(probs, y).mul(n)];
+      const labels = probs.argMax(1);
+      return [labels.equal(y).sum(), crossEntropy(probs, y).mul(n), predictions ? labels : undefined];
     });
     correct += (await hits.data())[0] as number;
     lossSum += (await loss.data())[0] as number;
-    tf.dispose([hits, loss]);
+    if (predicted) predictions!.set(await predicted.data() as Int32Array, start);
+    tf.dispose([hits, loss, ...(predicted ? [predicted] : [])]);
     if (yieldToHost) await yieldToHost();
   }
   return { accuracy: correct / data.count, loss: lossSum / data.count };

@@ -119,6 +119,25 @@ describe.each(kinds)('the %s store', (_name, open) => {
     }
   });
 
+  it('keeps evaluation rounds under fresh numbers and small settings by key', async () => {
+    const store = await open();
+    try {
+      const a = await store.createEvaluation(5);
+      const b = await store.createEvaluation(6);
+      expect(b).toBe(a + 1);
+      const record = { id: b, purpose: 'canary' as const, versions: [1, 2], startedAt: 6, endedAt: 9, reason: 'every selected device answered (1 reported)', selected: 1, reported: 1, results: [{ version: 1, examples: 10, accuracy: 0.5, loss: 1, spread: null }, { version: 2, examples: 10, accuracy: 0.6, loss: 0.9, spread: null }] };
+      await store.saveEvaluation(record);
+      expect(await store.listEvaluations()).toEqual([record]); // one not yet closed is not listed
+      await expect(store.saveEvaluation({ ...record, id: b + 5 })).rejects.toThrow(`evaluation ${b + 5} was never created`);
+      expect(await store.getSetting('deployment')).toBeUndefined();
+      await store.setSetting('deployment', { live: 4, candidate: null });
+      await store.setSetting('deployment', { live: 7, candidate: null });
+      expect(await store.getSetting('deployment')).toEqual({ live: 7, candidate: null });
+    } finally {
+      await store.close();
+    }
+  });
+
   it('sums up each run: rounds completed, failed attempts, the last completed round\'s accuracy and model', async () => {
     const store = await open();
     try {

@@ -15,6 +15,8 @@ import { faultsFromQuery, faultyDevice, type Fault } from './fl/faults.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
 import { barChart, lineChart } from './ui/charts.ts';
 import { byId } from './ui/dom.ts';
+import { drawingPad, toMnist } from './ui/draw.ts';
+import { predictDigit } from './ml/predict.ts';
 import { describeSlice, renderFacts, renderHistory, renderProgress, renderSamples, renderState } from './ui/device.ts';
 
 /** A small, typed, read-only API for scripts and tests (instead of scraping the page). */
@@ -30,6 +32,8 @@ export interface DeviceTestApi {
   source?: 'indexeddb' | 'provisioned';
   spec?: SliceSpec;
   snapshot?: DeviceSnapshot;
+  /** the drawing pad's last prediction */
+  prediction?: { digit: number; probabilities: number[]; version: number };
   /** loads a model with tf.loadLayersModel and returns its parameter count */
   loadModel(url: string): Promise<number>;
   /** measures training samples/s on a backend: raw model.fit vs the device's training step */
@@ -117,6 +121,34 @@ const historyChart = lineChart(byId<HTMLCanvasElement>('history-chart'), [], [
 let client: DeviceClient | undefined;
 let joining = false;
 
+// ─── the drawing pad: the device's current model predicts what a person draws ───
+const probabilitiesChart = barChart(byId<HTMLCanvasElement>('probabilities'), ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'], 'probability', '#1f8a4c');
+const pad = drawingPad(byId<HTMLCanvasElement>('pad'), () => void predictDrawn());
+byId('pad-clear').addEventListener('click', () => {
+  pad.clear();
+  probabilitiesChart.data.datasets[0]!.data = [];
+  probabilitiesChart.update();
+  byId('prediction').textContent = 'Draw a digit from 0 to 9 with the mouse, a pen or a finger.';
+});
+async function predictDrawn(): Promise<void> {
+  const canvas = byId<HTMLCanvasElement>('pad');
+  const pixels = toMnist(canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height).data, canvas.width, canvas.height);
+  const line = byId('prediction');
+  if (!pixels) return;
+  const serving = await client?.servingModel();
+  if (!serving) {
+    line.textContent = 'No model on this device yet: join, and it gets one in its first round (or a canary).';
+    return;
+  }
+  const probs = predictDigit(serving.model, pixels);
+  const best = probs.indexOf(Math.max(...probs));
+  probabilitiesChart.data.datasets[0]!.data = probs;
+  probabilitiesChart.update();
+  const why = client?.snapshot.serving?.why === 'canary' ? ' (a candidate this device tries in a canary)' : '';
+  line.textContent = `It is a ${best}: ${(probs[best]! * 100).toFixed(1)} % sure, says model v${serving.version}${why}.`;
+  window.__fl.prediction = { digit: best, probabilities: probs, version: serving.version };
+}
+
 /** what each stage of a secure round means, in the page's words */
 const SECURE_STAGES: Record<NonNullable<DeviceSnapshot['secure']>, string> = {
   keys: 'keys advertised; waiting for the neighbours',
@@ -131,6 +163,8 @@ function render(s: DeviceSnapshot | undefined): void {
   renderState(byId('connection'), byId('state'), s);
   renderProgress(byId('progress'), byId('progress-line'), byId('round-line'), s);
   const g = s?.globalModel;
+  const ev = s?.evaluations.at(-1);
+  byId('serving-line').textContent = !s ? '' : [s.serving ? `Predictions come from model v${s.serving.version}${s.serving.why === 'canary' ? ', a candidate this device tries in a canary' : s.serving.why === 'live' ? ', the live model' : ''}.` : '', ev ? `Evaluation ${ev.evalId} (${ev.purpose}): ${ev.results.map((r) => `v${r.version} ${(r.accuracy * 100).toFixed(1)} %`).join(', ')} on held-out data, ${ev.outcome}${ev.message ? ` (${ev.message})` : ''}.` : ''].filter(Boolean).join(' ');
   byId('global-line').textContent = !s || s.connection === 'offline' ? '' : g ? `Latest global model: version ${g.version}${g.round > 0 ? ` (after round ${g.round})` : ' (initial)'}, test accuracy ${g.testAccuracy === null ? 'not measured yet' : (g.testAccuracy * 100).toFixed(2) + ' %'}` : 'No global model yet: no run has started.';
   // personalization: the latest round this tab trained, global against personal, and the mix its label distance sets
   const p = [...(s?.history ?? [])].reverse().find((h) => h.accuracyBefore !== null);

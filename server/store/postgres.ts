@@ -4,7 +4,7 @@
  * process. Migrations run once, under an advisory lock, whichever node starts first.
  */
 import pg from 'pg';
-import { asBuffer, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store } from './store.ts';
+import { asBuffer, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, EVALUATIONS_TABLES, runFromRow, type ModelRow, type EvaluationRecord, type RoundRecord, type RunRow, type Store } from './store.ts';
 
 const MIGRATIONS = [
   `CREATE TABLE runs (
@@ -40,6 +40,8 @@ const MIGRATIONS = [
   `ALTER TABLE models ADD COLUMN parent_version INTEGER;
    ALTER TABLE models ADD COLUMN meta JSONB;
    ${REGISTRY_BACKFILL};`,
+  // evaluation rounds and canaries; which version is live
+  EVALUATIONS_TABLES('JSONB'),
 ];
 
 /** an arbitrary key for the migration lock (pg_advisory_xact_lock) */
@@ -108,6 +110,13 @@ export async function openPostgresStore(url: string, options: { maxConnections?:
       return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
     listModels: async () => (await rows<ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`)).map(modelFromRow),
+    createEvaluation: async (now) => (await rows<{ id: number }>('INSERT INTO evaluations (id, created_at) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM evaluations), $1) RETURNING id', [now]))[0]!.id,
+    saveEvaluation: async (r) => {
+      if (((await pool.query('UPDATE evaluations SET data = $1 WHERE id = $2', [JSON.stringify(r), r.id])).rowCount ?? 0) === 0) throw new Error(`evaluation ${r.id} was never created`);
+    },
+    listEvaluations: async () => (await rows<{ data: EvaluationRecord }>('SELECT data FROM evaluations WHERE data IS NOT NULL ORDER BY id')).map((row) => row.data),
+    getSetting: async (key) => (await rows<{ value: unknown }>('SELECT value FROM settings WHERE key = $1', [key]))[0]?.value,
+    setSetting: async (key, value) => void (await pool.query('INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, JSON.stringify(value)])),
     close: () => pool.end(),
   };
 }

@@ -1,6 +1,6 @@
 /** The Store on SQLite (better-sqlite3): embedded, one file under DATA_DIR; synchronous underneath, so each answer is ready at once. */
 import Database from 'better-sqlite3';
-import { asBuffer, asyncStore, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, runFromRow, type ModelRow, type RoundRecord, type RunRow, type Store, type SyncStore } from './store.ts';
+import { asBuffer, asyncStore, MODEL_COLUMNS, modelFromRow, REGISTRY_BACKFILL, EVALUATIONS_TABLES, runFromRow, type ModelRow, type EvaluationRecord, type RoundRecord, type RunRow, type Store, type SyncStore } from './store.ts';
 
 export const SQLITE_MIGRATIONS = [
   `CREATE TABLE runs (
@@ -35,6 +35,8 @@ export const SQLITE_MIGRATIONS = [
   `ALTER TABLE models ADD COLUMN parent_version INTEGER;
    ALTER TABLE models ADD COLUMN meta TEXT;
    ${REGISTRY_BACKFILL};`,
+  // evaluation rounds and canaries; which version is live
+  EVALUATIONS_TABLES('TEXT'),
 ];
 
 /** SQLite keeps a run's config as JSON text */
@@ -80,6 +82,11 @@ export function openSqlite(file: string): SyncStore {
     latestOf: db.prepare<[string], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models WHERE model = ? ORDER BY version DESC LIMIT 1`),
     weights: db.prepare<[number], { weights: Buffer }>('SELECT weights FROM models WHERE version = ?'),
     listModels: db.prepare<[], ModelRow>(`SELECT ${MODEL_COLUMNS} FROM models ORDER BY version`),
+    createEvaluation: db.prepare<[number]>('INSERT INTO evaluations (id, created_at) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM evaluations), ?)'),
+    saveEvaluation: db.prepare('UPDATE evaluations SET data = ? WHERE id = ?'),
+    listEvaluations: db.prepare<[], { data: string }>('SELECT data FROM evaluations WHERE data IS NOT NULL ORDER BY id'),
+    getSetting: db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE key = ?'),
+    setSetting: db.prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
   };
 
   return {
@@ -113,6 +120,16 @@ export function openSqlite(file: string): SyncStore {
       return b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : undefined;
     },
     listModels: () => q.listModels.all().map(modelFromRow),
+    createEvaluation: (now) => Number(q.createEvaluation.run(now).lastInsertRowid),
+    saveEvaluation: (r) => {
+      if (q.saveEvaluation.run(JSON.stringify(r), r.id).changes === 0) throw new Error(`evaluation ${r.id} was never created`);
+    },
+    listEvaluations: () => q.listEvaluations.all().map((row) => JSON.parse(row.data) as EvaluationRecord),
+    getSetting: (key) => {
+      const row = q.getSetting.get(key);
+      return row ? (JSON.parse(row.value) as unknown) : undefined;
+    },
+    setSetting: (key, value) => void q.setSetting.run(key, JSON.stringify(value)),
     close: () => db.close(),
   };
 }

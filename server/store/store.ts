@@ -5,9 +5,9 @@
  */
 import type { ModelName } from '../../shared/models-names.ts';
 import { modelMetaSchema, runConfigSchema, type RunConfig } from '../../shared/schemas.ts';
-import type { ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
+import type { EvaluationRecord, ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
-export type { ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
+export type { EvaluationRecord, ModelMeta, ModelRecord, RoundRecord, RunRecord, RunStatus } from '../../shared/api.ts';
 
 export interface RunOutcome {
   roundsCompleted: number;
@@ -36,6 +36,14 @@ export interface Store {
   /** the server optimizer's state stored with a version (undefined: none, or no such version) */
   getOptimizerState(version: number): Promise<Uint8Array | undefined>;
   listModels(): Promise<ModelRecord[]>;
+  /** a new evaluation round's number */
+  createEvaluation(now: number): Promise<number>;
+  /** stores an evaluation round's record (replacing what its number held) */
+  saveEvaluation(record: EvaluationRecord): Promise<void>;
+  listEvaluations(): Promise<EvaluationRecord[]>;
+  /** a small JSON value kept under a key (the deployment: which version is live) */
+  getSetting(key: string): Promise<unknown>;
+  setSetting(key: string, value: unknown): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -46,6 +54,10 @@ export const MODEL_COLUMNS = 'version, run_id, round, model, created_at, test_ac
 
 /** Both stores' third migration: a version's parent and registry metadata; the parents of versions stored before it are their run's previous version. */
 export const REGISTRY_BACKFILL = 'UPDATE models SET parent_version = (SELECT MAX(p.version) FROM models p WHERE p.run_id = models.run_id AND p.version < models.version) WHERE round > 0';
+
+/** Both stores' fourth migration: evaluation rounds, and small settings such as the deployment. */
+export const EVALUATIONS_TABLES = (json: string) => `CREATE TABLE evaluations (id INTEGER PRIMARY KEY, created_at BIGINT NOT NULL, data ${json});
+   CREATE TABLE settings (key TEXT PRIMARY KEY, value ${json} NOT NULL);`;
 
 export const EMPTY_META: ModelMeta = { name: null, description: null, owner: null, labels: {} };
 /** Stored metadata as the schema reads it: a row from older code, or one edited by hand, gets the empty fields. */
@@ -92,6 +104,11 @@ export function asyncStore(sync: SyncStore): Store {
     getModelWeights: wrap(sync.getModelWeights),
     getOptimizerState: wrap(sync.getOptimizerState),
     listModels: wrap(sync.listModels),
+    createEvaluation: wrap(sync.createEvaluation),
+    saveEvaluation: wrap(sync.saveEvaluation),
+    listEvaluations: wrap(sync.listEvaluations),
+    getSetting: wrap(sync.getSetting),
+    setSetting: wrap(sync.setSetting),
     close: wrap(sync.close),
   };
 }

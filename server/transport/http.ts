@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
-import { publicConfig, validateRunConfig } from '../../shared/schemas.ts';
+import { canaryRequestSchema, describeIssues, evaluationRequestSchema, publicConfig, validateRunConfig } from '../../shared/schemas.ts';
 import { decodeWeights } from '../../shared/weights.ts';
 import type { RunSummary } from '../../shared/api.ts';
 import { zipSync } from 'fflate';
@@ -18,6 +18,7 @@ import { ConflictError, RunConfigError, type Federation } from '../federation.ts
 import type { ClusterHooks } from '../app.ts';
 import type { Store } from '../store/store.ts';
 import { modelCard, patchModelMeta } from '../registry.ts';
+import { EvaluationConflict, EvaluationRequestError, liveVersion } from '../evaluations.ts';
 import { requireAdmin } from './auth.ts';
 
 export interface HttpDeps {
@@ -175,10 +176,58 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
     res.json(await store.listRounds(id));
   });
 
+  // ─── evaluation rounds and the canary (evaluations.ts) ───
+  const evaluationError = (res: express.Response, err: unknown) => {
+    if (err instanceof EvaluationConflict) res.status(409).json({ error: err.message });
+    else if (err instanceof EvaluationRequestError) res.status(400).json({ error: err.message });
+    else throw err;
+  };
+  app.get('/api/evaluations', async (_req, res) => {
+    res.json(await store.listEvaluations());
+  });
+  app.post('/api/evaluations', admin, coordinated, async (req, res) => {
+    const parsed = evaluationRequestSchema.safeParse(req.body ?? {});
+    if (!parsed.success) {
+      res.status(400).json({ error: `evaluation: ${describeIssues(parsed.error)}` });
+      return;
+    }
+    try {
+      res.status(201).json({ id: await federation.evaluations.start(parsed.data) });
+    } catch (err) {
+      evaluationError(res, err);
+    }
+  });
+  app.get('/api/canary', coordinated, (_req, res) => {
+    res.json(federation.evaluations.current());
+  });
+  app.post('/api/canary', admin, coordinated, async (req, res) => {
+    const parsed = canaryRequestSchema.safeParse(req.body ?? {});
+    if (!parsed.success) {
+      res.status(400).json({ error: `canary: ${describeIssues(parsed.error)}` });
+      return;
+    }
+    const { version, ...settings } = parsed.data;
+    try {
+      res.status(201).json({ evalId: await federation.evaluations.startCanary(version, settings) });
+    } catch (err) {
+      evaluationError(res, err);
+    }
+  });
+  for (const [path, outcome] of [['/api/canary/promote', 'promoted'], ['/api/canary/rollback', 'rolled back']] as const) {
+    app.post(path, admin, coordinated, (_req, res) => {
+      try {
+        res.json(federation.evaluations.decide(outcome));
+      } catch (err) {
+        evaluationError(res, err);
+      }
+    });
+  }
+
   app.get('/api/models', async (_req, res) => {
     res.json(await store.listModels());
   });
-  const modelVersion = async (raw: string | undefined) => (raw === 'latest' ? (await store.latestModel())?.version : runId(raw));
+  /** `latest` (and `live`) name the live version: the one a canary promoted or a completed run put live (evaluations.ts) */
+  const modelVersion = async (raw: string | undefined) => (raw === 'latest' || raw === 'live' ? await liveVersion(store) : runId(raw));
   /** The TF.js model.json of a version; its weights file is named relative to it, so the two files work side by side offline. */
   const modelJson = async (version: number, weightsPath: string) => {
     const [model, weights] = await Promise.all([store.getModel(version), store.getModelWeights(version)]);

@@ -6,9 +6,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { Server, type ServerOptions, type Socket } from 'socket.io';
-import type { ClientToServerEvents, ErrorCode, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
+import type { CanaryEnd, ClientToServerEvents, ErrorCode, EvalStart, ModelPublished, Result, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import { CHALLENGE_BYTES, verifyHello } from '../../shared/identity.ts';
-import { describeIssues, helloSchema, secAggKeysSchema, secAggRevealSchema, secAggSharesSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
+import { describeIssues, evalReportSchema, helloSchema, secAggKeysSchema, secAggRevealSchema, secAggSharesSchema, stateReportSchema, updateSubmitSchema } from '../../shared/schemas.ts';
 import type { DeviceGateway, DevicePort } from '../federation.ts';
 import type { Logger } from '../log.ts';
 import { TokenBucket, type RateLimit } from './rate-limit.ts';
@@ -31,6 +31,12 @@ export class SocketDevicePort implements DevicePort {
   }
   broadcastModel(msg: ModelPublished): void {
     this.io?.emit('model:published', msg);
+  }
+  sendEvalStart(deviceId: string, msg: EvalStart): void {
+    this.sockets.get(deviceId)?.emit('eval:start', msg);
+  }
+  sendCanaryEnd(deviceId: string, msg: CanaryEnd): void {
+    this.sockets.get(deviceId)?.emit('canary:end', msg);
   }
   sendSecAgg<E extends 'secagg:neighbours' | 'secagg:shares' | 'secagg:unmask'>(deviceId: string, event: E, msg: Parameters<ServerToClientEvents[E]>[0]): void {
     (this.sockets.get(deviceId) as unknown as { emit(e: string, m: unknown): void } | undefined)?.emit(event, msg);
@@ -197,6 +203,14 @@ export function attachSockets(http: HttpServer, federation: DeviceGateway, port:
       const { runId, round, attempt, seeds, keys, signature } = parsed.data;
       const own = (xs: typeof seeds) => xs.map((s) => ({ of: s.of, share: Uint8Array.from(s.share) }));
       answer(ack, await federation.secAggMessage(deviceId, { runId, round, attempt }, { what: 'reveal', msg: { seeds: own(seeds), keys: own(keys), signature: Uint8Array.from(signature) } }, wireBytes(raw)));
+    });
+
+    on('eval:report', 1, (raw, ack) => {
+      if (!deviceId) return bad(ack, 'NOT_JOINED', 'eval:report: send device:hello first');
+      const parsed = evalReportSchema.safeParse(raw);
+      if (!parsed.success) return bad(ack, 'BAD_MESSAGE', `eval:report from device ${deviceId}: ${describeIssues(parsed.error)}`);
+      if (!federation.evaluationReport) return bad(ack, 'NO_ACTIVE_ROUND', 'eval:report: this server does not run evaluation rounds');
+      answer(ack, federation.evaluationReport(deviceId, parsed.data));
     });
 
     socket.on('disconnect', () => {

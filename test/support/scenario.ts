@@ -12,7 +12,7 @@ import { createLogger } from '../../server/log.ts';
 import type { EvalResult, Evaluator } from '../../server/ml/evaluator.ts';
 import { openSqlite } from '../../server/store/sqlite.ts';
 import { asyncStore, type Store, type SyncStore } from '../../server/store/store.ts';
-import type { ModelPublished, Result, RoundEnd, RoundStart } from '../../shared/protocol.ts';
+import type { CanaryEnd, EvalStart, ModelPublished, Result, RoundEnd, RoundStart } from '../../shared/protocol.ts';
 import { runConfigSchema, type RunConfig, type RunConfigInput, type UpdateSubmit } from '../../shared/schemas.ts';
 import { decodeWeights, encodeWeights, type FlatWeights, type TensorSpec } from '../../shared/weights.ts';
 
@@ -76,6 +76,14 @@ export class RecordingPort implements DevicePort {
   readonly secagg: { deviceId: string; event: string; msg: unknown }[] = [];
   sendSecAgg(deviceId: string, event: string, msg: unknown): void {
     this.secagg.push({ deviceId, event, msg });
+  }
+  readonly evalStarts: { deviceId: string; msg: EvalStart }[] = [];
+  readonly canaryEnds: { deviceId: string; msg: CanaryEnd }[] = [];
+  sendEvalStart(deviceId: string, msg: EvalStart): void {
+    this.evalStarts.push({ deviceId, msg });
+  }
+  sendCanaryEnd(deviceId: string, msg: CanaryEnd): void {
+    this.canaryEnds.push({ deviceId, msg });
   }
   /** the devices selected for a round */
   selected(round: number, attempt = 1): string[] {

@@ -29,8 +29,8 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
-/** the form's fields: every run-config field but `dp` and `labels` (objects, set through the API) */
-type Field = Exclude<keyof RunConfig, 'dp' | 'labels'>;
+/** the form's fields: every run-config field but `dp`, `labels` and `canary` (objects, set through the API) */
+type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },

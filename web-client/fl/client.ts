@@ -5,10 +5,11 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { io, type Socket } from 'socket.io-client';
-import { keepRoundState, memoryInProcess, runDeviceRound, type DeviceMemory } from '../../shared/device.ts';
+import { keepRoundState, memoryInProcess, runDeviceRound, runEvaluation, type DeviceMemory, type HeldModel } from '../../shared/device.ts';
 import type { DeviceIdentity } from '../../shared/identity.ts';
-import { buildModel, type ModelName } from '../../shared/models.ts';
-import type { ClientToServerEvents, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
+import { buildModel, setFlatWeights, type ModelName } from '../../shared/models.ts';
+import { decodeWeights } from '../../shared/weights.ts';
+import type { ClientToServerEvents, EvalStart, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DEVICE_STATES, UpdateSubmit } from '../../shared/schemas.ts';
 import type { LocalData } from '../../shared/train.ts';
 import { createYielder } from '../../shared/yield.ts';
@@ -53,6 +54,10 @@ export interface DeviceSnapshot {
   secure: SecAggStage | null;
   /** what the protocol cost this device in its last secure rounds (ms per step), newest last */
   secureCosts: { runId: number; round: number; attempt: number; keys: number; shares: number; mask: number; reveal: number }[];
+  /** the model this device serves predictions from: a canary's candidate while it is tried here, else the live or latest global model it received */
+  serving: { version: number; why: 'canary' | 'live' | 'trained' } | null;
+  /** its evaluation rounds, newest last: what it reported (or why it could not) */
+  evaluations: { evalId: number; purpose: 'evaluate' | 'canary'; results: { version: number; accuracy: number }[]; outcome: 'reported' | 'refused' | 'failed'; message?: string }[];
   error: string | null;
 }
 
@@ -96,7 +101,9 @@ export class DeviceClient {
   private lastEnd: RoundEnd | undefined;
   /** the global model version held, as last told to the server */
   private heldVersion = 0;
-  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, secure: null, secureCosts: [], error: null };
+  snapshot: DeviceSnapshot = { connection: 'offline', state: 'idle', progress: null, batches: null, loss: null, current: null, history: [], globalModel: null, secure: null, secureCosts: [], serving: null, evaluations: [], error: null };
+  /** the weights of the model served (snapshot.serving), when they came other than as the held global model */
+  private served: HeldModel | undefined;
   /** the secure-aggregation session of the current round: it outlives the round's work until the round ends (the reveal comes after the upload) */
   private secure: { key: string; session: Promise<SecAggSession> } | undefined;
 
@@ -155,7 +162,56 @@ export class DeviceClient {
       const known = this.snapshot.globalModel;
       if (!known || known.version <= msg.version) this.set({ globalModel: { version: msg.version, round: msg.round, testAccuracy: msg.testAccuracy } });
     });
+    socket.on('eval:start', (msg) => void this.evaluate(msg));
+    socket.on('canary:end', (msg) => {
+      // the canary is over: serve the live model (the candidate, if it was promoted)
+      const live = this.canaryModels?.find((m) => m.version === msg.live);
+      this.canaryModels = undefined;
+      if (live) this.serve(live, 'live');
+    });
     socket.on('server:error', (err) => this.set({ error: `${err.code}: ${err.message}` }));
+  }
+
+  /** the canary's [live, candidate], while this device tries the candidate */
+  private canaryModels: HeldModel[] | undefined;
+
+  private serve(m: HeldModel, why: NonNullable<DeviceSnapshot['serving']>['why']): void {
+    this.served = m;
+    this.set({ serving: { version: m.version, why } });
+  }
+
+  /** The model this device serves predictions from (the drawing pad): a canary's candidate, the live model it was sent, or the global model it holds. */
+  async servingModel(): Promise<{ version: number; model: tf.LayersModel } | undefined> {
+    const m = this.served ?? (await this.memory.loadModel().catch(() => undefined));
+    if (!m) return undefined;
+    if (!this.served) this.set({ serving: { version: m.version, why: 'trained' } });
+    const model = this.model(m.model);
+    setFlatWeights(model, m.weights);
+    return { version: m.version, model };
+  }
+
+  /** An evaluation round: the versions evaluated on held-out data, aggregates reported; a canary's candidate is served meanwhile. */
+  private async evaluate(msg: EvalStart): Promise<void> {
+    const entry: DeviceSnapshot['evaluations'][number] = { evalId: msg.evalId, purpose: msg.purpose, results: [], outcome: 'failed' };
+    const previous = this.snapshot.state;
+    try {
+      if (this.busy) throw new Error('the device is training');
+      this.set({ state: 'evaluating' });
+      const report = await runEvaluation(msg, { model: (name) => this.model(name), heldOut: this.options.heldOut });
+      entry.results = report.results.map((r) => ({ version: r.version, accuracy: r.accuracy }));
+      if (msg.purpose === 'canary' && msg.models.length === 2) {
+        this.canaryModels = msg.models.map((m) => ({ version: m.version, model: m.model, weights: decodeWeights(m.weights instanceof Uint8Array ? m.weights : new Uint8Array(m.weights as ArrayBuffer)) }));
+        this.serve(this.canaryModels[1]!, 'canary');
+      }
+      const ack = await this.socket?.timeout(30_000).emitWithAck('eval:report', report);
+      entry.outcome = ack?.ok ? 'reported' : 'refused';
+      if (ack && !ack.ok) entry.message = `${ack.error.code}: ${ack.error.message}`;
+    } catch (err) {
+      entry.message = err instanceof Error ? err.message : String(err);
+    } finally {
+      if (this.snapshot.state === 'evaluating') this.set({ state: previous === 'evaluating' ? 'idle' : previous });
+      this.set({ evaluations: [...this.snapshot.evaluations.slice(-19), entry] });
+    }
   }
 
   /** Proves the identity: the server's challenge, signed with the device's key, goes with the hello. */
@@ -260,6 +316,11 @@ export class DeviceClient {
 
   private async round(msg: RoundStart): Promise<void> {
     this.stopRound = undefined;
+    // outside a canary the device serves the newest global model it trains on
+    if (!this.canaryModels && this.served) {
+      this.served = undefined;
+      this.set({ serving: null });
+    }
     const entry: RoundHistoryEntry = { runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion, accuracyBefore: null, accuracyAfter: null, accuracyMixed: null, labelDistance: null, lossAfter: null, trainMs: null, bytesDown: msg.weights.byteLength, bytesUp: 0, outcome: 'trained' };
     // The round's model is the latest global model, even if this device missed its publication.
     const known = this.snapshot.globalModel;
