@@ -68,7 +68,9 @@ export const DEFAULT_RATE_LIMIT: RateLimit = { perSecond: 50, burst: 100 };
 const DISCONNECT_AFTER_REFUSALS = 1000;
 /** a message's size on the wire: its JSON text (secure-aggregation messages carry no binary attachments) */
 const wireBytes = (raw: unknown): number => JSON.stringify(raw).length;
-const KNOWN_EVENTS: ReadonlySet<string> = new Set(['device:challenge', 'device:hello', 'device:state', 'update:submit', 'secagg:keys', 'secagg:shares', 'secagg:reveal']);
+/** every event a device may send: a record over the protocol's map, so an event added there and not here fails to compile */
+const CLIENT_EVENTS: Record<keyof ClientToServerEvents, true> = { 'device:challenge': true, 'device:hello': true, 'device:state': true, 'update:submit': true, 'secagg:keys': true, 'secagg:shares': true, 'secagg:reveal': true, 'eval:report': true };
+const KNOWN_EVENTS: ReadonlySet<string> = new Set(Object.keys(CLIENT_EVENTS));
 const REFUSAL_WINDOW_MS = 10_000;
 
 export function attachSockets(http: HttpServer, federation: DeviceGateway, port: SocketDevicePort, logger: Logger, options: SocketOptions & { adapter?: ServerOptions['adapter'] }): FlServer {

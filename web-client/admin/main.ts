@@ -5,12 +5,12 @@
  * runs; the launch form opens in a drawer.
  */
 import { io, type Socket } from 'socket.io-client';
-import type { AdminSnapshot, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import type { AdminSnapshot, Deployment, EvaluationRecord, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
 import { MODEL_NAMES } from '../../shared/models-names.ts';
 import { ROUND_PHASES, phaseKey } from '../../shared/phases.ts';
 import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
 import { AGGREGATIONS, DOWNLINKS, STRATEGY_NAMES, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
-import { PHASE_COLORS, renderComparison, renderDevices, renderLineage, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
+import { PHASE_COLORS, renderComparison, renderDeployment, renderDevices, renderEvaluations, renderLineage, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
 import { lineageTree } from '../ui/lineage.ts';
 import { barChart, Chart, lineChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
@@ -391,6 +391,7 @@ async function loadHistory(): Promise<void> {
   const { body: models } = await api<ModelRecord[]>('/api/models');
   registryModels = models;
   void renderRegistry();
+  void renderCanary();
   const ofRun = models.filter((m) => m.runId === runId);
   const shown = showAllModels ? ofRun : ofRun.slice(-10);
   renderModels(byId<HTMLTableElement>('models'), shown, last?.modelVersion ?? null);
@@ -410,6 +411,7 @@ async function renderRegistry(): Promise<void> {
   renderLineage(byId('lineage'), lineageTree(registryModels, new Set(selectedVersions)), selectedVersions, (v) => {
     selectedVersions = selectedVersions.includes(v) ? selectedVersions.filter((x) => x !== v) : [...selectedVersions, v].slice(-2);
     void renderRegistry();
+    void renderCanary();
   });
   const cards = (await Promise.all(selectedVersions.map((v) => api<ModelCard>(`/api/models/${v}`)))).filter((r) => r.status === 200).map((r) => r.body);
   renderComparison(byId('compare'), cards);
@@ -427,6 +429,39 @@ async function renderRegistry(): Promise<void> {
   byId<HTMLTextAreaElement>('meta-description').value = edited.description ?? '';
   byId('meta-error').textContent = '';
 }
+// ─── the live model, the canary, evaluation rounds ───
+let deployment: Deployment | undefined;
+async function renderCanary(): Promise<void> {
+  const [d, evaluations] = await Promise.all([api<Deployment>('/api/canary'), api<EvaluationRecord[]>('/api/evaluations')]);
+  if (d.status === 200) {
+    deployment = d.body;
+    renderDeployment(byId('deployment-line'), byId('canary-result'), d.body);
+  }
+  if (evaluations.status === 200) renderEvaluations(byId<HTMLTableElement>('evaluations'), evaluations.body);
+  const admin = Boolean(token);
+  byId('canary-promote').hidden = byId('canary-rollback').hidden = !admin || !deployment?.candidate;
+  byId<HTMLButtonElement>('canary-start').disabled = !admin || selectedVersions.length === 0;
+  byId<HTMLButtonElement>('evaluate-start').disabled = !admin || selectedVersions.length === 0;
+}
+/** an admin action on the canary; its answer or error shows under the buttons */
+async function canaryAction(path: string, body?: unknown): Promise<void> {
+  const { status, body: answer } = await api<{ error?: string }>(path, { method: 'POST', ...(body ? { body: JSON.stringify(body) } : {}) });
+  byId('canary-error').textContent = status < 300 ? '' : (answer.error ?? `HTTP ${status}`);
+  await refreshHistory();
+}
+const optionalNumber = (id: string) => {
+  const raw = byId<HTMLInputElement>(id).value.trim();
+  return raw === '' ? undefined : Number(raw);
+};
+byId('canary-promote').addEventListener('click', () => void canaryAction('/api/canary/promote'));
+byId('canary-rollback').addEventListener('click', () => void canaryAction('/api/canary/rollback'));
+byId('canary-start').addEventListener('click', () => {
+  const share = optionalNumber('canary-share');
+  const margin = optionalNumber('canary-margin');
+  void canaryAction('/api/canary', { version: selectedVersions.at(-1), ...(share !== undefined ? { share } : {}), ...(margin !== undefined ? { margin } : {}) });
+});
+byId('evaluate-start').addEventListener('click', () => void canaryAction('/api/evaluations', { versions: selectedVersions }));
+
 byId<HTMLFormElement>('model-edit').addEventListener('submit', (e) => {
   e.preventDefault();
   const version = byId<HTMLFormElement>('model-edit').dataset.version;

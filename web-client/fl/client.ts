@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { io, type Socket } from 'socket.io-client';
 import { keepRoundState, memoryInProcess, runDeviceRound, runEvaluation, type DeviceMemory, type HeldModel } from '../../shared/device.ts';
 import type { DeviceIdentity } from '../../shared/identity.ts';
-import { buildModel, setFlatWeights, type ModelName } from '../../shared/models.ts';
+import { buildModel, setFlatWeights, weightSpecs, type ModelName } from '../../shared/models.ts';
 import { decodeWeights } from '../../shared/weights.ts';
 import type { ClientToServerEvents, EvalStart, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DEVICE_STATES, UpdateSubmit } from '../../shared/schemas.ts';
@@ -180,14 +180,38 @@ export class DeviceClient {
     this.set({ serving: { version: m.version, why } });
   }
 
-  /** The model this device serves predictions from (the drawing pad): a canary's candidate, the live model it was sent, or the global model it holds. */
+  /**
+   * The model this device serves predictions from (the drawing pad): a canary's candidate while it
+   * tries one, else the live version — the global model it holds when that is the live one, or the
+   * live one fetched once from the server — and, offline, the global model it holds.
+   */
   async servingModel(): Promise<{ version: number; model: tf.LayersModel } | undefined> {
+    if (!this.served || this.snapshot.serving?.why !== 'canary') {
+      const live = await this.fetchLive().catch(() => undefined);
+      if (live) this.serve(live, 'live');
+    }
     const m = this.served ?? (await this.memory.loadModel().catch(() => undefined));
     if (!m) return undefined;
     if (!this.served) this.set({ serving: { version: m.version, why: 'trained' } });
     const model = this.model(m.model);
     setFlatWeights(model, m.weights);
     return { version: m.version, model };
+  }
+
+  /** The live version from the server (its record, then its weights unless this device already has them). */
+  private async fetchLive(): Promise<HeldModel | undefined> {
+    const base = this.options.url ?? globalThis.location?.origin;
+    if (!base) return undefined;
+    const card = (await (await fetch(new URL('/api/models/latest/card.json', base))).json()) as { version?: number; model?: ModelName };
+    if (!card.version || !card.model) return undefined;
+    if (this.served?.version === card.version) return this.served;
+    const held = await this.memory.loadModel().catch(() => undefined);
+    if (held?.version === card.version) return held;
+    const res = await fetch(new URL(`/api/models/${card.version}/weights.bin`, base));
+    if (!res.ok) return undefined;
+    const values = new Float32Array(await res.arrayBuffer());
+    const specs = weightSpecs(this.model(card.model));
+    return { version: card.version, model: card.model, weights: { specs, values } };
   }
 
   /** An evaluation round: the versions evaluated on held-out data, aggregates reported; a canary's candidate is served meanwhile. */

@@ -1,5 +1,5 @@
 /** Render functions of the admin page: they take elements and data, never the network. */
-import type { DeviceInfo, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
+import type { Deployment, DeviceInfo, EvaluationRecord, FederationEvent, ModelCard, ModelRecord, RoundRecord, RunSummary } from '../../shared/api.ts';
 import type { LineageNode } from './lineage.ts';
 import { phaseKey, phaseSpans, ROUND_PHASES, type RoundPhase, type RoundTimeline } from '../../shared/phases.ts';
 import { bytes, el, ms, num, pct } from './dom.ts';
@@ -262,5 +262,46 @@ export function renderComparison(target: HTMLElement, cards: readonly ModelCard[
       el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Version'), ...cards.map((x) => el('th', { scope: 'col' }, `v${x.version}`)))),
       el('tbody', {}, ...rows.map(([head, f]) => el('tr', { class: differs(f) ? 'differs' : undefined, 'data-row': head }, el('th', { scope: 'row' }, head), ...cards.map((x) => el('td', {}, f(x)))))),
     ),
+  );
+}
+
+/** The deployment: what is live, the candidate under a canary, and the last canary's test. */
+export function renderDeployment(line: HTMLElement, result: HTMLElement, d: Deployment): void {
+  line.textContent = `${d.live === null ? 'No version was put live yet: latest serves the newest version.' : `Live: v${d.live} (served as /api/models/latest/model.json).`}${d.candidate ? ` Candidate: v${d.candidate.version}, tried on ${Math.round(d.candidate.share * 100)} % of the devices${d.candidate.evalId ? ` (evaluation ${d.candidate.evalId})` : ' — no device could try it: decide below'}.` : ''}`;
+  const c = d.last?.canary;
+  if (!d.last || !c) {
+    result.replaceChildren();
+    return;
+  }
+  const acc = (v: number) => d.last!.results.find((r) => r.version === v)?.accuracy ?? null;
+  result.replaceChildren(
+    el(
+      'table',
+      { class: 'compare', id: 'canary-table' },
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, `Last canary (evaluation ${d.last.id})`), el('th', { scope: 'col' }, `live v${c.live}`), el('th', { scope: 'col' }, `candidate v${c.candidate}`))),
+      el(
+        'tbody',
+        {},
+        el('tr', {}, el('th', { scope: 'row' }, 'Held-out accuracy (devices, examples)'), el('td', {}, `${pct(acc(c.live), 2)}`), el('td', {}, `${pct(acc(c.candidate), 2)} — ${d.last.reported} of ${d.last.selected} devices, ${c.n} examples`)),
+        el('tr', {}, el('th', { scope: 'row' }, 'Difference, one-sided lower bound'), el('td', { colspan: 2 }, `${(c.difference * 100).toFixed(2)} pp; ${Number.isFinite(c.lowerBound) ? `${(c.lowerBound * 100).toFixed(2)} pp` : '—'} at level α = ${c.alpha}, against a margin of −${(c.margin * 100).toFixed(2)} pp (Wald test of paired proportions)`)),
+        el('tr', { 'data-row': 'outcome' }, el('th', { scope: 'row' }, 'Outcome'), el('td', { colspan: 2 }, el('strong', {}, c.outcome), ` — ${d.last.reason}`)),
+      ),
+    ),
+  );
+}
+
+/** Every evaluation round: what it evaluated, on how many devices, and each version's weighted accuracy and spread. */
+export function renderEvaluations(target: HTMLTableElement, records: readonly EvaluationRecord[]): void {
+  table<EvaluationRecord>(
+    target,
+    [
+      { head: 'Evaluation', cell: (r) => `${r.id} · ${r.purpose}` },
+      { head: 'Devices', cell: (r) => `${r.reported} of ${r.selected}` },
+      { head: 'Held-out accuracy (worst 10 %)', cell: (r) => r.results.map((x) => `v${x.version}: ${pct(x.accuracy, 2)}${x.spread ? ` (${pct(x.spread.worst10, 1)})` : ''}`).join(' · ') },
+      { head: 'Outcome', cell: (r) => r.canary?.outcome ?? '—' },
+      { head: 'Ended', cell: (r) => `${new Date(r.endedAt).toLocaleTimeString()} — ${r.reason}`, optional: true },
+    ],
+    [...records].reverse().slice(0, 20),
+    'No evaluation round yet.',
   );
 }
