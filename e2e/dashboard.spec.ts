@@ -215,3 +215,33 @@ test('the model registry: a lineage tree across runs, two versions side by side,
   expect(record).toMatchObject({ name: 'digits, fine-tuned', labels: { purpose: 'fine-tune', stage: 'candidate', team: 'vision' } });
   await page.locator('section[aria-labelledby="h-registry"]').screenshot({ path: `${shots}/admin-registry.png` });
 });
+
+test('a tab whose data is corrupted measures it, and the dashboard flags it, then leaves it out of a run that excludes such devices', async ({ openDevices, page, admin }) => {
+  const devices = await openDevices([
+    { clients: 3, client: 0, examples: 300 },
+    { clients: 3, client: 1, examples: 300 },
+    { clients: 3, client: 2, examples: 300, query: { corrupt: 'labels:0.6' } },
+  ]);
+  const bad = devices[2]!.page;
+  await expect(bad.locator('dd[data-fact="Slice"]')).toContainText('corrupted (labels:0.6)');
+  await expect(bad.locator('dd[data-fact="Data quality"]')).toContainText(/coherence 0\.[0-4]\d/);
+  const badId = (await bad.evaluate(() => window.__fl.deviceId))!;
+
+  await page.goto('/admin');
+  await page.getByLabel('Admin token').fill(E2E_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const row = page.locator(`#devices tr[data-device="${badId}"]`);
+  await expect(row.locator('[data-quality="flag"]')).toContainText(/flagged: coherence 0\.\d\d < 0\.55/);
+  await expect(page.locator('#devices [data-quality="ok"]')).toHaveCount(2);
+  await page.locator('section:has(#devices)').screenshot({ path: `${shots}/admin-data-quality.png` });
+
+  // a run that excludes such devices trains on the two others only
+  const created = await admin.post('/api/runs', { data: { model: 'mlp', rounds: 1, clientsPerRound: 2, overSelect: 1, minUpdates: 2, batchSize: 20, roundTimeoutMs: 120_000, dataQuality: { action: 'exclude' } } });
+  expect(created.status(), await created.text()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+  await expect(row.locator('[data-quality="exclude"]')).toContainText('excluded: coherence');
+  expect((await waitForRun(admin, id, 3 * 60_000)).status).toBe('done');
+  const [round] = (await (await admin.get(`/api/runs/${id}/rounds`)).json()) as { devices: { id: string }[] }[];
+  expect(round!.devices.map((d) => d.id)).not.toContain(badId);
+  expect(round!.devices).toHaveLength(2);
+});

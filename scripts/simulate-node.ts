@@ -10,6 +10,7 @@
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
+ *     [--corrupt labels:1 [--corrupt-clients 0.2] [--quality-action flag|exclude]]   (data quality: corrupted clients, and what the run does with devices that fail the rules)
  *     [--validation 10000 [--validation-seed 12345]]   (tuning: measure on examples carved from the training set, not on the test set)
  *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes on its held-out data, summarized per window of rounds)
  *     [--dp-noise Z --dp-clip S|adaptive --dp-delta 1e-5 --dp-budget E]   (user-level DP-FedAvg: Poisson sampling at q = C, noise z·S, ε per round;
@@ -24,6 +25,7 @@ import { MODEL_NAMES } from '../shared/models-names.ts';
 import { PARTITIONS } from '../shared/partition.ts';
 import { AGGREGATIONS, describeIssues, STRATEGY_NAMES } from '../shared/schemas.ts';
 import { carveValidation, loadMnist } from '../server/data/mnist.ts';
+import { parseCorruptions } from '../shared/data-quality.ts';
 import { runSimulation, type SimRound } from '../server/sim/simulation.ts';
 import { writeChart } from './lib/plot.ts';
 import { fairnessOf } from '../shared/fairness.ts';
@@ -46,6 +48,10 @@ const argsSchema = z.strictObject({
   /** tuning: evaluate on N examples carved from the training set (seeded by --validation-seed), never on the test set */
   validation: z.coerce.number().int().min(1).max(30_000).optional(),
   'validation-seed': z.coerce.number().int().min(0).default(12345),
+  /** data quality: corrupt a share of the clients' training data (labels:0.5,noise:0.2,…), and flag or exclude devices that fail the rules */
+  corrupt: z.string().optional(),
+  'corrupt-clients': z.coerce.number().gt(0).max(1).default(0.2),
+  'quality-action': z.enum(['flag', 'exclude']).optional(),
   'over-select': z.coerce.number().min(1).max(10).default(1),
   aggregation: z.enum(AGGREGATIONS).default('fedavg'),
   strategy: z.enum(STRATEGY_NAMES).default('fedavg'),
@@ -104,7 +110,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}`;
+const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}${args.corrupt ? `-corrupt${args['corrupt-clients']}x${args.corrupt.replace(/[:,]/g, '')}-${args['quality-action'] ?? 'flag'}` : ''}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -113,6 +119,11 @@ const row = (r: SimRound) => `${String(r.round).padStart(5)} | ${pct(r.testAccur
 const jsonFile = args.json ?? path.join('sim-results', `${name}.json`);
 mkdirSync(path.dirname(jsonFile), { recursive: true });
 const partial: SimRound[] = [];
+const corruptions = args.corrupt === undefined ? undefined : parseCorruptions(args.corrupt);
+if (typeof corruptions === 'string') {
+  process.stderr.write(`--corrupt: ${corruptions}\n`);
+  process.exit(2);
+}
 const loaded = loadMnist();
 // with --validation the federation trains on the rest of the training set and is measured on the carved split
 const mnist = args.validation ? (({ train, validation }) => ({ train, test: validation }))(carveValidation(loaded.train, args.validation, args['validation-seed'])) : loaded;
@@ -135,6 +146,8 @@ const result = await runSimulation(
     target: args.target,
     stopAtTarget: args.target !== undefined && !args['keep-going'],
     heldOut: args['held-out'],
+    ...(corruptions ? { corrupt: { clients: args['corrupt-clients'], corruptions } } : {}),
+    ...(args['quality-action'] ? { qualityAction: args['quality-action'] } : {}),
     ...(args.examples ? { examples: args.examples } : {}),
     overSelect: args['over-select'],
     aggregation: args.aggregation,
@@ -191,6 +204,7 @@ if (personalization.length) {
   for (const w of personalization) process.stdout.write(`${`${w.rounds[0]}–${w.rounds[1]}`.padEnd(9)} | ${String(w.deviceRounds).padStart(13)} | ${cell(w.global)} | ${cell(w.personal)} | ${cell(w.halfMix)} | ${cell(w.mixed)}\n`);
 }
 writeFileSync(jsonFile, JSON.stringify({ ...result, ...(args.validation ? { measuredOn: { validation: args.validation, seed: args['validation-seed'], trainExamples: mnist.train.count } } : {}), ...(personalization.length ? { personalization } : {}) }, null, 1));
+if (result.quality.corrupted || result.quality.flagged) process.stdout.write(`data quality: ${result.quality.corrupted} corrupted devices; ${result.quality.flagged} fail the rules (${result.quality.flaggedCorrupted} of them corrupted), ${result.quality.action === 'exclude' ? 'left out of selection' : 'flagged only'}\n`);
 process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {
   mkdirSync(path.dirname(args.plot), { recursive: true });

@@ -4,7 +4,11 @@
  * downloads. Round state — who is selected, who answered — is the coordinator's, not kept here.
  */
 import type { DeviceInfo } from '../shared/api.ts';
-import type { DeviceHello, StateReport, UpdateMetrics } from '../shared/schemas.ts';
+import { deviceQuality } from '../shared/data-quality.ts';
+import { populationOf } from '../shared/personalize.ts';
+import { dataQualityRulesSchema, type DataQualityRules, type DeviceHello, type StateReport, type UpdateMetrics } from '../shared/schemas.ts';
+
+const DEFAULT_RULES = dataQualityRulesSchema.parse({});
 
 /** disconnected devices stay listed (as disconnected) this long */
 export const FORGET_AFTER_MS = 10 * 60_000;
@@ -31,6 +35,9 @@ export class DeviceRegistry {
       lastAccuracyBefore: prev?.lastAccuracyBefore ?? null,
       lastAccuracyAfter: prev?.lastAccuracyAfter ?? null,
       modelVersion: hello.modelVersion || null,
+      quality: hello.quality ? { examples: hello.examples, ...hello.quality, integrity: null } : null,
+      qualityFlags: [],
+      qualityAction: null,
     });
   }
 
@@ -79,8 +86,17 @@ export class DeviceRegistry {
     return this.devices.get(id)?.connected ?? false;
   }
 
-  list(includeDisconnected = false): DeviceInfo[] {
-    return [...this.devices.values()].filter((d) => includeDisconnected || d.connected).map((d) => ({ ...d }));
+  /** The devices, with their data's integrity against the connected devices' population and the scores below the rules (the run's, or the defaults). */
+  list(includeDisconnected = false, rules: DataQualityRules = DEFAULT_RULES): DeviceInfo[] {
+    const connected = [...this.devices.values()].filter((d) => d.connected);
+    const population = populationOf(connected.map((d) => d.labelHistogram));
+    return [...this.devices.values()]
+      .filter((d) => includeDisconnected || d.connected)
+      .map((d) => {
+        const { integrity, flags } = deviceQuality(rules, d.quality ?? undefined, d.labelHistogram, population);
+        const quality = d.quality ? { ...d.quality, integrity } : null;
+        return { ...d, quality, qualityFlags: flags, qualityAction: flags.length ? rules.action : null };
+      });
   }
 
   connectedCount(): number {

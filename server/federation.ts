@@ -239,7 +239,7 @@ export class Federation implements DeviceGateway {
     this.devices.join(hello, this.deps.clock.now());
     if (identityKey) this.identityKeys.set(hello.deviceId, { key: Uint8Array.from(identityKey), x25519: hello.x25519 === true });
     this.note('info', 'device:joined', `device ${hello.deviceId} joined (${hello.backend}, ${hello.examples} examples)`, { deviceId: hello.deviceId, backend: hello.backend, examples: hello.examples });
-    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, labelHistogram: hello.labelHistogram, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}) });
+    this.dispatch({ type: 'device:joined', deviceId: hello.deviceId, examples: hello.examples, labelHistogram: hello.labelHistogram, ...(hello.joinToken !== undefined ? { joinToken: hello.joinToken } : {}), ...(hello.quality ? { quality: hello.quality } : {}) });
   }
 
   leave(deviceId: string): void {
@@ -268,7 +268,7 @@ export class Federation implements DeviceGateway {
   }
 
   listDevices(includeDisconnected = false): DeviceInfo[] {
-    return this.devices.list(includeDisconnected);
+    return this.devices.list(includeDisconnected, this.state.run?.config.dataQuality);
   }
 
   // ─── runs ────────────────────────────────────────────────────────────────
@@ -379,7 +379,7 @@ export class Federation implements DeviceGateway {
 
   /** What the dashboard shows: the status, every known device (disconnected ones too) and the round's timeline. */
   adminSnapshot(): AdminSnapshot {
-    return { ...this.status(), devices: this.devices.list(true), timeline: this.state.timeline ? { ...this.state.timeline } : null, now: this.deps.clock.now() };
+    return { ...this.status(), devices: this.devices.list(true, this.state.run?.config.dataQuality), timeline: this.state.timeline ? { ...this.state.timeline } : null, now: this.deps.clock.now() };
   }
 
   /**

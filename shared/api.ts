@@ -6,6 +6,7 @@ import type { ModelName } from './models-names.ts';
 import type { RoundPhases, RoundTimeline } from './phases.ts';
 import type { Fairness } from './fairness.ts';
 import type { NonInferiority } from './canary.ts';
+import type { DataQuality } from './data-quality.ts';
 import type { Hello, RunConfig, StateReport } from './schemas.ts';
 
 export type { RoundPhases, RoundTimeline } from './phases.ts';
@@ -227,6 +228,11 @@ export interface DeviceInfo {
   lastAccuracyAfter: number | null;
   /** the global model version the device holds (null: none), for delta downloads */
   modelVersion: number | null;
+  /** the scores of its data (data-quality.ts): its own, and integrity against the connected devices' population; null when it reported none */
+  quality: DataQuality | null;
+  /** the scores below the rules (the run's, or the defaults between runs), and what they mean for it */
+  qualityFlags: string[];
+  qualityAction: 'flag' | 'exclude' | null;
 }
 
 /** What the dashboard's event log shows; also pushed live to admins. */

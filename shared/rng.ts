@@ -23,7 +23,7 @@ export function shuffleInPlace<T>(items: T[], rng: Rng): T[] {
   return items;
 }
 
-function standardNormal(rng: Rng): number {
+export function standardNormal(rng: Rng): number {
   // Box–Muller; 1 - rng() keeps the log argument in (0, 1].
   const u = 1 - rng();
   const v = rng();

@@ -10,6 +10,7 @@ import { fromBase64 } from './secagg/wire.ts';
 import { quantProblem } from './secagg/quantize.ts';
 import { MODEL_NAMES } from './models-names.ts';
 import { PARTITIONS } from './partition.ts';
+import { parseCorruptions } from './data-quality.ts';
 
 export const DEVICE_STATES = ['idle', 'selected', 'downloading', 'evaluating', 'training', 'uploading'] as const;
 export const BACKENDS = ['webgl', 'webgpu', 'wasm', 'cpu'] as const;
@@ -43,6 +44,8 @@ export const helloSchema = z
     signature: z.instanceof(Uint8Array).refine((s) => s.byteLength === 64, 'must be a 64-byte ECDSA signature'),
     /** whether its WebCrypto does X25519 (secure aggregation falls back to P-256 for a round where one device cannot) */
     x25519: z.boolean().optional(),
+    /** the scores of its training data it measured itself (data-quality.ts; integrity is the server's, from the histogram) */
+    quality: z.strictObject({ conformity: z.number().min(0).max(1), uniqueness: z.number().min(0).max(1), completeness: z.number().min(0).max(1), coherence: z.number().min(0).max(1).nullable() }).optional(),
   })
   .refine((h) => h.labelHistogram.reduce((a, b) => a + b, 0) === h.examples, { message: 'must add up to examples', path: ['labelHistogram'] });
 export type Hello = z.infer<typeof helloSchema>;
@@ -186,6 +189,18 @@ const text = (max: number) => z.string({ error: 'must be a string or null' }).tr
 export const modelMetaSchema = z.strictObject({ name: text(100), description: text(2000), owner: text(100), labels: labelsSchema }).partial();
 export type ModelMetaPatch = z.infer<typeof modelMetaSchema>;
 
+/** What a run does with the devices' data-quality scores: the least each may be, and whether a device below one is only flagged or left out of selection. */
+export const dataQualityRulesSchema = z.strictObject({
+  action: z.enum(['flag', 'exclude'], { error: 'must be flag or exclude' }).default('flag'),
+  conformity: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(1, { error: 'must be at most 1' }).default(0.9),
+  uniqueness: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(1, { error: 'must be at most 1' }).default(0.9),
+  completeness: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(1, { error: 'must be at most 1' }).default(0.9),
+  /** off by default: a device of a non-IID federation is far from the population by design */
+  integrity: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(1, { error: 'must be at most 1' }).default(0),
+  coherence: z.number({ error: 'must be a number' }).min(0, { error: 'must be at least 0' }).max(1, { error: 'must be at most 1' }).default(0.55),
+});
+export type DataQualityRules = z.infer<typeof dataQualityRulesSchema>;
+
 /** A canary's settings (canary.ts): the share of devices that try the candidate, the test's margin and level, how long they have. */
 export const canarySettingsSchema = z.strictObject({
   share: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.1),
@@ -268,6 +283,8 @@ export const runConfigSchema = z.strictObject({
   secAggThreshold: whole(0, 254).default(0),
   /** start from this stored version of the same model instead of a fresh initialization (its descendant in the registry's lineage) */
   initialVersion: z.number({ error: 'must be a model version' }).int({ error: 'must be a whole number' }).positive({ error: 'must be a model version' }).optional(),
+  /** the data-quality rules: scores below them flag a device, or leave it out of selection (data-quality.ts) */
+  dataQuality: dataQualityRulesSchema.default(dataQualityRulesSchema.parse({})),
   /** when set, the run's final version becomes a candidate tried on a share of devices against the live model (canary.ts), instead of going live at once */
   canary: canarySettingsSchema.optional(),
   /** labels every version the run makes carries in the registry (e.g. the partition of a simulation) */
@@ -437,6 +454,19 @@ export const sliceQuerySchema = z.strictObject({
   examples: z.coerce.number().int().min(1).max(60_000).default(600),
   seed: z.coerce.number().int().min(0).max(2 ** 31 - 1).default(1),
   alpha: z.coerce.number().positive().max(1000).default(0.5),
+  /** to measure the data-quality checks: seeded corruptions of the slice's training examples, `labels:0.5,noise:0.2,duplicates:0.3,blank:0.1` (data-quality.ts) */
+  corrupt: z
+    .string()
+    .max(200)
+    .transform((text, ctx) => {
+      const parsed = parseCorruptions(text);
+      if (typeof parsed === 'string') {
+        ctx.addIssue({ code: 'custom', message: parsed });
+        return z.NEVER;
+      }
+      return parsed;
+    })
+    .optional(),
 }).refine((q) => q.client < q.clients, { message: 'client must be less than clients', path: ['client'] });
 export type SliceQuery = z.infer<typeof sliceQuerySchema>;
 

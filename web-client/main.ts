@@ -16,6 +16,7 @@ import { chooseBackend, type BackendChoice, type BackendName } from './ml/backen
 import { barChart, lineChart } from './ui/charts.ts';
 import { byId } from './ui/dom.ts';
 import { drawingPad, toMnist } from './ui/draw.ts';
+import { qualityOf, type DataQuality, type QualityReference } from '../shared/data-quality.ts';
 import { predictDigit } from './ml/predict.ts';
 import { describeSlice, renderFacts, renderHistory, renderProgress, renderSamples, renderState } from './ui/device.ts';
 
@@ -32,6 +33,8 @@ export interface DeviceTestApi {
   source?: 'indexeddb' | 'provisioned';
   spec?: SliceSpec;
   snapshot?: DeviceSnapshot;
+  /** the scores of this tab's data (data-quality.ts) */
+  quality?: DataQuality;
   /** the drawing pad's last prediction */
   prediction?: { digit: number; probabilities: number[]; version: number };
   /** loads a model with tf.loadLayersModel and returns its parameter count */
@@ -72,7 +75,7 @@ const statusLine = byId('join-status');
 const joinButton = byId<HTMLButtonElement>('join');
 const leaveButton = byId<HTMLButtonElement>('leave');
 const clearButton = byId<HTMLButtonElement>('clear');
-const FIELDS = ['partition', 'clients', 'client', 'examples', 'seed', 'alpha', 'backend'] as const;
+const FIELDS = ['partition', 'clients', 'client', 'examples', 'seed', 'alpha', 'backend', 'corrupt'] as const;
 
 interface JoinSpec {
   spec: SliceSpec;
@@ -100,6 +103,8 @@ function readSpec(): JoinSpec {
   const spec: SliceSpec = { partition, clients: int('clients', 1), client: int('client', 0), examples: int('examples', 1), seed: int('seed', 0), alpha: Number(data.get('alpha')) };
   if (spec.client >= spec.clients) throw new Error(`client must be less than clients (${spec.clients})`);
   if (!(spec.alpha > 0)) throw new Error('alpha must be a positive number');
+  const corrupt = String(data.get('corrupt') ?? '').trim();
+  if (corrupt) spec.corrupt = corrupt;
   const backend = String(data.get('backend') ?? '');
   if (backend && !['webgl', 'wasm', 'cpu', 'webgpu'].includes(backend)) throw new Error(`backend must be webgl, wasm or cpu, got "${backend}"`);
   return { spec, ...(backend ? { backend: backend as BackendName } : {}) };
@@ -218,7 +223,11 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
     const identity = await deviceIdentity();
     statusLine.textContent = stored && sameSpec(stored.spec, j.spec) ? 'Reading this tab’s data from IndexedDB…' : 'Fetching this tab’s slice of MNIST (once) and storing it in IndexedDB…';
     const { meta, data, source } = await ensureDataset(j.spec, fetchSlice);
-    renderFacts(byId('facts'), { deviceId: identity.deviceId, slot: window.__fl.slot ?? '', backend: choice.backend, backendReason: choice.reason, examples: meta.trainCount, heldOut: meta.heldOutCount, source: source === 'indexeddb' ? 'read from IndexedDB' : 'provisioned once, stored in IndexedDB', slice: describeSlice(j.spec) });
+    // the data-quality checks, here on the device: only the scores go to the server
+    const reference = await fetch('/api/data/reference').then((r) => (r.ok ? (r.json() as Promise<QualityReference>) : undefined)).catch(() => undefined);
+    const quality = qualityOf(data.train, { reference });
+    window.__fl.quality = quality;
+    renderFacts(byId('facts'), { deviceId: identity.deviceId, slot: window.__fl.slot ?? '', backend: choice.backend, backendReason: choice.reason, examples: meta.trainCount, heldOut: meta.heldOutCount, source: source === 'indexeddb' ? 'read from IndexedDB' : 'provisioned once, stored in IndexedDB', slice: describeSlice(j.spec), quality });
     byId('device-empty').hidden = true;
     byId('histogram-wrap').hidden = false;
     histogramChart.data.datasets[0]!.data = meta.histogram;
@@ -229,7 +238,7 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
     const heldOut = toTensors(data.heldOut);
     const joinToken = params.get('joinToken') ?? undefined;
     const faults = faultsFromQuery(params);
-    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
+    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, quality: { conformity: quality.conformity!, uniqueness: quality.uniqueness!, completeness: quality.completeness!, coherence: quality.coherence }, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
     client = device;
     saveTabJoin({ spec: j, joined: true });
     const unsubscribe = device.subscribe((s) => {

@@ -37,7 +37,9 @@ import { qfflScale, qfflWeight } from '../../shared/fairness.ts';
 import { strategyFor } from './strategy.ts';
 import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
-import type { RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
+import type { DeviceHello, RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
+import { deviceQuality } from '../../shared/data-quality.ts';
+import { populationOf } from '../../shared/personalize.ts';
 import { keepRebuildable, ringNeighbours, roundShape, unmaskRequest } from '../../shared/secagg/plan.ts';
 import type { UnmaskRequest } from '../../shared/secagg/device.ts';
 
@@ -57,6 +59,8 @@ export interface DeviceSlot {
   examples: number;
   /** the label histogram of its training data, as it declared it when it joined */
   labelHistogram?: readonly number[];
+  /** the scores of its data it measured (data-quality.ts); integrity is computed here from the histogram */
+  quality?: DeviceHello['quality'];
 }
 
 /** One counted update, as the ledger keeps it. */
@@ -194,7 +198,7 @@ interface RoundRef {
 }
 
 export type CoordinatorEvent =
-  | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string; labelHistogram?: readonly number[] }
+  | { type: 'device:joined'; deviceId: string; examples: number; joinToken?: string; labelHistogram?: readonly number[]; quality?: DeviceHello['quality'] }
   | { type: 'device:left'; deviceId: string }
   /** accepted updates that can no longer be summed (the cluster node holding them died): they count as dropped, never twice */
   | { type: 'updates:lost'; deviceIds: readonly string[]; reason: string }
@@ -269,8 +273,18 @@ function freeAll(devices: ReadonlyMap<string, DeviceSlot>, selected: readonly st
   return next;
 }
 
-const idleDevices = (state: CoordinatorState, config: RunConfig): string[] =>
-  [...state.devices].filter(([, d]) => !d.busy && (config.joinToken === undefined || d.joinToken === config.joinToken)).map(([id]) => id);
+const idleDevices = (state: CoordinatorState, config: RunConfig): string[] => {
+  const excluded = config.dataQuality.action === 'exclude' ? excludedByQuality(state, config) : undefined;
+  return [...state.devices].filter(([id, d]) => !d.busy && (config.joinToken === undefined || d.joinToken === config.joinToken) && !excluded?.has(id)).map(([id]) => id);
+};
+
+/** The devices whose data fails the run's quality rules: their own scores, and integrity against the connected devices' population. */
+export function excludedByQuality(state: CoordinatorState, config: RunConfig): Set<string> {
+  const population = populationOf([...state.devices.values()].flatMap((d) => (d.labelHistogram ? [d.labelHistogram] : [])));
+  const out = new Set<string>();
+  for (const [id, d] of state.devices) if (deviceQuality(config.dataQuality, d.quality, d.labelHistogram, population).flags.length) out.add(id);
+  return out;
+}
 
 // ─── time ────────────────────────────────────────────────────────────────────
 /** The next moment at which time alone changes the state, or null: a function of the state and the time only. */
@@ -341,8 +355,10 @@ export function describeWaiting(state: CoordinatorState, now: number): string | 
     case 'selecting': {
       const idle = idleDevices(state, config).length;
       const left = run.selectingSince + config.selectionTimeoutMs - now;
-      if (left > 0) return `selecting: need ${config.clientsPerRound} idle device${config.clientsPerRound === 1 ? '' : 's'}, have ${idle}${idle >= config.minUpdates ? `; starts with ${idle} in ${Math.ceil(left / 1000)} s` : ''}`;
-      return `waiting for devices: need at least ${config.minUpdates} idle, have ${idle}`;
+      const excluded = config.dataQuality.action === 'exclude' ? excludedByQuality(state, config).size : 0;
+      const why = excluded ? ` (${excluded} left out by the data-quality rules)` : '';
+      if (left > 0) return `selecting: need ${config.clientsPerRound} idle device${config.clientsPerRound === 1 ? '' : 's'}, have ${idle}${why}${idle >= config.minUpdates ? `; starts with ${idle} in ${Math.ceil(left / 1000)} s` : ''}`;
+      return `waiting for devices: need at least ${config.minUpdates} idle, have ${idle}${why}`;
     }
     case 'training': {
       if (!current) return null;
@@ -786,7 +802,7 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
   switch (event.type) {
     case 'device:joined': {
       const known = state.devices.get(event.deviceId);
-      const slot: DeviceSlot = { busy: known?.busy ?? false, examples: event.examples, ...(event.joinToken !== undefined ? { joinToken: event.joinToken } : {}), ...(event.labelHistogram ? { labelHistogram: event.labelHistogram } : {}) };
+      const slot: DeviceSlot = { busy: known?.busy ?? false, examples: event.examples, ...(event.joinToken !== undefined ? { joinToken: event.joinToken } : {}), ...(event.labelHistogram ? { labelHistogram: event.labelHistogram } : {}), ...(event.quality ? { quality: event.quality } : {}) };
       return trySelect({ ...state, devices: withDevice(state.devices, event.deviceId, slot) }, now);
     }
     case 'device:left': {

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { gatherSamples, PIXELS } from '../../shared/dataset.ts';
+import { simDeviceSamples } from './device-data.ts';
 import { memoryInProcess, runDeviceRound } from '../../shared/device.ts';
 import { buildModel, setFlatWeights, type ModelName } from '../../shared/models.ts';
 import { disposeData, evaluateLocal, toTensors, type LocalData } from '../../shared/train.ts';
@@ -33,7 +34,8 @@ const testParts = new Map<string, LocalData>();
 async function run(job: WorkerJob): Promise<WorkerReply> {
   switch (job.type) {
     case 'train': {
-      const train = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.train));
+      // the same samples the simulation measured the device's data quality on (simDeviceSamples)
+      const train = toTensors(simDeviceSamples({ images: data.trainImages, labels: data.trainLabels }, { train: job.train, slot: job.slot ?? 0, ...(job.corrupt ? { corrupt: job.corrupt } : {}) }));
       const heldOut = toTensors(gatherSamples(data.trainImages, data.trainLabels, job.heldOut));
       try {
         const memory = memoryInProcess({ model: job.held, residual: job.residual, control: job.control });

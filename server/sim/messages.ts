@@ -3,6 +3,7 @@ import type { HeldModel } from '../../shared/device.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import type { RoundStart } from '../../shared/protocol.ts';
 import type { UpdateSubmit } from '../../shared/schemas.ts';
+import type { Corruption } from '../../shared/data-quality.ts';
 import type { TensorSpec } from '../../shared/weights.ts';
 
 export interface WorkerInit {
@@ -28,6 +29,9 @@ export interface TrainJob {
   residual: { key: string; values: Float32Array } | undefined;
   /** its SCAFFOLD control variate from earlier rounds of the run */
   control?: { key: string; values: Float32Array } | undefined;
+  /** a corrupted client: how its training data is corrupted, and its slot (the corruption's seed) */
+  corrupt?: Corruption[];
+  slot?: number;
 }
 
 export interface EvaluateJob {

@@ -17,7 +17,9 @@ import type { RoundRecord } from '../../shared/api.ts';
 import type { ModelName } from '../../shared/models-names.ts';
 import { codecSeed, residualKey, type HeldModel } from '../../shared/device.ts';
 import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
-import { createRng, hashString } from '../../shared/rng.ts';
+import { createRng, hashString, shuffleInPlace } from '../../shared/rng.ts';
+import { qualityOf, referenceOf, type Corruption } from '../../shared/data-quality.ts';
+import { simDeviceSamples } from './device-data.ts';
 import { SecAggSession } from '../../shared/secagg/session.ts';
 import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire } from '../../shared/secagg/wire.ts';
 import { decodeWeights } from '../../shared/weights.ts';
@@ -53,6 +55,10 @@ export interface SimulationOptions {
   heldOut?: number;
   /** examples per client at most (default: the whole partition) */
   examples?: number;
+  /** corrupted clients (a seeded share of them) and how their training data is corrupted (data-quality.ts) */
+  corrupt?: { clients: number; corruptions: Corruption[] };
+  /** what the run does with devices whose data fails its quality rules */
+  qualityAction?: 'flag' | 'exclude';
   /** selected = ceil(K × overSelect); 1 as in the paper */
   overSelect?: number;
   aggregation?: Aggregation;
@@ -120,6 +126,8 @@ export interface SimulationResult {
   finalModelSha256: string;
   /** median time a device took to encode its update with the run's codec */
   encodeMsMedian: number;
+  /** data quality: corrupted devices, devices that fail the run's rules, and how many of those were corrupted */
+  quality: { corrupted: number; flagged: number; flaggedCorrupted: number; action: 'flag' | 'exclude' };
 }
 
 export function simulationConfig(o: SimulationOptions): RunConfig {
@@ -150,6 +158,7 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.secAggNeighbours ? { secAggNeighbours: o.secAggNeighbours } : {}),
     ...(o.dp ? { dp: o.dp } : {}),
     ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
+    ...(o.qualityAction ? { dataQuality: { action: o.qualityAction } } : {}),
     // the registry records the data a simulated run's versions were trained on
     labels: { simulated: 'node', partition: o.partition, clients: String(o.clients), ...(o.partition === 'dirichlet' ? { alpha: String(o.alpha) } : {}) },
     roundTimeoutMs: 24 * 3600_000,
@@ -163,6 +172,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
 
 export interface SimDevice {
   id: string;
+  /** how its training data is corrupted (seeded by its slot) */
+  corrupt?: Corruption[];
   /** its place among the simulation's devices: what its dropouts are drawn from (its id may be random) */
   slot: number;
   train: Int32Array;
@@ -172,9 +183,10 @@ export interface SimDevice {
 /** The simulated devices: one per partition, sliced as a browser device's data is (deviceSlice). */
 export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
   const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
+  const corrupted = new Set(o.corrupt ? shuffleInPlace(Array.from({ length: o.clients }, (_, i) => i), createRng(o.seed ^ 0xc0ffee)).slice(0, Math.round(o.corrupt.clients * o.clients)) : []);
   return parts.map((part, c) => {
     const slice = deviceSlice(part, { examples: o.examples, heldOut: o.heldOut ?? 0, seed: o.seed, client: c });
-    return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut) };
+    return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut), ...(corrupted.has(c) ? { corrupt: o.corrupt!.corruptions } : {}) };
   });
 }
 
@@ -288,7 +300,7 @@ class SimulatedDevices implements DevicePort {
       starts.map(({ id, msg }) => {
         const d = this.devices.get(id) as SimDevice;
         const version = this.held.get(id);
-        return this.pool.train({ type: 'train', deviceId: id, round: msg, train: d.train, heldOut: d.heldOut, held: version === undefined ? undefined : this.versions.get(version), residual: this.residuals.get(id), control: this.controls.get(id) });
+        return this.pool.train({ type: 'train', deviceId: id, round: msg, train: d.train, heldOut: d.heldOut, held: version === undefined ? undefined : this.versions.get(version), residual: this.residuals.get(id), control: this.controls.get(id), ...(d.corrupt ? { corrupt: d.corrupt, slot: d.slot } : {}) });
       }),
     );
     const federation = this.federation as Federation;
@@ -354,6 +366,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   const config = simulationConfig(options);
   await tf.ready(); // the main thread builds the initial model; the workers train
   const devices = makeDevices(mnist.train, options);
+  const reference = referenceOf({ pixels: mnist.train.images, labels: mnist.train.labels });
   // Secure aggregation checks that a device's id derives from its identity key: secure runs give
   // their devices real identities (and so ids that differ from run to run).
   const identities = new Map<string, DeviceIdentity>();
@@ -377,10 +390,16 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   const t0 = Date.now();
   try {
     for (const d of devices) {
-      const hello = { deviceId: d.id, backend: 'wasm' as const, backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(Array.from(d.train, (i) => mnist.train.labels[i] as number)), ...(identities.has(d.id) ? { x25519: true } : {}) };
+      // the device's data as its worker trains on it (corrupted, for a corrupted client), and the scores it measures of it
+      const samples = simDeviceSamples(mnist.train, d);
+      const q = qualityOf(samples, { reference });
+      const hello = { deviceId: d.id, backend: 'wasm' as const, backendReason: 'simulation worker', examples: d.train.length, heldOut: d.heldOut.length, labelHistogram: labelHistogram(samples.labels), quality: { conformity: q.conformity!, uniqueness: q.uniqueness!, completeness: q.completeness!, coherence: q.coherence }, ...(identities.has(d.id) ? { x25519: true } : {}) };
       port.hellos.set(d.id, { hello, identityKey: identities.get(d.id)?.publicKey });
       federation.join(hello, identities.get(d.id)?.publicKey);
     }
+    const flagged = new Set(federation.listDevices().filter((d) => d.qualityFlags.length).map((d) => d.id));
+    const corrupted = new Set(devices.filter((d) => d.corrupt).map((d) => d.id));
+    const quality = { corrupted: corrupted.size, flagged: flagged.size, flaggedCorrupted: [...flagged].filter((id) => corrupted.has(id)).length, action: config.dataQuality.action };
     let reported: Promise<void> = Promise.resolve();
     const ended = new Promise<void>((resolve, reject) => {
       port.onFailure = (err) => {
@@ -431,6 +450,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
       timeToTargetMs: hit?.elapsedMs ?? null,
       wallMs: Date.now() - t0,
       encodeMsMedian: medianOf(port.encodeMs),
+      quality,
       finalModelSha256: lastPayload ? createHash('sha256').update(lastPayload).digest('hex') : '',
     };
   } finally {

@@ -29,8 +29,8 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
-/** the form's fields: every run-config field but `dp`, `labels` and `canary` (objects, set through the API) */
-type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary'>;
+/** the form's fields: every run-config field but the objects `dp`, `labels`, `canary` and `dataQuality` (dp's fields and dataQuality's action are flat below; the rest is set through the API) */
+type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary' | 'dataQuality'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },
@@ -107,6 +107,15 @@ for (const f of FIELDS) {
       : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: f.name === 'initialVersion' ? 'empty: a fresh model' : fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01, scaffold 1' : `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
+launch.append(
+  el(
+    'label',
+    { for: 'f-dataQuality.action' },
+    'Devices whose data fails the quality rules',
+    el('select', { name: 'dataQuality.action', id: 'f-dataQuality.action', 'aria-describedby': 'e-dataQuality.action' }, el('option', { value: 'flag', selected: true }, 'flagged (default)'), el('option', { value: 'exclude' }, 'left out of selection')),
+    el('span', { class: 'field-error', id: 'e-dataQuality.action', 'aria-live': 'polite' }),
+  ),
+);
 for (const f of DP_FIELDS) {
   const input = el('input', { name: f.name, id: `f-${f.name}`, type: f.name === 'dp.clipNorm' ? 'text' : 'number', step: 'any', inputmode: 'decimal', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
@@ -133,6 +142,7 @@ const formBody = (): Record<string, unknown> => {
     if (raw !== '') dp[f.name.slice(3)] = raw === 'adaptive' ? raw : Number(raw);
   }
   if (Object.keys(dp).length) body.dp = dp;
+  if (String(data.get('dataQuality.action') ?? 'flag') === 'exclude') body.dataQuality = { action: 'exclude' };
   return body;
 };
 presetSelect.addEventListener('change', () => {

@@ -29,6 +29,8 @@ export interface SliceSpec {
   examples: number;
   seed: number;
   alpha: number;
+  /** corruptions asked of the provisioning endpoint (`?corrupt=labels:0.5`), to try the data-quality checks */
+  corrupt?: string;
 }
 
 export interface DatasetMeta {
@@ -93,7 +95,7 @@ function db(): Promise<IDBPDatabase<DeviceDB>> {
 
 const chunkKey = (split: string, index: number) => `${split}:${index}`;
 
-export const sameSpec = (a: SliceSpec, b: SliceSpec) => a.partition === b.partition && a.clients === b.clients && a.client === b.client && a.examples === b.examples && a.seed === b.seed && a.alpha === b.alpha;
+export const sameSpec = (a: SliceSpec, b: SliceSpec) => a.partition === b.partition && a.clients === b.clients && a.client === b.client && a.examples === b.examples && a.seed === b.seed && a.alpha === b.alpha && (a.corrupt ?? '') === (b.corrupt ?? '');
 
 export async function readMeta(): Promise<DatasetMeta | undefined> {
   return (await db()).get('meta', 'dataset');

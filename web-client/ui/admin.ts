@@ -57,6 +57,16 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
           return el('span', { class: `pill ${cls}`, 'data-state': cls }, state);
         },
       },
+      {
+        head: 'Data quality',
+        title: (d) => (d.quality ? `conformity ${d.quality.conformity?.toFixed(2)}, uniqueness ${d.quality.uniqueness?.toFixed(2)}, completeness ${d.quality.completeness?.toFixed(2)}, integrity ${d.quality.integrity?.toFixed(2) ?? '—'}, coherence ${d.quality.coherence?.toFixed(2) ?? '—'}` : 'the device reported no scores'),
+        cell: (d) =>
+          d.qualityFlags.length
+            ? el('span', { class: `pill ${d.qualityAction === 'exclude' ? 'failed' : 'warn'}`, 'data-quality': d.qualityAction ?? 'flag' }, `${d.qualityAction === 'exclude' ? 'excluded' : 'flagged'}: ${d.qualityFlags.join(', ')}`)
+            : d.quality
+              ? el('span', { 'data-quality': 'ok' }, 'ok')
+              : '—',
+      },
       { head: 'Rounds', cell: (d) => d.rounds, optional: true },
       { head: 'Held-out acc. before → after', cell: (d) => (d.lastAccuracyBefore === null ? '—' : `${pct(d.lastAccuracyBefore)} → ${pct(d.lastAccuracyAfter)}`), optional: true },
       // A connected device says when it last reported; a disconnected one since when it is gone.

@@ -2,6 +2,7 @@
 import type { DeviceSnapshot, RoundHistoryEntry } from '../fl/client.ts';
 import { PIXELS, type Samples } from '../../shared/dataset.ts';
 import { bytes, el, ms, pct } from './dom.ts';
+import type { DataQuality } from '../../shared/data-quality.ts';
 
 export interface DeviceFacts {
   deviceId: string;
@@ -13,6 +14,8 @@ export interface DeviceFacts {
   heldOut: number;
   source: string;
   slice: string;
+  /** the scores of its data, measured here (data-quality.ts) */
+  quality?: DataQuality;
 }
 
 export function renderFacts(dl: HTMLElement, f: DeviceFacts): void {
@@ -25,6 +28,7 @@ export function renderFacts(dl: HTMLElement, f: DeviceFacts): void {
     ['Held-out examples', String(f.heldOut)],
     ['Data', f.source],
     ['Slice', f.slice],
+    ...(f.quality ? ([['Data quality', `conformity ${f.quality.conformity?.toFixed(2)}, uniqueness ${f.quality.uniqueness?.toFixed(2)}, completeness ${f.quality.completeness?.toFixed(2)}, coherence ${f.quality.coherence === null ? 'not measured' : f.quality.coherence.toFixed(2)} (measured here; only these scores are sent)`]] as [string, string][]) : []),
   ];
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-fact': k }, v)]));
 }
@@ -49,8 +53,8 @@ export function renderSamples(container: HTMLElement, samples: Samples, count = 
 }
 
 /** A slice in words: "slice 1 of 4 of the iid partition (seed 1, 600 examples)". */
-export function describeSlice(s: { partition: string; clients: number; client: number; examples: number; seed: number; alpha: number }): string {
-  return `slice ${s.client} of ${s.clients} of the ${s.partition}${s.partition === 'dirichlet' ? ` (α ${s.alpha})` : ''} partition, seed ${s.seed}, up to ${s.examples} examples`;
+export function describeSlice(s: { partition: string; clients: number; client: number; examples: number; seed: number; alpha: number; corrupt?: string }): string {
+  return `slice ${s.client} of ${s.clients} of the ${s.partition}${s.partition === 'dirichlet' ? ` (α ${s.alpha})` : ''} partition, seed ${s.seed}, up to ${s.examples} examples${s.corrupt ? `, corrupted (${s.corrupt})` : ''}`;
 }
 
 /** Before joining, one pill says so; once joined, the connection and the device's state. */
