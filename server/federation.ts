@@ -745,7 +745,7 @@ export class Federation implements DeviceGateway {
           (v) => {
             if (this.submissions.get(submission) !== s) return sums.drop(v.kept); // refused (late) while it was being validated
             s.kept = v.kept;
-            this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
+            this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped, ...(v.sketch ? { sketch: v.sketch } : {}) });
           },
           (err: unknown) => this.invalid(submission, s.deviceId, err),
         ),
@@ -756,7 +756,7 @@ export class Federation implements DeviceGateway {
       validate(s.payload, updateSpecs(config, global.weights.specs), config).then(
         (v) => {
           s.validated = v;
-          this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped });
+          this.dispatch({ type: 'update:validated', submission, norm: v.norm, clipped: v.clipped, sketch: v.sketch });
         },
         (err: unknown) => this.invalid(submission, s.deviceId, err),
       ),

@@ -27,8 +27,8 @@ export type WorkJob =
   | { kind: 'delta'; id: number; base: Float32Array; target: Float32Array; baseVersion: number; targetVersion: number };
 
 export type WorkReply =
-  | { id: number; ok: true; kind: 'validate'; delta: Float32Array; norm: number; clipped: boolean }
-  | { id: number; ok: true; kind: 'kept'; norm: number; clipped: boolean }
+  | { id: number; ok: true; kind: 'validate'; delta: Float32Array; norm: number; clipped: boolean; sketch: Float32Array }
+  | { id: number; ok: true; kind: 'kept'; norm: number; clipped: boolean; sketch: Float32Array }
   | { id: number; ok: true; kind: 'done' }
   | { id: number; ok: true; kind: 'sum'; partial: PartialSum }
   | { id: number; ok: true; kind: 'delta'; bytes: Uint8Array }
@@ -46,7 +46,7 @@ export interface KeptUpdate {
  * round is aggregated. Nothing of an update crosses back to the event loop.
  */
 export interface ThreadSums {
-  validate(payload: Uint8Array, specs: readonly TensorSpec[], config: RunConfig): Promise<{ kept: KeptUpdate; norm: number; clipped: boolean }>;
+  validate(payload: Uint8Array, specs: readonly TensorSpec[], config: RunConfig): Promise<{ kept: KeptUpdate; norm: number; clipped: boolean; sketch?: Float32Array }>;
   add(kept: KeptUpdate, key: string, weight: number): void;
   drop(kept: KeptUpdate): void;
   /** the shares of the round `key`'s sum, one from each thread that holds some (a failed add or a lost thread makes it fail: an accepted update would be missing) */
@@ -62,7 +62,7 @@ export function inlineSums(): ThreadSums {
       const v = validateUpdate(payload, specs, config);
       const id = next++;
       kept.keep(id, v.delta);
-      return { kept: { thread: -1, id }, norm: v.norm, clipped: v.clipped };
+      return { kept: { thread: -1, id }, norm: v.norm, clipped: v.clipped, sketch: v.sketch };
     },
     add: (k, key, weight) => kept.add(k.id, key, weight),
     drop: (k) => kept.drop(k.id),
@@ -180,7 +180,7 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
     const bytes = own(payload, (v) => new Uint8Array(v)); // a copy (a Buffer's slice() would share memory)
     const { done: r } = await heavy({ kind: 'validate', id: nextId++, payload: bytes, specs, config }, [bytes.buffer as ArrayBuffer]);
     if (r.kind !== 'validate') throw new Error('work pool: a validation came back as something else');
-    return { delta: r.delta, norm: r.norm, clipped: r.clipped } satisfies ValidatedUpdate;
+    return { delta: r.delta, norm: r.norm, clipped: r.clipped, sketch: r.sketch } satisfies ValidatedUpdate;
   };
 
   // the target is the live global model: always copied; the base was decoded for this delta alone
@@ -201,7 +201,7 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
       const id = nextId++;
       const { done: r, thread } = await heavy({ kind: 'validate', id, payload: bytes, specs, config, keep: true }, [bytes.buffer as ArrayBuffer]);
       if (r.kind !== 'kept') throw new Error('work pool: a kept validation came back as something else');
-      return { kept: { thread, id }, norm: r.norm, clipped: r.clipped };
+      return { kept: { thread, id }, norm: r.norm, clipped: r.clipped, sketch: r.sketch };
     },
     add(kept, key, weight) {
       const thread = threads.find((t) => t.index === kept.thread);

@@ -21,9 +21,9 @@ function run(job: WorkJob): WorkReply {
   switch (job.kind) {
     case 'validate': {
       const v = validateUpdate(job.payload, job.specs, job.config);
-      if (!job.keep) return { id: job.id, ok: true, kind: 'validate', delta: v.delta, norm: v.norm, clipped: v.clipped };
+      if (!job.keep) return { id: job.id, ok: true, kind: 'validate', delta: v.delta, norm: v.norm, clipped: v.clipped, sketch: v.sketch };
       kept.keep(job.id, v.delta);
-      return { id: job.id, ok: true, kind: 'kept', norm: v.norm, clipped: v.clipped };
+      return { id: job.id, ok: true, kind: 'kept', norm: v.norm, clipped: v.clipped, sketch: v.sketch };
     }
     case 'add':
       kept.add(job.of, job.key, job.weight);

@@ -7,6 +7,7 @@ import type { RoundPhases, RoundTimeline } from './phases.ts';
 import type { Fairness } from './fairness.ts';
 import type { NonInferiority } from './canary.ts';
 import type { DataQuality } from './data-quality.ts';
+import type { MonitorRecord } from './monitor.ts';
 import type { Hello, RunConfig, StateReport } from './schemas.ts';
 
 export type { RoundPhases, RoundTimeline } from './phases.ts';
@@ -179,6 +180,8 @@ export interface RoundRecord {
   personalization: { meanDistance: number; global: Fairness; personal: Fairness; mixed: Fairness; halfMix: Fairness } | null;
   /** each counted device: the examples it claimed, what they weighed in FedAvg (capped by maxExamplesPerDevice; null under secure aggregation), its held-out accuracy before/after local training */
   devices: { id: string; numExamples: number; weight: number | null; accuracyBefore: number; accuracyAfter: number; trainMs: number; labelDistance?: number; accuracyMixed?: number; accuracyHalfMix?: number }[];
+  /** the update monitor's judgement of the counted devices: features, z-scores, isolation scores, flags, and the KS tests (monitor.ts) */
+  monitoring?: MonitorRecord;
   /** the counted devices' declared label histograms, summed: what the round trained on (null: none counted, or one declared none) */
   labelDistribution?: number[] | null;
   modelVersion: number | null;

@@ -283,6 +283,14 @@ export const runConfigSchema = z.strictObject({
   secAggThreshold: whole(0, 254).default(0),
   /** start from this stored version of the same model instead of a fresh initialization (its descendant in the registry's lineage) */
   initialVersion: z.number({ error: 'must be a model version' }).int({ error: 'must be a whole number' }).positive({ error: 'must be a model version' }).optional(),
+  /** the update monitor (monitor.ts): its cold start, the false alarms accepted per 100 rounds, and whether a flagged device is quarantined */
+  monitor: z
+    .strictObject({
+      warmupRounds: whole(1, 1_000).default(10),
+      falseAlarmsPer100Rounds: between(0, 50, true).default(1),
+      quarantine: z.boolean({ error: 'must be true or false' }).default(false),
+    })
+    .default({ warmupRounds: 10, falseAlarmsPer100Rounds: 1, quarantine: false }),
   /** the data-quality rules: scores below them flag a device, or leave it out of selection (data-quality.ts) */
   dataQuality: dataQualityRulesSchema.default(dataQualityRulesSchema.parse({})),
   /** when set, the run's final version becomes a candidate tried on a share of devices against the live model (canary.ts), instead of going live at once */

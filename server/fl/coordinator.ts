@@ -39,6 +39,8 @@ import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { DeviceHello, RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
 import { deviceQuality } from '../../shared/data-quality.ts';
+import { cosine, emptyReference, monitorRound, type Features, type MonitorReference } from '../../shared/monitor.ts';
+import { coordinateMedian } from '../../shared/robust.ts';
 import { populationOf } from '../../shared/personalize.ts';
 import { keepRebuildable, ringNeighbours, roundShape, unmaskRequest } from '../../shared/secagg/plan.ts';
 import type { UnmaskRequest } from '../../shared/secagg/device.ts';
@@ -74,6 +76,8 @@ export interface Contribution {
   bytes: number;
   arrivedAt: number;
   metrics: UpdateMetrics;
+  /** the update's count sketch (monitor.ts), for its cosine to the round's aggregate; absent where the server cannot see it */
+  sketch?: Float32Array;
 }
 
 interface Submission {
@@ -168,6 +172,10 @@ export interface RunState {
     parameters?: number;
     serverRdp?: readonly number[] | undefined;
   };
+  /** the update monitor's reference, learned in the run's first rounds (monitor.ts) */
+  monitor?: MonitorReference;
+  /** devices the monitor flagged; left out of selection when the run quarantines */
+  flagged?: readonly string[];
 }
 
 export interface CoordinatorState {
@@ -207,7 +215,7 @@ export type CoordinatorEvent =
   | { type: 'tick' }
   | ({ type: 'round:sent'; bytesDown: number } & RoundRef)
   | ({ type: 'update:submitted'; submission: number; deviceId: string; numExamples: number; bytes: number; metrics: UpdateMetrics } & RoundRef)
-  | { type: 'update:validated'; submission: number; norm: number; clipped: boolean }
+  | { type: 'update:validated'; submission: number; norm: number; clipped: boolean; sketch?: Float32Array }
   | { type: 'update:invalid'; submission: number; reason: string }
   /** a secure-aggregation message whose signature and shape the service has checked (or not: `invalid`) */
   | ({ type: 'secagg:received'; what: 'keys' | 'shares' | 'reveal'; message: number; deviceId: string; bytes: number; invalid?: string } & RoundRef)
@@ -275,8 +283,31 @@ function freeAll(devices: ReadonlyMap<string, DeviceSlot>, selected: readonly st
 
 const idleDevices = (state: CoordinatorState, config: RunConfig): string[] => {
   const excluded = config.dataQuality.action === 'exclude' ? excludedByQuality(state, config) : undefined;
-  return [...state.devices].filter(([id, d]) => !d.busy && (config.joinToken === undefined || d.joinToken === config.joinToken) && !excluded?.has(id)).map(([id]) => id);
+  const quarantined = config.monitor.quarantine ? new Set(state.run?.flagged ?? []) : undefined;
+  return [...state.devices].filter(([id, d]) => !d.busy && (config.joinToken === undefined || d.joinToken === config.joinToken) && !excluded?.has(id) && !quarantined?.has(id)).map(([id]) => id);
 };
+
+/**
+ * The monitor's features of each counted update: its norm, its cosine to the round's robust
+ * aggregate — the coordinate-wise median of the updates' sketches, not their mean: one −10× update
+ * among five drags the mean its own way (the honest ones then look reversed), not the median — and
+ * what its device reported.
+ */
+function featuresOf(cur: RoundState): { id: string; features: Features }[] {
+  const m = cur.accepted;
+  const aggregate = m.length > 0 && m.every((x) => x.sketch) ? coordinateMedian(m.map((x) => x.sketch!)) : undefined;
+  return m.map((x) => ({
+    id: x.deviceId,
+    features: {
+      norm: cur.secagg ? null : x.norm,
+      cosine: aggregate && x.sketch ? cosine(x.sketch, aggregate) : null,
+      lossBefore: x.metrics.lossBefore,
+      lossAfter: x.metrics.lossAfter,
+      accuracyBefore: x.metrics.accuracyBefore,
+      accuracyAfter: x.metrics.accuracyAfter,
+    },
+  }));
+}
 
 /** The devices whose data fails the run's quality rules: their own scores, and integrity against the connected devices' population. */
 export function excludedByQuality(state: CoordinatorState, config: RunConfig): Set<string> {
@@ -759,12 +790,18 @@ function reject(state: CoordinatorState, update: RoundRef & { submission: number
  * and kept until they come.
  */
 function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null; pending?: boolean }): StepResult {
-  const run = state.run as RunState;
+  let run = state.run as RunState;
   const cur = state.current as RoundState;
   const closedHow = cur.closedBy === 'deadline' ? `closed at the deadline with ${cur.accepted.length} updates` : cur.closedBy === 'all answered' ? `closed when every selected device had answered (${cur.accepted.length} updates)` : null;
   const reason = [closedHow, result.reason].filter(Boolean).join('; ') || null;
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now, outcome: 'completed' };
   const record = roundRecord(run.config, cur, timeline, { ...result, status: 'completed', reason });
+  // the update monitor judges the round's counted devices (its cold start learns from them first)
+  const monitored = monitorRound(run.monitor ?? emptyReference(), featuresOf(cur), run.config.monitor);
+  record.monitoring = monitored.record;
+  const flagged = monitored.record.devices.filter((d) => d.reasons.length).map((d) => d.id);
+  run = { ...run, monitor: monitored.reference, ...(flagged.length ? { flagged: [...new Set([...(run.flagged ?? []), ...flagged])] } : {}) };
+  state = { ...state, run };
   // A released round spends privacy: the accountant composes it with the run's earlier ones.
   let accounted = run;
   const dp = run.config.dp;
@@ -894,7 +931,7 @@ function reduce(state: CoordinatorState, event: CoordinatorEvent, now: number): 
       }
       // FedAvg weighs an update by its examples (capped); q-FFL by its device's loss, F^q
       const weight = run.config.strategy === 'qffl' ? qfflWeight(pending.metrics.lossBefore, run.config.q) : Math.min(pending.numExamples, run.config.maxExamplesPerDevice);
-      const contribution: Contribution = { deviceId: pending.deviceId, numExamples: pending.numExamples, weight, norm: event.norm, clipped: event.clipped, bytes: pending.bytes, arrivedAt: pending.arrivedAt, metrics: pending.metrics };
+      const contribution: Contribution = { deviceId: pending.deviceId, numExamples: pending.numExamples, weight, norm: event.norm, clipped: event.clipped, bytes: pending.bytes, arrivedAt: pending.arrivedAt, metrics: pending.metrics, ...(event.sketch ? { sketch: event.sketch } : {}) };
       const timeline = state.timeline && { ...state.timeline, lastUpdateAt: Math.max(state.timeline.lastUpdateAt ?? 0, pending.arrivedAt) };
       const accepted = { ...state, current: { ...cur, validating, accepted: [...cur.accepted, contribution] }, ...(timeline ? { timeline } : {}) };
       const settled = settle(accepted, now);

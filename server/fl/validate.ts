@@ -6,6 +6,7 @@
  */
 import { decodeUpdate } from '../../shared/codec.ts';
 import { clipToNorm } from '../../shared/robust.ts';
+import { countSketch } from '../../shared/monitor.ts';
 import { codecConfig, effectiveClipNorm, type RunConfig } from '../../shared/schemas.ts';
 import { WeightsFormatError, type TensorSpec } from '../../shared/weights.ts';
 
@@ -22,6 +23,8 @@ export interface ValidatedUpdate {
   /** ‖Δ‖₂ before clipping */
   norm: number;
   clipped: boolean;
+  /** the (clipped) update's count sketch, for the monitor's cosine to the round's aggregate (monitor.ts) */
+  sketch: Float32Array;
 }
 
 /** Decodes and checks one update; throws WeightsFormatError with the reason when it cannot count. */
@@ -32,5 +35,5 @@ export function validateUpdate(payload: Uint8Array, specs: readonly TensorSpec[]
     if (v > MAX_ABS_UPDATE_VALUE || v < -MAX_ABS_UPDATE_VALUE) throw new WeightsFormatError(`update: value ${i} is ${v}, beyond the bound of ±${MAX_ABS_UPDATE_VALUE}`);
   }
   const c = clipToNorm(values, effectiveClipNorm(config));
-  return { delta: c.delta, norm: c.norm, clipped: c.clipped };
+  return { delta: c.delta, norm: c.norm, clipped: c.clipped, sketch: countSketch(c.delta) };
 }

@@ -29,8 +29,8 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
-/** the form's fields: every run-config field but the objects `dp`, `labels`, `canary` and `dataQuality` (dp's fields and dataQuality's action are flat below; the rest is set through the API) */
-type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary' | 'dataQuality'>;
+/** the form's fields: every run-config field but the objects `dp`, `labels`, `canary`, `dataQuality` and `monitor` (dp's fields, dataQuality's action and monitor's quarantine are flat below; the rest is set through the API) */
+type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary' | 'dataQuality' | 'monitor'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'model', label: 'Model' },
   { name: 'rounds', label: 'Rounds' },

@@ -1,0 +1,209 @@
+/**
+ * Monitoring updates: per round and counted device, features of its update and of what it reports
+ * — the update's L2 norm, its cosine similarity to the round's aggregate (estimated from count
+ * sketches of 1,024 buckets, which keep inner products; the aggregate is the coordinate-wise
+ * median of the round's sketches, which one large hostile update cannot drag its way, as it drags
+ * the mean), its loss and accuracy before and after training — judged
+ * against a reference taken in a cold start (the first rounds' device-rounds) by three monitors:
+ *
+ *   control chart    a Shewhart chart of each feature's robust z-score ((x − median) / (1.4826·MAD)
+ *                    of the reference); a device-round is out of control when any |z| passes L
+ *   KS test          each round's distribution of each feature against the reference's (two-sample
+ *                    Kolmogorov–Smirnov): a round-level alert
+ *   isolation forest fitted on the reference's feature vectors (Liu et al. 2008); its score is one
+ *                    more chart: a device-round is an outlier when its score's robust z over the
+ *                    reference's own scores passes L
+ *
+ * Sensitivity is set by the false alarms the admin accepts per 100 rounds (a): the round's budget
+ * a/100 is split over its tests (Bonferroni), which sets L (a normal quantile) and the KS level.
+ * Pure: no TF.js, no I/O; the coordinator owns the state.
+ */
+import { normalQuantile } from './canary.ts';
+import { createRng, type Rng } from './rng.ts';
+
+export const SKETCH_SIZE = 1024;
+export const FEATURES = ['norm', 'cosine', 'lossBefore', 'lossAfter', 'accuracyBefore', 'accuracyAfter'] as const;
+export type Feature = (typeof FEATURES)[number];
+export type Features = Record<Feature, number | null>;
+
+/** A count sketch of a vector (seeded buckets and signs): inner products are kept in expectation, and it is linear. */
+export function countSketch(values: Float32Array, seed = 0x5eed, size = SKETCH_SIZE): Float32Array {
+  const out = new Float32Array(size);
+  for (let i = 0; i < values.length; i++) {
+    let h = Math.imul(i ^ seed, 0x9e3779b1);
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    out[(h >>> 1) % size] = out[(h >>> 1) % size]! + (h & 1 ? values[i]! : -values[i]!);
+  }
+  return out;
+}
+
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number | null {
+  let ab = 0, aa = 0, bb = 0;
+  for (let i = 0; i < a.length; i++) (ab += a[i]! * b[i]!), (aa += a[i]! * a[i]!), (bb += b[i]! * b[i]!);
+  return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : null;
+}
+
+/** Median and a robust scale (1.4826 · MAD, never below a small floor) of a sample. */
+export function robustStats(xs: readonly number[]): { center: number; scale: number } {
+  const median = (v: number[]) => {
+    const s = [...v].sort((a, b) => a - b);
+    return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  const center = median([...xs]);
+  const mad = median(xs.map((x) => Math.abs(x - center)));
+  return { center, scale: Math.max(1.4826 * mad, 1e-6 * Math.max(1, Math.abs(center)), 1e-9) };
+}
+
+/** The two-sample Kolmogorov–Smirnov statistic and its asymptotic p-value. */
+export function ksTest(a: readonly number[], b: readonly number[]): { d: number; p: number } {
+  if (a.length === 0 || b.length === 0) return { d: 0, p: 1 };
+  const x = [...a].sort((p, q) => p - q);
+  const y = [...b].sort((p, q) => p - q);
+  let i = 0, j = 0, d = 0;
+  while (i < x.length && j < y.length) {
+    const v = Math.min(x[i]!, y[j]!);
+    while (i < x.length && x[i]! <= v) i++;
+    while (j < y.length && y[j]! <= v) j++;
+    d = Math.max(d, Math.abs(i / x.length - j / y.length));
+  }
+  const n = (x.length * y.length) / (x.length + y.length);
+  const lambda = (Math.sqrt(n) + 0.12 + 0.11 / Math.sqrt(n)) * d;
+  let p = 0;
+  for (let k = 1; k <= 100; k++) p += 2 * (k % 2 ? 1 : -1) * Math.exp(-2 * k * k * lambda * lambda);
+  return { d, p: Math.min(1, Math.max(0, lambda < 1e-3 ? 1 : p)) };
+}
+
+// ─── isolation forest ────────────────────────────────────────────────────────
+type Tree = { split: number; at: number; left: Tree; right: Tree } | { size: number };
+const EULER = 0.5772156649;
+/** the average path length of an unsuccessful search in a binary search tree of n points */
+const c = (n: number) => (n > 2 ? 2 * (Math.log(n - 1) + EULER) - (2 * (n - 1)) / n : n === 2 ? 1 : 0);
+
+export class IsolationForest {
+  private constructor(private readonly trees: Tree[], private readonly sample: number) {}
+
+  /** Fits `trees` trees, each on a random subsample of `sampleSize` points (seeded). */
+  static fit(points: readonly number[][], o: { trees?: number; sampleSize?: number; seed?: number } = {}): IsolationForest {
+    if (points.length < 2) throw new RangeError(`isolation forest: ${points.length} points, at least 2 needed`);
+    const rng = createRng(o.seed ?? 1);
+    const sample = Math.min(o.sampleSize ?? 64, points.length);
+    const limit = Math.ceil(Math.log2(sample));
+    const trees: Tree[] = [];
+    for (let t = 0; t < (o.trees ?? 100); t++) {
+      const chosen = Array.from({ length: sample }, () => points[Math.floor(rng() * points.length)]!);
+      trees.push(grow(chosen, 0, limit, rng));
+    }
+    return new IsolationForest(trees, sample);
+  }
+
+  /** The anomaly score in (0, 1): about 0.5 for a typical point, near 1 for one isolated at once. */
+  score(point: readonly number[]): number {
+    const mean = this.trees.reduce((a, t) => a + pathLength(t, point, 0), 0) / this.trees.length;
+    return Math.pow(2, -mean / c(this.sample));
+  }
+}
+
+function grow(points: number[][], depth: number, limit: number, rng: Rng): Tree {
+  if (depth >= limit || points.length <= 1) return { size: points.length };
+  const dims = points[0]!.length;
+  // a feature that varies among these points, and a split between its extremes
+  for (let attempt = 0; attempt < dims; attempt++) {
+    const split = Math.floor(rng() * dims);
+    let lo = Infinity, hi = -Infinity;
+    for (const p of points) (lo = Math.min(lo, p[split]!)), (hi = Math.max(hi, p[split]!));
+    if (hi <= lo) continue;
+    const at = lo + rng() * (hi - lo);
+    return { split, at, left: grow(points.filter((p) => p[split]! < at), depth + 1, limit, rng), right: grow(points.filter((p) => p[split]! >= at), depth + 1, limit, rng) };
+  }
+  return { size: points.length };
+}
+
+function pathLength(t: Tree, p: readonly number[], depth: number): number {
+  if ('size' in t) return depth + c(t.size);
+  return pathLength(p[t.split]! < t.at ? t.left : t.right, p, depth + 1);
+}
+
+// ─── the monitor ─────────────────────────────────────────────────────────────
+export interface MonitorSettings {
+  /** rounds whose device-rounds make the reference (the cold start) */
+  warmupRounds: number;
+  /** the false alarms the admin accepts per 100 rounds (over every device of the round) */
+  falseAlarmsPer100Rounds: number;
+  /** whether a flagged device is left out of later selections */
+  quarantine: boolean;
+}
+
+/** What the monitor learned in its cold start: its device-rounds' features. */
+export interface MonitorReference {
+  rounds: number;
+  rows: Features[];
+}
+
+const sampleOf = (rows: readonly Features[], f: Feature): number[] => rows.flatMap((r) => (r[f] === null ? [] : [r[f]!]));
+
+export interface DeviceVerdict {
+  id: string;
+  features: Features;
+  /** robust z-score of each measured feature (null while warming up, or unmeasured) */
+  z: Partial<Record<Feature, number>>;
+  isolation: number | null;
+  /** why it is flagged (empty: it is not) */
+  reasons: string[];
+}
+
+/** A round's monitoring, as recorded with it. */
+export interface MonitorRecord {
+  phase: 'warming up' | 'monitoring';
+  /** the control chart's limit on |z|, and the forest's score threshold (null while warming up) */
+  limit: number | null;
+  isolationThreshold: number | null;
+  devices: DeviceVerdict[];
+  /** each feature's distribution this round against the reference (null while warming up) */
+  ks: { feature: Feature; d: number; p: number; alert: boolean }[] | null;
+}
+
+const vectorOf = (f: Features, ref: Record<Feature, { center: number; scale: number }>): number[] => FEATURES.map((k) => (f[k] === null ? 0 : (f[k]! - ref[k].center) / ref[k].scale));
+
+/**
+ * One round's monitoring: the cold start collects the reference; then each device-round is judged
+ * by the chart and the forest, and each feature's distribution by the KS test.
+ */
+export function monitorRound(reference: MonitorReference, devices: { id: string; features: Features }[], s: MonitorSettings): { reference: MonitorReference; record: MonitorRecord } {
+  const samples = Object.fromEntries(FEATURES.map((f) => [f, sampleOf(reference.rows, f)])) as Record<Feature, number[]>;
+  if (reference.rounds < s.warmupRounds || FEATURES.every((f) => samples[f].length < 8)) {
+    return { reference: { rounds: reference.rounds + 1, rows: [...reference.rows, ...devices.map((d) => d.features)] }, record: { phase: 'warming up', limit: null, isolationThreshold: null, devices: devices.map((d) => ({ ...d, z: {}, isolation: null, reasons: [] })), ks: null } };
+  }
+  const measured = FEATURES.filter((f) => samples[f].length >= 8);
+  const stats = Object.fromEntries(FEATURES.map((f) => [f, robustStats(samples[f].length ? samples[f] : [0])])) as Record<Feature, { center: number; scale: number }>;
+  // the round's false-alarm budget, split over its tests: the chart (devices × features), the forest (devices), the KS tests (features)
+  const alpha = Math.min(0.5, s.falseAlarmsPer100Rounds / 100);
+  const tests = Math.max(1, devices.length) * (measured.length + 1) + measured.length;
+  const each = alpha / tests;
+  const limit = normalQuantile(1 - each / 2);
+  const points = reference.rows.map((r) => vectorOf(r, stats));
+  const forest = points.length >= 8 ? IsolationForest.fit(points, { seed: reference.rounds }) : undefined;
+  // the forest's score is charted like a feature: its threshold is L robust scales above the reference's median score
+  const scoreStats = forest ? robustStats(points.map((p) => forest.score(p))) : undefined;
+  const isolationThreshold = scoreStats ? scoreStats.center + limit * scoreStats.scale : null;
+  const verdicts = devices.map((d) => {
+    const z: Partial<Record<Feature, number>> = {};
+    const reasons: string[] = [];
+    for (const f of measured) {
+      if (d.features[f] === null) continue;
+      z[f] = (d.features[f]! - stats[f].center) / stats[f].scale;
+      if (Math.abs(z[f]!) > limit) reasons.push(`${f} z = ${z[f]!.toFixed(1)} beyond ±${limit.toFixed(1)}`);
+    }
+    const isolation = forest ? forest.score(vectorOf(d.features, stats)) : null;
+    if (isolation !== null && isolationThreshold !== null && isolation > isolationThreshold) reasons.push(`isolation score ${isolation.toFixed(2)} > ${isolationThreshold.toFixed(2)}`);
+    return { ...d, z, isolation, reasons };
+  });
+  const ks = measured.map((f) => {
+    const t = ksTest(devices.flatMap((d) => (d.features[f] === null ? [] : [d.features[f]!])), samples[f]);
+    return { feature: f, d: t.d, p: t.p, alert: t.p < each };
+  });
+  return { reference: { ...reference, rounds: reference.rounds + 1 }, record: { phase: 'monitoring', limit, isolationThreshold, devices: verdicts, ks } };
+}
+
+export const emptyReference = (): MonitorReference => ({ rounds: 0, rows: [] });
