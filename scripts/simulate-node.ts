@@ -10,6 +10,7 @@
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
  *     [--strategy fedavg|fedavgm|fedadagrad|fedadam|fedyogi|fedprox|scaffold|qffl] [--server-lr η] [--beta1 0.9] [--beta2 0.99] [--tau 1e-3] [--mu 0.01] [--q 1]
+ *     [--poison N] [--monitor-warmup 10] [--false-alarms 1] [--quarantine true]   (the update monitor: poisoning clients sending −10 × their update)
  *     [--corrupt labels:1 [--corrupt-clients 0.2] [--quality-action flag|exclude]]   (data quality: corrupted clients, and what the run does with devices that fail the rules)
  *     [--validation 10000 [--validation-seed 12345]]   (tuning: measure on examples carved from the training set, not on the test set)
  *     [--held-out 0.2 --personal-window 10]   (personalization: each device's personal model and mixes on its held-out data, summarized per window of rounds)
@@ -52,6 +53,11 @@ const argsSchema = z.strictObject({
   corrupt: z.string().optional(),
   'corrupt-clients': z.coerce.number().gt(0).max(1).default(0.2),
   'quality-action': z.enum(['flag', 'exclude']).optional(),
+  /** the update monitor: poisoning clients (−10 × their update), its cold start, its false-alarm budget, quarantine */
+  poison: z.coerce.number().int().min(0).max(100).default(0),
+  'monitor-warmup': z.coerce.number().int().min(1).max(1000).optional(),
+  'false-alarms': z.coerce.number().positive().max(50).optional(),
+  quarantine: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
   'over-select': z.coerce.number().min(1).max(10).default(1),
   aggregation: z.enum(AGGREGATIONS).default('fedavg'),
   strategy: z.enum(STRATEGY_NAMES).default('fedavg'),
@@ -110,7 +116,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}${args.corrupt ? `-corrupt${args['corrupt-clients']}x${args.corrupt.replace(/[:,]/g, '')}-${args['quality-action'] ?? 'flag'}` : ''}`;
+const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}${args.corrupt ? `-corrupt${args['corrupt-clients']}x${args.corrupt.replace(/[:,]/g, '')}-${args['quality-action'] ?? 'flag'}` : ''}${args.poison ? `-poison${args.poison}${args.quarantine ? '-quarantine' : ''}` : ''}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';
@@ -148,6 +154,8 @@ const result = await runSimulation(
     heldOut: args['held-out'],
     ...(corruptions ? { corrupt: { clients: args['corrupt-clients'], corruptions } } : {}),
     ...(args['quality-action'] ? { qualityAction: args['quality-action'] } : {}),
+    ...(args.poison ? { poison: args.poison } : {}),
+    monitor: { ...(args['monitor-warmup'] ? { warmupRounds: args['monitor-warmup'] } : {}), ...(args['false-alarms'] ? { falseAlarmsPer100Rounds: args['false-alarms'] } : {}), ...(args.quarantine ? { quarantine: true } : {}) },
     ...(args.examples ? { examples: args.examples } : {}),
     overSelect: args['over-select'],
     aggregation: args.aggregation,
@@ -204,6 +212,8 @@ if (personalization.length) {
   for (const w of personalization) process.stdout.write(`${`${w.rounds[0]}–${w.rounds[1]}`.padEnd(9)} | ${String(w.deviceRounds).padStart(13)} | ${cell(w.global)} | ${cell(w.personal)} | ${cell(w.halfMix)} | ${cell(w.mixed)}\n`);
 }
 writeFileSync(jsonFile, JSON.stringify({ ...result, ...(args.validation ? { measuredOn: { validation: args.validation, seed: args['validation-seed'], trainExamples: mnist.train.count } } : {}), ...(personalization.length ? { personalization } : {}) }, null, 1));
+const m = result.monitor;
+if (m.monitoredRounds) process.stdout.write(`update monitor: ${m.warmupRounds} rounds of cold start, then ${m.monitoredRounds} rounds judged: ${m.falseAlarms} false alarms in ${m.honestDeviceRounds} honest device-rounds${m.suspects.map((s) => `; ${s.kind === 'poison' ? 'poisoner' : 'corrupted'} ${s.id}: ${s.firstFlagged === null ? `never flagged in ${s.judged} rounds judged` : `flagged in its ${s.firstFlagged}. round judged (of ${s.judged})`}`).join('')}\n`);
 if (result.quality.corrupted || result.quality.flagged) process.stdout.write(`data quality: ${result.quality.corrupted} corrupted devices; ${result.quality.flagged} fail the rules (${result.quality.flaggedCorrupted} of them corrupted), ${result.quality.action === 'exclude' ? 'left out of selection' : 'flagged only'}\n`);
 process.stdout.write(`wrote ${jsonFile}\n`);
 if (args.plot) {

@@ -38,6 +38,7 @@ export class DeviceRegistry {
       quality: hello.quality ? { examples: hello.examples, ...hello.quality, integrity: null } : null,
       qualityFlags: [],
       qualityAction: null,
+      monitor: null,
     });
   }
 
@@ -87,7 +88,7 @@ export class DeviceRegistry {
   }
 
   /** The devices, with their data's integrity against the connected devices' population and the scores below the rules (the run's, or the defaults). */
-  list(includeDisconnected = false, rules: DataQualityRules = DEFAULT_RULES): DeviceInfo[] {
+  list(includeDisconnected = false, rules: DataQualityRules = DEFAULT_RULES, monitored?: { flagged: readonly string[]; quarantine: boolean }): DeviceInfo[] {
     const connected = [...this.devices.values()].filter((d) => d.connected);
     const population = populationOf(connected.map((d) => d.labelHistogram));
     return [...this.devices.values()]
@@ -95,7 +96,7 @@ export class DeviceRegistry {
       .map((d) => {
         const { integrity, flags } = deviceQuality(rules, d.quality ?? undefined, d.labelHistogram, population);
         const quality = d.quality ? { ...d.quality, integrity } : null;
-        return { ...d, quality, qualityFlags: flags, qualityAction: flags.length ? rules.action : null };
+        return { ...d, quality, qualityFlags: flags, qualityAction: flags.length ? rules.action : null, monitor: monitored?.flagged.includes(d.id) ? (monitored.quarantine ? 'quarantined' : 'flagged') : null };
       });
   }
 

@@ -267,8 +267,14 @@ export class Federation implements DeviceGateway {
     return m ? { version: m.version, runId: m.runId ?? 0, round: m.round, testAccuracy: m.testAccuracy, testLoss: m.testLoss } : null;
   }
 
+  /** the devices the current run's monitor flagged, and whether it quarantines them */
+  private monitored(): { flagged: readonly string[]; quarantine: boolean } | undefined {
+    const run = this.state.run;
+    return run?.flagged?.length ? { flagged: run.flagged, quarantine: run.config.monitor.quarantine } : undefined;
+  }
+
   listDevices(includeDisconnected = false): DeviceInfo[] {
-    return this.devices.list(includeDisconnected, this.state.run?.config.dataQuality);
+    return this.devices.list(includeDisconnected, this.state.run?.config.dataQuality, this.monitored());
   }
 
   // ─── runs ────────────────────────────────────────────────────────────────
@@ -379,7 +385,7 @@ export class Federation implements DeviceGateway {
 
   /** What the dashboard shows: the status, every known device (disconnected ones too) and the round's timeline. */
   adminSnapshot(): AdminSnapshot {
-    return { ...this.status(), devices: this.devices.list(true, this.state.run?.config.dataQuality), timeline: this.state.timeline ? { ...this.state.timeline } : null, now: this.deps.clock.now() };
+    return { ...this.status(), devices: this.devices.list(true, this.state.run?.config.dataQuality, this.monitored()), timeline: this.state.timeline ? { ...this.state.timeline } : null, now: this.deps.clock.now() };
   }
 
   /**

@@ -236,6 +236,8 @@ export interface DeviceInfo {
   /** the scores below the rules (the run's, or the defaults between runs), and what they mean for it */
   qualityFlags: string[];
   qualityAction: 'flag' | 'exclude' | null;
+  /** the update monitor's verdict in the current run: flagged in some round, and quarantined when the run quarantines (monitor.ts) */
+  monitor: 'flagged' | 'quarantined' | null;
 }
 
 /** What the dashboard's event log shows; also pushed live to admins. */

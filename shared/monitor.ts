@@ -4,7 +4,11 @@
  * sketches of 1,024 buckets, which keep inner products; the aggregate is the coordinate-wise
  * median of the round's sketches, which one large hostile update cannot drag its way, as it drags
  * the mean), its loss and accuracy before and after training — judged
- * against a reference taken in a cold start (the first rounds' device-rounds) by three monitors:
+ * against a reference taken in a cold start (the first rounds' device-rounds) by three monitors.
+ * Training moves every device's features together (losses fall, norms shrink and scatter), so each
+ * device is compared with its round's peers: the features judged are its robust z-scores within
+ * the round (relativeToRound), whose law the cold start's rounds and the later ones share.
+ *
  *
  *   control chart    a Shewhart chart of each feature's robust z-score ((x − median) / (1.4826·MAD)
  *                    of the reference); a device-round is out of control when any |z| passes L
@@ -15,7 +19,11 @@
  *                    reference's own scores passes L
  *
  * Sensitivity is set by the false alarms the admin accepts per 100 rounds (a): the round's budget
- * a/100 is split over its tests (Bonferroni), which sets L (a normal quantile) and the KS level.
+ * a/100 is split over its tests (Bonferroni) into a per-test probability p, which sets the KS level
+ * and each limit: updates' features have heavier tails than a normal law, so a limit is where the
+ * cold start's own tail reaches p — an exponential fitted to the top 10 % of its |z| (peaks over a
+ * threshold, its scale from the median exceedance, values beyond |z| = 8 left out as a hostile device
+ * in the cold start rather than a tail) — and never below the normal quantile of p.
  * Pure: no TF.js, no I/O; the coordinator owns the state.
  */
 import { normalQuantile } from './canary.ts';
@@ -125,6 +133,28 @@ function pathLength(t: Tree, p: readonly number[], depth: number): number {
   return pathLength(p[t.split]! < t.at ? t.left : t.right, p, depth + 1);
 }
 
+/** |z| beyond this in the cold start is taken for a hostile device-round, not for the honest tail */
+export const TAIL_CAP = 8;
+
+/**
+ * The value a non-negative statistic passes with probability p, from a sample of it: an exponential
+ * tail fitted to the sample's top 10 % (peaks over threshold; scale from the median exceedance),
+ * never below `floor`.
+ */
+export function tailLimit(sample: readonly number[], p: number, floor: number, cap = TAIL_CAP): number {
+  // values beyond the cap are not a tail but a hostile device in the cold start: left out of the fit
+  const kept = sample.filter((x) => x <= cap);
+  if (kept.length < 10) return floor;
+  const sorted = [...kept].sort((a, b) => a - b);
+  const u = sorted[Math.floor(0.9 * (sorted.length - 1))]!;
+  const over = sorted.filter((x) => x > u).map((x) => x - u);
+  const share = over.length / sorted.length;
+  if (over.length === 0 || p >= share) return Math.max(floor, u);
+  // the exponential's scale from the median exceedance (median = β·ln 2): a few hostile device-rounds in the cold start do not stretch it
+  const beta = robustStats(over).center / Math.LN2;
+  return Math.max(floor, u + beta * Math.log(share / p));
+}
+
 // ─── the monitor ─────────────────────────────────────────────────────────────
 export interface MonitorSettings {
   /** rounds whose device-rounds make the reference (the cold start) */
@@ -156,8 +186,10 @@ export interface DeviceVerdict {
 /** A round's monitoring, as recorded with it. */
 export interface MonitorRecord {
   phase: 'warming up' | 'monitoring';
-  /** the control chart's limit on |z|, and the forest's score threshold (null while warming up) */
+  /** the control chart's limit on |z| (the largest of the features' limits), and the forest's score threshold (null while warming up) */
   limit: number | null;
+  /** each feature's limit on |z| */
+  limits?: Partial<Record<Feature, number>>;
   isolationThreshold: number | null;
   devices: DeviceVerdict[];
   /** each feature's distribution this round against the reference (null while warming up) */
@@ -167,13 +199,33 @@ export interface MonitorRecord {
 const vectorOf = (f: Features, ref: Record<Feature, { center: number; scale: number }>): number[] => FEATURES.map((k) => (f[k] === null ? 0 : (f[k]! - ref[k].center) / ref[k].scale));
 
 /**
- * One round's monitoring: the cold start collects the reference; then each device-round is judged
- * by the chart and the forest, and each feature's distribution by the KS test.
+ * Each device's features relative to its round's peers: (x − the round's median) / the round's
+ * robust spread (1.4826·MAD), on the log of the norm; null with fewer than 3 devices to compare.
+ * Training changes both the level and the spread of every feature as it goes (norms shrink and
+ * scatter as the model converges); within a round, devices are compared under the same model.
  */
-export function monitorRound(reference: MonitorReference, devices: { id: string; features: Features }[], s: MonitorSettings): { reference: MonitorReference; record: MonitorRecord } {
+export function relativeToRound(devices: readonly { features: Features }[]): Features[] {
+  const t = (f: Feature, x: number) => (f === 'norm' ? Math.log(Math.max(x, 1e-12)) : x);
+  const stats = Object.fromEntries(
+    FEATURES.map((f) => {
+      const v = devices.flatMap((d) => (d.features[f] === null ? [] : [t(f, d.features[f]!)]));
+      return [f, v.length >= 3 ? robustStats(v) : null];
+    }),
+  ) as Record<Feature, { center: number; scale: number } | null>;
+  return devices.map((d) => Object.fromEntries(FEATURES.map((f) => [f, d.features[f] === null || !stats[f] ? null : (t(f, d.features[f]!) - stats[f]!.center) / stats[f]!.scale])) as Features);
+}
+
+/**
+ * One round's monitoring: the cold start collects the reference (of features relative to each
+ * round); then each device-round is judged by the chart and the forest, and each feature's
+ * distribution by the KS test.
+ */
+export function monitorRound(reference: MonitorReference, raw: { id: string; features: Features }[], s: MonitorSettings): { reference: MonitorReference; record: MonitorRecord } {
+  const relative = relativeToRound(raw);
+  const devices = raw.map((d, i) => ({ id: d.id, features: relative[i]!, raw: d.features }));
   const samples = Object.fromEntries(FEATURES.map((f) => [f, sampleOf(reference.rows, f)])) as Record<Feature, number[]>;
   if (reference.rounds < s.warmupRounds || FEATURES.every((f) => samples[f].length < 8)) {
-    return { reference: { rounds: reference.rounds + 1, rows: [...reference.rows, ...devices.map((d) => d.features)] }, record: { phase: 'warming up', limit: null, isolationThreshold: null, devices: devices.map((d) => ({ ...d, z: {}, isolation: null, reasons: [] })), ks: null } };
+    return { reference: { rounds: reference.rounds + 1, rows: [...reference.rows, ...devices.map((d) => d.features)] }, record: { phase: 'warming up', limit: null, isolationThreshold: null, devices: devices.map((d) => ({ id: d.id, features: d.raw, z: {}, isolation: null, reasons: [] })), ks: null } };
   }
   const measured = FEATURES.filter((f) => samples[f].length >= 8);
   const stats = Object.fromEntries(FEATURES.map((f) => [f, robustStats(samples[f].length ? samples[f] : [0])])) as Record<Feature, { center: number; scale: number }>;
@@ -181,29 +233,33 @@ export function monitorRound(reference: MonitorReference, devices: { id: string;
   const alpha = Math.min(0.5, s.falseAlarmsPer100Rounds / 100);
   const tests = Math.max(1, devices.length) * (measured.length + 1) + measured.length;
   const each = alpha / tests;
-  const limit = normalQuantile(1 - each / 2);
+  const normal = normalQuantile(1 - each / 2);
+  // each feature's limit: where the cold start's own |z| tail reaches the per-test probability
+  const limits = Object.fromEntries(measured.map((f) => [f, tailLimit(reference.rows.flatMap((r) => (r[f] === null ? [] : [Math.abs((r[f]! - stats[f].center) / stats[f].scale)])), each, normal)])) as Partial<Record<Feature, number>>;
+  const limit = Math.max(normal, ...Object.values(limits).map((l) => l!));
   const points = reference.rows.map((r) => vectorOf(r, stats));
   const forest = points.length >= 8 ? IsolationForest.fit(points, { seed: reference.rounds }) : undefined;
-  // the forest's score is charted like a feature: its threshold is L robust scales above the reference's median score
-  const scoreStats = forest ? robustStats(points.map((p) => forest.score(p))) : undefined;
-  const isolationThreshold = scoreStats ? scoreStats.center + limit * scoreStats.scale : null;
+  // the forest's score is charted like a feature, one-sided: its threshold is where the cold start's scores' tail reaches p
+  const scores = forest ? points.map((p) => forest.score(p)) : [];
+  const scoreStats = forest ? robustStats(scores) : undefined;
+  const isolationThreshold = scoreStats ? scoreStats.center + scoreStats.scale * tailLimit(scores.map((x) => Math.max(0, (x - scoreStats.center) / scoreStats.scale)), each, normalQuantile(1 - each)) : null;
   const verdicts = devices.map((d) => {
     const z: Partial<Record<Feature, number>> = {};
     const reasons: string[] = [];
     for (const f of measured) {
       if (d.features[f] === null) continue;
       z[f] = (d.features[f]! - stats[f].center) / stats[f].scale;
-      if (Math.abs(z[f]!) > limit) reasons.push(`${f} z = ${z[f]!.toFixed(1)} beyond ±${limit.toFixed(1)}`);
+      if (Math.abs(z[f]!) > limits[f]!) reasons.push(`${f} z = ${z[f]!.toFixed(1)} beyond ±${limits[f]!.toFixed(1)}`);
     }
     const isolation = forest ? forest.score(vectorOf(d.features, stats)) : null;
     if (isolation !== null && isolationThreshold !== null && isolation > isolationThreshold) reasons.push(`isolation score ${isolation.toFixed(2)} > ${isolationThreshold.toFixed(2)}`);
-    return { ...d, z, isolation, reasons };
+    return { id: d.id, features: d.raw, z, isolation, reasons };
   });
   const ks = measured.map((f) => {
     const t = ksTest(devices.flatMap((d) => (d.features[f] === null ? [] : [d.features[f]!])), samples[f]);
     return { feature: f, d: t.d, p: t.p, alert: t.p < each };
   });
-  return { reference: { ...reference, rounds: reference.rounds + 1 }, record: { phase: 'monitoring', limit, isolationThreshold, devices: verdicts, ks } };
+  return { reference: { ...reference, rounds: reference.rounds + 1 }, record: { phase: 'monitoring', limit, limits, isolationThreshold, devices: verdicts, ks } };
 }
 
 export const emptyReference = (): MonitorReference => ({ rounds: 0, rows: [] });

@@ -22,7 +22,7 @@ import { qualityOf, referenceOf, type Corruption } from '../../shared/data-quali
 import { simDeviceSamples } from './device-data.ts';
 import { SecAggSession } from '../../shared/secagg/session.ts';
 import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire } from '../../shared/secagg/wire.ts';
-import { decodeWeights } from '../../shared/weights.ts';
+import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
 import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
 import type { ModelPublished, RoundEnd, RoundStart, SecAggNeighbours, SecAggSharesIn, SecAggUnmask, ServerToClientEvents } from '../../shared/protocol.ts';
 import { validateRunConfig, type Aggregation, type DeviceHello, type RunConfig } from '../../shared/schemas.ts';
@@ -59,6 +59,10 @@ export interface SimulationOptions {
   corrupt?: { clients: number; corruptions: Corruption[] };
   /** what the run does with devices whose data fails its quality rules */
   qualityAction?: 'flag' | 'exclude';
+  /** poisoning clients (seeded): each trains honestly, then sends −10 × its update (float32 codec) */
+  poison?: number;
+  /** the update monitor's settings (RunConfig.monitor) */
+  monitor?: Partial<RunConfig['monitor']>;
   /** selected = ceil(K × overSelect); 1 as in the paper */
   overSelect?: number;
   aggregation?: Aggregation;
@@ -128,6 +132,8 @@ export interface SimulationResult {
   encodeMsMedian: number;
   /** data quality: corrupted devices, devices that fail the run's rules, and how many of those were corrupted */
   quality: { corrupted: number; flagged: number; flaggedCorrupted: number; action: 'flag' | 'exclude' };
+  /** the update monitor: honest device-rounds judged after the cold start and the false alarms among them; for each poisoner or corrupted client, its participations judged and the first one flagged (1-based; null: never) */
+  monitor: { warmupRounds: number; monitoredRounds: number; honestDeviceRounds: number; falseAlarms: number; suspects: { id: string; kind: 'poison' | 'corrupt'; judged: number; firstFlagged: number | null }[] };
 }
 
 export function simulationConfig(o: SimulationOptions): RunConfig {
@@ -159,6 +165,7 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.dp ? { dp: o.dp } : {}),
     ...(o.secAggThreshold ? { secAggThreshold: o.secAggThreshold } : {}),
     ...(o.qualityAction ? { dataQuality: { action: o.qualityAction } } : {}),
+    ...(o.monitor ? { monitor: o.monitor } : {}),
     // the registry records the data a simulated run's versions were trained on
     labels: { simulated: 'node', partition: o.partition, clients: String(o.clients), ...(o.partition === 'dirichlet' ? { alpha: String(o.alpha) } : {}) },
     roundTimeoutMs: 24 * 3600_000,
@@ -172,6 +179,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
 
 export interface SimDevice {
   id: string;
+  /** a poisoning client: it sends −10 × its update */
+  poison?: boolean;
   /** how its training data is corrupted (seeded by its slot) */
   corrupt?: Corruption[];
   /** its place among the simulation's devices: what its dropouts are drawn from (its id may be random) */
@@ -183,10 +192,12 @@ export interface SimDevice {
 /** The simulated devices: one per partition, sliced as a browser device's data is (deviceSlice). */
 export function makeDevices(train: MnistSplit, o: SimulationOptions): SimDevice[] {
   const parts = partition(train.labels, { kind: o.partition, clients: o.clients, seed: o.seed, alpha: o.alpha });
+  // poisoners and corrupted clients are drawn apart, each from its own seeded order
+  const poisoners = new Set(o.poison ? shuffleInPlace(Array.from({ length: o.clients }, (_, i) => i), createRng(o.seed ^ 0xbad)).slice(0, o.poison) : []);
   const corrupted = new Set(o.corrupt ? shuffleInPlace(Array.from({ length: o.clients }, (_, i) => i), createRng(o.seed ^ 0xc0ffee)).slice(0, Math.round(o.corrupt.clients * o.clients)) : []);
   return parts.map((part, c) => {
     const slice = deviceSlice(part, { examples: o.examples, heldOut: o.heldOut ?? 0, seed: o.seed, client: c });
-    return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut), ...(corrupted.has(c) ? { corrupt: o.corrupt!.corruptions } : {}) };
+    return { id: `sim-client-${String(c).padStart(4, '0')}`, slot: c, train: Int32Array.from(slice.train), heldOut: Int32Array.from(slice.heldOut), ...(corrupted.has(c) ? { corrupt: o.corrupt!.corruptions } : {}), ...(poisoners.has(c) ? { poison: true } : {}) };
   });
 }
 
@@ -320,6 +331,11 @@ class SimulatedDevices implements DevicePort {
       this.encodeMs.push(r.encodeMs);
       federation.report(id, { state: 'uploading', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
       let submission = r.submission;
+      if (this.devices.get(id)?.poison) {
+        if (msg.plan.codec.codec !== 'float32') throw new Error(`simulated poisoner ${id}: it flips float32 updates only (the run's codec is ${msg.plan.codec.codec})`);
+        const honest = decodeWeights(submission.delta);
+        submission = { ...submission, delta: encodeWeights({ specs: honest.specs, values: honest.values.map((v) => -10 * v) }) };
+      }
       if (msg.secureAggregation) {
         // the worker's float32 update, masked in the main thread where the device's session lives
         const session = await (this.sessions.get(id) as Promise<SecAggSession>);
@@ -433,6 +449,21 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
     await federation.idle();
     await reported;
     const run = await store.getRun(await runId);
+    const judged = (await store.listRounds(await runId)).filter((r) => r.status === 'completed' && r.monitoring);
+    const monitoredRounds = judged.filter((r) => r.monitoring!.phase === 'monitoring');
+    const suspectOf = new Map(devices.filter((d) => d.poison || d.corrupt).map((d) => [d.id, d.poison ? ('poison' as const) : ('corrupt' as const)]));
+    const honest = monitoredRounds.flatMap((r) => r.monitoring!.devices.filter((d) => !suspectOf.has(d.id)));
+    const monitor = {
+      warmupRounds: judged.length - monitoredRounds.length,
+      monitoredRounds: monitoredRounds.length,
+      honestDeviceRounds: honest.length,
+      falseAlarms: honest.filter((d) => d.reasons.length).length,
+      suspects: [...suspectOf].map(([id, kind]) => {
+        const seen = monitoredRounds.flatMap((r) => r.monitoring!.devices.filter((d) => d.id === id));
+        const first = seen.findIndex((d) => d.reasons.length);
+        return { id, kind, judged: seen.length, firstFlagged: first < 0 ? null : first + 1 };
+      }),
+    };
     const models = (await store.listModels()).filter((m) => m.runId === run?.id);
     const initial = models.find((m) => m.round === 0);
     const last = models.at(-1);
@@ -451,6 +482,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
       wallMs: Date.now() - t0,
       encodeMsMedian: medianOf(port.encodeMs),
       quality,
+      monitor,
       finalModelSha256: lastPayload ? createHash('sha256').update(lastPayload).digest('hex') : '',
     };
   } finally {

@@ -10,9 +10,9 @@ import { MODEL_NAMES } from '../../shared/models-names.ts';
 import { ROUND_PHASES, phaseKey } from '../../shared/phases.ts';
 import { ADMIN_NAMESPACE, type AdminClientToServerEvents, type AdminServerToClientEvents } from '../../shared/protocol.ts';
 import { AGGREGATIONS, DOWNLINKS, STRATEGY_NAMES, RUN_CONFIG_DEFAULTS, runConfigSchema, validateRunConfig, type RunConfig, type RunConfigInput } from '../../shared/schemas.ts';
-import { PHASE_COLORS, renderComparison, renderDeployment, renderDevices, renderEvaluations, renderLineage, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
+import { PHASE_COLORS, renderComparison, renderDeployment, renderDevices, renderEvaluations, renderLineage, renderMonitorFlags, renderLog, renderModels, renderRounds, renderRuns, renderTimeline } from '../ui/admin.ts';
 import { lineageTree } from '../ui/lineage.ts';
-import { barChart, Chart, lineChart } from '../ui/charts.ts';
+import { barChart, Chart, lineChart, scatterChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
 
 /** A read-only view for tests: what the rounds table and the phase chart show, as numbers. */
@@ -116,6 +116,15 @@ launch.append(
     el('span', { class: 'field-error', id: 'e-dataQuality.action', 'aria-live': 'polite' }),
   ),
 );
+launch.append(
+  el(
+    'label',
+    { for: 'f-monitor.quarantine' },
+    'Devices the update monitor flags',
+    el('select', { name: 'monitor.quarantine', id: 'f-monitor.quarantine', 'aria-describedby': 'e-monitor.quarantine' }, el('option', { value: 'false', selected: true }, 'shown only (default)'), el('option', { value: 'true' }, 'quarantined')),
+    el('span', { class: 'field-error', id: 'e-monitor.quarantine', 'aria-live': 'polite' }),
+  ),
+);
 for (const f of DP_FIELDS) {
   const input = el('input', { name: f.name, id: `f-${f.name}`, type: f.name === 'dp.clipNorm' ? 'text' : 'number', step: 'any', inputmode: 'decimal', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
@@ -143,6 +152,7 @@ const formBody = (): Record<string, unknown> => {
   }
   if (Object.keys(dp).length) body.dp = dp;
   if (String(data.get('dataQuality.action') ?? 'flag') === 'exclude') body.dataQuality = { action: 'exclude' };
+  if (String(data.get('monitor.quarantine') ?? 'false') === 'true') body.monitor = { quarantine: true };
   return body;
 };
 presetSelect.addEventListener('change', () => {
@@ -280,7 +290,34 @@ window.__dash = {
   phaseChartTotals: () => (timeChart.data.labels ?? []).map((round, i) => ({ round: String(round), totalMs: timeChart.data.datasets.reduce((a, d) => a + ((d.data[i] as number) ?? 0), 0) * 1000 })),
 };
 
+const monitorChart = scatterChart(byId<HTMLCanvasElement>('monitor-chart'), [
+  { label: 'a counted device: its largest |z|', color: '#2f6fde' },
+  { label: 'flagged', color: '#c0392b' },
+  { label: 'control limit L', color: '#5d6678' },
+], 'round', 'largest robust |z| over the features');
+/** The update monitor's chart: each counted device's largest |z| per round against the limit; the flagged device-rounds listed. */
+function renderMonitor(rounds: readonly RoundRecord[]): void {
+  const done = rounds.filter((r) => r.status === 'completed' && r.monitoring);
+  const worst = (d: NonNullable<RoundRecord['monitoring']>['devices'][number]) => Math.max(0, ...Object.values(d.z).map((z) => Math.abs(z!)));
+  const points = done.flatMap((r) => r.monitoring!.devices.filter((d) => Object.keys(d.z).length).map((d) => ({ x: r.round, y: worst(d), flagged: d.reasons.length > 0 })));
+  monitorChart.data.datasets[0]!.data = points.filter((p) => !p.flagged);
+  monitorChart.data.datasets[1]!.data = points.filter((p) => p.flagged);
+  monitorChart.data.datasets[2]!.data = done.filter((r) => r.monitoring!.limit !== null).map((r) => ({ x: r.round, y: r.monitoring!.limit! }));
+  (monitorChart.data.datasets[2] as { showLine?: boolean; borderDash?: number[] }).showLine = true;
+  (monitorChart.data.datasets[2] as { borderDash?: number[] }).borderDash = [6, 4];
+  monitorChart.update();
+  const flags = renderMonitorFlags(byId<HTMLTableElement>('monitor-flags'), done);
+  const last = done.at(-1)?.monitoring;
+  const alerts = done.flatMap((r) => (r.monitoring!.ks ?? []).filter((k) => k.alert).map((k) => `round ${r.round}: ${k.feature} (D = ${k.d.toFixed(2)}, p = ${k.p.toExponential(1)})`));
+  byId('monitor-line').textContent = !last
+    ? 'No monitored round yet.'
+    : last.phase === 'warming up'
+      ? `Learning what normal updates look like (cold start): round ${done.length} of the run's warm-up.`
+      : `Control limit |z| ≤ ${last.limit!.toFixed(2)}; isolation score ≤ ${last.isolationThreshold?.toFixed(2) ?? '—'}. ${flags.length} flagged device-round${flags.length === 1 ? '' : 's'} in this run.${alerts.length ? ` Distributions unlike the reference (KS): ${alerts.slice(-3).join('; ')}.` : ''}`;
+}
+
 function renderCharts(rounds: readonly RoundRecord[]): void {
+  renderMonitor(rounds);
   const done = rounds.filter((r) => r.status === 'completed');
   const label = (r: RoundRecord) => (r.attempt > 1 ? `${r.round}.${r.attempt}` : String(r.round));
   const evaluated = done.filter((r) => r.testAccuracy !== null);
@@ -397,7 +434,7 @@ async function loadHistory(): Promise<void> {
   });
   renderRunLine();
   const runLabel = runId === undefined ? '' : `· run ${runId}`;
-  for (const id of ['acc-run', 'rounds-run', 'models-run']) byId(id).textContent = runLabel;
+  for (const id of ['acc-run', 'rounds-run', 'models-run', 'monitor-run']) byId(id).textContent = runLabel;
   const { body: models } = await api<ModelRecord[]>('/api/models');
   registryModels = models;
   void renderRegistry();

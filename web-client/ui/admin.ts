@@ -67,6 +67,7 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
               ? el('span', { 'data-quality': 'ok' }, 'ok')
               : '—',
       },
+      { head: 'Updates', title: () => 'the update monitor\'s verdict in this run (see Update monitor)', cell: (d) => (d.monitor ? el('span', { class: `pill ${d.monitor === 'quarantined' ? 'failed' : 'warn'}`, 'data-monitor': d.monitor }, d.monitor) : 'ok') },
       { head: 'Rounds', cell: (d) => d.rounds, optional: true },
       { head: 'Held-out acc. before → after', cell: (d) => (d.lastAccuracyBefore === null ? '—' : `${pct(d.lastAccuracyBefore)} → ${pct(d.lastAccuracyAfter)}`), optional: true },
       // A connected device says when it last reported; a disconnected one since when it is gone.
@@ -314,4 +315,28 @@ export function renderEvaluations(target: HTMLTableElement, records: readonly Ev
     [...records].reverse().slice(0, 20),
     'No evaluation round yet.',
   );
+}
+
+/** One row per flagged device-round: when, who, why. */
+export interface MonitorFlag {
+  round: number;
+  device: string;
+  reasons: string[];
+}
+
+/** The update monitor of a run: the flagged device-rounds, newest first. */
+export function renderMonitorFlags(target: HTMLTableElement, rounds: readonly RoundRecord[]): MonitorFlag[] {
+  const flags = rounds.flatMap((r) => (r.monitoring?.devices ?? []).filter((d) => d.reasons.length).map((d) => ({ round: r.round, device: d.id, reasons: d.reasons })));
+  table<MonitorFlag>(
+    target,
+    [
+      { head: 'Round', cell: (f) => f.round },
+      { head: 'Device', cell: (f) => shortId(f.device), title: (f) => f.device },
+      { head: 'Why it is flagged', cell: (f) => f.reasons.join('; ') },
+    ],
+    [...flags].reverse().slice(0, 50),
+    'No device flagged in this run.',
+    (f) => ({ 'data-flagged': f.device }),
+  );
+  return flags;
 }

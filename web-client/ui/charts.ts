@@ -20,3 +20,12 @@ export function barChart(canvas: HTMLCanvasElement, labels: string[], label: str
 }
 
 export { Chart };
+
+/** Points (x, y) per dataset, with an optional dashed limit line: the update monitor's control chart. */
+export function scatterChart(canvas: HTMLCanvasElement, datasets: { label: string; color: string }[], xLabel: string, yLabel: string): Chart<'scatter'> {
+  return new Chart(canvas, {
+    type: 'scatter',
+    data: { datasets: datasets.map((d) => ({ label: d.label, data: [], borderColor: d.color, backgroundColor: d.color, pointRadius: 3 })) },
+    options: { scales: { x: { title: { display: true, text: xLabel }, ticks: { precision: 0 } }, y: { min: 0, title: { display: true, text: yLabel } } }, plugins: { legend: { position: 'bottom' } } },
+  });
+}
