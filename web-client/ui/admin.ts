@@ -59,6 +59,7 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
       },
       {
         head: 'Data quality',
+        optional: true,
         title: (d) => (d.quality ? `conformity ${d.quality.conformity?.toFixed(2)}, uniqueness ${d.quality.uniqueness?.toFixed(2)}, completeness ${d.quality.completeness?.toFixed(2)}, integrity ${d.quality.integrity?.toFixed(2) ?? '—'}, coherence ${d.quality.coherence?.toFixed(2) ?? '—'}` : 'the device reported no scores'),
         cell: (d) =>
           d.qualityFlags.length
@@ -67,7 +68,7 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
               ? el('span', { 'data-quality': 'ok' }, 'ok')
               : '—',
       },
-      { head: 'Updates', title: () => 'the update monitor\'s verdict in this run (see Update monitor)', cell: (d) => (d.monitor ? el('span', { class: `pill ${d.monitor === 'quarantined' ? 'failed' : 'warn'}`, 'data-monitor': d.monitor }, d.monitor) : 'ok') },
+      { head: 'Updates', optional: true, title: () => 'the update monitor\'s verdict in this run (see Update monitor)', cell: (d) => (d.monitor ? el('span', { class: `pill ${d.monitor === 'quarantined' ? 'failed' : 'warn'}`, 'data-monitor': d.monitor }, d.monitor) : 'ok') },
       { head: 'Rounds', cell: (d) => d.rounds, optional: true },
       { head: 'Held-out acc. before → after', cell: (d) => (d.lastAccuracyBefore === null ? '—' : `${pct(d.lastAccuracyBefore)} → ${pct(d.lastAccuracyAfter)}`), optional: true },
       // A connected device says when it last reported; a disconnected one since when it is gone.
