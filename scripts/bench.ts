@@ -430,7 +430,7 @@ async function benchOffLoop(): Promise<void> {
  */
 async function benchStrategies(): Promise<void> {
   line('## The strategies\' cost on the device (Node, wasm, median of repeats)');
-  line('model | local training, FedAvg (ms) | with FedProx μ = 0.01 (ms) | ratio | personalization: two mixes on 150 held-out (ms)');
+  line('model | local training, FedAvg (ms) | with FedProx μ = 0.01 (ms) | ratio | with SCAFFOLD\'s correction (ms) | ratio | personalization: two mixes on 150 held-out (ms)');
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-wasm');
   registerWasmTrainingKernels();
@@ -444,18 +444,22 @@ async function benchStrategies(): Promise<void> {
     for (const name of ['mlp', 'cnn-small'] as const) {
       const model = buildModel(name);
       const global = initialWeights(name, 1);
-      const time = async (mu: number) => {
+      const correction = global.values.map((_, i) => 1e-3 * Math.cos(i));
+      const time = async (mu: number, scaffold = false) => {
         setFlatWeights(model, global);
         const t0 = performance.now();
-        await trainLocal(model, data, { localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 1, ...(mu ? { mu } : {}) });
+        await trainLocal(model, data, { localEpochs: 1, batchSize: 10, learningRate: 0.1, seed: 1, ...(mu ? { mu } : {}) }, {}, scaffold ? correction : undefined);
         return performance.now() - t0;
       };
       await time(0); // warm-up: kernels
+      await time(0, true);
       const plain: number[] = [];
       const prox: number[] = [];
+      const corrected: number[] = [];
       for (let i = 0; i < repeats; i++) {
         plain.push(await time(0));
         prox.push(await time(0.01));
+        corrected.push(await time(0, true));
       }
       const personal = { specs: global.specs, values: global.values.map((w, i) => w + 1e-3 * Math.sin(i)) };
       const mixes: number[] = [];
@@ -464,9 +468,9 @@ async function benchStrategies(): Promise<void> {
         await mixedAccuracies(model, global, personal, heldOut, [0.7, 0.5]);
         mixes.push(performance.now() - t0);
       }
-      const r = { model: name, plainMs: median(plain), proxMs: median(prox), mixMs: median(mixes) };
+      const r = { model: name, plainMs: median(plain), proxMs: median(prox), scaffoldMs: median(corrected), mixMs: median(mixes) };
       rows.push(r);
-      line(`${name} | ${fmt(r.plainMs, 0)} | ${fmt(r.proxMs, 0)} | ${fmt(r.proxMs / r.plainMs, 2)} | ${fmt(r.mixMs, 0)}`);
+      line(`${name} | ${fmt(r.plainMs, 0)} | ${fmt(r.proxMs, 0)} | ${fmt(r.proxMs / r.plainMs, 2)} | ${fmt(r.scaffoldMs, 0)} | ${fmt(r.scaffoldMs / r.plainMs, 2)} | ${fmt(r.mixMs, 0)}`);
       model.dispose();
     }
   } finally {
