@@ -3,20 +3,26 @@
  * personal model and shows its accuracy beside the global one's, and the mix its label distance
  * sets; the dashboard shows the strategy and each round's fairness figures.
  */
+import type { APIRequestContext } from '@playwright/test';
 import { E2E_TOKEN } from '../playwright.config.ts';
 import type { RoundRecord } from '../shared/api.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
 
-test('three non-IID tabs train with FedAdam and show their personal models beside the global one', async ({ openDevices, admin, page }) => {
-  const devices = await openDevices([0, 1, 2].map((client) => ({ clients: 3, client, partition: 'shards' as const, examples: 300 })));
-  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 2, clientsPerRound: 3, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 1, strategy: 'fedadam', serverLearningRate: 0.01 } });
+/** Launches a run on the tabs, waits for it to finish, and returns its completed rounds. */
+async function completedRounds(admin: APIRequestContext, config: Record<string, unknown>): Promise<{ id: number; rounds: RoundRecord[] }> {
+  const created = await admin.post('/api/runs', { data: { clientsPerRound: 3, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 1, ...config } });
   expect(created.status(), await created.text()).toBe(201);
   const { id } = (await created.json()) as { id: number };
   const run = await waitForRun(admin, id, 6 * 60_000);
   expect(run.status, run.reason ?? '').toBe('done');
-  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+  return { id, rounds: ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed') };
+}
+
+test('three non-IID tabs train with FedAdam and show their personal models beside the global one', async ({ openDevices, admin, page }) => {
+  const devices = await openDevices([0, 1, 2].map((client) => ({ clients: 3, client, partition: 'shards' as const, examples: 300 })));
+  const { rounds } = await completedRounds(admin, { model: 'cnn-small', rounds: 2, strategy: 'fedadam', serverLearningRate: 0.01 });
   expect(rounds).toHaveLength(2);
   for (const r of rounds) {
     expect(r.fairness?.devices).toBe(3);
@@ -42,12 +48,7 @@ test('three non-IID tabs train with FedAdam and show their personal models besid
 
 test('SCAFFOLD in real tabs: each tab keeps its control variate in IndexedDB and sends its change with the update', async ({ openDevices, admin }) => {
   const devices = await openDevices([0, 1, 2].map((client) => ({ clients: 3, client, partition: 'shards' as const, examples: 200 })));
-  const created = await admin.post('/api/runs', { data: { model: 'mlp', rounds: 2, clientsPerRound: 3, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 1, strategy: 'scaffold' } });
-  expect(created.status(), await created.text()).toBe(201);
-  const { id } = (await created.json()) as { id: number };
-  const run = await waitForRun(admin, id, 6 * 60_000);
-  expect(run.status, run.reason ?? '').toBe('done');
-  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRecord[]).filter((r) => r.status === 'completed');
+  const { id, rounds } = await completedRounds(admin, { model: 'mlp', rounds: 2, strategy: 'scaffold' });
   expect(rounds).toHaveLength(2);
   const modelBytes = 199_210 * 4;
   for (const r of rounds) {

@@ -107,23 +107,12 @@ for (const f of FIELDS) {
       : el('input', { name: f.name, id: `f-${f.name}`, type: 'number', placeholder: f.name === 'initialVersion' ? 'empty: a fresh model' : fallback === undefined ? 'per strategy (default)' : `${fallback} (default)`, step: f.step ?? '1', 'aria-describedby': `e-${f.name}`, title: fallback === undefined ? 'default: fedavgm 1, fedadagrad 0.1, fedadam 0.01, fedyogi 0.01, scaffold 1' : `default ${fallback}` });
   launch.append(el('label', { for: `f-${f.name}` }, f.label, input, el('span', { class: 'field-error', id: `e-${f.name}`, 'aria-live': 'polite' })));
 }
+/** a field of a nested config object, flat in the form: a select of values and their words */
+const choiceField = (name: string, label: string, options: [value: string, words: string][]) =>
+  el('label', { for: `f-${name}` }, label, el('select', { name, id: `f-${name}`, 'aria-describedby': `e-${name}` }, ...options.map(([value, words], i) => el('option', { value, selected: i === 0 }, words))), el('span', { class: 'field-error', id: `e-${name}`, 'aria-live': 'polite' }));
 launch.append(
-  el(
-    'label',
-    { for: 'f-dataQuality.action' },
-    'Devices whose data fails the quality rules',
-    el('select', { name: 'dataQuality.action', id: 'f-dataQuality.action', 'aria-describedby': 'e-dataQuality.action' }, el('option', { value: 'flag', selected: true }, 'flagged (default)'), el('option', { value: 'exclude' }, 'left out of selection')),
-    el('span', { class: 'field-error', id: 'e-dataQuality.action', 'aria-live': 'polite' }),
-  ),
-);
-launch.append(
-  el(
-    'label',
-    { for: 'f-monitor.quarantine' },
-    'Devices the update monitor flags',
-    el('select', { name: 'monitor.quarantine', id: 'f-monitor.quarantine', 'aria-describedby': 'e-monitor.quarantine' }, el('option', { value: 'false', selected: true }, 'shown only (default)'), el('option', { value: 'true' }, 'quarantined')),
-    el('span', { class: 'field-error', id: 'e-monitor.quarantine', 'aria-live': 'polite' }),
-  ),
+  choiceField('dataQuality.action', 'Devices whose data fails the quality rules', [['flag', 'flagged (default)'], ['exclude', 'left out of selection']]),
+  choiceField('monitor.quarantine', 'Devices the update monitor flags', [['false', 'shown only (default)'], ['true', 'quarantined']]),
 );
 for (const f of DP_FIELDS) {
   const input = el('input', { name: f.name, id: `f-${f.name}`, type: f.name === 'dp.clipNorm' ? 'text' : 'number', step: 'any', inputmode: 'decimal', placeholder: f.placeholder, 'aria-describedby': `e-${f.name}` });
