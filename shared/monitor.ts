@@ -18,6 +18,7 @@
  *                    more chart: a device-round is an outlier when its score's robust z over the
  *                    reference's own scores passes L
  *
+ * A device is flagged when out of control in 2 of its last 3 judged rounds (flagDevices).
  * Sensitivity is set by the false alarms the admin accepts per 100 rounds (a): the round's budget
  * a/100 is split over its tests (Bonferroni) into a per-test probability p, which sets the KS level
  * and each limit: updates' features have heavier tails than a normal law, so a limit is where the
@@ -156,6 +157,22 @@ export function tailLimit(sample: readonly number[], p: number, floor: number, c
 }
 
 // ─── the monitor ─────────────────────────────────────────────────────────────
+/** A device is flagged once out of control in 2 of its last 3 judged rounds: an honest device's lone excursion is not enough, a hostile one is flagged by its second. */
+export const FLAG_AFTER = 2;
+export const FLAG_WINDOW = 3;
+
+/** Each device's recent judged rounds (true: out of control), newest last, and the devices that now meet the flagging rule. */
+export function flagDevices(history: Readonly<Record<string, readonly boolean[]>>, verdicts: readonly DeviceVerdict[]): { history: Record<string, boolean[]>; flagged: string[] } {
+  const next: Record<string, boolean[]> = { ...history } as Record<string, boolean[]>;
+  const flagged: string[] = [];
+  for (const v of verdicts) {
+    if (v.isolation === null && Object.keys(v.z).length === 0) continue; // not judged (cold start)
+    const h = [...(next[v.id] ?? []), v.reasons.length > 0].slice(-FLAG_WINDOW);
+    next[v.id] = h;
+    if (h.filter(Boolean).length >= FLAG_AFTER) flagged.push(v.id);
+  }
+  return { history: next, flagged };
+}
 export interface MonitorSettings {
   /** rounds whose device-rounds make the reference (the cold start) */
   warmupRounds: number;
@@ -179,8 +196,10 @@ export interface DeviceVerdict {
   /** robust z-score of each measured feature (null while warming up, or unmeasured) */
   z: Partial<Record<Feature, number>>;
   isolation: number | null;
-  /** why it is flagged (empty: it is not) */
+  /** why this device-round is out of control (empty: it is not) */
   reasons: string[];
+  /** the device is flagged: out of control in FLAG_AFTER of its last FLAG_WINDOW judged rounds (this one included) */
+  flagged?: boolean;
 }
 
 /** A round's monitoring, as recorded with it. */

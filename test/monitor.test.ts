@@ -95,7 +95,8 @@ describe('the monitor through the federation', () => {
       for (let round = 1; round <= 6; round++) {
         if (s.port.selected(round).length === 0) await s.clock.advance(10_000); // the quarantined device leaves four: selection starts with them after its wait
         const selected = s.port.selected(round);
-        if (quarantine && round >= 5) expect(selected).not.toContain('device-evil');
+        // out of control in rounds 4 and 5: flagged by the second (2 of its last 3), quarantined from round 6
+        if (quarantine && round >= 6) expect(selected).not.toContain('device-evil');
         for (const id of selected) {
           const attacker = id === 'device-evil' && round >= 4;
           void s.federation.submitUpdate(id, update(s, id, attacker ? -10 : 1, round * 31 + ids.indexOf(id)));
@@ -112,6 +113,9 @@ describe('the monitor through the federation', () => {
       expect(evil.features.cosine!).toBeLessThan(-0.9);
       expect(r4.devices.filter((d) => d.id !== 'device-evil' && d.reasons.length).map((d) => d.reasons)).toEqual([]);
       expect(r4.ks!.find((k) => k.feature === 'norm')).toBeDefined();
+      expect(evil.flagged).toBeUndefined(); // one excursion is not enough
+      expect(rounds[4]!.monitoring!.devices.find((d) => d.id === 'device-evil')!.flagged).toBe(true);
+      expect(s.federation.listDevices().find((d) => d.id === 'device-evil')!.monitor).toBe(quarantine ? 'quarantined' : 'flagged');
     });
   }
 });

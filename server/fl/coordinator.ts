@@ -39,7 +39,7 @@ import type { ErrorCode } from '../../shared/protocol.ts';
 import { createRng, shuffleInPlace } from '../../shared/rng.ts';
 import type { DeviceHello, RunConfig, UpdateMetrics } from '../../shared/schemas.ts';
 import { deviceQuality } from '../../shared/data-quality.ts';
-import { cosine, emptyReference, monitorRound, type Features, type MonitorReference } from '../../shared/monitor.ts';
+import { cosine, emptyReference, flagDevices, monitorRound, type Features, type MonitorReference } from '../../shared/monitor.ts';
 import { coordinateMedian } from '../../shared/robust.ts';
 import { populationOf } from '../../shared/personalize.ts';
 import { keepRebuildable, ringNeighbours, roundShape, unmaskRequest } from '../../shared/secagg/plan.ts';
@@ -174,6 +174,8 @@ export interface RunState {
   };
   /** the update monitor's reference, learned in the run's first rounds (monitor.ts) */
   monitor?: MonitorReference;
+  /** each device's recent judged rounds (out of control or not), for the flagging rule */
+  monitorHistory?: Readonly<Record<string, readonly boolean[]>>;
   /** devices the monitor flagged; left out of selection when the run quarantines */
   flagged?: readonly string[];
 }
@@ -799,8 +801,10 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   // the update monitor judges the round's counted devices (its cold start learns from them first)
   const monitored = monitorRound(run.monitor ?? emptyReference(), featuresOf(cur), run.config.monitor);
   record.monitoring = monitored.record;
-  const flagged = monitored.record.devices.filter((d) => d.reasons.length).map((d) => d.id);
-  run = { ...run, monitor: monitored.reference, ...(flagged.length ? { flagged: [...new Set([...(run.flagged ?? []), ...flagged])] } : {}) };
+  const judged = flagDevices(run.monitorHistory ?? {}, monitored.record.devices);
+  for (const d of monitored.record.devices) if (judged.flagged.includes(d.id)) d.flagged = true;
+  const flagged = judged.flagged;
+  run = { ...run, monitor: monitored.reference, monitorHistory: judged.history, ...(flagged.length ? { flagged: [...new Set([...(run.flagged ?? []), ...flagged])] } : {}) };
   state = { ...state, run };
   // A released round spends privacy: the accountant composes it with the run's earlier ones.
   let accounted = run;

@@ -133,7 +133,7 @@ export interface SimulationResult {
   /** data quality: corrupted devices, devices that fail the run's rules, and how many of those were corrupted */
   quality: { corrupted: number; flagged: number; flaggedCorrupted: number; action: 'flag' | 'exclude' };
   /** the update monitor: honest device-rounds judged after the cold start and the false alarms among them; for each poisoner or corrupted client, its participations judged and the first one flagged (1-based; null: never) */
-  monitor: { warmupRounds: number; monitoredRounds: number; honestDeviceRounds: number; falseAlarms: number; suspects: { id: string; kind: 'poison' | 'corrupt'; judged: number; firstFlagged: number | null }[] };
+  monitor: { warmupRounds: number; monitoredRounds: number; honestDeviceRounds: number; outOfControl: number; falseAlarms: number; falseAlarmsBy: Record<string, number>; suspects: { id: string; kind: 'poison' | 'corrupt'; judged: number; firstFlagged: number | null }[] };
 }
 
 export function simulationConfig(o: SimulationOptions): RunConfig {
@@ -455,12 +455,16 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
     const honest = monitoredRounds.flatMap((r) => r.monitoring!.devices.filter((d) => !suspectOf.has(d.id)));
     const monitor = {
       warmupRounds: judged.length - monitoredRounds.length,
+      /** honest device-rounds out of control (a lone excursion), and honest devices flagged (the rule: 2 of 3) */
+      outOfControl: honest.filter((d) => d.reasons.length).length,
       monitoredRounds: monitoredRounds.length,
       honestDeviceRounds: honest.length,
-      falseAlarms: honest.filter((d) => d.reasons.length).length,
+      falseAlarms: honest.filter((d) => d.flagged).length,
+      /** what raised them: each reason's feature (or the isolation forest), counted */
+      falseAlarmsBy: honest.flatMap((d) => d.reasons.map((r) => r.split(' ')[0]!)).reduce<Record<string, number>>((a, k) => ({ ...a, [k]: (a[k] ?? 0) + 1 }), {}),
       suspects: [...suspectOf].map(([id, kind]) => {
         const seen = monitoredRounds.flatMap((r) => r.monitoring!.devices.filter((d) => d.id === id));
-        const first = seen.findIndex((d) => d.reasons.length);
+        const first = seen.findIndex((d) => d.flagged);
         return { id, kind, judged: seen.length, firstFlagged: first < 0 ? null : first + 1 };
       }),
     };

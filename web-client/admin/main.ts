@@ -281,7 +281,7 @@ window.__dash = {
 
 const monitorChart = scatterChart(byId<HTMLCanvasElement>('monitor-chart'), [
   { label: 'a counted device: its largest |z|', color: '#2f6fde' },
-  { label: 'flagged', color: '#c0392b' },
+  { label: 'out of control', color: '#c0392b' },
   { label: 'control limit L', color: '#5d6678' },
 ], 'round', 'largest robust |z| over the features');
 /** The update monitor's chart: each counted device's largest |z| per round against the limit; the flagged device-rounds listed. */
@@ -289,6 +289,7 @@ function renderMonitor(rounds: readonly RoundRecord[]): void {
   const done = rounds.filter((r) => r.status === 'completed' && r.monitoring);
   const worst = (d: NonNullable<RoundRecord['monitoring']>['devices'][number]) => Math.max(0, ...Object.values(d.z).map((z) => Math.abs(z!)));
   const points = done.flatMap((r) => r.monitoring!.devices.filter((d) => Object.keys(d.z).length).map((d) => ({ x: r.round, y: worst(d), flagged: d.reasons.length > 0 })));
+  const flaggedDevices = new Set(done.flatMap((r) => r.monitoring!.devices.filter((d) => d.flagged).map((d) => d.id)));
   monitorChart.data.datasets[0]!.data = points.filter((p) => !p.flagged);
   monitorChart.data.datasets[1]!.data = points.filter((p) => p.flagged);
   monitorChart.data.datasets[2]!.data = done.filter((r) => r.monitoring!.limit !== null).map((r) => ({ x: r.round, y: r.monitoring!.limit! }));
@@ -302,7 +303,7 @@ function renderMonitor(rounds: readonly RoundRecord[]): void {
     ? 'No monitored round yet.'
     : last.phase === 'warming up'
       ? `Learning what normal updates look like (cold start): round ${done.length} of the run's warm-up.`
-      : `Control limit |z| ≤ ${last.limit!.toFixed(2)}; isolation score ≤ ${last.isolationThreshold?.toFixed(2) ?? '—'}. ${flags.length} flagged device-round${flags.length === 1 ? '' : 's'} in this run.${alerts.length ? ` Distributions unlike the reference (KS): ${alerts.slice(-3).join('; ')}.` : ''}`;
+      : `Control limit |z| ≤ ${last.limit!.toFixed(2)}; isolation score ≤ ${last.isolationThreshold?.toFixed(2) ?? '—'}. ${flags.length} device-round${flags.length === 1 ? '' : 's'} out of control in this run; ${flaggedDevices.size} device${flaggedDevices.size === 1 ? '' : 's'} flagged (out of control in 2 of its last 3 rounds).${alerts.length ? ` Distributions unlike the reference (KS): ${alerts.slice(-3).join('; ')}.` : ''}`;
 }
 
 function renderCharts(rounds: readonly RoundRecord[]): void {

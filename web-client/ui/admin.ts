@@ -323,20 +323,22 @@ export interface MonitorFlag {
   round: number;
   device: string;
   reasons: string[];
+  flagged: boolean;
 }
 
 /** The update monitor of a run: the flagged device-rounds, newest first. */
 export function renderMonitorFlags(target: HTMLTableElement, rounds: readonly RoundRecord[]): MonitorFlag[] {
-  const flags = rounds.flatMap((r) => (r.monitoring?.devices ?? []).filter((d) => d.reasons.length).map((d) => ({ round: r.round, device: d.id, reasons: d.reasons })));
+  const flags = rounds.flatMap((r) => (r.monitoring?.devices ?? []).filter((d) => d.reasons.length).map((d) => ({ round: r.round, device: d.id, reasons: d.reasons, flagged: d.flagged === true })));
   table<MonitorFlag>(
     target,
     [
       { head: 'Round', cell: (f) => f.round },
       { head: 'Device', cell: (f) => shortId(f.device), title: (f) => f.device },
-      { head: 'Why it is flagged', cell: (f) => f.reasons.join('; ') },
+      { head: 'Out of control', cell: (f) => f.reasons.join('; ') },
+      { head: 'Device', cell: (f) => (f.flagged ? el('span', { class: 'pill failed' }, 'flagged (2 of its last 3 rounds)') : 'a lone excursion') },
     ],
     [...flags].reverse().slice(0, 50),
-    'No device flagged in this run.',
+    'No device out of control in this run.',
     (f) => ({ 'data-flagged': f.device }),
   );
   return flags;
