@@ -10,7 +10,7 @@ import { liveVersion } from '../server/evaluations.ts';
 import { toMnist } from '../web-client/ui/draw.ts';
 import { flush, Scenario } from './support/scenario.ts';
 import { useWasm } from './support/server.ts';
-import type { EvalReport } from '../shared/schemas.ts';
+import { evalReportSchema, type EvalReport } from '../shared/schemas.ts';
 
 beforeAll(useWasm);
 
@@ -71,6 +71,17 @@ describe('the rules of an evaluation round', () => {
     expect(pickDevices(ids, 0.1, 1)).toEqual(pickDevices([...ids].reverse(), 0.1, 1));
     expect(pickDevices(ids, 0.1, 2)).not.toEqual(pickDevices(ids, 0.1, 1));
     expect(pickDevices(ids.slice(0, 3), 0.01, 1)).toHaveLength(1);
+  });
+
+  it('the report\'s schema bounds what it may say before anything reads it', () => {
+    const ok = { evalId: 3, examples: 50, results: [{ version: 4, accuracy: 0.8, loss: 0.6 }], paired: { b: 20, c: 30 } };
+    expect(evalReportSchema.safeParse(ok).success).toBe(true);
+    const issues = (r: unknown) => { const p = evalReportSchema.safeParse(r); return p.success ? [] : p.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`); };
+    expect(issues({ ...ok, paired: { b: 30, c: 21 } })).toEqual(['paired: b + c must not exceed examples']);
+    expect(issues({ ...ok, examples: 60_001 })[0]).toMatch(/^examples:/);
+    expect(issues({ ...ok, results: [{ version: 4, accuracy: 1.5, loss: 0 }] })[0]).toMatch(/^results\.0\.accuracy:/);
+    expect(issues({ ...ok, results: Array.from({ length: 9 }, () => ok.results[0]) })[0]).toMatch(/^results:/);
+    expect(issues({ ...ok, extra: 1 })).toHaveLength(1);
   });
 
   it('refuses what a device that was asked cannot claim', () => {
