@@ -793,7 +793,7 @@ export class Federation implements DeviceGateway {
         const aggregated = effect.secagg ? await this.unmasked(ref, effect.secagg, global.weights.values) : aggregator.sum.result(base);
         if (!aggregated) throw new Error('no update to aggregate');
         // the strategy's step from the round's mean: q-FFL's scale, a server optimizer's state, SCAFFOLD's share of the devices
-        const share = Math.min(1, effect.updates / Math.max(1, this.devices.list().length));
+        const share = Math.min(1, effect.updates / Math.max(1, this.devices.connectedCount()));
         const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, share, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
         for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
         const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), { state: next.state, parent: global.version });
