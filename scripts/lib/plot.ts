@@ -6,6 +6,8 @@ import { writeFileSync } from 'node:fs';
 export interface Series {
   label: string;
   points: { x: number; y: number }[];
+  /** drawn thin and grey behind the others, without a legend entry (e.g. the trials a tuner stopped) */
+  muted?: boolean;
 }
 
 export interface ChartSpec {
@@ -71,10 +73,15 @@ export function lineChartSvg(spec: ChartSpec, width = 800, height = 480): string
     const y = sy(spec.hLine.y);
     parts.push(`<line x1="${m.l}" y1="${y}" x2="${m.l + w}" y2="${y}" stroke="#888" stroke-dasharray="5 4"/><text x="${m.l + w - 4}" y="${y - 4}" text-anchor="end" fill="#666">${esc(spec.hLine.label)}</text>`);
   }
-  spec.series.forEach((s, i) => {
+  const line = (pts: { x: number; y: number }[]) => pts.map((p) => `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
+  for (const s of spec.series.filter((s) => s.muted)) {
+    const pts = s.points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
+    if (pts.length > 1) parts.push(`<polyline fill="none" stroke="#c8c8c8" stroke-width="1" points="${line(pts)}"/>`);
+  }
+  spec.series.filter((s) => !s.muted).forEach((s, i) => {
     const color = COLORS[i % COLORS.length] as string;
     const pts = s.points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
-    if (pts.length > 1) parts.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map((p) => `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ')}"/>`);
+    if (pts.length > 1) parts.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${line(pts)}"/>`);
     for (const p of pts.length <= 40 ? pts : []) parts.push(`<circle cx="${sx(p.x).toFixed(1)}" cy="${sy(p.y).toFixed(1)}" r="3" fill="${color}"/>`);
     const ly = m.t + 10 + i * 20;
     parts.push(`<rect x="${m.l + w + 14}" y="${ly - 9}" width="14" height="4" fill="${color}"/><text x="${m.l + w + 34}" y="${ly - 3}">${esc(s.label)}</text>`);

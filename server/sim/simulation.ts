@@ -377,8 +377,11 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
   devices: r.devices.map((d) => ({ global: d.accuracyBefore, personal: d.accuracyAfter, ...(d.accuracyMixed !== undefined ? { mixed: d.accuracyMixed } : {}), ...(d.accuracyHalfMix !== undefined ? { halfMix: d.accuracyHalfMix } : {}), ...(d.labelDistance !== undefined ? { distance: d.labelDistance } : {}) })),
 });
 
-/** Runs a federation to its end (all rounds, the target, or a failure) and returns its rounds. */
-export async function runSimulation(options: SimulationOptions, mnist: { train: MnistSplit; test: MnistSplit }, onRound?: (r: SimRound) => void): Promise<SimulationResult> {
+/**
+ * Runs a federation to its end (all rounds, the target, a failure, or `onRound` asking it to stop,
+ * e.g. a tuner's early stop) and returns its rounds.
+ */
+export async function runSimulation(options: SimulationOptions, mnist: { train: MnistSplit; test: MnistSplit }, onRound?: (r: SimRound) => void | { stop: string }): Promise<SimulationResult> {
   const config = simulationConfig(options);
   await tf.ready(); // the main thread builds the initial model; the workers train
   const devices = makeDevices(mnist.train, options);
@@ -435,8 +438,9 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
               if (record.evaluationPending) break;
               const r = toSimRound(record, runStartedAt);
               rounds.push(r);
-              onRound?.(r);
-              if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
+              const asked = onRound?.(r);
+              if (asked) federation.stopRun(asked.stop);
+              else if (stopAtTarget && options.target !== undefined && r.testAccuracy >= options.target) federation.stopRun(`reached the target ${options.target} in round ${r.round}`);
             }
           });
         },
