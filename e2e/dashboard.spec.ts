@@ -64,6 +64,18 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   expect(((await (await admin.get('/api/runs')).json()) as unknown[]).length).toBe(runsBefore); // nothing was launched
   await page.screenshot({ path: `${shots}/admin-field-errors.png`, fullPage: true });
 
+  // A preset saved by npm run tune (presets/ in the repository): offered in the form, it fills the fields with its config.
+  const { presets } = (await (await admin.get('/api/presets')).json()) as { presets: { name: string; label: string; hint: string; config: Record<string, unknown> }[] };
+  expect(presets.length, 'the tuned preset in presets/').toBeGreaterThan(0);
+  const tuned = presets[0]!;
+  await expect(page.locator(`#preset optgroup[label="Saved by npm run tune"] option[value="saved:${tuned.name}"]`)).toHaveText(tuned.label);
+  await page.getByLabel('Preset').selectOption(`saved:${tuned.name}`);
+  await expect(page.locator('#preset-hint')).toHaveText(tuned.hint);
+  await expect(field('Strategy')).toHaveValue(String(tuned.config.strategy));
+  await expect(field('Learning rate (η)')).toHaveValue(String(tuned.config.learningRate));
+  await expect(field('Rounds')).toHaveValue(String(tuned.config.rounds));
+  await page.locator('#launch-drawer').screenshot({ path: `${shots}/admin-tuned-preset.png` });
+
   // A run from the form: the quick preset, adjusted to the two tabs here (the preset becomes "custom").
   await page.getByLabel('Preset').selectOption('quick');
   await field('Rounds').fill('2');

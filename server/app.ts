@@ -26,6 +26,8 @@ export interface AppDeps {
   logger: Logger;
   adminToken: string;
   webRoot: string;
+  /** saved presets (npm run tune's), one JSON file each; none when unset */
+  presetsDir?: string;
   strategyFor?: (config: RunConfig) => Strategy;
   clock?: Clock;
   /** how updates are decoded and checked (default: validate.ts, inline) */
@@ -77,7 +79,7 @@ export function createApp(deps: AppDeps): App {
   const cluster = deps.cluster;
   const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port: cluster?.port ?? port, ...(cluster ? { remote: cluster.remote } : {}), ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}), ...(deps.sums ? { sums: deps.sums } : {}) });
   const allowedOrigins = deps.allowedOrigins ?? [];
-  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(cluster ? { cluster } : {}), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false });
+  const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(cluster ? { cluster } : {}), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false, ...(deps.presetsDir ? { presetsDir: deps.presetsDir } : {}) });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);
   const io = attachSockets(http, cluster?.gateway ?? federation, port, deps.logger, { ...(cluster ? { adapter: cluster.adapter } : {}), maxPayloadBytes: deps.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, rateLimit: deps.rateLimit ?? DEFAULT_RATE_LIMIT, allowedOrigins });
   const detachAdmin = attachAdminFeed(io as unknown as Server, federation, deps.adminToken);

@@ -78,6 +78,7 @@ async function main(): Promise<void> {
     logger: log,
     adminToken,
     webRoot: path.resolve(process.env.WEB_ROOT ?? path.join(root, 'dist', 'web')),
+    presetsDir: path.resolve(process.env.PRESETS_DIR ?? path.join(root, 'presets')),
   };
   const closeAll = () => Promise.all([evaluator.close(), work?.close()]);
 

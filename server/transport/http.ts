@@ -20,6 +20,7 @@ import type { Store } from '../store/store.ts';
 import { modelCard, patchModelMeta } from '../registry.ts';
 import { EvaluationConflict, EvaluationRequestError, liveVersion } from '../evaluations.ts';
 import { requireAdmin } from './auth.ts';
+import { listPresets } from '../presets.ts';
 
 export interface HttpDeps {
   federation: Federation;
@@ -37,6 +38,8 @@ export interface HttpDeps {
   crossOriginIsolation?: boolean;
   /** a node of a cluster: what only the coordinating node can answer is redirected to it */
   cluster?: Pick<ClusterHooks, 'coordinatorUrl' | 'describe'>;
+  /** where saved presets (npm run tune's) are read from; none when unset */
+  presetsDir?: string;
 }
 
 const topologies = new Map<ModelName, object>();
@@ -64,7 +67,7 @@ const cpuMs = () => {
   return (c.user + c.system) / 1000;
 };
 
-export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false, cluster }: HttpDeps): Express {
+export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false, cluster, presetsDir }: HttpDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(
@@ -128,6 +131,11 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
   /** every known device (disconnected ones too, flagged), with what it declared and reported */
   app.get('/api/devices', admin, coordinated, (_req, res) => {
     res.json(federation.listDevices(true));
+  });
+
+  /** saved presets (npm run tune writes them) for the launch form, and the files skipped with why */
+  app.get('/api/presets', (_req, res) => {
+    res.json(presetsDir ? listPresets(presetsDir) : { presets: [], skipped: [] });
   });
 
   /** lets the admin page check a token without side effects */

@@ -178,6 +178,21 @@ const api = async <T>(path: string, init: RequestInit = {}): Promise<{ status: n
   return { status: res.status, body: (await res.json().catch(() => ({}))) as T };
 };
 
+/** presets saved by npm run tune (GET /api/presets), offered after the built-in ones */
+async function loadSavedPresets(): Promise<void> {
+  const { status, body } = await api<{ presets?: { name: string; label: string; hint: string; config: RunConfigInput }[] }>('/api/presets');
+  const saved = status === 200 ? (body.presets ?? []) : [];
+  presetSelect.querySelector('optgroup[data-saved]')?.remove();
+  if (saved.length === 0) return;
+  const group = el('optgroup', { label: 'Saved by npm run tune', 'data-saved': true });
+  for (const p of saved) {
+    PRESETS[`saved:${p.name}`] = { config: p.config, hint: p.hint };
+    group.append(el('option', { value: `saved:${p.name}` }, p.label));
+  }
+  presetSelect.append(group);
+}
+void loadSavedPresets();
+
 function clearFieldErrors(): void {
   for (const f of [...FIELDS, ...DP_FIELDS]) byId(`e-${f.name}`).textContent = '';
 }
