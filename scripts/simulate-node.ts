@@ -6,6 +6,7 @@
  *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
  *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
+ *     [--downlink-codec float32|q8|q4+deflate|topk+q8+deflate|… [--downlink-topk 0.01]]   (lossy downloads: compressed steps, error feedback on the server)
  *     [--secure-aggregation --clip-norm 5]   (SecAgg+: the devices mask their updates; needs a clip bound)
  *     [--drop 0.1]   (each selected device drops out of its round with this probability, after sharing its keys)
  *     [--neighbours K --threshold T]   (secure aggregation's k and t; 0: automatic)
@@ -37,7 +38,7 @@ try {
   process.exit(2);
 }
 
-const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}${args.corrupt ? `-corrupt${args['corrupt-clients']}x${args.corrupt.replace(/[:,]/g, '')}-${args['quality-action'] ?? 'flag'}` : ''}${args.poison ? `-poison${args.poison}${args.quarantine ? '-quarantine' : ''}` : ''}`;
+const name = `${args.model}-${args.partition}${args.strategy !== 'fedavg' ? `-${args.strategy}${args['server-lr'] ?? ''}${args.mu ?? ''}${args.q ?? ''}` : ''}-C${args.fraction}-E${args.epochs}-B${args.batch}-lr${args.lr}-${args.codec}${args.codec.includes('topk') ? args.topk : args.codec.includes('rand') ? args.rand : ''}${args['downlink-codec'] !== 'float32' ? `-down${args['downlink-codec']}${args['downlink-codec'].includes('topk') ? args['downlink-topk'] : ''}` : ''}${args['secure-aggregation'] ? '-secagg' : ''}${args['clip-norm'] !== undefined ? `-clip${args['clip-norm']}` : ''}${args.drop > 0 ? `-drop${args.drop}` : ''}${args['dp-noise'] !== undefined ? `-dp${args['dp-noise']}x${args['dp-clip']}` : ''}-seed${args.seed}${args.validation ? `-valid${args.validation}` : ''}${args.corrupt ? `-corrupt${args['corrupt-clients']}x${args.corrupt.replace(/[:,]/g, '')}-${args['quality-action'] ?? 'flag'}` : ''}${args.poison ? `-poison${args.poison}${args.quarantine ? '-quarantine' : ''}` : ''}`;
 const pct = (v: number) => (v * 100).toFixed(2).padStart(6) + ' %';
 const secs = (ms: number) => (ms / 1000).toFixed(1).padStart(7) + ' s';
 const kib = (b: number) => (b / 1024).toFixed(1).padStart(8) + ' KiB';

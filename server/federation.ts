@@ -796,7 +796,7 @@ export class Federation implements DeviceGateway {
         const share = Math.min(1, effect.updates / Math.max(1, this.devices.connectedCount()));
         const next = this.deps.strategyFor(config).aggregateFit(config, { global: global.weights.values, aggregated, failures: effect.failures, share, ...(effect.scale !== undefined ? { scale: effect.scale } : {}), ...(global.optimizerState ? { state: global.optimizerState } : {}) });
         for (let i = 0; i < next.values.length; i++) if (!Number.isFinite(next.values[i])) throw new Error(`the aggregate has a non-finite value at ${i}`);
-        const saved = await this.models.save(effect.runId, effect.round, global.model, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), { state: next.state, parent: global.version });
+        const saved = await this.models.publish(effect.runId, effect.round, config, { specs: global.weights.specs, values: next.values }, this.deps.clock.now(), { state: next.state, parent: global.version });
         // adaptive clipping releases the share of updates its bound left unclipped, noised like the sum
         const count = effect.clipCount;
         const unclippedShare = count ? (count.unclipped - effect.updates / 2 + addGaussianNoise(new Float64Array(1), count.noiseStd)[0]!) / count.expected + 0.5 : undefined;

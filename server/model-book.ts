@@ -3,9 +3,12 @@
  * device downloads of it — the whole model, or a lossless delta against a version the device holds.
  */
 import { encodeModelDelta } from '../shared/model-delta.ts';
+import { encodeModelChain, quantizeStep } from '../shared/model-steps.ts';
+import type { CodecConfig } from '../shared/codec.ts';
+import { createRng, hashString } from '../shared/rng.ts';
 import { initialWeights, type ModelName } from '../shared/models.ts';
 import { decodeWeights, encodeWeights, type FlatWeights } from '../shared/weights.ts';
-import type { RunConfig } from '../shared/schemas.ts';
+import { downlinkCodecConfig, type RunConfig } from '../shared/schemas.ts';
 import { decodeServerState, encodeServerState, type ServerState } from '../shared/server-optimizer.ts';
 import type { Logger } from './log.ts';
 import { EMPTY_META, type ModelRecord, type Store } from './store/store.ts';
@@ -38,6 +41,15 @@ export class ModelBook {
   current: GlobalModel | undefined;
   /** the newest stored version of any run, as devices are told of it (kept here: read on every hello) */
   latest: ModelRecord | undefined;
+  /**
+   * A lossy downlink's steps (model-steps.ts): each recent version's step from the one before it,
+   * as sent, kept while a chain of them back from the current version is smaller than the model;
+   * and what the last step left out (the server's error feedback). In memory: after a restart
+   * devices get the full model once, and the residual starts again from zero.
+   */
+  private readonly steps = new Map<number, { base: number; payload: Uint8Array }>();
+  private stepCodec: CodecConfig | undefined;
+  private residual: { version: number; values: Float32Array } | undefined;
 
   constructor(
     private readonly store: Store,
@@ -61,6 +73,7 @@ export class ModelBook {
 
   /** A run's initial model — seeded, or the stored version it starts from (its parent in the lineage) — stored as its round 0. */
   async createInitial(runId: number, config: RunConfig, now: number): Promise<GlobalModel> {
+    this.forgetSteps();
     const from = config.initialVersion;
     if (from === undefined) return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now, { parent: null });
     const payload = await this.store.getModelWeights(from);
@@ -78,6 +91,60 @@ export class ModelBook {
     return this.current;
   }
 
+  /**
+   * Stores a round's new model. With a lossy downlink codec the version stored is what devices
+   * rebuild from the compressed step towards `next` (so both ends hold it bit for bit), and what
+   * the step left out is carried into the next round's step.
+   */
+  async publish(runId: number, round: number, config: RunConfig, next: FlatWeights, now: number, o: { state?: ServerState | undefined; parent: number | null }): Promise<GlobalModel> {
+    const codec = downlinkCodecConfig(config);
+    const base = this.current;
+    if (!codec || !base || base.version !== o.parent) return this.save(runId, round, config.model, next, now, o);
+    const residual = this.residual?.version === base.version ? this.residual.values : undefined;
+    const step = quantizeStep(base.weights, next.values, residual, codec, createRng(hashString(`downlink:${config.seed}:${runId}:${round}:${base.version}`)));
+    const saved = await this.save(runId, round, config.model, { specs: next.specs, values: step.values }, now, o);
+    this.residual = { version: saved.version, values: step.residual };
+    if (JSON.stringify(this.stepCodec) !== JSON.stringify(codec)) this.forgetSteps();
+    this.stepCodec = codec;
+    this.steps.set(saved.version, { base: base.version, payload: step.payload });
+    // steps further back than a chain smaller than the model are of no use
+    let bytes = 0;
+    for (let v: number | undefined = saved.version; v !== undefined; ) {
+      const s = this.steps.get(v);
+      if (!s) break;
+      bytes += s.payload.byteLength;
+      if (bytes >= saved.payload.byteLength) {
+        for (const key of [...this.steps.keys()]) if (key <= v) this.steps.delete(key);
+        break;
+      }
+      v = s.base;
+    }
+    return saved;
+  }
+
+  private forgetSteps(): void {
+    this.steps.clear();
+    this.stepCodec = undefined;
+    this.residual = undefined;
+  }
+
+  /** The chain of steps from `held` to the current version, when there is one and it is smaller than the model. */
+  private chain(held: number, global: GlobalModel): Download | undefined {
+    if (!this.stepCodec) return undefined;
+    const steps: { version: number; payload: Uint8Array }[] = [];
+    let bytes = 0;
+    for (let v = global.version; v !== held; ) {
+      const s = this.steps.get(v);
+      if (!s) return undefined;
+      steps.unshift({ version: v, payload: s.payload });
+      bytes += s.payload.byteLength;
+      if (bytes >= global.payload.byteLength) return undefined;
+      v = s.base;
+    }
+    const weights = encodeModelChain(held, { version: global.version, values: global.weights.values }, steps, this.stepCodec);
+    return weights.byteLength < global.payload.byteLength ? { weights, baseVersion: held } : undefined;
+  }
+
   /** Stores a version's test metrics. */
   async setMetrics(version: number, accuracy: number, loss: number): Promise<void> {
     await this.store.setModelMetrics(version, accuracy, loss);
@@ -88,6 +155,7 @@ export class ModelBook {
   async load(version: number, model: ModelName, o: { optimizer?: boolean } = {}): Promise<boolean> {
     const [payload, state] = await Promise.all([this.store.getModelWeights(version), o.optimizer === false ? undefined : this.store.getOptimizerState(version)]);
     if (!payload) return false;
+    this.forgetSteps();
     const weights = decodeWeights(payload);
     this.current = { version, model, weights, payload, ...(state ? { optimizerState: decodeServerState(state, weights.values.length) } : {}) };
     return true;
@@ -104,10 +172,18 @@ export class ModelBook {
     if (!global) throw new Error('model book: no current model');
     const full: Download = { weights: global.payload };
     const bases = config.downlink === 'delta' ? [...new Set(held.filter((v): v is number => v !== null && v !== global.version))] : [];
-    if (bases.length === 0) return () => full; // nothing to encode: the round can start at once
-    return Promise.all(bases.map(async (base) => [base, (await this.delta(base, global)) ?? full] as const)).then((pairs) => {
-      const deltas = new Map(pairs);
-      return (v) => (v === null ? full : (deltas.get(v) ?? full));
+    // a lossy downlink's chains are assembled from the steps as sent; the others need a lossless delta
+    const ready = new Map<number, Download>();
+    for (const base of bases) {
+      const chain = this.chain(base, global);
+      if (chain) ready.set(base, chain);
+    }
+    const rest = bases.filter((b) => !ready.has(b));
+    const of: DownloadsOf = (v) => (v === null ? full : (ready.get(v) ?? full));
+    if (rest.length === 0) return of; // nothing to encode: the round can start at once
+    return Promise.all(rest.map(async (base) => [base, (await this.delta(base, global)) ?? full] as const)).then((pairs) => {
+      for (const [base, d] of pairs) ready.set(base, d);
+      return of;
     });
   }
 
@@ -115,7 +191,8 @@ export class ModelBook {
   async download(held: number | null): Promise<Download> {
     const global = this.current;
     if (!global) throw new Error('model book: no current model');
-    return (held !== null && held !== global.version ? await this.delta(held, global) : undefined) ?? { weights: global.payload };
+    if (held === null || held === global.version) return { weights: global.payload };
+    return this.chain(held, global) ?? (await this.delta(held, global)) ?? { weights: global.payload };
   }
 
   private async delta(base: number, global: GlobalModel): Promise<Download | undefined> {

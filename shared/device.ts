@@ -9,6 +9,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { encodeWithFeedback } from './codec.ts';
 import { applyModelDelta } from './model-delta.ts';
+import { applyModelChain, isModelChain } from './model-steps.ts';
 import { weightSpecs, type ModelName } from './models.ts';
 import type { EvalStart, RoundStart } from './protocol.ts';
 import { createRng, hashString } from './rng.ts';
@@ -95,7 +96,7 @@ export async function receiveModel(msg: RoundStart, model: tf.LayersModel, memor
       await memory.saveModel(undefined).catch(() => undefined); // say "none" next time, and get the full model
       throw new Error(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);
     }
-    weights = applyModelDelta(held.weights, held.version, bytes).weights;
+    weights = (isModelChain(bytes) ? applyModelChain(held.weights, held.version, bytes) : applyModelDelta(held.weights, held.version, bytes)).weights;
   } else {
     weights = decodeWeights(bytes, weightSpecs(model));
   }

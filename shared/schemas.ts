@@ -3,7 +3,8 @@
  * The server parses every client message with these before any other code sees it.
  */
 import { z } from 'zod';
-import { parseCodec, type CodecConfig } from './codec.ts';
+import { codecSpec, isLossy, parseCodec, type CodecConfig } from './codec.ts';
+import { downlinkCodecProblem } from './model-steps.ts';
 import { CURVES } from './secagg/crypto.ts';
 import { planProblem } from './secagg/plan.ts';
 import { fromBase64 } from './secagg/wire.ts';
@@ -275,6 +276,20 @@ export const runConfigSchema = z.strictObject({
   quantBlock: whole(0, 1 << 20).default(256),
   /** how the global model reaches a device that holds an older version: in full, or as a lossless delta */
   downlink: z.enum(DOWNLINKS, { error: `must be one of ${DOWNLINKS.join(', ')}` }).default('delta'),
+  /**
+   * how each new global model is compressed for the devices that hold an earlier one: float32 sends
+   * it exactly (a lossless delta); a lossy codec ([topk+](float16|q8|q4|q2)[+deflate]) publishes it as
+   * a compressed step that devices and server apply alike, with error feedback on the server (model-steps.ts)
+   */
+  downlinkCodec: z
+    .string({ error: 'must be a string' })
+    .default('float32')
+    .superRefine((name, ctx) => {
+      const problem = downlinkCodecProblem(name);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
+  /** share of the entries a topk downlink codec sends each round */
+  downlinkTopkFraction: z.number({ error: 'must be a number' }).gt(0, { error: 'must be greater than 0' }).max(1, { error: 'must be at most 1' }).default(0.01),
   /** masks every update so that the server learns only their sum (SecAgg+; secagg/) */
   secureAggregation: z.boolean({ error: 'must be true or false' }).default(false),
   /** neighbours each device shares its secrets with (even; 0: about 2·log2 of the round's devices, at least 4) */
@@ -322,6 +337,8 @@ export type RunConfigInput = z.input<typeof runConfigSchema>;
 
 /** The update codec part of a run's config. */
 export const codecConfig = (config: RunConfig): CodecConfig => ({ codec: config.updateCodec, topkFraction: config.topkFraction, randFraction: config.randFraction, quantBlock: config.quantBlock });
+/** The downlink's codec (model-steps.ts); undefined when models are sent exactly. */
+export const downlinkCodecConfig = (config: RunConfig): CodecConfig | undefined => (isLossy(codecSpec(config.downlinkCodec)) ? { codec: codecSpec(config.downlinkCodec).name, topkFraction: config.downlinkTopkFraction, quantBlock: config.quantBlock } : undefined);
 
 /** The config as the API and logs show it: a join token is replaced by a mark. */
 export function publicConfig(config: RunConfig): RunConfig {
@@ -358,7 +375,14 @@ function silentNoOps(c: RunConfig): FieldIssue[] {
   if (typeof codec !== 'string') {
     if (c.topkFraction !== RUN_CONFIG_DEFAULTS.topkFraction && !(codec.sparse && !codec.random)) issues.push({ field: 'topkFraction', message: `has no effect: the codec ${codec.name} has no topk stage` });
     if (c.randFraction !== RUN_CONFIG_DEFAULTS.randFraction && !codec.random) issues.push({ field: 'randFraction', message: `has no effect: the codec ${codec.name} has no rand stage` });
-    if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values)) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
+    const down = parseCodec(c.downlinkCodec);
+    const downQuantizes = typeof down !== 'string' && ['q8', 'q4', 'q2'].includes(down.values);
+    if (c.quantBlock !== RUN_CONFIG_DEFAULTS.quantBlock && !['q8', 'q4', 'q2'].includes(codec.values) && !downQuantizes) issues.push({ field: 'quantBlock', message: `has no effect: the codec ${codec.name} does not quantize` });
+  }
+  const down = parseCodec(c.downlinkCodec);
+  if (typeof down !== 'string') {
+    if (c.downlinkTopkFraction !== RUN_CONFIG_DEFAULTS.downlinkTopkFraction && !down.sparse) issues.push({ field: 'downlinkTopkFraction', message: `has no effect: the downlink codec ${down.name} has no topk stage` });
+    if (isLossy(down) && c.downlink === 'full') issues.push({ field: 'downlinkCodec', message: `${down.name} compresses the steps between versions, which downlink "full" never sends: use downlink "delta"` });
   }
   return [...issues, ...strategyIssues(c), ...secureAggregationIssues(c), ...privacyIssues(c)];
 }

@@ -52,6 +52,9 @@ export const argsSchema = z.strictObject({
   rand: z.coerce.number().gt(0).max(1).default(0.25),
   'quant-block': z.coerce.number().int().min(0).max(1 << 20).default(256),
   downlink: z.enum(['full', 'delta']).default('delta'),
+  /** the downlink's codec (lossy: compressed steps with error feedback on the server) and its topk share */
+  'downlink-codec': z.string().default('float32'),
+  'downlink-topk': z.coerce.number().gt(0).max(1).default(0.01),
   'secure-aggregation': z.literal(true).optional(),
   drop: z.coerce.number().min(0).max(1).default(0),
   neighbours: z.coerce.number().int().min(0).max(254).default(0),
@@ -127,6 +130,8 @@ export function simulationOptions(args: SimArgs): SimulationOptions {
     randFraction: args.rand,
     quantBlock: args['quant-block'],
     downlink: args.downlink,
+    downlinkCodec: args['downlink-codec'],
+    downlinkTopkFraction: args['downlink-topk'],
     ...(args['secure-aggregation'] ? { secureAggregation: true } : {}),
     ...(args['clip-norm'] !== undefined ? { clipNorm: args['clip-norm'] } : {}),
     ...(args.drop > 0 ? { dropout: args.drop } : {}),

@@ -25,7 +25,7 @@ import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesTo
 import { decodeWeights, encodeWeights } from '../../shared/weights.ts';
 import { deviceSlice, labelHistogram, partition, type PartitionKind } from '../../shared/partition.ts';
 import type { ModelPublished, RoundEnd, RoundStart, SecAggNeighbours, SecAggSharesIn, SecAggUnmask, ServerToClientEvents } from '../../shared/protocol.ts';
-import { validateRunConfig, type Aggregation, type DeviceHello, type RunConfig } from '../../shared/schemas.ts';
+import { RUN_CONFIG_DEFAULTS, validateRunConfig, type Aggregation, type DeviceHello, type RunConfig } from '../../shared/schemas.ts';
 import type { FlatWeights } from '../../shared/weights.ts';
 import type { MnistSplit } from '../data/mnist.ts';
 import { Federation, systemClock, type DevicePort } from '../federation.ts';
@@ -75,6 +75,9 @@ export interface SimulationOptions {
   randFraction?: number;
   quantBlock?: number;
   downlink?: 'full' | 'delta';
+  /** the downlink's codec (RunConfig.downlinkCodec) and its topk share */
+  downlinkCodec?: string;
+  downlinkTopkFraction?: number;
   /** SecAgg+: every device masks its update; the server learns only the sum (needs clipNorm) */
   secureAggregation?: boolean;
   /** L2 bound on each update (0: none) */
@@ -159,6 +162,8 @@ export function simulationConfig(o: SimulationOptions): RunConfig {
     ...(o.randFraction !== undefined ? { randFraction: o.randFraction } : {}),
     ...(o.quantBlock !== undefined ? { quantBlock: o.quantBlock } : {}),
     ...(o.downlink !== undefined ? { downlink: o.downlink } : {}),
+    ...(o.downlinkCodec !== undefined ? { downlinkCodec: o.downlinkCodec } : {}),
+    ...(o.downlinkTopkFraction !== undefined && o.downlinkTopkFraction !== RUN_CONFIG_DEFAULTS.downlinkTopkFraction ? { downlinkTopkFraction: o.downlinkTopkFraction } : {}),
     ...(o.secureAggregation ? { secureAggregation: true } : {}),
     ...(o.clipNorm !== undefined ? { clipNorm: o.clipNorm } : {}),
     ...(o.secAggNeighbours ? { secAggNeighbours: o.secAggNeighbours } : {}),
