@@ -701,7 +701,7 @@ export class Federation implements DeviceGateway {
     for (const id of effect.deviceIds) {
       const d = download(this.devices.heldVersion(id));
       bytesDown += d.weights.byteLength + (msg.control?.byteLength ?? 0); // SCAFFOLD sends its control variate with the model
-      this.deps.port.sendRoundStart(id, d.baseVersion === undefined ? msg : { ...msg, weights: d.weights, baseVersion: d.baseVersion });
+      this.deps.port.sendRoundStart(id, d.baseVersion === undefined ? msg : { ...msg, weights: d.weights, baseVersion: d.baseVersion, ...(d.baseSeed !== undefined ? { baseSeed: d.baseSeed } : {}) });
     }
     this.note('info', 'round:started', `round ${effect.round}${effect.attempt > 1 ? ` (try ${effect.attempt})` : ''} started with ${effect.deviceIds.length} selected devices`, { runId: effect.runId, round: effect.round, attempt: effect.attempt });
     this.dispatch({ type: 'round:sent', runId: effect.runId, round: effect.round, attempt: effect.attempt, bytesDown });

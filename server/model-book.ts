@@ -27,6 +27,8 @@ export interface Download {
   weights: Uint8Array;
   /** set when `weights` is a delta against this version */
   baseVersion?: number;
+  /** set when that version is the run's seeded initial model, which a device builds from the seed */
+  baseSeed?: number;
 }
 
 /** How a delta is encoded (model-delta.ts): inline, or in a worker thread off the event loop. */
@@ -50,6 +52,8 @@ export class ModelBook {
   private readonly steps = new Map<number, { base: number; payload: Uint8Array }>();
   private stepCodec: CodecConfig | undefined;
   private residual: { version: number; values: Float32Array } | undefined;
+  /** the run's initial version when it is seeded (not a stored version it starts from): devices can build it */
+  private seeded: { version: number; seed: number } | undefined;
 
   constructor(
     private readonly store: Store,
@@ -75,7 +79,14 @@ export class ModelBook {
   async createInitial(runId: number, config: RunConfig, now: number): Promise<GlobalModel> {
     this.forgetSteps();
     const from = config.initialVersion;
-    if (from === undefined) return this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now, { parent: null });
+    if (from === undefined) {
+      const initial = await this.save(runId, 0, config.model, initialWeights(config.model, config.seed), now, { parent: null });
+      if (downlinkCodecConfig(config)) {
+        this.seeded = { version: initial.version, seed: config.seed };
+        this.stepCodec = downlinkCodecConfig(config);
+      }
+      return initial;
+    }
     const payload = await this.store.getModelWeights(from);
     if (!payload) throw new Error(`model version ${from} is not stored`);
     return this.save(runId, 0, config.model, decodeWeights(payload, initialWeights(config.model, config.seed).specs), now, { parent: from });
@@ -104,7 +115,10 @@ export class ModelBook {
     const step = quantizeStep(base.weights, next.values, residual, codec, createRng(hashString(`downlink:${config.seed}:${runId}:${round}:${base.version}`)));
     const saved = await this.save(runId, round, config.model, { specs: next.specs, values: step.values }, now, o);
     this.residual = { version: saved.version, values: step.residual };
-    if (JSON.stringify(this.stepCodec) !== JSON.stringify(codec)) this.forgetSteps();
+    if (JSON.stringify(this.stepCodec) !== JSON.stringify(codec)) {
+      this.steps.clear();
+      this.seeded = undefined;
+    }
     this.stepCodec = codec;
     this.steps.set(saved.version, { base: base.version, payload: step.payload });
     // steps further back than a chain smaller than the model are of no use
@@ -126,6 +140,14 @@ export class ModelBook {
     this.steps.clear();
     this.stepCodec = undefined;
     this.residual = undefined;
+    this.seeded = undefined;
+  }
+
+  /** The chain from the run's seeded initial model (none in round 1), when it is smaller than the model. */
+  private chainFromSeed(global: GlobalModel): Download | undefined {
+    if (!this.seeded) return undefined;
+    const chain = this.chain(this.seeded.version, global);
+    return chain ? { ...chain, baseSeed: this.seeded.seed } : undefined;
   }
 
   /** The chain of steps from `held` to the current version, when there is one and it is smaller than the model. */
@@ -179,7 +201,9 @@ export class ModelBook {
       if (chain) ready.set(base, chain);
     }
     const rest = bases.filter((b) => !ready.has(b));
-    const of: DownloadsOf = (v) => (v === null ? full : (ready.get(v) ?? full));
+    // a device that holds nothing builds the run's seeded initial model and gets the chain from it
+    const fromSeed = config.downlink === 'delta' && held.includes(null) ? this.chainFromSeed(global) : undefined;
+    const of: DownloadsOf = (v) => (v === null ? (fromSeed ?? full) : (ready.get(v) ?? full));
     if (rest.length === 0) return of; // nothing to encode: the round can start at once
     return Promise.all(rest.map(async (base) => [base, (await this.delta(base, global)) ?? full] as const)).then((pairs) => {
       for (const [base, d] of pairs) ready.set(base, d);
@@ -191,7 +215,8 @@ export class ModelBook {
   async download(held: number | null): Promise<Download> {
     const global = this.current;
     if (!global) throw new Error('model book: no current model');
-    if (held === null || held === global.version) return { weights: global.payload };
+    if (held === null) return this.chainFromSeed(global) ?? { weights: global.payload };
+    if (held === global.version) return { weights: global.payload };
     return this.chain(held, global) ?? (await this.delta(held, global)) ?? { weights: global.payload };
   }
 

@@ -10,7 +10,7 @@ import type * as tf from '@tensorflow/tfjs';
 import { encodeWithFeedback } from './codec.ts';
 import { applyModelDelta } from './model-delta.ts';
 import { applyModelChain, isModelChain } from './model-steps.ts';
-import { weightSpecs, type ModelName } from './models.ts';
+import { initialWeights, weightSpecs, type ModelName } from './models.ts';
 import type { EvalStart, RoundStart } from './protocol.ts';
 import { createRng, hashString } from './rng.ts';
 import type { EvalReport, UpdateSubmit } from './schemas.ts';
@@ -91,7 +91,9 @@ export async function receiveModel(msg: RoundStart, model: tf.LayersModel, memor
   const bytes = msg.weights instanceof Uint8Array ? msg.weights : new Uint8Array(msg.weights as ArrayBuffer); // socket.io gives browsers ArrayBuffers
   let weights: FlatWeights;
   if (msg.baseVersion !== undefined) {
-    const held = await memory.loadModel().catch(() => undefined);
+    let held = await memory.loadModel().catch(() => undefined);
+    // the run's seeded initial model: built here, not downloaded
+    if (msg.baseSeed !== undefined && (!held || held.version !== msg.baseVersion || held.model !== msg.model)) held = { version: msg.baseVersion, model: msg.model, weights: initialWeights(msg.model, msg.baseSeed) };
     if (!held || held.version !== msg.baseVersion || held.model !== msg.model) {
       await memory.saveModel(undefined).catch(() => undefined); // say "none" next time, and get the full model
       throw new Error(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);

@@ -5,7 +5,8 @@
  * the same model, bit for bit. What a step leaves out is kept on the server and added to the next
  * step (error feedback on the server's side, as in Tang et al. 2019, "DoubleSqueeze"): it is
  * delayed, not lost. A device several versions behind gets the chain of steps since the version it
- * holds, or the full model when that is smaller.
+ * holds, or the full model when that is smaller; a device that holds nothing, the chain from the
+ * run's seeded initial model, which it builds itself (no steps at all in round 1).
  *
  * A chain on the wire:
  *   bytes 0..3   magic "FLQ1"
@@ -69,8 +70,8 @@ export function quantizeStep(base: FlatWeights, target: Float32Array, residual: 
 
 /** Bytes of the chain of `steps` (the wire size, header and manifest included). */
 export function encodeModelChain(baseVersion: number, target: { version: number; values: Float32Array }, steps: readonly { version: number; payload: Uint8Array }[], config: CodecConfig): Uint8Array {
-  if (steps.length === 0 || steps.length > MAX_CHAIN_STEPS) throw new RangeError(`model chain: ${steps.length} steps (1 to ${MAX_CHAIN_STEPS})`);
-  if (steps.at(-1)!.version !== target.version) throw new RangeError(`model chain: the last step makes v${steps.at(-1)!.version}, not the target v${target.version}`);
+  if (steps.length > MAX_CHAIN_STEPS) throw new RangeError(`model chain: ${steps.length} steps (at most ${MAX_CHAIN_STEPS})`);
+  if ((steps.at(-1)?.version ?? baseVersion) !== target.version) throw new RangeError(`model chain: its steps make v${steps.at(-1)?.version ?? baseVersion}, not the target v${target.version}`);
   const manifest = new TextEncoder().encode(JSON.stringify({ codec: config.codec, topkFraction: config.topkFraction, quantBlock: config.quantBlock, steps: steps.map((s) => ({ version: s.version, bytes: s.payload.byteLength })) }));
   const body = steps.reduce((a, s) => a + s.payload.byteLength, 0);
   const out = new Uint8Array(HEADER + manifest.length + body);
@@ -97,7 +98,7 @@ const manifestSchema = z.strictObject({
   codec: z.string().max(64),
   topkFraction: z.number().gt(0).max(1),
   quantBlock: z.number().int().min(0).max(1 << 20),
-  steps: z.array(z.strictObject({ version: z.number().int().min(0).max(2 ** 32 - 1), bytes: z.number().int().min(1) })).min(1).max(MAX_CHAIN_STEPS),
+  steps: z.array(z.strictObject({ version: z.number().int().min(0).max(2 ** 32 - 1), bytes: z.number().int().min(1) })).max(MAX_CHAIN_STEPS),
 });
 
 /** Rebuilds the target model from the one the device holds, step by step; checks everything, and the result against its checksum. */
@@ -122,7 +123,8 @@ export function applyModelChain(held: FlatWeights, heldVersion: number, payload:
   const problem = downlinkCodecProblem(manifest.codec);
   if (problem) throw new WeightsFormatError(`model chain: ${problem}`);
   const target = view.getUint32(12, true);
-  if (manifest.steps.at(-1)!.version !== target) throw new WeightsFormatError(`model chain: its last step makes v${manifest.steps.at(-1)!.version}, the header says v${target}`);
+  const made = manifest.steps.at(-1)?.version ?? from;
+  if (made !== target) throw new WeightsFormatError(`model chain: its steps make v${made}, the header says v${target}`);
   const total = manifest.steps.reduce((a, s) => a + s.bytes, 0);
   if (HEADER + manifestLength + total !== payload.length) throw new WeightsFormatError(`model chain: the steps take ${total} bytes, ${payload.length - HEADER - manifestLength} follow the manifest`);
   const config: CodecConfig = { codec: manifest.codec, topkFraction: manifest.topkFraction, quantBlock: manifest.quantBlock };

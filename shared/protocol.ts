@@ -64,6 +64,8 @@ export interface RoundStart {
   weights: Uint8Array;
   /** set when `weights` is a delta against this version, which the device said it holds */
   baseVersion?: number;
+  /** set when baseVersion is the run's seeded initial model: a device that does not hold it builds it from this seed (models.ts initialWeights) */
+  baseSeed?: number;
   /** set when the round aggregates securely: the device advertises keys at once (secagg:keys) */
   secureAggregation?: SecAggRoundPlan;
   /** SCAFFOLD: the server's control variate c, a binary weight payload with the model's tensors (scaffold.ts) */

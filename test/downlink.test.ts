@@ -5,7 +5,8 @@
  * later (error feedback); bad chains are refused; and a real run's devices hold the stored models.
  */
 import { describe, expect, it } from 'vitest';
-import { ModelBook } from '../server/model-book.ts';
+import { ModelBook, type DownloadsOf } from '../server/model-book.ts';
+import { initialWeights } from '../shared/models.ts';
 import { createLogger } from '../server/log.ts';
 import { openSqliteStore } from '../server/store/sqlite.ts';
 import { applyModelDelta, isModelDelta } from '../shared/model-delta.ts';
@@ -96,6 +97,11 @@ describe('the model book with a lossy downlink', () => {
     const config = runConfigSchema.parse({ model: 'mlp', seed: 3, downlinkCodec: 'q4+deflate' });
     const runId = await store.createRun(config, 0);
     const v0 = await book.createInitial(runId, config, 0);
+    // round 1: a device that holds nothing builds the seeded initial model itself; the chain has no step
+    const first = (book.downloads(config, [null]) as DownloadsOf)(null);
+    expect(first).toMatchObject({ baseVersion: v0.version, baseSeed: 3 });
+    expect(first.weights.byteLength).toBeLessThan(200);
+    expect(Buffer.from(applyModelChain(initialWeights('mlp', 3), v0.version, first.weights).weights.values.buffer).equals(Buffer.from(v0.weights.values.buffer))).toBe(true);
     const versions = [v0];
     const step = (round: number) => {
       const rng = createRng(round);
@@ -123,6 +129,7 @@ describe('the model book with a lossy downlink', () => {
     expect(kinds).toContain('delta'); // far behind: eight q4 steps weigh more than the model, so a lossless delta
     expect(sizes.at(-1)!).toBeLessThan(current.payload.byteLength / 6);
     for (const s of sizes) expect(s).toBeLessThan(current.payload.byteLength);
+    // and later from the seeded model while that chain is smaller than the model (eight q4 steps are not)
     expect(of(null).weights).toBe(current.payload);
     // the stored version is the quantized one: not the target it was asked for
     const asked = versions.at(-2)!.weights.values.map(step(8));

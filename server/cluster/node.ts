@@ -231,7 +231,7 @@ export class ClusterNode implements DeviceGateway {
       }
       const d = await download;
       const { baseVersion: _, ...rest } = msg;
-      this.port?.sendRoundStart(deviceId, d.baseVersion === undefined ? { ...rest, weights: d.weights } : { ...rest, weights: d.weights, baseVersion: d.baseVersion });
+      this.port?.sendRoundStart(deviceId, d.baseVersion === undefined ? { ...rest, weights: d.weights } : { ...rest, weights: d.weights, baseVersion: d.baseVersion, ...(d.baseSeed !== undefined ? { baseSeed: d.baseSeed } : {}) });
     } catch (err) {
       this.log.error('could not start a round for a device of this node', { deviceId, error: err instanceof Error ? err.message : String(err) });
     }
