@@ -1,15 +1,16 @@
 /**
  * Hyper-parameter search over Node-simulated federations, in the spirit of Katib:
  *
- *   npm run tune -- [--space scripts/tune-spaces/2nn-shards.json] [--algorithm asha|random] [--trials 18]
- *     [--parallel 2] [--min-rounds 5] [--max-rounds 135] [--reduction 3] [--target 0.97]
+ *   npm run tune -- [--space scripts/tune-spaces/2nn-shards.json] [--algorithm asha|random] [--trials 15]
+ *     [--parallel 2] [--min-rounds 15] [--max-rounds 135] [--reduction 3] [--target 0.97]
  *     [--validation 5000] [--tune-seed 1] [--name NAME] [--out tune-results/NAME] [--preset NAME|none]
  *     [any simulate:node option, the same for every trial: --model mlp --partition shards --clients 100 …]
  *
  * The space file names the options to vary (`space`) and those to hold (`fixed`, overridden by the
- * command line). Trials are drawn at random from the space; with ASHA (the default) a trial is judged
- * at rounds min·η^k and stopped unless it is in the top 1/η of the trials judged there so far
- * (server/sim/tuning.ts). Trials run `--parallel` at a time, one device worker each (one per core).
+ * command line). Trials are drawn at random from the space; with ASHA (the default) a trial pauses at
+ * each rung (rounds min·η^k) and goes on only once it is among the top ⌊n/η⌋ of the n trials recorded
+ * there (server/sim/tuning.ts); those never promoted stay stopped at their rung. At most `--parallel`
+ * trials train at a time, one device worker each (one per core).
  * Every trial trains on the training set less a validation split carved from it and is measured on
  * that split only: the test set is never used to choose.
  *
@@ -33,9 +34,9 @@ import { parseSimArgs, rawArgs, simulationOptions } from './lib/sim-args.ts';
 const tuneSchema = z.strictObject({
   space: z.string().default('scripts/tune-spaces/2nn-shards.json'),
   algorithm: z.enum(['asha', 'random']).default('asha'),
-  trials: z.coerce.number().int().min(1).max(1000).default(18),
+  trials: z.coerce.number().int().min(1).max(1000).default(15),
   parallel: z.coerce.number().int().min(1).max(64).default(availableParallelism()),
-  'min-rounds': z.coerce.number().int().min(1).max(10_000).default(5),
+  'min-rounds': z.coerce.number().int().min(1).max(10_000).default(15),
   'max-rounds': z.coerce.number().int().min(1).max(10_000).default(135),
   reduction: z.coerce.number().min(2).max(100).default(3),
   target: z.coerce.number().gt(0).max(1).default(0.97),
@@ -52,7 +53,9 @@ interface Trial {
   id: number;
   params: Record<string, ParamValue>;
   options: SimulationOptions;
-  status: 'pending' | 'running' | 'stopped' | 'reached' | 'budget' | 'failed';
+  status: 'pending' | 'running' | 'paused' | 'stopped' | 'reached' | 'budget' | 'failed';
+  /** training now (counted against --parallel) */
+  running: boolean;
   reason: string;
   reachedAt: number | null;
   bestAccuracy: number;
@@ -103,13 +106,14 @@ for (let id = 1; id <= t.trials; id++) {
   } catch (err) {
     fail(`trial ${id} (${JSON.stringify(params)}): ${err instanceof Error ? err.message : String(err)}`);
   }
-  trials.push({ id, params, options, status: 'pending', reason: '', reachedAt: null, bestAccuracy: 0, rounds: 0, accuracy: [], wallMs: 0 });
+  trials.push({ id, params, options, status: 'pending', running: false, reason: '', reachedAt: null, bestAccuracy: 0, rounds: 0, accuracy: [], wallMs: 0 });
 }
 const base = trials[0]!.options;
 const name = t.name ?? `${base.model}-${base.partition}-${t.algorithm}`;
 const out = t.out ?? path.join('tune-results', name);
 mkdirSync(out, { recursive: true });
-const asha = t.algorithm === 'asha' ? new Asha({ minRounds: t['min-rounds'], maxRounds: t['max-rounds'], reduction: t.reduction }) : undefined;
+// random search is ASHA without rungs: every trial runs to its last round (or the target)
+const asha = new Asha(t.algorithm === 'asha' ? { minRounds: t['min-rounds'], maxRounds: t['max-rounds'], reduction: t.reduction } : { minRounds: t['max-rounds'], maxRounds: t['max-rounds'], reduction: t.reduction }, trials.map((x) => x.id));
 
 const loaded = loadMnist();
 const { train, validation } = carveValidation(loaded.train, t.validation, 12345);
@@ -117,54 +121,109 @@ const mnist = { train, test: validation };
 const describe = (p: Record<string, ParamValue>) => Object.entries(p).map(([k, v]) => `${k} ${v}`).join(', ');
 const pct = (v: number) => `${(v * 100).toFixed(2)} %`;
 process.stdout.write(
-  `tune ${name}: ${t.trials} trials (${t.algorithm}${asha ? `, rungs at rounds ${asha.rungs.join(', ')}, η = ${t.reduction}` : ''}), up to ${t['max-rounds']} rounds each, ${t.parallel} at a time\n` +
+  `tune ${name}: ${t.trials} trials (${t.algorithm}${asha.rungs.length ? `, rungs at rounds ${asha.rungs.join(', ')}, η = ${t.reduction}` : ''}), up to ${t['max-rounds']} rounds each, ${t.parallel} at a time\n` +
     `objective: rounds to ${t.target} validation accuracy (${t.validation} examples carved from the training set, ${train.count} left to train on; the test set is not used)\n`,
 );
 
-// ─── run: `parallel` trials at a time ───
+// ─── run: at most `parallel` trials train at a time; a trial at a rung waits there for promotion ───
 const started = Date.now();
-const written = () => writeFileSync(path.join(out, 'trials.json'), JSON.stringify({ name, space: t.space, description: spaceFile.description, fixed, tune: t, rungs: asha?.rungs ?? [], trials: trials.map(({ options: _o, ...rest }) => rest), wallMs: Date.now() - started }, null, 1));
+const written = () => writeFileSync(path.join(out, 'trials.json'), JSON.stringify({ name, space: t.space, description: spaceFile.description, fixed, tune: t, rungs: asha.rungs, trials: trials.map(({ options: _o, running: _r, ...rest }) => rest), wallMs: Date.now() - started }, null, 1));
+/** one latch per trial and rung: its simulation waits on it before the rung's next round (true: promoted) */
+const latches = new Map<string, { promise: Promise<true | { stop: string }>; open: (go: true | { stop: string }) => void }>();
+const latch = (id: number, rung: number) => {
+  const key = `${id}:${rung}`;
+  let l = latches.get(key);
+  if (!l) {
+    let open!: (go: true | { stop: string }) => void;
+    const promise = new Promise<true | { stop: string }>((resolve) => (open = resolve));
+    latches.set(key, (l = { promise, open }));
+  }
+  return l;
+};
+let active = 0;
+const running: Promise<void>[] = [];
+let finish!: () => void;
+const over = new Promise<void>((resolve) => (finish = resolve));
+const line = (s: string) => process.stdout.write(s + '\n');
+
+function pump(): void {
+  while (active < t.parallel) {
+    const job = asha.next();
+    if (!job) break;
+    const trial = trials[job.id - 1]!;
+    active++;
+    trial.running = true;
+    if (job.kind === 'start') running.push(runTrial(trial));
+    else {
+      trial.status = 'running';
+      line(`trial ${String(trial.id).padStart(3)} promoted past rung ${trial.rounds}: goes on`);
+      latch(trial.id, trial.rounds).open(true);
+    }
+  }
+  if (active === 0) {
+    // nothing runs and nothing can be taken: the trials still paused stay stopped at their rung
+    for (const [id, rung] of asha.pausedTrials) {
+      const trial = trials[id - 1]!;
+      trial.status = 'stopped';
+      trial.reason = `stopped at rung ${rung}: not in the top 1/${t.reduction} there`;
+      latch(id, rung).open({ stop: `tune: ${trial.reason}` });
+    }
+    finish();
+  }
+}
+
+/** (read through a function: callbacks change it while the simulation runs) */
+const statusOf = (trial: Trial): Trial['status'] => trial.status;
+
+function idle(trial: Trial): void {
+  if (!trial.running) return;
+  trial.running = false;
+  active--;
+  queueMicrotask(pump);
+}
+
 async function runTrial(trial: Trial): Promise<void> {
   trial.status = 'running';
   const t0 = Date.now();
   try {
-    const result = await runSimulation(trial.options, mnist, (r) => {
-      trial.rounds = r.round;
-      trial.accuracy.push({ round: r.round, accuracy: r.testAccuracy });
-      trial.bestAccuracy = Math.max(trial.bestAccuracy, r.testAccuracy);
-      if (trial.reachedAt === null && r.testAccuracy >= t.target) trial.reachedAt = r.round;
-      const verdict = asha?.judge(r.round, trialScore(trial.bestAccuracy, trial.reachedAt, t['max-rounds']));
-      if (asha?.rungs.includes(r.round)) process.stdout.write(`trial ${String(trial.id).padStart(3)} at rung ${r.round}: best ${pct(trial.bestAccuracy)}, ${verdict === 'stop' ? 'stopped' : 'goes on'}\n`);
-      if (verdict === 'stop') {
-        trial.status = 'stopped';
-        trial.reason = `below the top 1/${t.reduction} at rung ${r.round}`;
-        return { stop: `tune: ${trial.reason}` };
-      }
-      return undefined;
-    });
+    const result = await runSimulation(
+      trial.options,
+      mnist,
+      (r) => {
+        trial.rounds = r.round;
+        trial.accuracy.push({ round: r.round, accuracy: r.testAccuracy });
+        trial.bestAccuracy = Math.max(trial.bestAccuracy, r.testAccuracy);
+        if (trial.reachedAt === null && r.testAccuracy >= t.target) trial.reachedAt = r.round;
+        if (asha.report(trial.id, r.round, trialScore(trial.bestAccuracy, trial.reachedAt, t['max-rounds'])) === 'pause') {
+          trial.status = 'paused';
+          line(`trial ${String(trial.id).padStart(3)} at rung ${r.round}: best ${pct(trial.bestAccuracy)}; paused until promoted`);
+          idle(trial);
+        }
+      },
+      { gate: (round) => (asha.rungs.includes(round - 1) ? latch(trial.id, round - 1).promise : Promise.resolve(true)) },
+    );
     if (result.status === 'failed') throw new Error(result.reason);
     if (trial.reachedAt !== null) {
       trial.status = 'reached';
       trial.reason = `reached ${t.target} in round ${trial.reachedAt}`;
-      asha?.finished(trial.rounds, trialScore(trial.bestAccuracy, trial.reachedAt, t['max-rounds']));
-    } else if ((trial.status as Trial['status']) !== 'stopped') {
+    } else if (statusOf(trial) !== 'stopped') {
       trial.status = 'budget';
       trial.reason = `${t['max-rounds']} rounds without reaching ${t.target}`;
     }
+    asha.finished(trial.id, trial.rounds, statusOf(trial) === 'stopped' ? null : trialScore(trial.bestAccuracy, trial.reachedAt, t['max-rounds']));
   } catch (err) {
     trial.status = 'failed';
     trial.reason = err instanceof Error ? err.message : String(err);
+    asha.finished(trial.id, trial.rounds, null);
   }
-  trial.wallMs = Date.now() - t0;
-  process.stdout.write(`trial ${String(trial.id).padStart(3)} [${describe(trial.params)}]: ${trial.reason}; best ${pct(trial.bestAccuracy)} after ${trial.rounds} rounds, ${(trial.wallMs / 1000).toFixed(0)} s\n`);
+  trial.wallMs += Date.now() - t0;
+  line(`trial ${String(trial.id).padStart(3)} [${describe(trial.params)}]: ${trial.reason}; best ${pct(trial.bestAccuracy)} after ${trial.rounds} rounds`);
   written();
+  idle(trial);
 }
-let next = 0;
-await Promise.all(
-  Array.from({ length: Math.min(t.parallel, trials.length) }, async () => {
-    while (next < trials.length) await runTrial(trials[next++]!);
-  }),
-);
+pump();
+await over;
+await Promise.all(running);
 written();
 
 // ─── results: the table, the plot, the preset ───

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Asha, quantile, rankTrials, rungsOf, sampleTrial, searchSpaceSchema, trialScore } from '../server/sim/tuning.ts';
+import { Asha, rankTrials, rungsOf, sampleTrial, searchSpaceSchema, trialScore } from '../server/sim/tuning.ts';
 import { listPresets, savePreset } from '../server/presets.ts';
 import { createRng } from '../shared/rng.ts';
 import { startServer, type TestServer } from './support/server.ts';
@@ -71,31 +71,60 @@ describe('ASHA', () => {
     expect(() => rungsOf({ minRounds: 5, maxRounds: 50, reduction: 1 })).toThrow(/reduction/);
   });
 
-  it('lets the first trials at a rung go on, then stops those below the top 1/η', () => {
-    const asha = new Asha({ minRounds: 2, maxRounds: 20, reduction: 3 });
+  it('pauses trials at a rung and promotes only the top ⌊n/η⌋ there, highest rung first, before starting new ones', () => {
+    const asha = new Asha({ minRounds: 2, maxRounds: 20, reduction: 3 }, [1, 2, 3, 4, 5, 6, 7]);
     expect(asha.rungs).toEqual([2, 6, 18]);
-    expect(asha.judge(1, 0.1)).toBe('continue'); // not a rung
-    expect(asha.judge(2, 0.5)).toBe('continue'); // the first at rung 2
-    expect(asha.judge(2, 0.8)).toBe('continue');
-    expect(asha.judge(2, 0.6)).toBe('stop'); // below the 2/3-quantile of 0.5, 0.6, 0.8
-    expect(asha.judge(2, 0.9)).toBe('continue');
-    expect(asha.judge(2, 0.85)).toBe('continue'); // the 2/3-quantile of 0.5 … 0.9 is 0.8
-    expect(asha.judge(2, 0.7)).toBe('stop');
-    expect(asha.recordedScores[0]).toEqual({ rung: 2, scores: [0.5, 0.8, 0.6, 0.9, 0.85, 0.7] });
+    // two workers: trials 1 and 2 start
+    expect(asha.next()).toEqual({ kind: 'start', id: 1 });
+    expect(asha.next()).toEqual({ kind: 'start', id: 2 });
+    expect(asha.report(1, 1, 0.3)).toBe('continue'); // not a rung
+    expect(asha.report(1, 2, 0.5)).toBe('pause');
+    // one trial at the rung: ⌊1/3⌋ = 0 promoted, so a new trial starts instead
+    expect(asha.next()).toEqual({ kind: 'start', id: 3 });
+    expect(asha.report(2, 2, 0.8)).toBe('pause');
+    expect(asha.next()).toEqual({ kind: 'start', id: 4 });
+    expect(asha.report(3, 2, 0.6)).toBe('pause');
+    // three at rung 2: the best of them (trial 2) is promoted, and resumes
+    expect(asha.next()).toEqual({ kind: 'resume', id: 2 });
+    expect(asha.report(2, 2, 0.8)).toBe('continue'); // a promoted trial passes its rung on
+    expect(asha.report(4, 2, 0.9)).toBe('pause');
+    expect(asha.report(2, 6, 0.85)).toBe('pause');
+    // four at rung 2: ⌊4/3⌋ = 1, and that one (trial 4, 0.9) is not yet promoted
+    expect(asha.next()).toEqual({ kind: 'resume', id: 4 });
+    expect(asha.next()).toEqual({ kind: 'start', id: 5 });
+    expect(asha.report(5, 2, 0.1)).toBe('pause');
+    expect(asha.report(4, 6, 0.95)).toBe('pause');
+    expect(asha.next()).toEqual({ kind: 'start', id: 6 });
+    expect(asha.report(6, 2, 0.7)).toBe('pause');
+    // six at rung 2: the top two (4 and 2) are both promoted already; two at rung 6: none yet
+    expect(asha.next()).toEqual({ kind: 'start', id: 7 });
+    expect(asha.report(7, 2, 0.95)).toBe('pause');
+    // seven at rung 2: top two are 7 and 4; trial 7 is promoted. Then nothing: the search is over.
+    expect(asha.next()).toEqual({ kind: 'resume', id: 7 });
+    expect(asha.report(7, 6, 0.97)).toBe('pause');
+    // three at rung 6 (0.85, 0.95, 0.97): the best, trial 7, goes on to the last rung
+    expect(asha.next()).toEqual({ kind: 'resume', id: 7 });
+    asha.finished(7, 20, trialScore(0.98, 15, 20));
+    expect(asha.next()).toBeUndefined();
+    expect([...asha.pausedTrials]).toEqual([[1, 2], [3, 2], [2, 6], [5, 2], [4, 6], [6, 2]]);
   });
 
   it('counts a trial that reached the target early at the rungs it never reached, above any that did not', () => {
-    const asha = new Asha({ minRounds: 2, maxRounds: 20, reduction: 2 });
+    const asha = new Asha({ minRounds: 2, maxRounds: 20, reduction: 2 }, [1, 2]);
     const reached = trialScore(0.97, 4, 20);
     expect(reached).toBeGreaterThan(1);
     expect(trialScore(0.97, 3, 20)).toBeGreaterThan(reached); // sooner is better
     expect(trialScore(0.9, null, 20)).toBe(0.9);
-    // judged at rungs 2 and 4 as it went (it reached the target in round 4), then counted at 8 and 16
-    expect(asha.judge(2, trialScore(0.8, null, 20))).toBe('continue');
-    expect(asha.judge(4, reached)).toBe('continue');
-    asha.finished(4, reached);
-    expect(asha.recordedScores.map((r) => r.scores.length)).toEqual([1, 1, 1, 1]); // rungs 2, 4, 8, 16: once each
-    expect(asha.judge(8, 0.95)).toBe('stop');
+    asha.next();
+    expect(asha.report(1, 2, trialScore(0.8, null, 20))).toBe('pause');
+    asha.next();
+    expect(asha.report(2, 2, 0.7)).toBe('pause');
+    expect(asha.next()).toEqual({ kind: 'resume', id: 1 });
+    expect(asha.report(1, 4, reached)).toBe('pause'); // it reached the target at rung 4, and its run ended there
+    asha.finished(1, 4, reached);
+    expect(asha.recordedScores.map((r) => r.scores.length)).toEqual([2, 1, 1, 1]); // rungs 2, 4, 8, 16
+    expect(asha.pausedTrials.has(1)).toBe(false);
+    expect(asha.next()).toBeUndefined(); // trial 2 is not in the top half at rung 2
   });
 
   it('ranks trials by rounds to the target, then best accuracy', () => {
@@ -107,8 +136,6 @@ describe('ASHA', () => {
       { id: 5, reachedAt: null, bestAccuracy: 0.96, rounds: 45 },
     ]);
     expect(ranked.map((t) => t.id)).toEqual([3, 2, 5, 1, 4]);
-    expect(quantile([3, 1, 2], 0.5)).toBe(2);
-    expect(quantile([1, 2, 3, 4], 2 / 3)).toBeCloseTo(3);
   });
 });
 

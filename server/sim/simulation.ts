@@ -311,7 +311,18 @@ class SimulatedDevices implements DevicePort {
   }
   broadcastModel(_msg: ModelPublished): void {}
 
+  /** asked before a round's devices train: a tuner pauses a trial here (the run's deadline is a day), or stops it */
+  gate: ((round: number) => Promise<true | { stop: string }>) | undefined;
+
   private async runRound(starts: { id: string; msg: RoundStart }[]): Promise<void> {
+    const first = starts[0];
+    if (first && this.gate) {
+      const go = await this.gate(first.msg.round);
+      if (go !== true) {
+        (this.federation as Federation).stopRun(go.stop);
+        return;
+      }
+    }
     const results = await Promise.all(
       starts.map(({ id, msg }) => {
         const d = this.devices.get(id) as SimDevice;
@@ -383,10 +394,11 @@ const toSimRound = (r: RoundRecord, runStartedAt: number): SimRound => ({
 });
 
 /**
- * Runs a federation to its end (all rounds, the target, a failure, or `onRound` asking it to stop,
- * e.g. a tuner's early stop) and returns its rounds.
+ * Runs a federation to its end (all rounds, the target, a failure, or `onRound` or the gate asking
+ * it to stop) and returns its rounds. `control.gate`, asked before each round's devices train, can
+ * hold the run there (a tuner pauses a trial at a rung until it is promoted) or stop it.
  */
-export async function runSimulation(options: SimulationOptions, mnist: { train: MnistSplit; test: MnistSplit }, onRound?: (r: SimRound) => void | { stop: string }): Promise<SimulationResult> {
+export async function runSimulation(options: SimulationOptions, mnist: { train: MnistSplit; test: MnistSplit }, onRound?: (r: SimRound) => void | { stop: string }, control: { gate?: (round: number) => Promise<true | { stop: string }> } = {}): Promise<SimulationResult> {
   const config = simulationConfig(options);
   await tf.ready(); // the main thread builds the initial model; the workers train
   const devices = makeDevices(mnist.train, options);
@@ -409,6 +421,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   port.federation = federation;
   port.identities = identities;
   port.dropout = { p: options.dropout ?? 0, seed: options.seed };
+  port.gate = control.gate;
   const stopAtTarget = options.stopAtTarget ?? options.target !== undefined;
   const rounds: SimRound[] = [];
   const t0 = Date.now();

@@ -2,7 +2,7 @@
  * Hyper-parameter search over simulated federations (`npm run tune`), in the spirit of Katib:
  * a search space over the simulation's options, trials drawn from it at random, and asynchronous
  * successive halving (ASHA, Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning")
- * to stop the trials that fall behind at each rung. Pure: the runner (scripts/tune.ts) runs the trials.
+ * to spend the rounds on the trials that lead at each rung. Pure: the runner (scripts/tune.ts) runs the trials.
  *
  * The objective is rounds to a target accuracy on a validation split (fewer is better); a trial that
  * does not reach it ranks below every trial that does, by its best accuracy.
@@ -88,16 +88,6 @@ export function rungsOf({ minRounds, maxRounds, reduction }: AshaOptions): numbe
   return rungs;
 }
 
-/** The q-quantile of xs (linear interpolation between order statistics). */
-export function quantile(xs: readonly number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return Number.NaN;
-  const at = (s.length - 1) * q;
-  const lo = Math.floor(at);
-  const hi = Math.ceil(at);
-  return (s[lo] as number) + ((s[hi] as number) - (s[lo] as number)) * (at - lo);
-}
-
 /**
  * A trial's score after some rounds, higher is better: a trial that reached the target scores above 1,
  * the sooner the higher; one that did not scores its best accuracy so far.
@@ -106,37 +96,70 @@ export function trialScore(bestAccuracy: number, reachedAt: number | null, maxRo
   return reachedAt === null ? bestAccuracy : 1 + (maxRounds - reachedAt + 1) / maxRounds;
 }
 
+export type Job = { kind: 'start' | 'resume'; id: number };
+
 /**
- * Asynchronous successive halving with early stopping (the variant Ray Tune and Katib run): when a
- * trial reaches a rung its score is recorded there, and it goes on only if it is in the top 1/η of
- * the scores recorded at that rung so far. No trial waits for another; the first trials at a rung
- * always go on (there is nothing yet to compare them with).
+ * Asynchronous successive halving (ASHA, Li et al. 2020, Algorithm 2) over a fixed set of trials.
+ * A trial that reaches a rung pauses there. Whenever a worker is free it takes, from the highest rung
+ * down, a paused trial that is in the top ⌊n/η⌋ of the n trials recorded at its rung and promotes it
+ * (it resumes where it paused); failing that, it starts a new trial. No trial goes on without being
+ * compared (with fewer than η trials at a rung, none is promoted), and no worker waits for a rung to
+ * fill. The search is over when nothing runs and nothing can be taken: trials still paused stay
+ * stopped at their rung.
  */
 export class Asha {
   readonly rungs: number[];
-  private readonly recorded = new Map<number, number[]>();
+  private readonly recorded = new Map<number, Map<number, number>>();
+  private readonly paused = new Map<number, number>();
+  private readonly promoted = new Set<string>();
+  private readonly waiting: number[];
 
-  constructor(readonly options: AshaOptions) {
+  constructor(readonly options: AshaOptions, trialIds: readonly number[]) {
     this.rungs = rungsOf(options);
-    for (const r of this.rungs) this.recorded.set(r, []);
+    for (const r of this.rungs) this.recorded.set(r, new Map());
+    this.waiting = [...trialIds];
   }
 
-  /** After a trial's round: whether it goes on. */
-  judge(round: number, score: number): 'continue' | 'stop' {
-    const scores = this.recorded.get(round);
-    if (!scores) return 'continue';
-    scores.push(score);
-    return score >= quantile(scores, 1 - 1 / this.options.reduction) ? 'continue' : 'stop';
+  /** After a trial's round: 'pause' at a rung (its score recorded there), else 'continue'. */
+  report(id: number, round: number, score: number): 'continue' | 'pause' {
+    const at = this.recorded.get(round);
+    if (!at || this.promoted.has(`${round}:${id}`)) return 'continue';
+    at.set(id, score);
+    this.paused.set(id, round);
+    return 'pause';
   }
 
-  /** A trial that ended before some rungs (it reached the target): its final score counts at each of them. */
-  finished(lastRound: number, score: number): void {
-    for (const r of this.rungs) if (r > lastRound) this.recorded.get(r)!.push(score);
+  /** A trial ended by itself (the target, its last round, a failure): its final score counts at the rungs it never reached. */
+  finished(id: number, lastRound: number, score: number | null): void {
+    this.paused.delete(id);
+    if (score === null) return;
+    for (const r of this.rungs) if (r > lastRound) this.recorded.get(r)!.set(id, score);
+  }
+
+  /** What a free worker should run next; undefined: nothing now. */
+  next(): Job | undefined {
+    for (const rung of [...this.rungs].reverse()) {
+      const at = [...this.recorded.get(rung)!].sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+      const top = at.slice(0, Math.floor(at.length / this.options.reduction));
+      const take = top.find(([id]) => this.paused.get(id) === rung && !this.promoted.has(`${rung}:${id}`));
+      if (take) {
+        this.promoted.add(`${rung}:${take[0]}`);
+        this.paused.delete(take[0]);
+        return { kind: 'resume', id: take[0] };
+      }
+    }
+    const id = this.waiting.shift();
+    return id === undefined ? undefined : { kind: 'start', id };
+  }
+
+  /** the trials paused at a rung (at the end of the search: stopped there), by id */
+  get pausedTrials(): ReadonlyMap<number, number> {
+    return this.paused;
   }
 
   /** the scores recorded at each rung so far */
   get recordedScores(): { rung: number; scores: number[] }[] {
-    return this.rungs.map((rung) => ({ rung, scores: [...this.recorded.get(rung)!] }));
+    return this.rungs.map((rung) => ({ rung, scores: [...this.recorded.get(rung)!.values()] }));
   }
 }
 
