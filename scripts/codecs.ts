@@ -10,11 +10,15 @@
  *     [--only throughput]   (just the encode/decode figures, keeping the simulation rows in docs/codecs)
  *     [--out docs/codecs]
  *
- * A codec written name@f keeps the share f of the entries (topkFraction or randFraction).
+ * A codec written name@f keeps the share f of the entries (topkFraction or randFraction); up/down
+ * names the upload codec, then the download codec (downlinkCodec, lossy: compressed steps with error
+ * feedback on the server; topk's share after @ is downlinkTopkFraction), e.g.
+ * rand+q2+deflate@0.15/topk+q8+deflate@0.01. Without /down, downloads are lossless deltas.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { codecSpec, decodeUpdate, encodeUpdate, type CodecConfig } from '../shared/codec.ts';
+import { downlinkCodecProblem } from '../shared/model-steps.ts';
 import { createRng } from '../shared/rng.ts';
 import type { PartitionKind } from '../shared/partition.ts';
 import type { ModelName } from '../shared/models-names.ts';
@@ -53,14 +57,24 @@ const quantBlock = Number(args['quant-block']);
 interface Setting {
   label: string;
   config: CodecConfig;
+  /** the download codec (lossy), and its label; none: lossless deltas */
+  down?: { label: string; codec: string; topkFraction: number };
 }
 const settings: Setting[] = String(args.codecs)
   .split(',')
   .map((s) => {
-    const [name, fraction] = s.split('@') as [string, string | undefined];
+    const [upName, downName] = s.split('/') as [string, string | undefined];
+    const [name, fraction] = upName.split('@') as [string, string | undefined];
     const spec = codecSpec(name);
     const share = fraction === undefined ? (spec.random ? 0.25 : 0.01) : Number(fraction);
-    return { label: spec.sparse ? `${spec.name} ${+(share * 100).toFixed(2)}%` : spec.name, config: { codec: spec.name, topkFraction: spec.random ? 0.01 : share, randFraction: spec.random ? share : 0.25, quantBlock } };
+    const setting: Setting = { label: spec.sparse ? `${spec.name} ${+(share * 100).toFixed(2)}%` : spec.name, config: { codec: spec.name, topkFraction: spec.random ? 0.01 : share, randFraction: spec.random ? share : 0.25, quantBlock } };
+    if (downName === undefined) return setting;
+    const [dName, dFraction] = downName.split('@') as [string, string | undefined];
+    const problem = downlinkCodecProblem(dName);
+    if (problem) throw new Error(`codecs: download codec ${problem}`);
+    const down = codecSpec(dName);
+    const dShare = dFraction === undefined ? 0.01 : Number(dFraction);
+    return { ...setting, down: { label: down.sparse ? `${down.name} ${+(dShare * 100).toFixed(2)}%` : down.name, codec: down.name, topkFraction: dShare } };
   });
 const partitions = String(args.partitions).split(',') as PartitionKind[];
 const mnist = loadMnist();
@@ -68,6 +82,11 @@ const mnist = loadMnist();
 interface Row {
   partition: PartitionKind;
   codec: string;
+  /** the download codec ("lossless": deltas of the exact model) */
+  down?: string;
+  /** up + down per device per round, mean over the rounds; and summed over the rounds to the target */
+  totalBytes?: number;
+  totalToTarget?: number | null;
   upBytes: number;
   downBytesFirst: number;
   downBytesLater: number;
@@ -77,7 +96,7 @@ interface Row {
   bestAccuracy: number;
   roundsToTarget: number | null;
   wallS: number;
-  curve: { round: number; accuracy: number; cumulativeUpBytes: number }[];
+  curve: { round: number; accuracy: number; cumulativeUpBytes: number; cumulativeBytes?: number }[];
 }
 const rows: Row[] = [];
 const kept = path.join(args.out as string, 'codecs.json');
@@ -87,23 +106,31 @@ line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction
 for (const partition of throughputOnly ? [] : partitions) {
   const target = targetFor(partition);
   line(`\n## ${partition} (target ${target})`);
-  line('codec | up/device/round | vs float32 | down/device (round 1 → later) | encode ms | accuracy after R | best | rounds to target | wall s');
+  line('codec | download codec | up/device/round | vs float32 | down/device (round 1 → later) | up + down / device / round (vs float32) | to target | encode ms | accuracy after R | best | rounds to target | wall s');
   let float32Up = Number.NaN;
   let float32Acc = Number.NaN;
+  let float32Total = Number.NaN;
   for (const s of settings) {
     const r: SimulationResult = await runSimulation(
-      { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, randFraction: s.config.randFraction ?? 0.25, quantBlock: s.config.quantBlock, downlink: 'delta' },
+      { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, randFraction: s.config.randFraction ?? 0.25, quantBlock: s.config.quantBlock, downlink: 'delta', ...(s.down ? { downlinkCodec: s.down.codec, downlinkTopkFraction: s.down.topkFraction } : {}) },
       mnist,
     );
     const up = median(r.rounds.map((x) => x.bytesUpPerDevice));
-    if (s.config.codec === 'float32' && Number.isNaN(float32Up)) {
+    const total = r.rounds.reduce((a, x) => a + x.bytesUpPerDevice + x.bytesDownPerDevice, 0) / Math.max(1, r.rounds.length);
+    if (s.config.codec === 'float32' && !s.down && Number.isNaN(float32Up)) {
       float32Up = up;
       float32Acc = r.rounds.at(-1)?.testAccuracy ?? Number.NaN;
+      float32Total = total;
     }
+    const toTarget = r.roundsToTarget === null ? null : r.rounds.filter((x) => x.round <= r.roundsToTarget!).reduce((a, x) => a + x.bytesUpPerDevice + x.bytesDownPerDevice, 0);
     let cumulative = 0;
+    let both = 0;
     const row: Row = {
       partition,
       codec: s.label,
+      down: s.down?.label ?? 'lossless',
+      totalBytes: total,
+      totalToTarget: toTarget,
       upBytes: up,
       downBytesFirst: r.rounds[0]?.bytesDownPerDevice ?? Number.NaN,
       downBytesLater: median(r.rounds.slice(1).map((x) => x.bytesDownPerDevice)),
@@ -113,10 +140,10 @@ for (const partition of throughputOnly ? [] : partitions) {
       bestAccuracy: Math.max(...r.rounds.map((x) => x.testAccuracy)),
       roundsToTarget: r.roundsToTarget,
       wallS: r.wallMs / 1000,
-      curve: r.rounds.map((x) => ({ round: x.round, accuracy: x.testAccuracy, cumulativeUpBytes: (cumulative += x.bytesUpPerDevice * x.updates) })),
+      curve: r.rounds.map((x) => ({ round: x.round, accuracy: x.testAccuracy, cumulativeUpBytes: (cumulative += x.bytesUpPerDevice * x.updates), cumulativeBytes: (both += x.bytesUpPerDevice * x.updates + x.bytesDownPerDevice * x.updates) })),
     };
     rows.push(row);
-    line(`${row.codec} | ${fmt(up / 1024, 2)} KiB | ${fmt(row.upRatio, 1)}x | ${fmt(row.downBytesFirst / 1024, 1)} → ${fmt(row.downBytesLater / 1024, 1)} KiB | ${fmt(row.encodeMs, 1)} | ${fmt(row.finalAccuracy * 100, 2)} % (${row.finalAccuracy - float32Acc >= 0 ? '+' : ''}${fmt((row.finalAccuracy - float32Acc) * 100, 2)} pp) | ${fmt(row.bestAccuracy * 100, 2)} % | ${row.roundsToTarget ?? '—'} | ${fmt(row.wallS, 0)}`);
+    line(`${row.codec} | ${row.down} | ${fmt(up / 1024, 2)} KiB | ${fmt(row.upRatio, 1)}x | ${fmt(row.downBytesFirst / 1024, 1)} → ${fmt(row.downBytesLater / 1024, 1)} KiB | ${fmt(total / 1024, 1)} KiB (${fmt(float32Total / total, 1)}x) | ${toTarget === null ? '—' : `${fmt(toTarget / 1e6, 2)} MB`} | ${fmt(row.encodeMs, 1)} | ${fmt(row.finalAccuracy * 100, 2)} % (${row.finalAccuracy - float32Acc >= 0 ? '+' : ''}${fmt((row.finalAccuracy - float32Acc) * 100, 2)} pp) | ${fmt(row.bestAccuracy * 100, 2)} % | ${row.roundsToTarget ?? '—'} | ${fmt(row.wallS, 0)}`);
   }
 }
 
@@ -170,5 +197,16 @@ for (const partition of throughputOnly ? [] : partitions) {
     series: rows.filter((r) => r.partition === partition).map((r) => ({ label: r.codec, points: r.curve.map((c) => ({ x: c.cumulativeUpBytes, y: c.accuracy })) })),
   });
   line(`wrote ${files.join(', ')}`);
+  // with download codecs: both directions
+  const both = rows.filter((r) => r.partition === partition && r.curve.every((c) => c.cumulativeBytes !== undefined));
+  if (!both.some((r) => r.down && r.down !== 'lossless')) continue;
+  const total = await writeChart(path.join(args.out as string, `accuracy-vs-total-bytes-${partition}.png`), {
+    title: `Test accuracy against bytes up and down (all devices), ${args.model}, ${partition}`,
+    xLabel: 'cumulative bytes uploaded and downloaded by all devices (log scale)',
+    yLabel: 'test accuracy',
+    logX: true,
+    series: both.map((r) => ({ label: `${r.codec} / ${r.down}`, points: r.curve.map((c) => ({ x: c.cumulativeBytes!, y: c.accuracy })) })),
+  });
+  line(`wrote ${total.join(', ')}`);
 }
 line(`wrote ${path.join(args.out as string, 'codecs.json')}`);
