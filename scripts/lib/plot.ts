@@ -38,8 +38,14 @@ function ticks(min: number, max: number, n = 6, integer = false): number[] {
   return out;
 }
 
-export function lineChartSvg(spec: ChartSpec, width = 800, height = 480): string {
-  const m = { l: 70, r: 180, t: 40, b: 55 };
+/** wide enough for the legend's longest label (12 px sans-serif: ~6.6 px a character) */
+export function chartWidth(spec: ChartSpec, width = 800): number {
+  const longest = Math.max(0, ...spec.series.filter((s) => !s.muted).map((s) => s.label.length));
+  return width + Math.max(0, Math.ceil(34 + 6.6 * longest) - 180);
+}
+
+export function lineChartSvg(spec: ChartSpec, width = chartWidth(spec), height = 480): string {
+  const m = { l: 70, r: 180 + (width - 800), t: 40, b: 55 };
   const w = width - m.l - m.r;
   const h = height - m.t - m.b;
   const all = spec.series.flatMap((s) => s.points).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
@@ -99,9 +105,10 @@ export async function writeChart(file: string, spec: ChartSpec): Promise<string[
   const { launchBrowser } = await import('./harness.ts');
   const browser = await launchBrowser();
   try {
-    const page = await browser.newPage({ viewport: { width: 800, height: 480 } });
+    const width = chartWidth(spec);
+    const page = await browser.newPage({ viewport: { width, height: 480 } });
     await page.setContent(`<html><body style="margin:0">${svg}</body></html>`);
-    await page.screenshot({ path: file, clip: { x: 0, y: 0, width: 800, height: 480 } });
+    await page.screenshot({ path: file, clip: { x: 0, y: 0, width, height: 480 } });
   } finally {
     await browser.close();
   }
