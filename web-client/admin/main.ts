@@ -62,6 +62,8 @@ const FIELDS: { name: Field; label: string; step?: string }[] = [
   { name: 'randFraction', label: 'Random-mask fraction', step: 'any' },
   { name: 'quantBlock', label: 'Quantization block (0 = per tensor)' },
   { name: 'downlink', label: 'Model download' },
+  { name: 'downlinkCodec', label: 'Download codec' },
+  { name: 'downlinkTopkFraction', label: 'Download top-k fraction', step: 'any' },
   { name: 'secureAggregation', label: 'Secure aggregation' },
   { name: 'secAggNeighbours', label: 'Secure aggregation: neighbours (0 = auto)' },
   { name: 'secAggThreshold', label: 'Secure aggregation: threshold (0 = majority)' },
@@ -82,13 +84,15 @@ const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, 
 const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
 /** free-text fields (sent as strings, omitted when empty) */
 const TEXT: ReadonlySet<Field> = new Set(['joinToken']);
-const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, strategy: STRATEGY_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS, secureAggregation: ['false', 'true'] };
+/** the download codecs offered: exact (float32), or compressed steps with error feedback on the server */
+const DOWNLINK_CODECS = ['float32', 'q8+deflate', 'q4+deflate', 'topk+q8+deflate', 'topk+q4+deflate'] as const;
+const CHOICES: Partial<Record<Field, readonly string[]>> = { model: MODEL_NAMES, strategy: STRATEGY_NAMES, aggregation: AGGREGATIONS, updateCodec: CODECS, downlink: DOWNLINKS, downlinkCodec: DOWNLINK_CODECS, secureAggregation: ['false', 'true'] };
 /** yes/no fields: a select of "false"/"true", sent as a boolean */
 const BOOLEAN: ReadonlySet<Field> = new Set(['secureAggregation']);
 
 const PRESETS: Record<string, { config: RunConfigInput; hint: string }> = {
   quick: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, hint: 'Open / in 4 or more tabs (or run npm run simulate).' },
-  compressed: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'topk+q8+deflate', topkFraction: 0.05, downlink: 'delta' }, hint: 'Updates as the top 5 % of entries, 8-bit, deflated, with error feedback; models downloaded as deltas. Watch the bytes per round.' },
+  compressed: { config: { model: 'cnn-small', rounds: 5, clientsPerRound: 4, minUpdates: 2, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'rand+q2+deflate', randFraction: 0.15, downlink: 'delta', downlinkCodec: 'topk+q4+deflate', downlinkTopkFraction: 0.02 }, hint: 'Updates as a random 15 % of entries, 2-bit, deflated; new models as compressed steps (the top 2 %, 4-bit) that the server and devices apply alike. Watch the bytes per round.' },
   secure: { config: { model: 'cnn-small', rounds: 3, clientsPerRound: 5, overSelect: 1, minUpdates: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, clipNorm: 5, secureAggregation: true }, hint: 'Updates masked so that the server learns only their sum (SecAgg+); devices clip to L2 5. Open / in 5 or more tabs.' },
   'paper-iid': { config: { model: 'cnn', rounds: 20, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'McMahan et al. 2017, CNN, C=0.1 of 100 clients: devices join with /?partition=iid&clients=100&client=K.' },
   'paper-noniid': { config: { model: 'cnn', rounds: 50, clientsPerRound: 10, minUpdates: 8, localEpochs: 5, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 1_800_000 }, hint: 'Pathological non-IID (2 label shards per client): devices join with /?partition=shards&clients=100&client=K.' },
