@@ -92,6 +92,47 @@ test('a tab forced onto WebGL trains a round', async ({ openDevices, admin }) =>
   expect(history[0]!.accuracyAfter).toBeGreaterThan(history[0]!.accuracyBefore as number);
 });
 
+test('compressed downloads in real tabs: each tab builds the seeded model, applies the server\'s steps, and holds the stored version bit for bit', async ({ openDevices, admin }) => {
+  const devices = await openDevices([0, 1, 2].map((client) => ({ clients: 3, client, examples: 200 })));
+  // two of three tabs a round: a tab left out comes back a version or more behind and gets a chain of steps
+  const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 2, minUpdates: 2, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 4, downlinkCodec: 'q8+deflate' } });
+  expect(created.status(), await created.text()).toBe(201);
+  const { id } = (await created.json()) as { id: number };
+  const run = await waitForRun(admin, id, 5 * 60_000);
+  expect(run.status, run.reason ?? '').toBe('done');
+  const rounds = ((await (await admin.get(`/api/runs/${id}/rounds`)).json()) as RoundRow[]).filter((r) => r.status === 'completed');
+  expect(rounds).toHaveLength(3);
+  const float32Bytes = 5258 * 4;
+  expect(rounds[0]!.bytesDown).toBeLessThan(1000); // round 1: the tabs build the seeded model themselves
+  for (const r of rounds.slice(1)) expect(r.bytesDown / r.participants).toBeLessThan(float32Bytes / 2);
+  // each tab's held model, read from its IndexedDB, is the stored version byte for byte
+  let compared = 0;
+  for (const d of devices) {
+    const held = await d.page.evaluate(
+      () =>
+        new Promise<{ version: number; bytes: number[] } | null>((resolve, reject) => {
+          const open = indexedDB.open(window.__fl.database as string);
+          open.onerror = () => reject(open.error);
+          open.onsuccess = () => {
+            const get = open.result.transaction('state').objectStore('state').get('model');
+            get.onsuccess = () => {
+              const m = get.result as { version: number; values: Float32Array } | undefined;
+              open.result.close();
+              resolve(m ? { version: m.version, bytes: Array.from(new Uint8Array(m.values.buffer, m.values.byteOffset, m.values.byteLength)) } : null);
+            };
+          };
+        }),
+    );
+    if (!held) continue;
+    const stored = new Uint8Array(await (await admin.get(`/api/models/${held.version}/weights.bin`)).body());
+    expect(stored.length).toBe(float32Bytes);
+    expect(Buffer.from(held.bytes).equals(Buffer.from(stored)), `the tab's v${held.version} is the stored one`).toBe(true);
+    compared++;
+  }
+  expect(compared).toBeGreaterThanOrEqual(2); // every tab that took part (round 1 alone selects two)
+  for (const d of devices) expect(d.errors).toEqual([]);
+});
+
 test('a run with topk+q8 updates completes, the dashboard shows its bytes per round, and the residual survives a reload', async ({ openDevices, admin, page }) => {
   const devices = await openDevices([0, 1].map((client) => ({ clients: 4, client, examples: 300 })));
   const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.1, roundTimeoutMs: 240_000, seed: 3, updateCodec: 'topk+q8', topkFraction: 0.05 } });
