@@ -93,6 +93,8 @@ interface Row {
   upRatio: number;
   encodeMs: number;
   finalAccuracy: number;
+  /** the mean over the last 10 rounds (non-IID accuracy swings from round to round) */
+  lastTenMean?: number;
   bestAccuracy: number;
   roundsToTarget: number | null;
   wallS: number;
@@ -106,10 +108,11 @@ line(`# Update codecs: ${args.model}, ${args.clients} clients, C=${args.fraction
 for (const partition of throughputOnly ? [] : partitions) {
   const target = targetFor(partition);
   line(`\n## ${partition} (target ${target})`);
-  line('codec | download codec | up/device/round | vs float32 | down/device (round 1 → later) | up + down / device / round (vs float32) | to target | encode ms | accuracy after R | best | rounds to target | wall s');
+  line('codec | download codec | up/device/round | vs float32 | down/device (round 1 → later) | up + down / device / round (vs float32) | to target | encode ms | accuracy after R | mean of the last 10 rounds | best | rounds to target | wall s');
   let float32Up = Number.NaN;
   let float32Acc = Number.NaN;
   let float32Total = Number.NaN;
+  let float32Last = Number.NaN;
   for (const s of settings) {
     const r: SimulationResult = await runSimulation(
       { clients: Number(args.clients), fraction: Number(args.fraction), rounds: Number(args.rounds), epochs: Number(args.epochs), batch: Number(args.batch), lr: Number(args.lr), partition, alpha: 0.5, model: args.model as ModelName, seed: Number(args.seed), target, stopAtTarget: false, codec: s.config.codec, topkFraction: s.config.topkFraction, randFraction: s.config.randFraction ?? 0.25, quantBlock: s.config.quantBlock, downlink: 'delta', ...(s.down ? { downlinkCodec: s.down.codec, downlinkTopkFraction: s.down.topkFraction } : {}) },
@@ -121,6 +124,7 @@ for (const partition of throughputOnly ? [] : partitions) {
       float32Up = up;
       float32Acc = r.rounds.at(-1)?.testAccuracy ?? Number.NaN;
       float32Total = total;
+      float32Last = r.rounds.slice(-10).reduce((a, x) => a + x.testAccuracy, 0) / Math.min(10, r.rounds.length);
     }
     const toTarget = r.roundsToTarget === null ? null : r.rounds.filter((x) => x.round <= r.roundsToTarget!).reduce((a, x) => a + x.bytesUpPerDevice + x.bytesDownPerDevice, 0);
     let cumulative = 0;
@@ -138,12 +142,13 @@ for (const partition of throughputOnly ? [] : partitions) {
       encodeMs: r.encodeMsMedian,
       finalAccuracy: r.rounds.at(-1)?.testAccuracy ?? Number.NaN,
       bestAccuracy: Math.max(...r.rounds.map((x) => x.testAccuracy)),
+      lastTenMean: r.rounds.slice(-10).reduce((a, x) => a + x.testAccuracy, 0) / Math.min(10, r.rounds.length),
       roundsToTarget: r.roundsToTarget,
       wallS: r.wallMs / 1000,
       curve: r.rounds.map((x) => ({ round: x.round, accuracy: x.testAccuracy, cumulativeUpBytes: (cumulative += x.bytesUpPerDevice * x.updates), cumulativeBytes: (both += x.bytesUpPerDevice * x.updates + x.bytesDownPerDevice * x.updates) })),
     };
     rows.push(row);
-    line(`${row.codec} | ${row.down} | ${fmt(up / 1024, 2)} KiB | ${fmt(row.upRatio, 1)}x | ${fmt(row.downBytesFirst / 1024, 1)} → ${fmt(row.downBytesLater / 1024, 1)} KiB | ${fmt(total / 1024, 1)} KiB (${fmt(float32Total / total, 1)}x) | ${toTarget === null ? '—' : `${fmt(toTarget / 1e6, 2)} MB`} | ${fmt(row.encodeMs, 1)} | ${fmt(row.finalAccuracy * 100, 2)} % (${row.finalAccuracy - float32Acc >= 0 ? '+' : ''}${fmt((row.finalAccuracy - float32Acc) * 100, 2)} pp) | ${fmt(row.bestAccuracy * 100, 2)} % | ${row.roundsToTarget ?? '—'} | ${fmt(row.wallS, 0)}`);
+    line(`${row.codec} | ${row.down} | ${fmt(up / 1024, 2)} KiB | ${fmt(row.upRatio, 1)}x | ${fmt(row.downBytesFirst / 1024, 1)} → ${fmt(row.downBytesLater / 1024, 1)} KiB | ${fmt(total / 1024, 1)} KiB (${fmt(float32Total / total, 1)}x) | ${toTarget === null ? '—' : `${fmt(toTarget / 1e6, 2)} MB`} | ${fmt(row.encodeMs, 1)} | ${fmt(row.finalAccuracy * 100, 2)} % (${row.finalAccuracy - float32Acc >= 0 ? '+' : ''}${fmt((row.finalAccuracy - float32Acc) * 100, 2)} pp) | ${fmt(row.lastTenMean! * 100, 2)} % (${row.lastTenMean! - float32Last >= 0 ? '+' : ''}${fmt((row.lastTenMean! - float32Last) * 100, 2)} pp) | ${fmt(row.bestAccuracy * 100, 2)} % | ${row.roundsToTarget ?? '—'} | ${fmt(row.wallS, 0)}`);
   }
 }
 
