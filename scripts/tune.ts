@@ -182,6 +182,35 @@ function idle(trial: Trial): void {
   queueMicrotask(pump);
 }
 
+/**
+ * The best trial so far that ran to its end (the target or its last round), saved as the preset:
+ * after every such trial, so a search cut short keeps what it found. Returns the file (undefined: none yet, or --preset none).
+ */
+const presetName = t.preset ?? `tuned-${name}`;
+function saveBest(): string | undefined {
+  const best = rankTrials(trials.filter((x) => x.status === 'reached' || x.status === 'budget'))[0];
+  if (!best || presetName === 'none') return undefined;
+  const config = simulationConfig(best.options);
+  const k = config.clientsPerRound;
+  return savePreset(process.env.PRESETS_DIR ?? 'presets', {
+    name: presetName,
+    label: `Tuned: ${config.model} on ${best.options.partition} (${config.strategy}, η ${config.learningRate}, E ${config.localEpochs}, B ${config.batchSize}, K ${k})`,
+    hint: `Found by npm run tune (${t.algorithm}, ${trials.length} trials): ${best.reachedAt === null ? `best ${pct(best.bestAccuracy)} validation accuracy in ${t['max-rounds']} rounds` : `${t.target} validation accuracy in ${best.reachedAt} rounds`} with ${best.options.clients} ${best.options.partition} clients. Devices join with /?partition=${best.options.partition}&clients=${best.options.clients}&client=N.`,
+    config: {
+      model: config.model,
+      rounds: t['max-rounds'],
+      clientsPerRound: k,
+      minUpdates: config.minUpdates,
+      localEpochs: config.localEpochs,
+      batchSize: config.batchSize,
+      learningRate: config.learningRate,
+      strategy: config.strategy,
+      ...Object.fromEntries((['serverLearningRate', 'beta1', 'beta2', 'tau', 'mu', 'q'] as const).filter((f) => best.options.strategy?.[f] !== undefined).map((f) => [f, config[f]])),
+    },
+    tuned: { command: `npm run tune -- ${process.argv.slice(2).join(' ')}`.trim(), algorithm: t.algorithm, trials: trials.length, objective: `rounds to ${t.target} validation accuracy`, validation: t.validation, trial: best.id, params: best.params, reachedAt: best.reachedAt, bestAccuracy: best.bestAccuracy, at: new Date().toISOString() },
+  });
+}
+
 async function runTrial(trial: Trial): Promise<void> {
   trial.status = 'running';
   const t0 = Date.now();
@@ -219,6 +248,7 @@ async function runTrial(trial: Trial): Promise<void> {
   trial.wallMs += Date.now() - t0;
   line(`trial ${String(trial.id).padStart(3)} [${describe(trial.params)}]: ${trial.reason}; best ${pct(trial.bestAccuracy)} after ${trial.rounds} rounds`);
   written();
+  if (trial.status === 'reached' || trial.status === 'budget') saveBest();
   idle(trial);
 }
 pump();
@@ -253,26 +283,5 @@ process.stdout.write(`wrote ${path.join(out, 'trials.json')}, ${files.join(', ')
 
 const best = ranked[0];
 if (!best) fail('no trial completed: nothing to save');
-const config = simulationConfig(best.options);
-const presetName = t.preset ?? `tuned-${name}`;
-if (presetName !== 'none') {
-  const k = config.clientsPerRound;
-  const file = savePreset(process.env.PRESETS_DIR ?? 'presets', {
-    name: presetName,
-    label: `Tuned: ${config.model} on ${best.options.partition} (${config.strategy}, η ${config.learningRate}, E ${config.localEpochs}, B ${config.batchSize}, K ${k})`,
-    hint: `Found by npm run tune (${t.algorithm}, ${trials.length} trials): ${best.reachedAt === null ? `best ${pct(best.bestAccuracy)} validation accuracy in ${t['max-rounds']} rounds` : `${t.target} validation accuracy in ${best.reachedAt} rounds`} with ${best.options.clients} ${best.options.partition} clients. Devices join with /?partition=${best.options.partition}&clients=${best.options.clients}&client=N.`,
-    config: {
-      model: config.model,
-      rounds: t['max-rounds'],
-      clientsPerRound: k,
-      minUpdates: config.minUpdates,
-      localEpochs: config.localEpochs,
-      batchSize: config.batchSize,
-      learningRate: config.learningRate,
-      strategy: config.strategy,
-      ...Object.fromEntries((['serverLearningRate', 'beta1', 'beta2', 'tau', 'mu', 'q'] as const).filter((f) => best.options.strategy?.[f] !== undefined).map((f) => [f, config[f]])),
-    },
-    tuned: { command: `npm run tune -- ${process.argv.slice(2).join(' ')}`.trim(), algorithm: t.algorithm, trials: trials.length, objective: `rounds to ${t.target} validation accuracy`, validation: t.validation, trial: best.id, params: best.params, reachedAt: best.reachedAt, bestAccuracy: best.bestAccuracy, at: new Date().toISOString() },
-  });
-  process.stdout.write(`best: trial ${best.id} [${describe(best.params)}]; saved as preset "${presetName}" (${file}): the dashboard's launch form offers it\n`);
-}
+const file = saveBest();
+if (file) process.stdout.write(`best: trial ${best.id} [${describe(best.params)}]; saved as preset "${presetName}" (${file}): the dashboard's launch form offers it\n`);
