@@ -1,6 +1,6 @@
 import { E2E_TOKEN } from '../playwright.config.ts';
 import type { RoundRecord } from '../shared/api.ts';
-import { expect, test, waitForRun } from './fixtures.ts';
+import { expect, readState, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
 
@@ -108,25 +108,11 @@ test('compressed downloads in real tabs: each tab builds the seeded model, appli
   // each tab's held model, read from its IndexedDB, is the stored version byte for byte
   let compared = 0;
   for (const d of devices) {
-    const held = await d.page.evaluate(
-      () =>
-        new Promise<{ version: number; bytes: number[] } | null>((resolve, reject) => {
-          const open = indexedDB.open(window.__fl.database as string);
-          open.onerror = () => reject(open.error);
-          open.onsuccess = () => {
-            const get = open.result.transaction('state').objectStore('state').get('model');
-            get.onsuccess = () => {
-              const m = get.result as { version: number; values: Float32Array } | undefined;
-              open.result.close();
-              resolve(m ? { version: m.version, bytes: Array.from(new Uint8Array(m.values.buffer, m.values.byteOffset, m.values.byteLength)) } : null);
-            };
-          };
-        }),
-    );
+    const held = await readState(d.page, 'model');
     if (!held) continue;
     const stored = new Uint8Array(await (await admin.get(`/api/models/${held.version}/weights.bin`)).body());
     expect(stored.length).toBe(float32Bytes);
-    expect(Buffer.from(held.bytes).equals(Buffer.from(stored)), `the tab's v${held.version} is the stored one`).toBe(true);
+    expect(Buffer.from(held.values.buffer).equals(Buffer.from(stored)), `the tab's v${held.version} is the stored one`).toBe(true);
     compared++;
   }
   expect(compared).toBeGreaterThanOrEqual(2); // every tab that took part (round 1 alone selects two)
@@ -164,22 +150,10 @@ test('a run with topk+q8 updates completes, the dashboard shows its bytes per ro
   await page.screenshot({ path: `${shots}/admin-topk-q8.png`, fullPage: true });
 
   // The error-feedback residual is in IndexedDB and is still there after a reload.
-  const readResidual = () =>
-    devices[0]!.page.evaluate(
-      () =>
-        new Promise<{ key: string; length: number; sumAbs: number } | null>((resolve, reject) => {
-          const open = indexedDB.open(window.__fl.database as string);
-          open.onerror = () => reject(open.error);
-          open.onsuccess = () => {
-            const get = open.result.transaction('state').objectStore('state').get('residual');
-            get.onsuccess = () => {
-              const r = get.result as { key: string; values: Float32Array } | undefined;
-              open.result.close();
-              resolve(r ? { key: r.key, length: r.values.length, sumAbs: r.values.reduce((a, v) => a + Math.abs(v), 0) } : null);
-            };
-          };
-        }),
-    );
+  const readResidual = async () => {
+    const r = await readState(devices[0]!.page, 'residual');
+    return r ? { key: r.key, length: r.values.length, sumAbs: r.values.reduce((a, v) => a + Math.abs(v), 0) } : null;
+  };
   const before = await readResidual();
   expect(before).toMatchObject({ key: `${id}:cnn-small`, length: 5258 });
   expect(before!.sumAbs).toBeGreaterThan(0);

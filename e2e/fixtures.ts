@@ -56,6 +56,29 @@ export const test = base.extend<{ openDevices: (options: DeviceOptions[]) => Pro
 
 export { expect };
 
+/** A slot of the tab's IndexedDB 'state' store (the held model, the codec's residual…): its key and version, and its values as float32. */
+export async function readState(page: Page, slot: 'model' | 'residual' | 'control'): Promise<{ key?: string; version?: number; values: Float32Array } | null> {
+  const raw = await page.evaluate(
+    (slot) =>
+      new Promise<{ key?: string; version?: number; bytes: number[] } | null>((resolve, reject) => {
+        const open = indexedDB.open(window.__fl.database as string);
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const get = open.result.transaction('state').objectStore('state').get(slot);
+          get.onsuccess = () => {
+            const r = get.result as { key?: string; version?: number; values: Float32Array } | undefined;
+            open.result.close();
+            resolve(r ? { ...(r.key !== undefined ? { key: r.key } : {}), ...(r.version !== undefined ? { version: r.version } : {}), bytes: Array.from(new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength)) } : null);
+          };
+        };
+      }),
+    slot,
+  );
+  if (!raw) return null;
+  const { bytes, ...rest } = raw;
+  return { ...rest, values: new Float32Array(Uint8Array.from(bytes).buffer) };
+}
+
 /** Waits (polling the API, no sleeps in the test) until the run is no longer active. */
 export async function waitForRun(admin: APIRequestContext, runId: number, timeoutMs: number): Promise<{ status: string; reason: string | null }> {
   let run: { status: string; reason: string | null } = { status: 'running', reason: null };
