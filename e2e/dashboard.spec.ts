@@ -71,10 +71,14 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator(`#preset optgroup[label="Saved by npm run tune"] option[value="saved:${tuned.name}"]`)).toHaveText(tuned.label);
   await page.getByLabel('Preset').selectOption(`saved:${tuned.name}`);
   await expect(page.locator('#preset-hint')).toHaveText(tuned.hint);
-  await expect(field('Strategy')).toHaveValue(String(tuned.config.strategy));
-  await expect(field('Learning rate (η)')).toHaveValue(String(tuned.config.learningRate));
-  await expect(field('Rounds')).toHaveValue(String(tuned.config.rounds));
-  await page.locator('#launch-drawer').screenshot({ path: `${shots}/admin-tuned-preset.png` });
+  // (by id: a label's accessible name takes in the value of the field it wraps)
+  await expect(page.locator('#f-strategy')).toHaveValue(String(tuned.config.strategy));
+  await expect(page.locator('#f-learningRate')).toHaveValue(String(tuned.config.learningRate));
+  await expect(page.locator('#f-rounds')).toHaveValue(String(tuned.config.rounds));
+  await expect(page.locator('#f-localEpochs')).toHaveValue(String(tuned.config.localEpochs));
+  await expect(page.locator('#launch-error')).toHaveText(''); // the earlier "fix the fields" is gone with the errors
+  await page.locator('#launch-drawer').evaluate((d) => d.scrollTo(0, 0));
+  await page.screenshot({ path: `${shots}/admin-tuned-preset.png` });
 
   // A run from the form: the quick preset, adjusted to the two tabs here (the preset becomes "custom").
   await page.getByLabel('Preset').selectOption('quick');

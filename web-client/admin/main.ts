@@ -156,6 +156,7 @@ presetSelect.addEventListener('change', () => {
   for (const f of DP_FIELDS) (launch.elements.namedItem(f.name) as HTMLInputElement).value = '';
   byId('preset-hint').textContent = preset.hint;
   clearFieldErrors();
+  byId('launch-error').textContent = '';
 });
 // Editing a field makes the settings "custom" unless they still match the preset.
 launch.addEventListener('input', () => {
