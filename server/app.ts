@@ -3,7 +3,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import type { MnistSplit } from './data/mnist.ts';
 import { Federation, systemClock, type Clock, type DeviceGateway, type DevicePort, type RemoteUpdates, type UpdateValidator } from './federation.ts';
-import type { DeltaEncoder } from './model-book.ts';
+import type { DeltaEncoder, StepQuantizer } from './model-book.ts';
 import type { ThreadSums } from './work-pool.ts';
 import { strategyFor, type Strategy } from './fl/strategy.ts';
 import type { RunConfig } from '../shared/schemas.ts';
@@ -34,6 +34,8 @@ export interface AppDeps {
   validate?: UpdateValidator;
   /** how model deltas for downloads are encoded (default: inline) */
   encodeDelta?: DeltaEncoder;
+  /** how a lossy downlink's steps are made (default: inline) */
+  quantizeStep?: StepQuantizer;
   /** FedAvg's sum kept in work threads (default: on the event loop) */
   sums?: ThreadSums;
   maxPayloadBytes?: number;
@@ -77,7 +79,7 @@ export interface App {
 export function createApp(deps: AppDeps): App {
   const port = new SocketDevicePort();
   const cluster = deps.cluster;
-  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port: cluster?.port ?? port, ...(cluster ? { remote: cluster.remote } : {}), ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}), ...(deps.sums ? { sums: deps.sums } : {}) });
+  const federation = new Federation({ store: deps.store, strategyFor: deps.strategyFor ?? strategyFor, evaluator: deps.evaluator, clock: deps.clock ?? systemClock, logger: deps.logger, port: cluster?.port ?? port, ...(cluster ? { remote: cluster.remote } : {}), ...(deps.validate ? { validate: deps.validate } : {}), ...(deps.encodeDelta ? { encodeDelta: deps.encodeDelta } : {}), ...(deps.quantizeStep ? { quantizeStep: deps.quantizeStep } : {}), ...(deps.sums ? { sums: deps.sums } : {}) });
   const allowedOrigins = deps.allowedOrigins ?? [];
   const handler = createHttpApp({ federation, store: deps.store, train: deps.train, adminToken: deps.adminToken, webRoot: deps.webRoot, allowedOrigins, tls: Boolean(deps.tls), ...(cluster ? { cluster } : {}), ...(deps.apiRequestsPerMinute ? { apiRequestsPerMinute: deps.apiRequestsPerMinute } : {}), crossOriginIsolation: deps.crossOriginIsolation ?? false, ...(deps.presetsDir ? { presetsDir: deps.presetsDir } : {}) });
   const http: HttpServer = deps.tls ? (createTlsServer({ cert: deps.tls.cert, key: deps.tls.key }, handler) as unknown as HttpServer) : createServer(handler);

@@ -21,7 +21,7 @@ import { addGaussianNoise } from '../shared/privacy/noise.ts';
 import { validateUpdate, type ValidatedUpdate } from './fl/validate.ts';
 import type { Logger } from './log.ts';
 import type { Evaluator } from './ml/evaluator.ts';
-import { ModelBook, type DeltaEncoder, type DownloadsOf, type GlobalModel } from './model-book.ts';
+import { ModelBook, type DeltaEncoder, type DownloadsOf, type GlobalModel, type StepQuantizer } from './model-book.ts';
 import type { KeptUpdate, ThreadSums } from './work-pool.ts';
 import type { PartialSum } from '../shared/fedavg.ts';
 import type { Store } from './store/store.ts';
@@ -149,6 +149,8 @@ export interface FederationDeps {
   validate?: UpdateValidator;
   /** how model deltas for downloads are encoded (default: inline) */
   encodeDelta?: DeltaEncoder;
+  /** how a lossy downlink's steps are made (default: inline) */
+  quantizeStep?: StepQuantizer;
   /** FedAvg's sum kept in work threads (default: on the event loop, as each update is accepted) */
   sums?: ThreadSums;
   /** the updates held by the nodes of a cluster (cluster/leader.ts) */
@@ -193,7 +195,7 @@ export class Federation implements DeviceGateway {
 
   constructor(private readonly deps: FederationDeps) {
     this.log = deps.logger.child('federation');
-    this.models = new ModelBook(deps.store, this.log, deps.encodeDelta);
+    this.models = new ModelBook(deps.store, this.log, deps.encodeDelta, deps.quantizeStep);
     const port = deps.port;
     this.evaluations = new EvaluationService({
       store: deps.store,

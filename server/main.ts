@@ -73,7 +73,7 @@ async function main(): Promise<void> {
     allowedOrigins,
     store,
     evaluator,
-    ...(work ? { validate: work.validate, encodeDelta: work.encodeDelta, sums: work.sums } : {}),
+    ...(work ? { validate: work.validate, encodeDelta: work.encodeDelta, quantizeStep: work.quantizeStep, sums: work.sums } : {}),
     train,
     logger: log,
     adminToken,

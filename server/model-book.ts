@@ -39,6 +39,11 @@ export type DownloadsOf = (held: number | null) => Download;
 
 export const inlineDeltaEncoder: DeltaEncoder = async (base, target, baseVersion, targetVersion) => encodeModelDelta(base, target, baseVersion, targetVersion);
 
+/** How a lossy downlink's step is made (model-steps.ts quantizeStep, its rounding seeded by `seed`): inline, or in a work thread off the event loop. */
+export type StepQuantizer = (base: FlatWeights, target: Float32Array, residual: Float32Array | undefined, config: CodecConfig, seed: number) => Promise<{ payload: Uint8Array; values: Float32Array; residual: Float32Array }>;
+
+export const inlineStepQuantizer: StepQuantizer = async (base, target, residual, config, seed) => quantizeStep(base, target, residual, config, createRng(seed));
+
 export class ModelBook {
   current: GlobalModel | undefined;
   /** the newest stored version of any run, as devices are told of it (kept here: read on every hello) */
@@ -59,6 +64,7 @@ export class ModelBook {
     private readonly store: Store,
     private readonly log: Logger,
     private readonly encodeDelta: DeltaEncoder = inlineDeltaEncoder,
+    private readonly makeStep: StepQuantizer = inlineStepQuantizer,
   ) {}
 
   /** Reads the newest stored version (once, at start). */
@@ -112,7 +118,7 @@ export class ModelBook {
     const base = this.current;
     if (!codec || !base || base.version !== o.parent) return this.save(runId, round, config.model, next, now, o);
     const residual = this.residual?.version === base.version ? this.residual.values : undefined;
-    const step = quantizeStep(base.weights, next.values, residual, codec, createRng(hashString(`downlink:${config.seed}:${runId}:${round}:${base.version}`)));
+    const step = await this.makeStep(base.weights, next.values, residual, codec, hashString(`downlink:${config.seed}:${runId}:${round}:${base.version}`));
     const saved = await this.save(runId, round, config.model, { specs: next.specs, values: step.values }, now, o);
     this.residual = { version: saved.version, values: step.residual };
     if (JSON.stringify(this.stepCodec) !== JSON.stringify(codec)) {

@@ -1,7 +1,8 @@
 /**
  * The server's work threads. Validating an update (decoding, the value checks, the norm and the
  * clipping; fl/validate.ts) is the server's largest cost per update — about 20 ms for the paper's
- * CNN — and encoding a model delta for a download about 200 ms per base version; with many large
+ * CNN — and encoding a model delta for a download about 200 ms per base version (a lossy downlink's
+ * step, once a round, 50–110 ms for the CNN); with many large
  * updates or devices on older versions they would hold the event loop that every device's
  * connection shares. Here each job goes to the least busy of `size` threads (work-thread.ts).
  * Inputs are transferred, not copied, when they are the whole of their buffer: a caller hands them
@@ -12,7 +13,8 @@ import type { RunConfig } from '../shared/schemas.ts';
 import { WeightsFormatError, type TensorSpec } from '../shared/weights.ts';
 import type { UpdateValidator } from './federation.ts';
 import type { ValidatedUpdate } from './fl/validate.ts';
-import type { DeltaEncoder } from './model-book.ts';
+import type { DeltaEncoder, StepQuantizer } from './model-book.ts';
+import type { CodecConfig } from '../shared/codec.ts';
 import type { PartialSum } from '../shared/fedavg.ts';
 import { tsWorker } from './ts-worker.ts';
 import { KeptSums } from './fl/kept-sums.ts';
@@ -24,7 +26,8 @@ export type WorkJob =
   | { kind: 'add'; id: number; of: number; key: string; weight: number }
   | { kind: 'drop'; id: number; of: number }
   | { kind: 'take'; id: number; key: string; size: number }
-  | { kind: 'delta'; id: number; base: Float32Array; target: Float32Array; baseVersion: number; targetVersion: number };
+  | { kind: 'delta'; id: number; base: Float32Array; target: Float32Array; baseVersion: number; targetVersion: number }
+  | { kind: 'step'; id: number; specs: readonly TensorSpec[]; base: Float32Array; target: Float32Array; residual: Float32Array | undefined; config: CodecConfig; seed: number };
 
 export type WorkReply =
   | { id: number; ok: true; kind: 'validate'; delta: Float32Array; norm: number; clipped: boolean; sketch: Float32Array }
@@ -32,6 +35,7 @@ export type WorkReply =
   | { id: number; ok: true; kind: 'done' }
   | { id: number; ok: true; kind: 'sum'; partial: PartialSum }
   | { id: number; ok: true; kind: 'delta'; bytes: Uint8Array }
+  | { id: number; ok: true; kind: 'step'; payload: Uint8Array; values: Float32Array; residual: Float32Array }
   | { id: number; ok: false; formatError: boolean; message: string };
 
 /** An update validated and kept in the thread that validated it, until it is added to a sum or dropped. */
@@ -90,6 +94,8 @@ const HEAVY_PER_THREAD = 2;
 export interface WorkPool {
   validate: UpdateValidator;
   encodeDelta: DeltaEncoder;
+  /** a lossy downlink's steps, off the event loop */
+  quantizeStep: StepQuantizer;
   sums: ThreadSums;
   /** jobs under way in each thread */
   load(): number[];
@@ -192,6 +198,16 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
     return r.bytes;
   };
 
+  // a lossy downlink's step: every input copied (the base is the live global model)
+  const quantizeStep: StepQuantizer = async (base, target, residual, config, seed) => {
+    const b = base.values.slice();
+    const t = target.slice();
+    const r = residual?.slice();
+    const { done: s } = await heavy({ kind: 'step', id: nextId++, specs: base.specs, base: b, target: t, residual: r, config, seed }, [b.buffer as ArrayBuffer, t.buffer as ArrayBuffer, ...(r ? [r.buffer as ArrayBuffer] : [])]);
+    if (s.kind !== 'step') throw new Error('work pool: a model step came back as something else');
+    return { payload: s.payload, values: s.values, residual: s.residual };
+  };
+
   const failedAdds = new Map<string, Error>();
   /** the threads holding a share of each round's sum */
   const holders = new Map<string, Set<number>>();
@@ -232,6 +248,7 @@ export async function startWorkPool(size = 1): Promise<WorkPool> {
   return {
     validate,
     encodeDelta,
+    quantizeStep,
     sums,
     load: () => threads.map((t) => t.pending.size),
     close: async () => {

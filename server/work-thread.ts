@@ -7,6 +7,8 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { encodeModelDelta } from '../shared/model-delta.ts';
+import { quantizeStep } from '../shared/model-steps.ts';
+import { createRng } from '../shared/rng.ts';
 import { WeightsFormatError } from '../shared/weights.ts';
 import { KeptSums } from './fl/kept-sums.ts';
 import { validateUpdate } from './fl/validate.ts';
@@ -35,6 +37,10 @@ function run(job: WorkJob): WorkReply {
       return { id: job.id, ok: true, kind: 'sum', partial: kept.take(job.key, job.size) };
     case 'delta':
       return { id: job.id, ok: true, kind: 'delta', bytes: encodeModelDelta(job.base, job.target, job.baseVersion, job.targetVersion) };
+    case 'step': {
+      const s = quantizeStep({ specs: [...job.specs], values: job.base }, job.target, job.residual, job.config, createRng(job.seed));
+      return { id: job.id, ok: true, kind: 'step', payload: s.payload, values: s.values, residual: s.residual };
+    }
   }
 }
 
@@ -42,6 +48,7 @@ function transfers(reply: WorkReply): ArrayBuffer[] {
   if (!reply.ok) return [];
   if (reply.kind === 'validate') return [reply.delta.buffer as ArrayBuffer];
   if (reply.kind === 'delta') return [reply.bytes.buffer as ArrayBuffer];
+  if (reply.kind === 'step') return [reply.payload.buffer as ArrayBuffer, reply.values.buffer as ArrayBuffer, reply.residual.buffer as ArrayBuffer];
   if (reply.kind === 'sum') return [reply.partial.sum.buffer as ArrayBuffer];
   return [];
 }

@@ -9,6 +9,7 @@ import { createRng } from '../shared/rng.ts';
 import { codecConfig, runConfigSchema, type RunConfig } from '../shared/schemas.ts';
 import { WeightsFormatError, type FlatWeights } from '../shared/weights.ts';
 import { startWorkPool, type WorkPool } from '../server/work-pool.ts';
+import { inlineStepQuantizer } from '../server/model-book.ts';
 import { applyModelDelta, encodeModelDelta } from '../shared/model-delta.ts';
 import { WeightedDeltaSum } from '../shared/fedavg.ts';
 import { validateUpdate } from '../server/fl/validate.ts';
@@ -86,6 +87,21 @@ describe('work threads', () => {
     expect(Buffer.from(inThread).equals(Buffer.from(inline))).toBe(true);
     expect(target.length).toBe(n); // the live model is copied, never taken
     expect(applyModelDelta({ specs, values: base }, 4, inThread).weights.values).toEqual(target);
+  });
+
+  it('make a lossy downlink\'s step byte for byte as inline, leaving the live model and the residual as they were', async () => {
+    const rng = createRng(6);
+    const base: FlatWeights = { specs, values: Float32Array.from({ length: n }, () => rng() - 0.5) };
+    const target = base.values.map((x, i) => x + ((i % 5) - 2) * 1e-3);
+    const residual = Float32Array.from({ length: n }, () => (rng() - 0.5) * 1e-4);
+    const config = { codec: 'topk+q4+deflate', topkFraction: 0.1, quantBlock: 256 };
+    const inline = await inlineStepQuantizer(base, target, residual, config, 9);
+    const before = [base.values.slice(), target.slice(), residual.slice()];
+    const inThread = await pool.quantizeStep(base, target, residual, config, 9);
+    expect(Buffer.from(inThread.payload).equals(Buffer.from(inline.payload))).toBe(true);
+    expect(Buffer.from(inThread.values.buffer).equals(Buffer.from(inline.values.buffer))).toBe(true);
+    expect(Buffer.from(inThread.residual.buffer).equals(Buffer.from(inline.residual.buffer))).toBe(true);
+    expect([base.values, target, residual]).toEqual(before); // copied, never taken
   });
 
   it("keep a round's FedAvg sum: what was added and only that, merged from every thread as on the event loop", async () => {
