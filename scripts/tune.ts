@@ -187,12 +187,12 @@ function idle(trial: Trial): void {
  * after every such trial, so a search cut short keeps what it found. Returns the file (undefined: none yet, or --preset none).
  */
 const presetName = t.preset ?? `tuned-${name}`;
-function saveBest(): string | undefined {
+function saveBest(): { file: string; trial: Trial } | undefined {
   const best = rankTrials(trials.filter((x) => x.status === 'reached' || x.status === 'budget'))[0];
   if (!best || presetName === 'none') return undefined;
   const config = simulationConfig(best.options);
   const k = config.clientsPerRound;
-  return savePreset(process.env.PRESETS_DIR ?? 'presets', {
+  const file = savePreset(process.env.PRESETS_DIR ?? 'presets', {
     name: presetName,
     label: `Tuned: ${config.model} on ${best.options.partition} (${config.strategy}, η ${config.learningRate}, E ${config.localEpochs}, B ${config.batchSize}, K ${k})`,
     hint: `Found by npm run tune (${t.algorithm}, ${trials.length} trials): ${best.reachedAt === null ? `best ${pct(best.bestAccuracy)} validation accuracy in ${t['max-rounds']} rounds` : `${t.target} validation accuracy in ${best.reachedAt} rounds`} with ${best.options.clients} ${best.options.partition} clients. Devices join with /?partition=${best.options.partition}&clients=${best.options.clients}&client=N.`,
@@ -209,6 +209,7 @@ function saveBest(): string | undefined {
     },
     tuned: { command: `npm run tune -- ${process.argv.slice(2).join(' ')}`.trim(), algorithm: t.algorithm, trials: trials.length, objective: `rounds to ${t.target} validation accuracy`, validation: t.validation, trial: best.id, params: best.params, reachedAt: best.reachedAt, bestAccuracy: best.bestAccuracy, at: new Date().toISOString() },
   });
+  return { file, trial: best };
 }
 
 async function runTrial(trial: Trial): Promise<void> {
@@ -281,7 +282,6 @@ const files = await writeChart(path.join(out, 'trials.png'), {
 });
 process.stdout.write(`wrote ${path.join(out, 'trials.json')}, ${files.join(', ')}\n`);
 
-const best = ranked[0];
-if (!best) fail('no trial completed: nothing to save');
-const file = saveBest();
-if (file) process.stdout.write(`best: trial ${best.id} [${describe(best.params)}]; saved as preset "${presetName}" (${file}): the dashboard's launch form offers it\n`);
+if (ranked.length === 0) fail('no trial completed: nothing to save');
+const saved = saveBest();
+if (saved) process.stdout.write(`best run to its end: trial ${saved.trial.id} [${describe(saved.trial.params)}]; saved as preset "${presetName}" (${saved.file}): the dashboard's launch form offers it\n`);
