@@ -417,6 +417,8 @@ function renderSnapshot(s: AdminSnapshot): void {
 let refreshing: Promise<void> | undefined;
 let refreshAgain = false;
 /** Refreshes runs, rounds, charts and models; calls that arrive while one runs coalesce into one more run, so an older answer never overwrites a newer one. */
+/** the version whose record was just saved: its refilled form keeps saying so */
+let justSaved: number | undefined;
 function refreshHistory(): Promise<void> {
   if (refreshing) {
     refreshAgain = true;
@@ -484,7 +486,9 @@ async function renderRegistry(): Promise<void> {
   const own = registryModels.find((m) => m.version === edited.version)?.meta.labels ?? {};
   byId<HTMLInputElement>('meta-labels').value = Object.entries(own).map(([k, v]) => `${k}=${v}`).join(', ');
   byId<HTMLTextAreaElement>('meta-description').value = edited.description ?? '';
-  byId('meta-error').textContent = '';
+  // refilled from the record just saved: it says so, whichever refresh refills it
+  byId('meta-error').textContent = justSaved === edited.version ? 'Saved.' : '';
+  justSaved = undefined;
 }
 // ─── the live model, the canary, evaluation rounds ───
 let deployment: Deployment | undefined;
@@ -534,8 +538,10 @@ byId<HTMLFormElement>('model-edit').addEventListener('submit', (e) => {
       byId('meta-error').textContent = answer.error ?? `could not save (HTTP ${status})`;
       return;
     }
+    justSaved = Number(version);
+    byId('meta-error').textContent = 'Saved.';
     delete byId<HTMLFormElement>('model-edit').dataset.version; // filled again from the saved record
-    void refreshHistory().then(() => (byId('meta-error').textContent = 'Saved.'));
+    void refreshHistory();
   });
 });
 
