@@ -7,7 +7,7 @@ import { subtract } from './fedavg.ts';
 import { getFlatWeights, setFlatWeights } from './models.ts';
 import type { TrainingPlan } from './protocol.ts';
 import { createRng, shuffleInPlace } from './rng.ts';
-import type { Samples } from './dataset.ts';
+import { PIXELS, type Samples } from './dataset.ts';
 import type { FlatWeights } from './weights.ts';
 
 export interface LocalData {
@@ -127,6 +127,29 @@ function correctionTensors(model: tf.LayersModel, correction: Float32Array, lear
 }
 
 /**
+ * The examples order[from..to) as a batch: copied from the JS arrays when `data` has them (a
+ * tf.gather is a per-element loop on wasm, 0.36 ms a batch of 10 images against ~0.02 ms for the
+ * copy), else gathered from the tensors.
+ */
+function batchTensors(data: LocalData, order: readonly number[], from: number, to: number): [tf.Tensor4D, tf.Tensor1D] {
+  const n = to - from;
+  if (data.pixels && data.labels) {
+    const pixels = new Float32Array(n * PIXELS);
+    const labels = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const k = order[from + i]!;
+      pixels.set(data.pixels.subarray(k * PIXELS, (k + 1) * PIXELS), i * PIXELS);
+      labels[i] = data.labels[k]!;
+    }
+    return [tf.tensor4d(pixels, [n, 28, 28, 1]), tf.tensor1d(labels, 'int32')];
+  }
+  return tf.tidy(() => {
+    const idx = tf.tensor1d(Int32Array.from(order.slice(from, to)), 'int32');
+    return [tf.gather(data.x, idx), tf.gather(data.y, idx) as tf.Tensor1D];
+  });
+}
+
+/**
  * E epochs of minibatch SGD (batch B, learning rate η) in a seeded order; with plan.mu, FedProx's
  * local problem around the weights it starts from; with `correction` (c − c_i), SCAFFOLD's
  * corrected steps — the loss reported stays the local objective without SCAFFOLD's linear term.
@@ -149,9 +172,9 @@ export async function trainLocal(model: tf.LayersModel, data: LocalData, plan: O
       const order = shuffleInPlace(Array.from({ length: data.count }, (_, i) => i), rng);
       for (let b = 0; b < perEpoch; b++) {
         if (hooks.shouldStop?.()) return { batches: done, loss: lastLoss, stopped: true };
-        const idx = tf.tensor1d(Int32Array.from(order.slice(b * plan.batchSize, (b + 1) * plan.batchSize)), 'int32');
-        const cost = optimizer.minimize(() => localLoss(model, tf.gather(data.x, idx), tf.gather(data.y, idx) as tf.Tensor1D, prox), true);
-        idx.dispose();
+        const [x, y] = batchTensors(data, order, b * plan.batchSize, Math.min(data.count, (b + 1) * plan.batchSize));
+        const cost = optimizer.minimize(() => localLoss(model, x, y, prox), true);
+        tf.dispose([x, y]);
         if (shift) tf.tidy(() => model.weights.forEach((w, i) => w.write(tf.sub(w.read(), shift[i]!))));
         done++;
         const now = Date.now();
