@@ -17,15 +17,16 @@ export interface TrainingBench {
   deviceSamplesPerS: number;
   /** the longest the page's event loop went without running a 10 ms timer, during the device step */
   maxStallMs: number;
-  /** forward + backward FLOPs of one training sample, and the rate raw training reached */
+  /** forward + backward FLOPs of one training sample (3 × forward), and the rates raw training and the device step reached */
   trainingFlopsPerSample: number;
   trainingGflops: number;
+  deviceGflops: number;
   /** a 512×512 float32 matrix multiply on the same backend, in the same page: what the backend can do */
   matmulGflops: number;
 }
 
 /** GFLOP/s of an n×n matrix multiply (2n³ FLOPs), median of `reps` after a warm-up. */
-export async function benchMatmul(n = 512, reps = 5): Promise<number> {
+export async function benchMatmul(n = 512, reps = 9): Promise<number> {
   const a = tf.randomNormal([n, n]);
   const b = tf.randomNormal([n, n]);
   try {
@@ -54,12 +55,14 @@ export async function benchTraining(backend: string, modelName: ModelName, data:
   const local = toTensors(data);
   const model = buildModel(modelName);
   const yOneHot = tf.oneHot(local.y, 10);
-  // Warm-up (shader compilation, wasm initialisation) outside both timings.
-  const warm = { x: local.x.slice(0, batchSize * 2), y: local.y.slice(0, batchSize * 2), yOneHot: yOneHot.slice(0, batchSize * 2) };
+  // Warm-up outside both timings: shader compilation, wasm initialisation, XNNPACK's first operators,
+  // the JIT — a few steps are not enough (the first hundred steps of the 2NN run at half speed).
+  const warmCount = Math.min(local.count, batchSize * 30);
+  const warm = { x: local.x.slice(0, warmCount), y: local.y.slice(0, warmCount), yOneHot: yOneHot.slice(0, warmCount) };
   try {
     model.compile({ optimizer: tf.train.sgd(0.05), loss: 'categoricalCrossentropy' });
     await model.fit(warm.x, warm.yOneHot, { batchSize, epochs: 1, verbose: 0 });
-    await trainLocal(model, { x: warm.x, y: warm.y, count: batchSize * 2 }, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 });
+    await trainLocal(model, { x: warm.x, y: warm.y, count: warmCount, pixels: local.pixels!.subarray(0, warmCount * 784), labels: local.labels!.subarray(0, warmCount) }, { localEpochs: 1, batchSize, learningRate: 0.05, seed: 1 });
 
     let t0 = performance.now();
     await model.fit(local.x, yOneHot, { batchSize, epochs: 1, shuffle: true, verbose: 0 });
@@ -78,7 +81,7 @@ export async function benchTraining(backend: string, modelName: ModelName, data:
     clearInterval(timer);
     const flops = trainingFlopsPerSample(model);
     const matmulGflops = await benchMatmul();
-    return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs, trainingFlopsPerSample: flops, trainingGflops: (raw * flops) / 1e9, matmulGflops };
+    return { backend, model: modelName, samples: local.count, rawSamplesPerS: raw, deviceSamplesPerS: device, maxStallMs, trainingFlopsPerSample: flops, trainingGflops: (raw * flops) / 1e9, deviceGflops: (device * flops) / 1e9, matmulGflops };
   } finally {
     model.dispose();
     tf.dispose([yOneHot, warm.x, warm.y, warm.yOneHot]);
