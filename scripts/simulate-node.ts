@@ -4,6 +4,7 @@
  *
  *   npm run simulate:node -- --clients 100 --fraction 0.1 --rounds 50 --epochs 1 --batch 10 --lr 0.1
  *     --partition iid|shards|dirichlet [--alpha 0.5] --model cnn|cnn-small|mlp --seed 1 [--target 0.99]
+ *     [--checkpoint FILE.sqlite]   (the run kept in FILE: the same command again continues a run cut short from its last round)
  *     [--keep-going] [--examples N] [--held-out 0] [--over-select 1] [--workers 2] [--json FILE] [--plot FILE.png]
  *     [--codec float32|float16|q8|q4|q2|topk+q8|rand+q2|…[+deflate]] [--topk 0.01] [--rand 0.25] [--quant-block 256] [--downlink delta|full]
  *     [--downlink-codec float32|q8|q4+deflate|topk+q8+deflate|… [--downlink-topk 0.01]]   (lossy downloads: compressed steps, error feedback on the server)

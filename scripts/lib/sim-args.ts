@@ -68,6 +68,8 @@ export const argsSchema = z.strictObject({
   json: z.string().optional(),
   plot: z.string().optional(),
   quiet: z.literal(true).optional(),
+  /** keep the run in this SQLite file; the same command again continues a run cut short from its last round */
+  checkpoint: z.string().min(1).optional(),
   /** personalization is summarized over the counted devices of each window of this many rounds */
   'personal-window': z.coerce.number().int().min(1).max(10_000).default(10),
 });
@@ -103,6 +105,7 @@ export function simulationOptions(args: SimArgs): SimulationOptions {
   const corruptions = args.corrupt === undefined ? undefined : parseCorruptions(args.corrupt);
   if (typeof corruptions === 'string') throw new Error(`--corrupt: ${corruptions}`);
   return {
+    ...(args.checkpoint ? { checkpoint: args.checkpoint } : {}),
     clients: args.clients,
     fraction: args.fraction,
     rounds: args.rounds,

@@ -11,6 +11,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RoundRecord } from '../../shared/api.ts';
@@ -36,6 +37,13 @@ import { openSqliteStore } from '../store/sqlite.ts';
 import { WorkerPool } from './pool.ts';
 
 export interface SimulationOptions {
+  /**
+   * Keep the run's store (rounds, model versions) in this SQLite file instead of a temporary one:
+   * started again with the same options, a run that was cut short (a time limit, Ctrl-C, a crash)
+   * continues from its last completed round, as the server resumes one after a restart. What the
+   * simulated devices keep between rounds (codec residuals, SCAFFOLD's c_i) starts again empty.
+   */
+  checkpoint?: string;
   clients: number;
   /** C: the fraction of clients selected each round (at least one) */
   fraction: number;
@@ -413,9 +421,16 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
       identities.set(d.id, identity);
     }
   }
+  if (options.checkpoint && config.secureAggregation) throw new Error('checkpoint: a secure run cannot be resumed (its devices\' identity keys live only in the process that made them)');
+  const dir = options.checkpoint ? undefined : mkdtempSync(path.join(tmpdir(), 'fl-simulate-'));
+  const store = openSqliteStore(options.checkpoint ?? path.join(dir!, 'fl.sqlite'));
+  const previous = options.checkpoint ? (await store.listRuns()).at(-1) : undefined;
+  const refusal = !previous ? undefined : previous.status !== 'running' ? `holds a run that already ended (${previous.status}: ${previous.reason ?? ''}); delete it to start again` : !isDeepStrictEqual(previous.config, JSON.parse(JSON.stringify(config))) ? 'holds a run with other options: run the command that started it, or delete the file' : undefined;
+  if (refusal) {
+    await store.close();
+    throw new Error(`checkpoint ${options.checkpoint} ${refusal}`);
+  }
   const pool = await WorkerPool.start(mnist.train, mnist.test, options.workers);
-  const dir = mkdtempSync(path.join(tmpdir(), 'fl-simulate-'));
-  const store = openSqliteStore(path.join(dir, 'fl.sqlite'));
   const port = new SimulatedDevices(pool, new Map(devices.map((d) => [d.id, d])));
   const federation = new Federation({ store, strategyFor, evaluator: poolEvaluator(pool, mnist.test.count), clock: systemClock, logger: createLogger('simulate', (l) => process.stderr.write(l + '\n'), true), port });
   port.federation = federation;
@@ -464,10 +479,26 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
         },
       });
     });
-    const runStartedAt = Date.now();
-    const runId = federation.startRun(config);
+    const runStartedAt = previous?.createdAt ?? Date.now();
+    let runId: Promise<number>;
+    if (previous) {
+      // the rounds the cut-short process completed, reported first; then the run goes on from the last one's model
+      for (const record of (await store.listRounds(previous.id)).filter((r) => r.status === 'completed' && !r.evaluationPending)) {
+        const r = toSimRound(record, runStartedAt);
+        rounds.push(r);
+        onRound?.(r);
+      }
+      const resumed = await federation.resumeInterruptedRun();
+      runId = Promise.resolve(previous.id);
+      if (resumed === undefined) {
+        const now = await store.getRun(previous.id);
+        if (now?.status !== 'done') port.onFailure(new Error(`checkpoint ${options.checkpoint}: the run could not be resumed (${now?.reason ?? 'unknown'})`));
+      }
+    } else {
+      runId = federation.startRun(config);
+    }
     await runId;
-    await ended;
+    if ((await store.getRun(await runId))?.status === 'running') await ended;
     await federation.idle();
     await reported;
     const run = await store.getRun(await runId);
@@ -516,6 +547,6 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
     await federation.idle().catch(() => undefined);
     await pool.close();
     await store.close();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
