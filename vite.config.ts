@@ -22,5 +22,7 @@ export default defineConfig({
       },
     },
   },
+  // the training worker (web-client/ml/train-worker.ts) is an ES module worker: TF.js's backends split into chunks
+  worker: { format: 'es' },
   server: { proxy: { '/api': 'http://localhost:3000', '/socket.io': { target: 'ws://localhost:3000', ws: true }, '/vendor': 'http://localhost:3000' } },
 });

@@ -93,4 +93,40 @@ test.describe('the demo page', () => {
     await expect(page.locator('#history-chart-wrap')).toBeVisible();
     await expect(page.locator('#history-run')).toContainText('Run');
   });
+
+  test('the page answers input while its device trains: training runs in a Web Worker', async ({ admin }) => {
+    const page = await context.newPage();
+    // every main-thread task longer than 50 ms, from the page's first moment (the Long Tasks API)
+    await page.addInitScript(() => {
+      const w = window as unknown as { __longTasks: { start: number; ms: number }[] };
+      w.__longTasks = [];
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) w.__longTasks.push({ start: e.startTime, ms: e.duration });
+      }).observe({ type: 'longtask', buffered: true });
+    });
+    await page.goto(deviceUrl({ clients: 8, client: 5, examples: 600, backend: 'wasm' }));
+    await joined(page);
+    expect(await page.evaluate(() => window.__fl.trainingIn)).toBe('worker');
+    expect(await page.evaluate(() => window.__fl.backend?.reason)).toContain('training in a Web Worker');
+    // the paper's CNN, 2 epochs of 600 examples: seconds of training
+    const created = await admin.post('/api/runs', { data: { model: 'cnn', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 2, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 300_000 } });
+    expect(created.status()).toBe(201);
+    await page.waitForFunction(() => window.__fl.snapshot?.state === 'training', undefined, { timeout: 120_000 });
+    const from = await page.evaluate(() => performance.now());
+    // while it trains, the page answers: typing into the form and round trips to the page stay quick
+    const answers: number[] = [];
+    while ((await page.evaluate(() => window.__fl.snapshot?.state)) === 'training' && answers.length < 40) {
+      const t0 = Date.now();
+      await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(resolve)));
+      answers.push(Date.now() - t0);
+    }
+    const to = await page.evaluate(() => performance.now());
+    expect(answers.length).toBeGreaterThan(3); // it did train for a while
+    await expect(page.locator('#history')).toContainText(/counted|trained/, { timeout: 120_000 });
+    const long = await page.evaluate(([a, b]) => (window as unknown as { __longTasks: { start: number; ms: number }[] }).__longTasks.filter((t) => t.start >= a! && t.start <= b!), [from, to]);
+    // loose bounds for a loaded 2-core machine (the goal, measured by npm run bench, is no task over 50 ms)
+    expect(Math.max(0, ...long.map((t) => t.ms)), JSON.stringify(long)).toBeLessThan(250);
+    expect(Math.max(...answers)).toBeLessThan(1000);
+  });
 });
+

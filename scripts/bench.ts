@@ -3,7 +3,8 @@
  * Every figure is the median of repeated runs in this one process (shared machines are noisy:
  * compare ratios measured in the same run, not absolute numbers across runs).
  *
- *   1. local training samples/s per backend and model, in Chromium: raw model.fit vs the device's step
+ *   1. local training samples/s per backend and model, in Chromium: raw model.fit vs the device's step;
+ *      then the page's main thread while its device trains, in a Web Worker or on the page (Long Tasks API)
  *   2. weight payload encode/decode and FedAvg aggregation throughput vs a plain Float32 add loop (Node)
  *   3. a federation of 4 tabs: time per round and its split, bytes per device, server RSS, memory per tab;
  *      then the same with compressed updates (the browser's bytes for the codec table)
@@ -20,7 +21,7 @@
  *
  *  10. the non-IID strategies' cost on the device: FedProx's proximal term and personalization's mixes (Node)
  *
- *   npm run bench -- [--repeats 3] [--skip strategies,threads,simulation,training,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
+ *   npm run bench -- [--repeats 3] [--skip strategies,threads,simulation,training,main-thread,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
  *                    [--only aggregation,bomb,secagg,…]   (just these sections)
  */
 import { execSync } from 'node:child_process';
@@ -45,7 +46,7 @@ import { buildModel, setFlatWeights } from '../shared/models.ts';
 import { disposeData, toTensors, trainLocal } from '../shared/train.ts';
 import { mixedAccuracies } from '../shared/personalize.ts';
 import { registerWasmTrainingKernels } from '../shared/wasm-kernels.ts';
-import { api, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
+import { api, deviceUrl, followRun, launchBrowser, median, openDevices, parseArgs, startServer, type RoundRow, type ServerHandle } from './lib/harness.ts';
 
 const args = parseArgs(process.argv.slice(2), { repeats: '3', skip: '', only: '' });
 const repeats = Number(args.repeats);
@@ -220,6 +221,51 @@ async function benchTraining(server: ServerHandle): Promise<void> {
   } finally {
     await browser.close();
   }
+  line();
+}
+
+// ─── 1b. the page's main thread while its device trains ─────────────────────
+async function benchMainThread(server: ServerHandle): Promise<void> {
+  line('## The page\'s main thread while its device works on a round (the paper CNN, E = 1, B = 10): the Long Tasks API');
+  line('backend | training in | examples | round (s) | main-thread tasks > 50 ms | longest task (ms)');
+  const browser = await launchBrowser();
+  const rows: unknown[] = [];
+  try {
+    for (const backend of ['webgl', 'wasm', 'cpu']) {
+      for (const where of ['worker', 'page'] as const) {
+        const examples = backend === 'wasm' ? 300 : backend === 'webgl' ? 100 : 30;
+        const context = await browser.newContext();
+        await context.addInitScript(() => {
+          const w = window as unknown as { __longTasks: number[] };
+          w.__longTasks = [];
+          new PerformanceObserver((list) => {
+            for (const e of list.getEntries()) w.__longTasks.push(e.duration);
+          }).observe({ type: 'longtask', buffered: true });
+        });
+        try {
+          const page = await context.newPage();
+          await page.goto(deviceUrl(server.url, 1, 0, { examples, backend, ...(where === 'page' ? { worker: '0' } : {}) }), { timeout: 120_000 });
+          await page.waitForFunction(() => window.__fl?.ready && window.__fl.snapshot?.connection === 'connected', undefined, { timeout: 180_000 });
+          const trainingIn = await page.evaluate(() => window.__fl.trainingIn);
+          // from here on: the round only (joining, the backend probe and the first model build are not the device's training)
+          await page.evaluate(() => ((window as unknown as { __longTasks: number[] }).__longTasks.length = 0));
+          const created = await api<{ id: number; error?: string }>(server, '/api/runs', { method: 'POST', body: { model: 'cnn', rounds: 1, clientsPerRound: 1, minUpdates: 1, overSelect: 1, localEpochs: 1, batchSize: 10, learningRate: 0.05, roundTimeoutMs: 900_000 } });
+          if (created.status !== 201) throw new Error(`launch failed: ${created.body.error}`);
+          const result = await followRun(server, created.body.id, () => undefined);
+          const tasks = await page.evaluate(() => (window as unknown as { __longTasks: number[] }).__longTasks.slice());
+          const roundMs = result.rounds.find((r) => r.status === 'completed')?.durationMs ?? Number.NaN;
+          const longest = Math.max(0, ...tasks);
+          rows.push({ backend, trainingIn, examples, roundMs, longTasks: tasks.length, longestTaskMs: longest, status: result.status });
+          line(`${backend} | ${trainingIn} | ${examples} | ${fmt(roundMs / 1000, 1)} | ${tasks.length} | ${fmt(longest, 0)}`);
+        } finally {
+          await context.close();
+        }
+      }
+    }
+  } finally {
+    await browser.close();
+  }
+  results.mainThread = rows;
   line();
 }
 
@@ -495,6 +541,7 @@ if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();
 try {
   if (!skip.has('training')) await benchTraining(server);
+  if (!skip.has('main-thread')) await benchMainThread(server);
   if (!skip.has('rounds')) await benchRounds(server, 'Federation: 4 tabs, cnn-small, 600 examples each, E=1, B=10, 3 rounds', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1 }, 600);
   if (!skip.has('rounds')) await benchRounds(server, 'The same with compressed updates (rand+q2+deflate, 25 %) and delta downloads', 4, { model: 'cnn-small', rounds: 3, localEpochs: 1, batchSize: 10, learningRate: 0.1, updateCodec: 'rand+q2+deflate', randFraction: 0.25, downlink: 'delta' }, 600);
   if (!skip.has('memory')) await benchServerMemory(server);

@@ -13,6 +13,7 @@ import { databaseOf, loadTabJoin, saveTabJoin, tabSlot } from './data/tab.ts';
 import { DeviceClient, type DeviceSnapshot } from './fl/client.ts';
 import { faultsFromQuery, faultyDevice, type Fault } from './fl/faults.ts';
 import { chooseBackend, type BackendChoice, type BackendName } from './ml/backend.ts';
+import { WorkerTrainer } from './ml/trainer.ts';
 import { barChart, lineChart } from './ui/charts.ts';
 import { byId } from './ui/dom.ts';
 import { drawingPad, toMnist } from './ui/draw.ts';
@@ -28,6 +29,8 @@ export interface DeviceTestApi {
   database?: string;
   deviceId?: string;
   backend?: BackendChoice;
+  /** where local training runs: the tab's Web Worker, or (?worker=0, or no worker) the page's main thread */
+  trainingIn?: 'worker' | 'page';
   examples?: number;
   heldOut?: number;
   source?: 'indexeddb' | 'provisioned';
@@ -204,6 +207,32 @@ function setBusy(busy: boolean): void {
   byId('progress').classList.toggle('indeterminate', busy);
 }
 
+/**
+ * Where this device trains: in a Web Worker, which chooses its own backend and reads the tab's
+ * data from IndexedDB, so the page never freezes while the model trains; the page then uses the
+ * same backend for what it computes itself (predictions, evaluation rounds). `?worker=0`, or a
+ * worker that cannot start, trains on the page's main thread, and the backend's reason says so.
+ */
+async function startTraining(forced: BackendName | undefined): Promise<{ choice: BackendChoice; trainer?: WorkerTrainer }> {
+  let problem = 'asked for by ?worker=0';
+  if (params.get('worker') !== '0') {
+    try {
+      const trainer = await WorkerTrainer.start(window.__fl.database!, forced);
+      let onPage: string = trainer.choice.backend;
+      if (!(await tf.setBackend(onPage).catch(() => false))) {
+        await tf.setBackend('cpu');
+        onPage = 'cpu';
+      }
+      const choice = { ...trainer.choice, reason: `${trainer.choice.reason}; training in a Web Worker${onPage !== trainer.choice.backend ? ` (the page itself computes on ${onPage})` : ''}` };
+      return { choice, trainer };
+    } catch (err) {
+      problem = `the training worker could not start: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+  const choice = await chooseBackend(forced);
+  return { choice: { ...choice, reason: `${choice.reason}; training on the page's main thread (${problem})` } };
+}
+
 /** Joins with `j`; `replace` confirms that a different slice may replace the tab's stored one. */
 async function join(j: JoinSpec, replace: boolean): Promise<void> {
   if (joining || client) return;
@@ -218,11 +247,11 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
   errorLine.textContent = '';
   setBusy(true);
   try {
-    statusLine.textContent = j.backend ? `Checking the ${j.backend} backend…` : 'Choosing the fastest backend that trains correctly (webgl, wasm, cpu)…';
-    const choice = await chooseBackend(j.backend);
     const identity = await deviceIdentity();
     statusLine.textContent = stored && sameSpec(stored.spec, j.spec) ? 'Reading this tab’s data from IndexedDB…' : 'Fetching this tab’s slice of MNIST (once) and storing it in IndexedDB…';
     const { meta, data, source } = await ensureDataset(j.spec, fetchSlice);
+    statusLine.textContent = j.backend ? `Starting the training worker on the ${j.backend} backend…` : 'Starting the training worker: choosing the fastest backend that trains correctly (webgl, wasm, cpu)…';
+    const { choice, trainer } = await startTraining(j.backend);
     // the data-quality checks, here on the device: only the scores go to the server
     const reference = await fetch('/api/data/reference').then((r) => (r.ok ? (r.json() as Promise<QualityReference>) : undefined)).catch(() => undefined);
     const quality = qualityOf(data.train, { reference });
@@ -238,7 +267,7 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
     const heldOut = toTensors(data.heldOut);
     const joinToken = params.get('joinToken') ?? undefined;
     const faults = faultsFromQuery(params);
-    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, quality: { conformity: quality.conformity!, uniqueness: quality.uniqueness!, completeness: quality.completeness!, coherence: quality.coherence }, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
+    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, quality: { conformity: quality.conformity!, uniqueness: quality.uniqueness!, completeness: quality.completeness!, coherence: quality.coherence }, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(trainer ? { runRound: trainer.run } : {}), ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
     client = device;
     saveTabJoin({ spec: j, joined: true });
     const unsubscribe = device.subscribe((s) => {
@@ -246,7 +275,7 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
       if (s.connection === 'connected') statusLine.textContent = '';
     });
     device.join();
-    Object.assign(window.__fl, { ready: true, deviceId: identity.deviceId, backend: choice, examples: meta.trainCount, heldOut: meta.heldOutCount, source, spec: j.spec });
+    Object.assign(window.__fl, { ready: true, deviceId: identity.deviceId, backend: choice, trainingIn: trainer ? 'worker' : 'page', examples: meta.trainCount, heldOut: meta.heldOutCount, source, spec: j.spec });
     leaveButton.disabled = false;
     leaveButton.onclick = async () => {
       client = undefined;
@@ -254,6 +283,7 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
       window.__fl.ready = false;
       saveTabJoin({ spec: j, joined: false });
       await device.leave(); // the round in progress unwinds first: its data may be disposed then
+      trainer?.terminate();
       unsubscribe();
       render(undefined);
       disposeData(train);

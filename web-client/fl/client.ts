@@ -12,6 +12,7 @@ import { decodeWeights } from '../../shared/weights.ts';
 import type { ClientToServerEvents, EvalStart, RoundEnd, RoundStart, ServerToClientEvents } from '../../shared/protocol.ts';
 import type { DEVICE_STATES, UpdateSubmit } from '../../shared/schemas.ts';
 import type { LocalData } from '../../shared/train.ts';
+import type { RoundHooks, RoundRunner } from '../ml/trainer.ts';
 import { createYielder } from '../../shared/yield.ts';
 import { SecAggSession, type SecAggStage } from '../../shared/secagg/session.ts';
 import { advertToWire, neighbourFromWire, revealToWire, sharesFromWire, sharesToWire, toBase64 } from '../../shared/secagg/wire.ts';
@@ -86,6 +87,12 @@ export interface DeviceClientOptions {
   url?: string;
   memory?: DeviceMemory;
   beforeSubmit?: BeforeSubmit;
+  /**
+   * Where the device's part of a round runs: in the page's training worker (ml/trainer.ts), which
+   * reads the data and keeps the held model in the tab's IndexedDB as `memory` does; absent, on
+   * the page's main thread with `train`, `heldOut` and `memory`.
+   */
+  runRound?: RoundRunner;
 }
 
 export class DeviceClient {
@@ -356,26 +363,21 @@ export class DeviceClient {
     const plan = msg.secureAggregation;
     const secure = plan ? this.startSecure(msg, plan) : undefined;
     try {
-      const round = await runDeviceRound(msg, {
-        deviceId: this.deviceId,
-        model: this.model(msg.model),
-        train: this.options.train,
-        heldOut: this.options.heldOut,
-        memory: this.memory,
-        hooks: {
-          onPhase: (phase) => {
-            this.heldVersion = msg.modelVersion; // the download is done: the device holds this version now
-            this.set({ state: phase });
-            this.report(phase, phase === 'training' ? { progress: 0 } : {});
-          },
-          onProgress: (done, total, loss) => {
-            this.set({ progress: done / total, batches: { done, total }, loss });
-            this.report('training', { progress: done / total, ...(Number.isFinite(loss) ? { loss } : {}) });
-          },
-          shouldStop,
-          yieldToHost,
+      const hooks: RoundHooks = {
+        onPhase: (phase) => {
+          this.heldVersion = msg.modelVersion; // the download is done: the device holds this version now
+          this.set({ state: phase });
+          this.report(phase, phase === 'training' ? { progress: 0 } : {});
         },
-      });
+        onProgress: (done, total, loss) => {
+          this.set({ progress: done / total, batches: { done, total }, loss });
+          this.report('training', { progress: done / total, ...(Number.isFinite(loss) ? { loss } : {}) });
+        },
+        shouldStop,
+      };
+      const round = this.options.runRound
+        ? await this.options.runRound(msg, this.deviceId, hooks)
+        : await runDeviceRound(msg, { deviceId: this.deviceId, model: this.model(msg.model), train: this.options.train, heldOut: this.options.heldOut, memory: this.memory, hooks: { ...hooks, yieldToHost } });
       Object.assign(entry, { accuracyBefore: round.accuracyBefore, accuracyAfter: round.accuracyAfter, accuracyMixed: round.personalization?.accuracyMixed ?? null, labelDistance: round.personalization?.distance ?? null, lossAfter: round.lossAfter, trainMs: round.trainMs });
       const socket = this.socket;
       if (!round.submission || shouldStop() || !socket) {
