@@ -36,19 +36,18 @@ import * as tf from '@tensorflow/tfjs';
 
 type Padding = 'valid' | 'same' | number | tf.backend_util.ExplicitPadding;
 
-interface BackpropFilterAttrs {
+interface ConvAttrs {
   strides: number | [number, number];
   pad: Padding;
   dataFormat: 'NHWC' | 'NCHW';
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
+}
+
+interface BackpropFilterAttrs extends ConvAttrs {
   filterShape: [number, number, number, number];
 }
 
-interface BackpropInputAttrs {
-  strides: number | [number, number];
-  pad: Padding;
-  dataFormat: 'NHWC' | 'NCHW';
-  dimRoundingMode?: 'floor' | 'round' | 'ceil';
+interface BackpropInputAttrs extends ConvAttrs {
   inputShape: [number, number, number, number];
 }
 
