@@ -22,7 +22,7 @@ const roundsIn = (file: string): number[] => (existsSync(file) ? (JSON.parse(rea
 
 describe('simulate:node --checkpoint', () => {
   it('continues a killed run from its last completed round, to the model an uncut run reaches', async () => {
-    const checkpoint = path.join(dir, 'run.sqlite');
+    const checkpoint = path.join(dir, 'runs', 'run.sqlite'); // a folder that does not exist yet
     const json = path.join(dir, 'run.json');
     const [node, args] = script(['--checkpoint', checkpoint, '--json', json]);
     // first process: killed once it has reported two rounds

@@ -10,7 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -423,6 +423,7 @@ export async function runSimulation(options: SimulationOptions, mnist: { train: 
   }
   if (options.checkpoint && config.secureAggregation) throw new Error('checkpoint: a secure run cannot be resumed (its devices\' identity keys live only in the process that made them)');
   const dir = options.checkpoint ? undefined : mkdtempSync(path.join(tmpdir(), 'fl-simulate-'));
+  if (options.checkpoint) mkdirSync(path.dirname(options.checkpoint), { recursive: true });
   const store = openSqliteStore(options.checkpoint ?? path.join(dir!, 'fl.sqlite'));
   const previous = options.checkpoint ? (await store.listRuns()).at(-1) : undefined;
   const refusal = !previous ? undefined : previous.status !== 'running' ? `holds a run that already ended (${previous.status}: ${previous.reason ?? ''}); delete it to start again` : !isDeepStrictEqual(previous.config, JSON.parse(JSON.stringify(config))) ? 'holds a run with other options: run the command that started it, or delete the file' : undefined;
