@@ -150,6 +150,19 @@ describe('local training on wasm with these kernels', () => {
     tf.dispose([f, g, direct, a]);
   });
 
+  it('the registered kernels are the ones that run: a transposed multiply and a stride-1 input gradient run XNNPACK kernels inside them', async () => {
+    await tf.setBackend('wasm');
+    const names = async (f: () => tf.Tensor) => (await tf.profile(() => tf.tidy(f))).kernels.map((k) => k.name);
+    const a = tf.ones([4, 3]);
+    expect(await names(() => tf.matMul(a, a, true, false))).toEqual(['Transpose', 'BatchMatMul', 'BatchMatMul']); // inner kernels are listed first; the backend's own: ['BatchMatMul']
+    const x = tf.ones([1, 5, 5, 2]) as tf.Tensor4D;
+    const f = tf.ones([3, 3, 2, 4]) as tf.Tensor4D;
+    const inputGrad = await names(() => tf.grad((xt) => tf.conv2d(xt as tf.Tensor4D, f, 1, 'same').sum())(x));
+    expect(inputGrad).toContain('Conv2DBackpropInput');
+    expect(inputGrad.filter((k) => k === 'Conv2D')).toHaveLength(2); // the forward pass, and the one inside the input gradient
+    tf.dispose([a, x, f]);
+  });
+
   it('trains every model to the same update as the cpu backend, from the same seed (float tolerance)', async () => {
     const rng = createRng(9);
     const count = 40;
