@@ -35,9 +35,9 @@ function model(name: ModelName): tf.LayersModel {
   return m;
 }
 
-async function init(database: string, backend: TrainerRequest & { type: 'init' }): Promise<void> {
+async function init({ database, backend }: TrainerRequest & { type: 'init' }): Promise<void> {
   useDatabase(database);
-  const choice = await chooseBackend(backend.backend);
+  const choice = await chooseBackend(backend);
   const meta = await readMeta();
   if (!meta) throw new Error(`the tab's database ${database} holds no data`);
   const dataset = await loadDataset(meta);
@@ -45,11 +45,11 @@ async function init(database: string, backend: TrainerRequest & { type: 'init' }
   reply({ type: 'ready', choice, examples: data.train.count, heldOut: data.heldOut.count });
 }
 
-async function round(deviceId: string, msg: TrainerRequest & { type: 'round' }): Promise<DeviceRound> {
+async function round({ deviceId, msg }: TrainerRequest & { type: 'round' }): Promise<DeviceRound> {
   if (!data) throw new Error('the training worker has no data yet');
-  return runDeviceRound(msg.msg, {
+  return runDeviceRound(msg, {
     deviceId,
-    model: model(msg.msg.model),
+    model: model(msg.model),
     train: data.train,
     heldOut: data.heldOut,
     memory: indexedDbMemory,
@@ -67,7 +67,7 @@ scope.onmessage = (event: MessageEvent<TrainerRequest>) => {
   const failed = (err: unknown) => reply({ type: 'failed', message: err instanceof Error ? err.message : String(err) });
   switch (request.type) {
     case 'init':
-      init(request.database, request).catch(failed);
+      init(request).catch(failed);
       break;
     case 'round':
       if (busy) {
@@ -76,7 +76,7 @@ scope.onmessage = (event: MessageEvent<TrainerRequest>) => {
       }
       busy = true;
       stopped = false;
-      round(request.deviceId, request)
+      round(request)
         .then((r) => reply({ type: 'done', round: r }, transferablesOf(r)), failed)
         .finally(() => {
           busy = false;
