@@ -20,8 +20,9 @@
  *      waited meanwhile (Node)
  *
  *  10. the non-IID strategies' cost on the device: FedProx's proximal term and personalization's mixes (Node)
+ *  11. where a training step's time goes on wasm: its kernels, profiled, per model (Node)
  *
- *   npm run bench -- [--repeats 3] [--skip strategies,threads,simulation,training,main-thread,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
+ *   npm run bench -- [--repeats 3] [--skip kernels,strategies,threads,simulation,training,main-thread,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
  *                    [--only aggregation,bomb,secagg,…]   (just these sections)
  */
 import { execSync } from 'node:child_process';
@@ -531,11 +532,55 @@ async function benchStrategies(): Promise<void> {
   line();
 }
 
+/**
+ * 11. Where a training step's time goes on wasm (Node): tf.profile of 10 steps (batch 10) per model,
+ * after a warm-up, kernel time per step by kernel (a kernel's time includes kernels it runs
+ * inside, e.g. the Conv2D inside Conv2DBackpropFilter), against the step's wall time.
+ */
+async function benchKernels(): Promise<void> {
+  line('## A training step\'s kernels on wasm (Node, tf.profile of 10 steps, batch 10): ms per step');
+  const tf = await import('@tensorflow/tfjs');
+  await import('@tensorflow/tfjs-backend-wasm');
+  registerWasmTrainingKernels();
+  await tf.setBackend('wasm');
+  await tf.ready();
+  const { train } = loadMnist();
+  const rows: unknown[] = [];
+  for (const name of ['mlp', 'cnn-small', 'cnn'] as ModelName[]) {
+    const data = toTensors({ pixels: train.images.subarray(0, 300 * 784), labels: train.labels.subarray(0, 300) });
+    const model = buildModel(name);
+    const plan = { localEpochs: 1, batchSize: 10, learningRate: 0.05, seed: 1 };
+    try {
+      await trainLocal(model, data, { ...plan, localEpochs: 4 }); // warm-up, 120 steps: the JIT and XNNPACK's first operators (the 2NN's first ~100 steps run at half speed)
+      const t0 = performance.now();
+      await trainLocal(model, data, plan);
+      const wallMs = (performance.now() - t0) / 30;
+      const profile = await tf.profile(() => trainLocal(model, { ...data, count: 100 }, plan).then(() => undefined));
+      const byKernel = new Map<string, { ms: number; calls: number }>();
+      for (const k of profile.kernels) {
+        const e = byKernel.get(k.name) ?? { ms: 0, calls: 0 };
+        e.ms += Number(k.kernelTimeMs) || 0;
+        e.calls++;
+        byKernel.set(k.name, e);
+      }
+      const top = [...byKernel.entries()].sort((a, b) => b[1].ms - a[1].ms).map(([kernel, e]) => ({ kernel, msPerStep: e.ms / 10, callsPerStep: e.calls / 10 }));
+      rows.push({ model: name, wallMsPerStep: wallMs, kernelCallsPerStep: profile.kernels.length / 10, kernels: top });
+      line(`${name}: ${fmt(wallMs, 2)} ms a step (wall, 30 steps), ${fmt(profile.kernels.length / 10, 0)} kernel calls a step; ${top.slice(0, 8).map((k) => `${k.kernel} ${fmt(k.msPerStep, 2)} (${fmt(k.callsPerStep, 0)}×)`).join(' · ')}`);
+    } finally {
+      model.dispose();
+      disposeData(data);
+    }
+  }
+  results.kernels = rows;
+  line();
+}
+
 if (!skip.has('aggregation')) benchAggregation();
 if (!skip.has('bomb')) benchBomb();
 if (!skip.has('secagg')) await benchSecAgg();
 if (!skip.has('strategies')) await benchStrategies();
 if (!skip.has('evaluation')) await benchOffLoop();
+if (!skip.has('kernels')) await benchKernels();
 if (!skip.has('threads')) await benchWasmThreads();
 if (!skip.has('simulation')) await benchSimulation();
 const server = await startServer();
