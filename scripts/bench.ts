@@ -21,8 +21,9 @@
  *
  *  10. the non-IID strategies' cost on the device: FedProx's proximal term and personalization's mixes (Node)
  *  11. where a training step's time goes on wasm: its kernels, profiled, per model (Node)
+ *  12. secure rounds with over-selection: how often the K-th input could close the round, and what the coordinator does (Node, no crypto)
  *
- *   npm run bench -- [--repeats 3] [--skip kernels,strategies,threads,simulation,training,main-thread,rounds,memory,cnn,secagg,secagg-tabs,evaluation]
+ *   npm run bench -- [--repeats 3] [--skip kernels,strategies,threads,simulation,training,main-thread,rounds,memory,cnn,secagg,secagg-close,secagg-tabs,evaluation]
  *                    [--only aggregation,bomb,secagg,…]   (just these sections)
  */
 import { execSync } from 'node:child_process';
@@ -110,6 +111,60 @@ function benchAggregation(): void {
   results.dp = { clipMsPerUpdate: clipMs, noiseMsPerRound: noiseMs, dpRoundOf10Ms: dpMs, fedAvgRoundOf10Ms: aggMs, deviceQuantizeMs: quantMs, deviceQuantizeWithSkellamMs: skellamMs };
   line(`DP: clipping an update ${fmt(clipMs, 1)} ms · the noise on a round's sum ${fmt(noiseMs, 1)} ms (${fmt(n / 1e6 / (noiseMs / 1000), 0)} M Gaussians/s) · a DP round of 10 updates ${fmt(dpMs, 0)} ms against ${fmt(aggMs, 0)} ms for FedAvg's`);
   line(`distributed DP, per device: quantizing the update for the masked sum ${fmt(quantMs, 0)} ms, with its Skellam share of the noise ${fmt(skellamMs, 0)} ms (${fmt((2 * n) / 1e6 / ((skellamMs - quantMs) / 1000), 1)} M Poisson draws/s)`);
+  line();
+}
+
+// ─── 8b. secure rounds with over-selection: when K inputs may close the round (the coordinator, no crypto) ──────
+async function benchSecAggClose(): Promise<void> {
+  const { initialState, step } = await import('../server/fl/coordinator.ts');
+  const { runConfigSchema } = await import('../shared/schemas.ts');
+  const { shuffleInPlace } = await import('../shared/rng.ts');
+  type State = ReturnType<typeof initialState>;
+  type Effects = ReturnType<typeof step>['effects'];
+  const metrics = { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 };
+  const orders = 200;
+  line(`## Secure rounds with over-selection (overSelect 1.3, default k and t, every selected device shares its keys, inputs in ${orders} random orders)`);
+  line('K | selected | k, t | rounds the K-th input could have closed and unmasked | rounds unmasked as the coordinator closes them | inputs in the sum, mean');
+  const rows: unknown[] = [];
+  for (const K of [10, 20, 50, 100, 200]) {
+    let atK = 0;
+    let unmasked = 0;
+    let inputs = 0;
+    let shape = '';
+    for (let seed = 1; seed <= orders; seed++) {
+      let state: State = initialState();
+      const effects: Effects = [];
+      let n = 0;
+      const send = (e: Parameters<typeof step>[1]) => {
+        const r = step(state, e, 0);
+        state = r.state;
+        effects.push(...r.effects);
+        return r.effects;
+      };
+      const ref = { runId: 1, round: 1, attempt: 1 };
+      const all = Array.from({ length: Math.ceil(K * 1.3) }, (_, i) => `d${i}`);
+      for (const id of all) send({ type: 'device:joined', deviceId: id, examples: 100 });
+      send({ type: 'run:start', runId: 1, config: runConfigSchema.parse({ clientsPerRound: K, overSelect: 1.3, minUpdates: 3, clipNorm: 5, secureAggregation: true, selectionTimeoutMs: 0, seed }) });
+      for (const what of ['keys', 'shares'] as const) for (const id of all) send({ type: 'secagg:received', what, message: ++n, deviceId: id, bytes: 1, ...ref });
+      const s = state.current!.secagg!;
+      shape = `${s.k}, ${s.t}`;
+      const order = shuffleInPlace([...all], createRng(seed * 7));
+      // closing at the K-th input: every device's secrets need t of its neighbours among the first K
+      const firstK = new Set(order.slice(0, K));
+      if (all.every((id) => s.neighbours[id]!.filter((m) => firstK.has(m)).length >= s.t)) atK++;
+      for (const id of order) {
+        if (state.phase !== 'training') break;
+        const submission = ++n;
+        if (send({ type: 'update:submitted', submission, deviceId: id, ...ref, numExamples: 100, bytes: 1, metrics }).some((e) => e.type === 'update:validate')) send({ type: 'update:validated', submission, norm: 1, clipped: false });
+      }
+      inputs += state.current!.accepted.length;
+      const unmask = effects.findLast((e) => e.type === 'secagg:unmask') as { requests: object };
+      if (Object.keys(unmask.requests).flatMap((id) => send({ type: 'secagg:received', what: 'reveal', message: ++n, deviceId: id, bytes: 1, ...ref })).some((e) => e.type === 'round:aggregate')) unmasked++;
+    }
+    rows.push({ K, selected: Math.ceil(K * 1.3), shape, closableAtK: atK / orders, unmasked: unmasked / orders, meanInputs: inputs / orders });
+    line(`${K} | ${Math.ceil(K * 1.3)} | ${shape} | ${fmt((100 * atK) / orders, 0)} % | ${fmt((100 * unmasked) / orders, 0)} % | ${fmt(inputs / orders)}`);
+  }
+  results.secaggClose = rows;
   line();
 }
 
@@ -578,6 +633,7 @@ async function benchKernels(): Promise<void> {
 if (!skip.has('aggregation')) benchAggregation();
 if (!skip.has('bomb')) benchBomb();
 if (!skip.has('secagg')) await benchSecAgg();
+if (!skip.has('secagg-close')) await benchSecAggClose();
 if (!skip.has('strategies')) await benchStrategies();
 if (!skip.has('evaluation')) await benchOffLoop();
 if (!skip.has('kernels')) await benchKernels();

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { RoundRecord } from '../shared/api.ts';
 import { epsilonAfter, roundsWithin } from '../shared/privacy/accountant.ts';
 import { runConfigSchema, type RunConfigInput } from '../shared/schemas.ts';
-import { initialState, nextWake, step, type CoordinatorEvent, type CoordinatorState, type Effect } from '../server/fl/coordinator.ts';
+import { createRng, shuffleInPlace } from '../shared/rng.ts';
+import { describeWaiting, initialState, nextWake, step, type CoordinatorEvent, type CoordinatorState, type Effect } from '../server/fl/coordinator.ts';
 
 const METRICS = { accuracyBefore: 0.1, lossBefore: 2, accuracyAfter: 0.2, lossAfter: 1.9, downloadMs: 1, evaluateMs: 1, trainMs: 1 };
 
@@ -353,6 +354,52 @@ describe('round coordinator: a secure round, as a clock and as an attacker', () 
     expect(failed.find((e) => e.type === 'round:record')).toMatchObject({ record: { status: 'failed', reason: expect.stringMatching(/secure aggregation: 2 of the 3 shares needed to unmask/) }, willRetry: true });
     expect(failed.some((e) => e.type === 'round:notify-end')).toBe(true);
     expect(h.started().at(-1)).toMatchObject({ round: 1, attempt: 2 });
+  });
+
+  const askedToReveal = (h: Harness) => Object.keys((h.effects.findLast((e) => e.type === 'secagg:unmask') as { requests: object }).requests);
+  /** 26 over-selected devices (K = 20, overSelect 1.3, so k = 10 and t = 6) through keys and shares; the ring the server drew */
+  const overSelected = () => {
+    const h = new Harness();
+    const all = devices(26);
+    h.join(...all);
+    h.start({ ...SECURE, clientsPerRound: 20, overSelect: 1.3 });
+    for (const id of all) secagg(h, 'keys', id);
+    for (const id of all) secagg(h, 'shares', id);
+    const named = h.effects.find((e) => e.type === 'secagg:neighbours') as { neighbours: Readonly<Record<string, readonly string[]>> };
+    return { h, all, ring: named.neighbours };
+  };
+
+  it('over-selected: K inputs close the round only once every mask can be removed without the devices still training', () => {
+    const { h, all, ring } = overSelected();
+    // the six still training hold five of x's ten neighbours: with the first twenty inputs x's key has 5 of the 6 shares it needs
+    const x = all[0]!;
+    const training = [...ring[x]!.slice(0, 5), all.find((id) => id !== x && !ring[x]!.includes(id))!];
+    const first = all.filter((id) => !training.includes(id));
+    for (const id of first) h.update(id);
+    expect(h.state.current!.accepted).toHaveLength(20);
+    expect(h.state.phase).toBe('training'); // closing now would fail at unmasking
+    expect(describeWaiting(h.state, h.now)).toMatch(/20 inputs in, waiting for more until every device's masks can be removed \(t = 6 of its 10 neighbours/);
+    h.update(training[0]!); // x now has six neighbours in the sum
+    expect(h.state.phase).toBe('aggregating');
+    const reveals = askedToReveal(h).flatMap((id) => secagg(h, 'reveal', id));
+    expect(reveals.find((e) => e.type === 'round:aggregate')).toMatchObject({ updates: 21 });
+  });
+
+  it('over-selected: whatever order the inputs come in, the round closes before the last of them and unmasks', () => {
+    let early = 0;
+    for (let seed = 1; seed <= 40; seed++) {
+      const { h, all } = overSelected();
+      const order = shuffleInPlace([...all], createRng(seed));
+      for (const id of order) {
+        if (h.state.phase !== 'training') break;
+        h.update(id);
+      }
+      const inputs = h.state.current!.accepted.length;
+      if (inputs < 26) early++;
+      const end = askedToReveal(h).flatMap((id) => secagg(h, 'reveal', id));
+      expect(end.find((e) => e.type === 'round:aggregate'), `seed ${seed}`).toMatchObject({ updates: inputs });
+    }
+    expect(early).toBeGreaterThan(30); // over-selection still spares most rounds their slowest devices
   });
 
   it('refuses what a selected device must not send: a forged message, one for another round, one twice, one at the wrong stage', () => {

@@ -401,6 +401,7 @@ export function describeWaiting(state: CoordinatorState, now: number): string | 
       const answered = current.accepted.length + current.refused.length + current.dropped.length;
       const of = `${answered} of ${current.selected.length} selected answered`;
       if (now >= current.deadline) return `deadline passed: validating ${current.validating.length} update${current.validating.length === 1 ? '' : 's'} that arrived in time`;
+      if (s && current.accepted.length >= config.clientsPerRound) return `secure aggregation: ${current.accepted.length} inputs in, waiting for more until every device's masks can be removed (t = ${s.t} of its ${s.k} neighbours in the sum); ${of}`;
       if (current.accepted.length >= config.minUpdates) return `waiting for the deadline: ${of}, ${current.accepted.length} counted (closes at ${config.clientsPerRound})`;
       return `waiting for updates: ${current.accepted.length} of the ${config.minUpdates} required in; ${of}`;
     }
@@ -752,13 +753,27 @@ function settle(state0: CoordinatorState, now: number): StepResult {
   return { state: after.state, effects: [...before.effects, ...after.effects] };
 }
 
+/**
+ * Whether a secure round's inputs in now could remove every mask: each device that shared keys
+ * needs t of its neighbours in the sum (and still connected) to reveal its shares. Over-selected
+ * devices still training when K inputs are in would otherwise count as dropouts, and with the
+ * default k a round of 20 or more would often lose some device's key with them.
+ */
+function unmaskableNow(state: CoordinatorState, cur: RoundState): boolean {
+  const s = cur.secagg;
+  if (!s) return true;
+  const revealers = new Set(ids(cur.accepted).filter((id) => state.devices.has(id)));
+  return s.survivors.every((id) => (s.neighbours[id] ?? []).filter((n) => revealers.has(n)).length >= s.t);
+}
+
 function settleInputs(state: CoordinatorState, now: number): StepResult {
   const cur = state.current as RoundState;
   const run = state.run as RunState;
   const { clientsPerRound } = run.config;
   const minUpdates = requiredUpdates(cur, run.config);
-  // (a private round waits for every sampled device: K is only the expected size of its Poisson sample)
-  if (cur.accepted.length >= clientsPerRound && !cur.privacy) return closeRound(state, now, 'quorum');
+  // (a private round waits for every sampled device: K is only the expected size of its Poisson sample;
+  // a secure one closes at K only once its sum can be unmasked without the devices still training)
+  if (cur.accepted.length >= clientsPerRound && !cur.privacy && unmaskableNow(state, cur)) return closeRound(state, now, 'quorum');
   // the devices that can still answer: the selected ones, or under secure aggregation those that shared keys
   const answered = new Set([...ids(cur.accepted), ...cur.refused, ...cur.dropped]);
   const waiting = (cur.secagg ? cur.secagg.survivors : cur.selected).filter((id) => !answered.has(id)).length; // validating included
