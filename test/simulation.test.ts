@@ -43,6 +43,12 @@ describe('simulate:node', () => {
     expect(secure.rounds.at(-1)!.testAccuracy).toBeGreaterThan(plain.rounds.at(-1)!.testAccuracy - 0.05);
   }, 180_000);
 
+  it('runs a secure round with over-selection: the round closes at K inputs and the devices still training are left out', async () => {
+    const r = await runSimulation({ ...small, fraction: 0.5, overSelect: 1.3, clipNorm: 5, secureAggregation: true }, mnist); // K = 5 of 7 selected
+    expect(r.status, r.reason).toBe('done');
+    expect(r.rounds.map((x) => x.updates)).toEqual([5, 5]);
+  }, 180_000);
+
   it('stops at the target accuracy and reports the round that reached it', async () => {
     const r = await runSimulation({ ...small, rounds: 20, target: 0.5 }, mnist);
     expect(r.status).toBe('stopped');

@@ -361,8 +361,14 @@ class SimulatedDevices implements DevicePort {
         submission = { ...submission, delta: encodeWeights({ specs: honest.specs, values: honest.values.map((v) => -10 * v) }) };
       }
       if (msg.secureAggregation) {
-        // the worker's float32 update, masked in the main thread where the device's session lives
-        const session = await (this.sessions.get(id) as Promise<SecAggSession>);
+        // the worker's float32 update, masked in the main thread where the device's session lives;
+        // none when the round already closed without it (an over-selected device)
+        const pending = this.sessions.get(id);
+        if (!pending) {
+          federation.report(id, { state: 'idle', modelVersion: msg.modelVersion });
+          continue;
+        }
+        const session = await pending;
         const masked = await session.maskedInput(decodeWeights(submission.delta).values, submission.numExamples, codecSeed(msg.plan.seed, id));
         submission = { ...submission, delta: masked.payload, signature: masked.signature };
       }
