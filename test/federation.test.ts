@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { io } from 'socket.io-client';
 import { afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { startWorkPool } from '../server/work-pool.ts';
-import type { AdminSnapshot, FederationEvent } from '../shared/api.ts';
+import type { AdminSnapshot, FederationEvent, RoundRecord } from '../shared/api.ts';
 import { fedAvg } from '../shared/fedavg.ts';
 import type { AdminServerToClientEvents, RoundStart } from '../shared/protocol.ts';
 import { decodeWeights, encodeWeights } from '../shared/weights.ts';
@@ -60,6 +60,12 @@ describe('federation over real sockets', () => {
       expect(r.bytesUp).toBe(3 * full);
       expect(r.devices.map((d) => d.weight!).sort((a, b) => a - b)).toEqual([60, 100, 140]);
     }
+    // Which device sent what and scored how is for admins; anyone sees the rounds' counts and aggregates.
+    const seen = async (headers?: Record<string, string>) => (await (await fetch(`${server!.url}/api/runs/${id}/rounds`, headers ? { headers } : {})).json()) as RoundRecord[];
+    const [open, withToken] = [await seen(), await seen(adminHeaders)];
+    expect(withToken.map((r) => r.devices.length)).toEqual([3, 3]);
+    expect(open.map((r) => [r.completed, r.devices.length, r.testAccuracy])).toEqual(rounds.map((r) => [3, 0, r.testAccuracy]));
+    for (const d of trio) expect(JSON.stringify(open)).not.toContain(d.identity.deviceId);
 
     // The stored round-1 model is exactly w0 + Σ nΔ / Σ n of what the devices sent.
     const w0 = decodeWeights(server.db.getModelWeights(1)!);

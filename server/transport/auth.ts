@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import type { Request, RequestHandler } from 'express';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -9,11 +9,14 @@ export function tokenMatches(presented: string | undefined, expected: string): b
   return timingSafeEqual(digest(presented), digest(expected));
 }
 
+/** Whether a request presents the admin token (Authorization: Bearer <token>). */
+export function isAdmin(req: Request, adminToken: string): boolean {
+  return tokenMatches(/^Bearer (.+)$/.exec(req.get('authorization') ?? '')?.[1], adminToken);
+}
+
 export function requireAdmin(adminToken: string): RequestHandler {
   return (req, res, next) => {
-    const header = req.get('authorization') ?? '';
-    const match = /^Bearer (.+)$/.exec(header);
-    if (!tokenMatches(match?.[1], adminToken)) {
+    if (!isAdmin(req, adminToken)) {
       res.status(401).set('WWW-Authenticate', 'Bearer').json({ error: 'admin token required: send Authorization: Bearer <ADMIN_TOKEN>' });
       return;
     }

@@ -10,7 +10,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { modelTopology, type ModelName } from '../../shared/models.ts';
 import { canaryRequestSchema, describeIssues, evaluationRequestSchema, publicConfig, validateRunConfig } from '../../shared/schemas.ts';
 import { decodeWeights } from '../../shared/weights.ts';
-import type { RunSummary } from '../../shared/api.ts';
+import type { RoundRecord, RunSummary } from '../../shared/api.ts';
 import { zipSync } from 'fflate';
 import { provisioningRouter } from '../data/provision.ts';
 import type { MnistSplit } from '../data/mnist.ts';
@@ -19,7 +19,7 @@ import type { ClusterHooks } from '../app.ts';
 import type { Store } from '../store/store.ts';
 import { modelCard, patchModelMeta } from '../registry.ts';
 import { EvaluationConflict, EvaluationRequestError, liveVersion } from '../evaluations.ts';
-import { requireAdmin } from './auth.ts';
+import { isAdmin, requireAdmin } from './auth.ts';
 import { listPresets } from '../presets.ts';
 
 export interface HttpDeps {
@@ -66,6 +66,9 @@ const cpuMs = () => {
   const c = process.cpuUsage();
   return (c.user + c.system) / 1000;
 };
+
+/** A round as anyone may see it: its counts and aggregates, without which device sent what or scored how (admin only). */
+const publicRound = (r: RoundRecord): RoundRecord => ({ ...r, devices: [], ...(r.monitoring ? { monitoring: { ...r.monitoring, devices: [] } } : {}) });
 
 export function createHttpApp({ federation, store, train, adminToken, webRoot, allowedOrigins, tls, apiRequestsPerMinute = 1200, crossOriginIsolation = false, cluster, presetsDir }: HttpDeps): Express {
   const app = express();
@@ -181,7 +184,8 @@ export function createHttpApp({ federation, store, train, adminToken, webRoot, a
       res.status(404).json({ error: `run ${req.params.id} not found` });
       return;
     }
-    res.json(await store.listRounds(id));
+    const rounds = await store.listRounds(id);
+    res.json(isAdmin(req, adminToken) ? rounds : rounds.map(publicRound));
   });
 
   // ─── evaluation rounds and the canary (evaluations.ts) ───
