@@ -50,6 +50,10 @@ test.describe('the demo page', () => {
     await page.screenshot({ path: `${shots}/device-before-join.png`, fullPage: true });
     const form = page.locator('#join-form');
     await form.getByLabel('Clients (slices)').fill('4');
+    // a slice out of range is refused in the form's words, not the code's
+    await form.getByLabel('This slice (0-based)').fill('4');
+    await page.getByRole('button', { name: 'Join' }).click();
+    await expect(page.locator('#error')).toHaveText('This slice (0-based) must be less than Clients (slices): with 4 slices they are numbered 0 to 3');
     await form.getByLabel('This slice (0-based)').fill('2');
     await form.getByLabel('Training examples (max)').fill('200');
     await form.getByLabel('Backend').selectOption('wasm');

@@ -94,22 +94,28 @@ const fillForm = (j: JoinSpec) => {
   setField('backend', j.backend ?? '');
 };
 
+/** A field's label as the page shows it ("This slice (0-based)"), so the form's messages use the words a person reads. */
+const labelOf = (name: string): string => {
+  const field = form.elements.namedItem(name) as HTMLElement | null;
+  return field?.closest('label')?.firstChild?.textContent?.trim() || name;
+};
+
 function readSpec(): JoinSpec {
   const data = new FormData(form);
   const int = (name: string, min: number) => {
     const v = Number(data.get(name));
-    if (!Number.isInteger(v) || v < min) throw new Error(`${name} must be an integer ≥ ${min}, got "${String(data.get(name))}"`);
+    if (!Number.isInteger(v) || v < min) throw new Error(`${labelOf(name)} must be a whole number of at least ${min}, got "${String(data.get(name))}"`);
     return v;
   };
   const partition = String(data.get('partition'));
-  if (!(PARTITIONS as readonly string[]).includes(partition)) throw new Error(`partition must be one of ${PARTITIONS.join(', ')}`);
+  if (!(PARTITIONS as readonly string[]).includes(partition)) throw new Error(`${labelOf('partition')} must be one of ${PARTITIONS.join(', ')}`);
   const spec: SliceSpec = { partition, clients: int('clients', 1), client: int('client', 0), examples: int('examples', 1), seed: int('seed', 0), alpha: Number(data.get('alpha')) };
-  if (spec.client >= spec.clients) throw new Error(`client must be less than clients (${spec.clients})`);
-  if (!(spec.alpha > 0)) throw new Error('alpha must be a positive number');
+  if (spec.client >= spec.clients) throw new Error(`${labelOf('client')} must be less than ${labelOf('clients')}: with ${spec.clients} slices they are numbered 0 to ${spec.clients - 1}`);
+  if (!(spec.alpha > 0)) throw new Error(`${labelOf('alpha')} must be a positive number`);
   const corrupt = String(data.get('corrupt') ?? '').trim();
   if (corrupt) spec.corrupt = corrupt;
   const backend = String(data.get('backend') ?? '');
-  if (backend && !['webgl', 'wasm', 'cpu', 'webgpu'].includes(backend)) throw new Error(`backend must be webgl, wasm or cpu, got "${backend}"`);
+  if (backend && !['webgl', 'wasm', 'cpu', 'webgpu'].includes(backend)) throw new Error(`${labelOf('backend')} must be auto, webgl, wasm or cpu, got "${backend}"`);
   return { spec, ...(backend ? { backend: backend as BackendName } : {}) };
 }
 

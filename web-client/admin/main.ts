@@ -14,6 +14,7 @@ import { PHASE_COLORS, renderComparison, renderDeployment, renderDevices, render
 import { lineageTree } from '../ui/lineage.ts';
 import { barChart, Chart, lineChart, scatterChart } from '../ui/charts.ts';
 import { byId, el, pct } from '../ui/dom.ts';
+import { inFormWords } from '../ui/form-words.ts';
 
 /** A read-only view for tests: what the rounds table and the phase chart show, as numbers. */
 export interface DashboardTestApi {
@@ -77,8 +78,6 @@ const DP_FIELDS: { name: `dp.${'noiseMultiplier' | 'clipNorm' | 'targetDelta' | 
   { name: 'dp.dropoutTolerance', label: 'DP dropout tolerance (with secure aggregation)', placeholder: '0.2 (default)' },
 ];
 const LABELS = new Map([...FIELDS, ...DP_FIELDS].map((f) => [f.name as string, f.label]));
-/** A rule's message in the words of the form: field names become their labels. */
-const inFormWords = (message: string) => message.replace(/\b[a-z][A-Za-z]+\b/g, (w) => LABELS.get(w) ?? w).replace(/^./, (c) => c.toUpperCase());
 
 /** the codecs offered in the form; the API takes any pipeline [topk+|rand+](float32|float16|q8|q4|q2)[+deflate] */
 const CODECS = ['float32', 'float16', 'q8', 'q4', 'q2+deflate', 'topk', 'topk+q8', 'topk+q4', 'topk+q8+deflate', 'topk+q4+deflate', 'rand+q2+deflate', 'rand+q4+deflate'] as const;
@@ -225,8 +224,8 @@ function say(message: string, ok: boolean): void {
 const showIssues = (issues: { field: string; message: string }[]) => {
   for (const issue of issues) {
     const target = document.getElementById(`e-${issue.field}`);
-    if (target) target.textContent = inFormWords(issue.message);
-    else byId('launch-error').textContent = inFormWords(issue.message);
+    if (target) target.textContent = inFormWords(issue.message, LABELS);
+    else byId('launch-error').textContent = inFormWords(issue.message, LABELS);
   }
 };
 
