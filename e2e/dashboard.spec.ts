@@ -1,16 +1,17 @@
 import type { Page } from '@playwright/test';
+import { unzipSync } from 'fflate';
 import { E2E_TOKEN } from '../playwright.config.ts';
 import { expect, test, waitForRun } from './fixtures.ts';
 
 const shots = process.env.SCREENSHOT_DIR ?? 'test-results/screenshots';
 
-/** Elements wider than the card they are in (or than the page), measured in the page. */
+/** Elements wider than the card they are in (or than the page), measured in the page; the launch drawer (fixed, so without an offsetParent) counts as a card. */
 async function overflowing(page: Page): Promise<string[]> {
   return page.evaluate(() => {
     const out: string[] = [];
     if (document.documentElement.scrollWidth > window.innerWidth) out.push(`the page: ${document.documentElement.scrollWidth} px in ${window.innerWidth}`);
     for (const card of Array.from(document.querySelectorAll<HTMLElement>('section.card, .drawer'))) {
-      if (card.hidden || card.offsetParent === null) continue;
+      if (card.hidden || card.getClientRects().length === 0) continue; // not rendered
       const box = card.getBoundingClientRect();
       for (const node of Array.from(card.querySelectorAll<HTMLElement>('*'))) {
         const r = node.getBoundingClientRect();
@@ -79,6 +80,8 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#launch-error')).toHaveText(''); // the earlier "fix the fields" is gone with the errors
   await page.locator('#launch-drawer').evaluate((d) => d.scrollTo(0, 0));
   await page.screenshot({ path: `${shots}/admin-tuned-preset.png` });
+  // the drawer's content fits it at 1280 px (the preset select with its long options included)
+  expect(await overflowing(page)).toEqual([]);
 
   // A run from the form: the quick preset, adjusted to the two tabs here (the preset becomes "custom").
   await page.getByLabel('Preset').selectOption('quick');
@@ -97,13 +100,18 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#devices [data-state="training"], #devices [data-state="evaluating"], #devices [data-state="downloading"], #devices [data-state="uploading"], #devices [data-state="selected"]').first()).toBeVisible({ timeout: 60_000 });
   await expect(page.locator('#stop')).toBeEnabled();
   await expect(page.locator('#models tbody')).toContainText(/v\d+ \(live\)/);
+  // Once round 1 is evaluated, the accuracy chart itself (not its "not evaluated yet" note) is on the first screen.
+  await expect(page.locator('#accuracy-chart')).toBeVisible({ timeout: 4 * 60_000 });
+  await expect(page.locator('#acc-empty')).toBeHidden();
   await page.screenshot({ path: `${shots}/admin-during-run.png` });
-  // (the accuracy card, whether it shows its chart or, before round 1 is evaluated, its note)
-  for (const id of ['#round-card', '#devices', 'section:has(#accuracy-chart)']) {
+  for (const id of ['#round-card', '#devices']) {
     const box = await page.locator(id).first().boundingBox();
     expect(box, id).not.toBeNull();
     expect(box!.y + Math.min(box!.height, 120), `${id} on the first screen`).toBeLessThanOrEqual(800);
   }
+  const chartBox = (await page.locator('#accuracy-chart').boundingBox())!;
+  expect(chartBox.height, 'the accuracy chart is drawn').toBeGreaterThan(100);
+  expect(chartBox.y + chartBox.height, 'the whole accuracy chart on the first screen').toBeLessThanOrEqual(800);
 
   const run = await waitForRun(admin, runId, 4 * 60_000);
   expect(run.status, run.reason ?? '').toBe('done');
@@ -114,11 +122,15 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#timeline [data-phase="evaluation"]')).toBeVisible();
   // The outcome stays in view: the final accuracy in the header, the reason, the run in the runs list.
   await expect(page.locator('#run-line')).toContainText(/final test accuracy \d+\.\d+ %/);
+  const finalLine = (await page.locator('#run-line').textContent())!;
   await expect(page.locator('#status')).toContainText('completed 2 rounds');
   await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText('2 of 2');
   // The rounds table and the phase chart tell the same duration (the phases add up to it).
   const table = await page.locator('#rounds tbody tr[data-round-row]').evaluateAll((rows) => rows.map((r) => ({ key: r.getAttribute('data-round-row') ?? '', ms: Number(r.getAttribute('data-duration-ms')) })));
+  // (both rounds in the chart first: an empty chart would agree with anything)
+  await expect.poll(() => page.evaluate(() => window.__dash.phaseChartTotals().length)).toBe(2);
   const chart = await page.evaluate(() => window.__dash.phaseChartTotals());
+  expect(chart.map((c) => c.round)).toEqual(['1', '2']);
   for (const c of chart) {
     const row = table.find((t) => t.key.endsWith(`:${c.round}:1`));
     expect(row, `round ${c.round} in the table`).toBeDefined();
@@ -129,12 +141,21 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#rounds tr.detail')).toContainText('devices at work');
   await page.screenshot({ path: `${shots}/admin-after-run.png`, fullPage: true });
   expect(await overflowing(page)).toEqual([]);
+  await expect.poll(() => overflowing(devices[0]!.page)).toEqual([]); // the device page fits at 1280 px too
   await devices[0]!.page.screenshot({ path: `${shots}/device-after-run.png`, fullPage: true });
 
   // The live model downloads as one archive, or as the TF.js files, which load.
   const zip = await admin.get((await page.locator('#models a[href$="model.zip"]').first().getAttribute('href')) as string);
   expect(zip.headers()['content-type']).toBe('application/zip');
-  expect((await zip.body()).subarray(0, 2).toString()).toBe('PK');
+  const files = unzipSync(new Uint8Array(await zip.body()));
+  expect(Object.keys(files).sort()).toEqual(['model-card.json', 'model.json', 'weights.bin']);
+  const modelJson = JSON.parse(new TextDecoder().decode(files['model.json'])) as { weightsManifest: { paths: string[]; weights: { shape: number[] }[] }[] };
+  // model.json names the weights file beside it in the archive, and that file holds every weight it lists
+  expect(modelJson.weightsManifest.flatMap((g) => g.paths)).toEqual(['weights.bin']);
+  const listed = modelJson.weightsManifest.flatMap((g) => g.weights).reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
+  expect(files['weights.bin']!.byteLength).toBe(listed * 4);
+  expect(listed).toBe(5258);
+  expect(JSON.parse(new TextDecoder().decode(files['model-card.json']))).toMatchObject({ version: expect.any(Number) });
   const href = await page.locator('#models a[href$="model.json"]').first().getAttribute('href');
   expect(href).toMatch(/^\/api\/models\/\d+\/model\.json$/);
   expect(await devices[0]!.page.evaluate((url) => window.__fl.loadModel(url), href as string)).toBe(5258);
@@ -152,11 +173,15 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect.poll(() => overflowing(page)).toEqual([]);
   await page.screenshot({ path: `${shots}/admin-400px.png`, fullPage: true });
   await page.getByRole('button', { name: 'New run' }).click();
-  expect(await overflowing(page)).toEqual([]);
+  await expect(page.locator('#launch-drawer')).toBeVisible();
+  await expect.poll(() => overflowing(page)).toEqual([]);
   await page.screenshot({ path: `${shots}/admin-400px-launch.png` });
   await devices[0]!.page.setViewportSize({ width: 400, height: 800 });
   await expect.poll(() => overflowing(devices[0]!.page)).toEqual([]);
   await devices[0]!.page.screenshot({ path: `${shots}/device-400px.png`, fullPage: true });
+
+  // The run's outcome is still in the header after the later snapshots (a device left, the dashboard resized).
+  await expect(page.locator('#run-line')).toHaveText(finalLine);
 
   expect(consoleErrors).toEqual([]);
   expect(devices[0]!.errors).toEqual([]);
@@ -207,6 +232,17 @@ test('the model registry: a lineage tree across runs, two versions side by side,
   await page.goto('/admin');
   await page.getByLabel('Admin token').fill(E2E_TOKEN);
   await page.getByRole('button', { name: 'Sign in' }).click();
+  // The dashboard shows the newest run; "Show" on an older one brings its rounds and versions instead.
+  await expect(page.locator('#rounds-run')).toHaveText(`· run ${id}`);
+  await page.locator(`#runs button[data-run="${first.id}"]`).click();
+  await expect(page.locator('#rounds-run')).toHaveText(`· run ${first.id}`);
+  await expect(page.locator(`#runs tr[data-run-row="${first.id}"]`)).toHaveClass(/selected/);
+  await expect(page.locator('#rounds tbody tr[data-round-row]')).toHaveCount(2);
+  await expect(page.locator(`#rounds tbody tr[data-round-row^="${first.id}:"]`)).toHaveCount(2);
+  await expect(page.locator(`#models tbody tr[data-version="${tip.version}"]`)).toBeVisible();
+  await expect(page.locator(`#models tbody tr[data-version="${child.version}"]`)).toHaveCount(0);
+  await expect(page.locator('#accuracy-chart')).toBeVisible();
+
   const tree = page.locator('#lineage');
   await expect(tree.locator(`button[data-version="${child.version}"]`)).toBeVisible();
   // the second run's versions hang under the first run's tip
