@@ -33,14 +33,17 @@ test('a drawn digit is predicted by the tab\'s model; a canary tries a fine-tune
 
   // the drawing pad: the tab predicts with the live model (the run's final version, fetched once: the tab holds the one it trained from)
   const tab = devices[0]!.page;
+  await expect(tab.locator('#probabilities-wrap')).toBeHidden(); // no empty axis before a drawing
   await draw(tab, [[[0.55, 0.15], [0.5, 0.5], [0.45, 0.85]]]);
   await expect(tab.locator('#prediction')).toContainText(new RegExp(`It is a \\d: \\d+\\.\\d % sure, says model v${live}\\.`));
   await expect(tab.locator('#serving-line')).toContainText(`Predictions come from model v${live}, the live model.`);
   const prediction = (await tab.evaluate(() => window.__fl.prediction))!;
   expect(prediction.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
+  await expect(tab.locator('#probabilities-wrap')).toBeVisible();
   await tab.locator('section[aria-labelledby="h-draw"]').screenshot({ path: `${shots}/device-draw.png` });
   await tab.getByRole('button', { name: 'Clear the pad' }).click();
   await expect(tab.locator('#prediction')).toContainText('Draw a digit');
+  await expect(tab.locator('#probabilities-wrap')).toBeHidden();
 
   // a fine-tuning run from the live version, whose result is tried as a canary on every tab
   const second = await admin.post('/api/runs', { data: { ...config, rounds: 3, initialVersion: live, canary: { share: 1, margin: 0.05, timeoutMs: 120_000 } } });

@@ -212,6 +212,8 @@ test('a stopped run keeps its round and its outcome visible', async ({ openDevic
   await expect(page.locator('#log')).toContainText('round 1 stopped: stopped by admin');
   // charts with no completed round show their note, not an empty axis
   await expect(page.locator('#time-chart')).toHaveCSS('visibility', 'hidden');
+  await expect(page.locator('#monitor-line')).toHaveText('No monitored round yet.');
+  await expect(page.locator('#monitor-chart-wrap')).toBeHidden();
   await page.screenshot({ path: `${shots}/admin-stopped.png`, fullPage: true });
 });
 

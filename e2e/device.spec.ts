@@ -47,6 +47,7 @@ test.describe('the demo page', () => {
     await expect(page.locator('#state')).toBeHidden();
     await expect(page.locator('#history-chart-wrap')).toBeHidden();
     await expect(page.locator('#histogram-wrap')).toBeHidden();
+    await expect(page.locator('#probabilities-wrap')).toBeHidden(); // nothing drawn yet
     await page.screenshot({ path: `${shots}/device-before-join.png`, fullPage: true });
     const form = page.locator('#join-form');
     await form.getByLabel('Clients (slices)').fill('4');

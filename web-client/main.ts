@@ -142,6 +142,8 @@ byId('pad-clear').addEventListener('click', () => {
   pad.clear();
   probabilitiesChart.data.datasets[0]!.data = [];
   probabilitiesChart.update();
+  // no drawing, no probabilities: the chart goes with its data rather than showing an empty axis
+  byId('probabilities-wrap').hidden = true;
   byId('prediction').textContent = 'Draw a digit from 0 to 9 with the mouse, a pen or a finger.';
 });
 async function predictDrawn(): Promise<void> {
@@ -157,6 +159,7 @@ async function predictDrawn(): Promise<void> {
   const probs = predictDigit(serving.model, pixels);
   const best = probs.indexOf(Math.max(...probs));
   probabilitiesChart.data.datasets[0]!.data = probs;
+  byId('probabilities-wrap').hidden = false;
   probabilitiesChart.update();
   const why = client?.snapshot.serving?.why === 'canary' ? ' (a candidate this device tries in a canary)' : '';
   line.textContent = `It is a ${best}: ${(probs[best]! * 100).toFixed(1)} % sure, says model v${serving.version}${why}.`;

@@ -315,6 +315,8 @@ function renderMonitor(rounds: readonly RoundRecord[]): void {
   (monitorChart.data.datasets[2] as { showLine?: boolean; borderDash?: number[] }).showLine = true;
   (monitorChart.data.datasets[2] as { borderDash?: number[] }).borderDash = [6, 4];
   monitorChart.update();
+  // an empty chart is hidden: the line above says there is no monitored round yet (or that it warms up)
+  byId('monitor-chart-wrap').hidden = points.length === 0 && monitorChart.data.datasets[2]!.data.length === 0;
   const flags = renderMonitorFlags(byId<HTMLTableElement>('monitor-flags'), done);
   const last = done.at(-1)?.monitoring;
   const alerts = done.flatMap((r) => (r.monitoring!.ks ?? []).filter((k) => k.alert).map((k) => `round ${r.round}: ${k.feature} (D = ${k.d.toFixed(2)}, p = ${k.p.toExponential(1)})`));
