@@ -125,6 +125,8 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   const finalLine = (await page.locator('#run-line').textContent())!;
   await expect(page.locator('#status')).toContainText('completed 2 rounds');
   await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText('2 of 2');
+  expect(run.reason, 'a completed run says why it ended').toBeTruthy();
+  await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText(run.reason!);
   // The rounds table and the phase chart tell the same duration (the phases add up to it).
   const table = await page.locator('#rounds tbody tr[data-round-row]').evaluateAll((rows) => rows.map((r) => ({ key: r.getAttribute('data-round-row') ?? '', ms: Number(r.getAttribute('data-duration-ms')) })));
   // (both rounds in the chart first: an empty chart would agree with anything)
@@ -210,11 +212,29 @@ test('a stopped run keeps its round and its outcome visible', async ({ openDevic
   await expect(page.locator('#rounds tbody')).toContainText('stopped');
   await expect(page.locator(`#runs tr[data-run-row="${id}"]`)).toContainText('stopped');
   await expect(page.locator('#log')).toContainText('round 1 stopped: stopped by admin');
+  await expect(page.locator(`#runs tr[data-run-row="${id}"]`)).toContainText('stopped by admin'); // why it ended
   // charts with no completed round show their note, not an empty axis
   await expect(page.locator('#time-chart')).toHaveCSS('visibility', 'hidden');
   await expect(page.locator('#monitor-line')).toHaveText('No monitored round yet.');
   await expect(page.locator('#monitor-chart-wrap')).toBeHidden();
   await page.screenshot({ path: `${shots}/admin-stopped.png`, fullPage: true });
+
+  // More runs than the list shows at once: the rest are one click away, not cut off silently.
+  const runCount = async () => ((await (await admin.get('/api/runs')).json()) as unknown[]).length;
+  while ((await runCount()) <= 10) {
+    await expect.poll(async () => (await admin.post('/api/runs', { data: { rounds: 1, clientsPerRound: 2, minUpdates: 1, roundTimeoutMs: 600_000 } })).status()).toBe(201);
+    await expect.poll(async () => (await admin.post('/api/runs/current/stop')).status()).toBe(200);
+  }
+  const total = await runCount();
+  const more = page.locator('#runs-more');
+  await expect(more).toHaveText(`Show all ${total} runs`);
+  await expect(page.locator('#runs tbody tr[data-run-row]')).toHaveCount(10);
+  await more.click();
+  await expect(page.locator('#runs tbody tr[data-run-row]')).toHaveCount(total);
+  await expect(page.locator(`#runs tr[data-run-row="${id}"]`)).toBeVisible();
+  await more.click();
+  await expect(more).toHaveText(`Show all ${total} runs`);
+  await expect(page.locator('#runs tbody tr[data-run-row]')).toHaveCount(10);
 });
 
 test('the model registry: a lineage tree across runs, two versions side by side, and the admin names and labels one', async ({ openDevices, page, admin }) => {

@@ -373,6 +373,9 @@ let runs: RunSummary[] = [];
 /** the run whose rounds, charts and versions are shown: the current one unless another was chosen */
 let selectedRun: number | undefined;
 let showAllModels = false;
+let showAllRuns = false;
+/** how many runs the list shows until "Show all" */
+const RUNS_SHOWN = 10;
 const openRounds = new Set<string>();
 const ACTIVE = new Set(['selecting', 'training', 'aggregating', 'evaluating']);
 
@@ -440,11 +443,15 @@ function refreshHistory(): Promise<void> {
 async function loadHistory(): Promise<void> {
   ({ body: runs } = await api<RunSummary[]>('/api/runs'));
   const runId = selectedRun ?? last?.run?.id ?? runs.at(-1)?.id;
-  renderRuns(byId<HTMLTableElement>('runs'), runs, runId, (id) => {
+  // the latest runs, and all of them on demand: a list that stops silently would hide the older ones
+  renderRuns(byId<HTMLTableElement>('runs'), showAllRuns ? runs : runs.slice(-RUNS_SHOWN), runId, (id) => {
     selectedRun = id;
     showAllModels = false;
     void refreshHistory();
   });
+  const moreRuns = byId<HTMLButtonElement>('runs-more');
+  moreRuns.hidden = runs.length <= RUNS_SHOWN;
+  moreRuns.textContent = showAllRuns ? `Show the latest ${RUNS_SHOWN}` : `Show all ${runs.length} runs`;
   renderRunLine();
   const runLabel = runId === undefined ? '' : `· run ${runId}`;
   for (const id of ['acc-run', 'rounds-run', 'models-run', 'monitor-run']) byId(id).textContent = runLabel;
@@ -546,6 +553,10 @@ byId<HTMLFormElement>('model-edit').addEventListener('submit', (e) => {
   });
 });
 
+byId('runs-more').addEventListener('click', () => {
+  showAllRuns = !showAllRuns;
+  void refreshHistory();
+});
 byId('models-more').addEventListener('click', () => {
   showAllModels = !showAllModels;
   void refreshHistory();

@@ -9,11 +9,13 @@ interface Column<T> {
   head: string;
   cell: (row: T) => Node | string | number;
   optional?: boolean;
+  /** a cell of prose: it wraps instead of widening the table */
+  wrap?: boolean;
   title?: (row: T) => string;
 }
 
 function table<T>(target: HTMLTableElement, columns: Column<T>[], rows: readonly T[], empty: string, rowAttrs: (row: T) => Record<string, string | undefined> = () => ({}), after?: (row: T) => HTMLTableRowElement | undefined): void {
-  const cls = (c: Column<T>) => (c.optional ? 'opt' : undefined);
+  const cls = (c: Column<T>) => [c.optional ? 'opt' : '', c.wrap ? 'wrap' : ''].filter(Boolean).join(' ') || undefined;
   const body: HTMLTableRowElement[] = [];
   for (const r of rows) {
     body.push(el('tr', rowAttrs(r), ...columns.map((c) => el('td', { class: cls(c), title: c.title?.(r) }, c.cell(r)))));
@@ -80,7 +82,7 @@ export function renderDevices(target: HTMLTableElement, devices: readonly Device
   );
 }
 
-/** The runs list: selecting a run shows its rounds, charts and model versions. */
+/** The runs list, newest first (the caller chooses how many): selecting a run shows its rounds, charts and model versions. */
 export function renderRuns(target: HTMLTableElement, runs: readonly RunSummary[], selected: number | undefined, onSelect: (id: number) => void): void {
   const configLine = (r: RunSummary) => {
     const c = r.config;
@@ -94,10 +96,12 @@ export function renderRuns(target: HTMLTableElement, runs: readonly RunSummary[]
       { head: 'Rounds', cell: (r) => `${r.roundsCompleted} of ${r.config.rounds}${r.failedAttempts ? ` (+${r.failedAttempts} failed)` : ''}` },
       { head: 'Final test acc.', cell: (r) => pct(r.finalTestAccuracy, 2) },
       { head: 'Duration', cell: (r) => duration(r.durationMs), optional: true },
-      { head: 'Config', cell: (r) => configLine(r), optional: true, title: (r) => r.reason ?? '' },
+      { head: 'Config', cell: (r) => configLine(r), optional: true },
+      // why it ended (completed, stopped by the admin, failed and why); on narrow screens the status pill's title says it
+      { head: 'Why it ended', cell: (r) => r.reason ?? (r.status === 'running' ? 'still running' : '—'), optional: true, wrap: true },
       { head: '', cell: (r) => (r.id === selected ? el('span', { class: 'muted' }, 'shown') : el('button', { type: 'button', class: 'secondary small', 'data-run': r.id }, 'Show')) },
     ],
-    [...runs].reverse().slice(0, 30),
+    [...runs].reverse(),
     'No run yet. Launch one with “New run”.',
     (r) => ({ 'data-run-row': String(r.id), class: r.id === selected ? 'selected' : undefined }),
   );
