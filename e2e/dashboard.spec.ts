@@ -31,6 +31,9 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   // Sign in: a wrong token gets a clear message, the right one opens the live channel.
   await page.goto('/admin');
   await page.screenshot({ path: `${shots}/admin-signin.png` });
+  // Launch before sign-in could only meet a 401: it waits for the token, and says so.
+  await expect(page.locator('#launch-button')).toBeDisabled();
+  await expect(page.locator('#launch-button')).toHaveAttribute('title', /sign in first/);
   await page.getByLabel('Admin token').fill('not-the-token');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await expect(page.locator('#signin-error')).toHaveText('That token is not the admin token.');
@@ -53,6 +56,7 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await page.getByRole('button', { name: 'New run' }).click();
   const field = (label: string) => page.locator('#launch').getByLabel(label, { exact: true });
   await expect(field('Rounds')).toHaveAttribute('placeholder', '5 (default)');
+  await expect(page.locator('#launch-button')).toBeEnabled(); // signed in, no run active
 
   // Field errors for bad values, with the API's rules, in the form's words, next to the fields.
   await field('Rounds').fill('0');
@@ -99,6 +103,8 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   // The dashboard shows the devices at work, live; the first screen holds what is live.
   await expect(page.locator('#devices [data-state="training"], #devices [data-state="evaluating"], #devices [data-state="downloading"], #devices [data-state="uploading"], #devices [data-state="selected"]').first()).toBeVisible({ timeout: 60_000 });
   await expect(page.locator('#stop')).toBeEnabled();
+  await expect(page.locator('#launch-button')).toBeDisabled(); // a second run would get a 409
+  await expect(page.locator('#launch-button')).toHaveAttribute('title', 'a run is active: stop it first');
   await expect(page.locator('#models tbody')).toContainText(/v\d+ \(live\)/);
   // Once round 1 is evaluated, the accuracy chart itself (not its "not evaluated yet" note) is on the first screen.
   await expect(page.locator('#accuracy-chart')).toBeVisible({ timeout: 4 * 60_000 });
@@ -127,6 +133,7 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText('2 of 2');
   expect(run.reason, 'a completed run says why it ended').toBeTruthy();
   await expect(page.locator(`#runs tr[data-run-row="${runId}"]`)).toContainText(run.reason!);
+  await expect(page.locator('#launch-button')).toBeEnabled(); // the run is over: a new one may start
   // The rounds table and the phase chart tell the same duration (the phases add up to it).
   const table = await page.locator('#rounds tbody tr[data-round-row]').evaluateAll((rows) => rows.map((r) => ({ key: r.getAttribute('data-round-row') ?? '', ms: Number(r.getAttribute('data-duration-ms')) })));
   // (both rounds in the chart first: an empty chart would agree with anything)

@@ -30,6 +30,7 @@ declare global {
 }
 
 const TOKEN_KEY = 'fl-admin-token';
+const SIGN_IN_FIRST = 'sign in first: launching a run needs the admin token';
 /** the form's fields: every run-config field but the objects `dp`, `labels`, `canary`, `dataQuality` and `monitor` (dp's fields, dataQuality's action and monitor's quarantine are flat below; the rest is set through the API) */
 type Field = Exclude<keyof RunConfig, 'dp' | 'labels' | 'canary' | 'dataQuality' | 'monitor'>;
 const FIELDS: { name: Field; label: string; step?: string }[] = [
@@ -201,9 +202,17 @@ function clearFieldErrors(): void {
   for (const f of [...FIELDS, ...DP_FIELDS]) byId(`e-${f.name}`).textContent = '';
 }
 
+/** Launch acts only when it can: signed in (else the API answers 401) and no run active (else 409); its title says why not. */
+function setLaunchable(why: string | undefined): void {
+  const button = byId<HTMLButtonElement>('launch-button');
+  button.disabled = why !== undefined;
+  button.title = why ?? '';
+}
+
 function signedOut(message: string): void {
   token = '';
   sessionStorage.removeItem(TOKEN_KEY);
+  setLaunchable(SIGN_IN_FIRST);
   byId('signin-card').hidden = false;
   byId('signin-error').textContent = message;
   byId<HTMLInputElement>('token').focus();
@@ -233,6 +242,10 @@ launch.addEventListener('submit', (event) => {
   event.preventDefault();
   clearFieldErrors();
   byId('launch-error').textContent = '';
+  if (!token) {
+    byId('launch-error').textContent = 'Sign in with the admin token first.';
+    return;
+  }
   const body = formBody();
   // The same rules as the API, so the messages next to the fields are the API's (in the form's words).
   const checked = validateRunConfig(body);
@@ -402,8 +415,7 @@ function renderSnapshot(s: AdminSnapshot): void {
   byId('phase').className = `pill ${s.phase}`;
   byId('phase').title = s.waiting ?? s.run?.reason ?? '';
   byId<HTMLButtonElement>('stop').disabled = !active;
-  byId<HTMLButtonElement>('launch-button').disabled = active;
-  byId<HTMLButtonElement>('launch-button').title = active ? 'a run is active: stop it first' : '';
+  setLaunchable(!token ? SIGN_IN_FIRST : active ? 'a run is active: stop it first' : undefined);
   const facts: [string, string][] = [['Now', s.waiting ?? s.stage]];
   if (s.round) {
     facts.push(['Round', `${s.round.round}${s.round.attempt > 1 ? ` (try ${s.round.attempt})` : ''} of ${s.run?.config.rounds ?? '?'}`]);
