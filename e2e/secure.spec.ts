@@ -8,6 +8,17 @@ test('five tabs train with secure aggregation; a tab closed after sending its ma
   test.setTimeout(8 * 60_000);
   // Tab 0 trains on few examples, so in round 2 its masked input is in well before the others'.
   const devices = await openDevices([0, 1, 2, 3, 4].map((client) => ({ clients: 5, client, examples: client === 0 ? 60 : 600, backend: 'wasm' as const })));
+  // every text the device page's secure-aggregation line shows on tab 1, in order (the stages pass too quickly to poll)
+  const tab1 = devices[1]!.page;
+  await tab1.evaluate(() => {
+    const line = document.getElementById('secure-line')!;
+    const seen: string[] = [];
+    (window as unknown as { __secureLines: string[] }).__secureLines = seen;
+    // (each assignment of textContent adds a text node: reading the records keeps texts that follow each other within one task)
+    new MutationObserver((records) => {
+      for (const r of records) for (const n of Array.from(r.addedNodes)) if (seen.at(-1) !== n.textContent) seen.push(n.textContent ?? '');
+    }).observe(line, { childList: true });
+  });
   const created = await admin.post('/api/runs', { data: { model: 'cnn-small', rounds: 3, clientsPerRound: 5, overSelect: 1, minUpdates: 3, localEpochs: 2, batchSize: 10, learningRate: 0.1, clipNorm: 5, roundTimeoutMs: 240_000, seed: 1, secureAggregation: true } });
   expect(created.status(), await created.text()).toBe(201);
   const { id } = (await created.json()) as { id: number };
@@ -41,5 +52,8 @@ test('five tabs train with secure aggregation; a tab closed after sending its ma
   await expect(page.locator('#rounds tr.detail')).toContainText('Secure aggregation');
   await expect(page.locator('#rounds tr.detail')).toContainText('3 neighbours per device, any 2 rebuild'); // round 3, the newest: four devices left
   await page.screenshot({ path: `${shots}/admin-secure.png`, fullPage: true });
+  // the device page said where its round was in the protocol: keys, shares, masking, the reveal
+  const lines = await tab1.evaluate(() => (window as unknown as { __secureLines: string[] }).__secureLines);
+  for (const stage of ['keys advertised', 'secrets shared', 'masking the update', 'masked update sent', 'shares revealed']) expect(lines.some((l) => l.startsWith('Secure aggregation: ') && l.includes(stage)), `"${stage}" in ${JSON.stringify(lines)}`).toBe(true);
   for (const d of devices.slice(1)) expect(d.errors, d.errors.join('\n')).toEqual([]);
 });
