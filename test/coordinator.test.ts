@@ -115,6 +115,27 @@ describe('round coordinator', () => {
     expect(late).toEqual([{ type: 'update:reject', submission: 4, deviceId: selected[3], code: 'ROUND_FULL', message: expect.stringContaining('the round is closed'), late: true }]);
   });
 
+  it('counts a late answer in the record of its round, also once that round is recorded and evaluated while the next one runs', () => {
+    const h = new Harness();
+    h.join(...devices(5));
+    h.start({ clientsPerRound: 3, overSelect: 1.5, rounds: 3 }); // 5 selected, the first 3 count
+    const [a, b, c, d, e] = h.state.current!.selected as [string, string, string, string, string];
+    for (const id of [a, b, c]) h.update(id);
+    h.update(d); // late while round 1 aggregates
+    h.send({ type: 'round:aggregated', runId: 1, round: 1, attempt: 1, version: 2 }); // recorded, evaluated off the critical path
+    expect(h.state.run!.round).toBe(2);
+    expect(h.records()[0]).toMatchObject({ round: 1, late: 1, unanswered: 1, evaluationPending: true });
+    h.update(e, 1); // e answers round 1 while round 2 runs and round 1's model is still being evaluated
+    h.update(e, 1); // twice: one late answer, one refusal
+    h.update('intruder', 1); // never selected (nor joined): refused, not late
+    h.update(a, 1); // counted already: a duplicate is refused, not late
+    h.send({ type: 'round:evaluated', runId: 1, round: 1, attempt: 1, version: 2, accuracy: 0.9, loss: 0.3 });
+    const rewritten = h.effects.findLast((x) => x.type === 'round:record' && x.evaluated) as { record: RoundRecord };
+    expect(rewritten.record).toMatchObject({ round: 1, completed: 3, late: 2, unanswered: 0, rejected: 3, testAccuracy: 0.9 });
+    // and round 2's ledger is untouched
+    expect(h.state.current).toMatchObject({ round: 2, late: 0, rejected: 0 });
+  });
+
   it('refuses duplicate and unsolicited updates, and updates for another round', () => {
     const h = new Harness();
     h.join(...devices(4), 'bystander-1');

@@ -114,6 +114,8 @@ export interface RoundState {
   closedBy?: 'quorum' | 'all answered' | 'deadline';
   /** selected devices that had neither answered nor dropped when the round closed */
   unanswered?: number;
+  /** selected devices that answered after the round closed (each counts once, as late) */
+  answeredLate?: readonly string[];
   /** when the current step (aggregation, evaluation) began: its timeout runs from here */
   workStartedAt?: number;
   modelVersion?: number;
@@ -199,6 +201,8 @@ export interface PendingEvaluation {
   version: number;
   startedAt: number;
   record: RoundRecord;
+  /** the round's selected devices that have not answered it: a late answer from one of them still counts in the record */
+  silent: readonly string[];
 }
 
 interface RoundRef {
@@ -627,7 +631,7 @@ function lateValidations(cur: RoundState): Effect[] {
 
 function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<RoundState['closedBy']>): StepResult {
   const cur = state.current as RoundState;
-  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, closedBy, workStartedAt: now, unanswered: cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length - cur.validating.length };
+  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, answeredLate: [...(cur.answeredLate ?? []), ...ids(cur.validating)], closedBy, workStartedAt: now, unanswered: cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length - cur.validating.length };
   if (cur.secagg) {
     // the masked inputs are in: the devices in the sum now reveal what removes the masks
     const inputs = new Set(ids(closed.accepted));
@@ -790,15 +794,32 @@ function settleInputs(state: CoordinatorState, now: number): StepResult {
 
 /**
  * Refuses an update. It counts (as rejected, or as late) in the ledger of the round it was meant
- * for while that round's ledger is still open — through its aggregation (and, for a run's last
- * round, its evaluation), so an update that comes after its round closed is counted as late there,
- * not in another round.
+ * for while that round's ledger is still open — through its aggregation and its evaluation (off the
+ * critical path: the record rewritten with the metrics), so an update that comes after its round
+ * closed is counted as late there, not in another round.
  */
 function reject(state: CoordinatorState, update: RoundRef & { submission: number; deviceId: string }, code: ErrorCode, message: string, late = false): StepResult {
+  const effects: Effect[] = [{ type: 'update:reject', submission: update.submission, deviceId: update.deviceId, code, message, late }];
   const cur = state.current;
-  const open = cur !== undefined && (state.phase === 'training' || state.phase === 'aggregating' || state.phase === 'evaluating') && same(cur, update);
-  const counted = open ? { ...state, current: { ...cur, rejected: cur.rejected + (late ? 0 : 1), late: cur.late + (late ? 1 : 0) } } : state;
-  return { state: counted, effects: [{ type: 'update:reject', submission: update.submission, deviceId: update.deviceId, code, message, late }] };
+  // late: a selected device's first answer after the round closed (it is no longer one that never answered); anything else refused: rejected
+  const count = <T extends { rejected: number; late: number; unanswered?: number }>(x: T, isLate: boolean): T =>
+    isLate ? { ...x, late: x.late + 1, ...(x.unanswered ? { unanswered: x.unanswered - 1 } : {}) } : { ...x, rejected: x.rejected + 1 };
+  if (cur !== undefined && (state.phase === 'training' || state.phase === 'aggregating' || state.phase === 'evaluating') && same(cur, update)) {
+    const isLate = late && silentDevices(cur).includes(update.deviceId);
+    return { state: { ...state, current: { ...count(cur, isLate), ...(isLate ? { answeredLate: [...(cur.answeredLate ?? []), update.deviceId] } : {}) } }, effects };
+  }
+  // its round already recorded, and evaluated off the critical path: the record is rewritten with the metrics, and with this
+  const pending = state.evaluations?.find((e) => same(e, update));
+  if (!pending) return { state, effects };
+  const isLate = late && pending.silent.includes(update.deviceId);
+  const counted: PendingEvaluation = { ...pending, record: count(pending.record, isLate), silent: pending.silent.filter((id) => !isLate || id !== update.deviceId) };
+  return { state: { ...state, evaluations: (state.evaluations ?? []).map((e) => (e === pending ? counted : e)) }, effects };
+}
+
+/** The round's selected devices that have not answered it, in time or late, nor dropped. */
+function silentDevices(cur: RoundState): string[] {
+  const answered = new Set([...ids(cur.accepted), ...ids(cur.validating), ...cur.refused, ...cur.dropped, ...(cur.answeredLate ?? [])]);
+  return cur.selected.filter((id) => !answered.has(id));
 }
 
 /**
@@ -836,7 +857,7 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
   }
   if (result.pending) {
     record.evaluationPending = true;
-    state = { ...state, evaluations: [...(state.evaluations ?? []), { runId: cur.runId, round: cur.round, attempt: cur.attempt, version: cur.modelVersion as number, startedAt: now, record }] };
+    state = { ...state, evaluations: [...(state.evaluations ?? []), { runId: cur.runId, round: cur.round, attempt: cur.attempt, version: cur.modelVersion as number, startedAt: now, record, silent: silentDevices(cur) }] };
   }
   const effects: Effect[] = [
     { type: 'round:record', record, willRetry: false },
