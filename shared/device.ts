@@ -19,7 +19,7 @@ import { pairedCounts } from './canary.ts';
 import { mixedAccuracies, mixWeight, totalVariation } from './personalize.ts';
 import { controlCorrection, deviceControlStep, scaffoldUpdateSpecs } from './scaffold.ts';
 import { setFlatWeights } from './models.ts';
-import { decodeWeights, type FlatWeights } from './weights.ts';
+import { decodeWeights, WeightsFormatError, type FlatWeights, type TensorSpec } from './weights.ts';
 
 /** The last global model this device downloaded: the base a server may send the next one against. */
 export interface HeldModel {
@@ -86,21 +86,35 @@ export const codecSeed = (planSeed: number, deviceId: string): number => (planSe
 /** The residual of a run's topk codec, and its SCAFFOLD control variate, are kept per run and model. */
 export const residualKey = (runId: number, model: ModelName): string => `${runId}:${model}`;
 
-/** The round's global model: in full, or rebuilt from the held model and the server's delta; then held. */
-export async function receiveModel(msg: RoundStart, model: tf.LayersModel, memory: DeviceMemory): Promise<FlatWeights> {
+/** The server sent a delta against a model this device does not hold: it must ask for the full model. */
+export class MissingBaseError extends Error {}
+
+/**
+ * The round's global model from what the server sent: in full, or rebuilt from the held model (or
+ * the run's seeded initial model) and a delta or a chain of steps, which must end at the round's
+ * version. `specs`: the architecture a full model must have.
+ */
+export function rebuildModel(msg: RoundStart, held: HeldModel | undefined, specs?: readonly TensorSpec[]): FlatWeights {
   const bytes = msg.weights instanceof Uint8Array ? msg.weights : new Uint8Array(msg.weights as ArrayBuffer); // socket.io gives browsers ArrayBuffers
+  if (msg.baseVersion === undefined) return decodeWeights(bytes, specs);
+  const holds = (h: HeldModel | undefined): h is HeldModel => h !== undefined && h.version === msg.baseVersion && h.model === msg.model;
+  // the run's seeded initial model: built here, not downloaded
+  const base = !holds(held) && msg.baseSeed !== undefined ? { version: msg.baseVersion, model: msg.model, weights: initialWeights(msg.model, msg.baseSeed) } : held;
+  if (!holds(base)) throw new MissingBaseError(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);
+  const rebuilt = isModelChain(bytes) ? applyModelChain(base.weights, base.version, bytes) : applyModelDelta(base.weights, base.version, bytes);
+  if (rebuilt.version !== msg.modelVersion) throw new WeightsFormatError(`the server's delta leads to model v${rebuilt.version}, the round's model is v${msg.modelVersion}`);
+  return rebuilt.weights;
+}
+
+/** The round's global model (rebuildModel), then held; a delta against a model it lost makes it say it holds none. */
+export async function receiveModel(msg: RoundStart, model: tf.LayersModel, memory: DeviceMemory): Promise<FlatWeights> {
+  const held = msg.baseVersion === undefined ? undefined : await memory.loadModel().catch(() => undefined);
   let weights: FlatWeights;
-  if (msg.baseVersion !== undefined) {
-    let held = await memory.loadModel().catch(() => undefined);
-    // the run's seeded initial model: built here, not downloaded
-    if (msg.baseSeed !== undefined && (!held || held.version !== msg.baseVersion || held.model !== msg.model)) held = { version: msg.baseVersion, model: msg.model, weights: initialWeights(msg.model, msg.baseSeed) };
-    if (!held || held.version !== msg.baseVersion || held.model !== msg.model) {
-      await memory.saveModel(undefined).catch(() => undefined); // say "none" next time, and get the full model
-      throw new Error(`the server sent a delta against model v${msg.baseVersion}, this device holds ${held ? `v${held.version}` : 'none'}`);
-    }
-    weights = (isModelChain(bytes) ? applyModelChain(held.weights, held.version, bytes) : applyModelDelta(held.weights, held.version, bytes)).weights;
-  } else {
-    weights = decodeWeights(bytes, weightSpecs(model));
+  try {
+    weights = rebuildModel(msg, held, msg.baseVersion === undefined ? weightSpecs(model) : undefined);
+  } catch (err) {
+    if (err instanceof MissingBaseError) await memory.saveModel(undefined).catch(() => undefined); // say "none" next time, and get the full model
+    throw err;
   }
   await memory.saveModel({ version: msg.modelVersion, model: msg.model, weights }).catch(() => undefined); // a lost copy only costs a full download
   return weights;

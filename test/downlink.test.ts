@@ -9,7 +9,9 @@ import { ModelBook, type DownloadsOf } from '../server/model-book.ts';
 import { initialWeights } from '../shared/models.ts';
 import { createLogger } from '../server/log.ts';
 import { openSqliteStore } from '../server/store/sqlite.ts';
-import { applyModelDelta, isModelDelta } from '../shared/model-delta.ts';
+import { applyModelDelta, encodeModelDelta, isModelDelta } from '../shared/model-delta.ts';
+import { memoryInProcess, MissingBaseError, rebuildModel, receiveModel, type HeldModel } from '../shared/device.ts';
+import type { RoundStart } from '../shared/protocol.ts';
 import { applyModelChain, encodeModelChain, isModelChain, quantizeStep } from '../shared/model-steps.ts';
 import { createRng } from '../shared/rng.ts';
 import { runConfigSchema, validateRunConfig } from '../shared/schemas.ts';
@@ -147,5 +149,23 @@ describe('the model book with a lossy downlink', () => {
     expect(issues({ downlinkCodec: 'q8', downlink: 'full' })).toMatch(/downlinkCodec: .*downlink "delta"/);
     expect(issues({ downlinkTopkFraction: 0.1 })).toMatch(/downlinkTopkFraction: has no effect/);
     expect(issues({ downlinkCodec: 'topk+q8+deflate', downlinkTopkFraction: 0.1 })).toBe('');
+  });
+});
+
+describe('the device rebuilding the round\'s model (shared/device.ts, one implementation for the page, the workers and the tests)', () => {
+  const round = (o: Partial<RoundStart>): RoundStart => ({ runId: 1, round: 2, attempt: 1, model: 'mlp', modelVersion: 5, ...o }) as RoundStart;
+  const v4: HeldModel = { version: 4, model: 'mlp', weights: { specs, values: noise(1, 1) } };
+  const v5 = noise(2, 1);
+
+  it('rebuilds from a delta against the model it holds, and refuses a delta that ends elsewhere or stands on a model it lacks', async () => {
+    const delta = encodeModelDelta(v4.weights.values, v5, 4, 5);
+    expect(rebuildModel(round({ baseVersion: 4, weights: delta }), v4).values).toEqual(v5);
+    // a delta whose target is not the round's version (a stale or forged one): refused, not held as v5
+    expect(() => rebuildModel(round({ baseVersion: 4, weights: encodeModelDelta(v4.weights.values, v5, 4, 6) }), v4)).toThrow(/leads to model v6, the round's model is v5/);
+    expect(() => rebuildModel(round({ baseVersion: 3, weights: delta }), v4)).toThrow(MissingBaseError);
+    // the page's memory then says it holds none, so the next round brings the full model
+    const memory = memoryInProcess({ model: v4 });
+    await expect(receiveModel(round({ baseVersion: 3, weights: delta }), { getWeights: () => [] } as never, memory)).rejects.toThrow(MissingBaseError);
+    expect(memory.model()).toBeUndefined();
   });
 });

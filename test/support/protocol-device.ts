@@ -7,8 +7,8 @@
 import { io } from 'socket.io-client';
 import { createIdentity, type DeviceIdentity } from '../../shared/identity.ts';
 import type { Result, RoundStart } from '../../shared/protocol.ts';
-import { decodeWeights, encodeWeights, type FlatWeights } from '../../shared/weights.ts';
-import { applyModelDelta } from '../../shared/model-delta.ts';
+import { rebuildModel, type HeldModel } from '../../shared/device.ts';
+import { encodeWeights } from '../../shared/weights.ts';
 import { joinFederation, type DeviceSocket } from '../../web-client/fl/join.ts';
 import { claims } from './server.ts';
 
@@ -29,7 +29,7 @@ export class ProtocolDevice {
   readonly sent: SentUpdate[] = [];
   readonly starts: RoundStart[] = [];
   /** the global model it holds (it reports the version, so the server may send it deltas) */
-  model: { weights: FlatWeights; version: number } | undefined;
+  model: HeldModel | undefined;
   /** round starts whose weights were a delta against the model it held */
   deltas = 0;
   /** a hostile device: what it does to its update before sending it (well-formed, selected, lying) */
@@ -105,13 +105,8 @@ export class ProtocolDevice {
   private async answer(socket: DeviceSocket, msg: RoundStart): Promise<void> {
     this.starts.push(msg);
     if (this.held) await new Promise<void>((r) => this.held!.push(r));
-    if (msg.baseVersion !== undefined) {
-      if (!this.model) throw new Error(`sent a delta against v${msg.baseVersion}, holding nothing`);
-      const applied = applyModelDelta(this.model.weights, msg.baseVersion, msg.weights);
-      if (applied.version !== msg.modelVersion) throw new Error(`a delta to v${applied.version}, the round's model is v${msg.modelVersion}`);
-      this.model = applied;
-      this.deltas++;
-    } else this.model = { weights: decodeWeights(msg.weights), version: msg.modelVersion };
+    this.model = { version: msg.modelVersion, model: msg.model, weights: rebuildModel(msg, this.model) };
+    if (msg.baseVersion !== undefined) this.deltas++;
     socket.emit('device:state', { state: 'training', runId: msg.runId, round: msg.round, attempt: msg.attempt, modelVersion: msg.modelVersion });
     const specs = this.model.weights.specs;
     const honest = this.deltaFor(msg, specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0));
