@@ -250,38 +250,43 @@ describe('failures come back to the reducer', () => {
 });
 
 describe('disconnects at every phase', () => {
-  it('while selecting, training, validating, aggregating and evaluating', async () => {
-    const s = new Scenario();
+  it('while training, validating, aggregating and evaluating (selecting: the next scenario)', async () => {
+    const s = new Scenario({ sums: true });
     s.join('device-a', 'device-b', 'device-c', 'device-d');
     const runId = await s.start({ rounds: 2, clientsPerRound: 2, minUpdates: 2, overSelect: 1.5, roundTimeoutMs: 30_000 });
     await flush();
     const selected = s.port.selected(1);
     expect(selected).toHaveLength(3);
     const [first, second, third] = selected as [string, string, string];
+    const idle = ['device-a', 'device-b', 'device-c', 'device-d'].find((id) => !selected.includes(id))!;
+    const w0 = s.globalFor(second);
     // training: one selected device leaves before answering
     s.federation.leave(first);
     expect(s.federation.status().round).toMatchObject({ dropped: 1 });
     // validating: a device leaves after its update arrived; the update stands
-    s.validator.hold = true;
-    const pending = s.federation.submitUpdate(second, s.update(second));
+    s.sums!.hold = true;
+    const pending = s.federation.submitUpdate(second, s.update(second, { step: 0.01 }));
     await flush();
     expect(s.federation.status().round).toMatchObject({ validating: 1 });
     s.federation.leave(second);
     expect(s.federation.status().round).toMatchObject({ dropped: 1, validating: 1 });
-    s.validator.hold = false;
-    s.validator.release();
+    s.sums!.hold = false;
+    s.sums!.release();
     expect(await pending).toEqual({ ok: true, data: { accepted: true } });
-    // aggregating: the quorum closes the round, and a device leaves before aggregation runs
+    // aggregating: the quorum closes the round; while its sum is taken, the device whose update closed it leaves
+    s.sums!.holdTake = true;
     s.evaluator.hold = true;
-    const closing = s.federation.submitUpdate(third, s.update(third));
-    await Promise.resolve();
-    const idle = ['device-a', 'device-b', 'device-c', 'device-d'].find((id) => !selected.includes(id))!;
-    await closing;
-    s.federation.leave(idle);
-    await flush();
-    // evaluating (off the critical path): the last device leaves
-    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1, evaluationPending: true });
+    expect(await s.submit(third, { step: 0.03 })).toEqual({ ok: true, data: { accepted: true } });
+    expect(s.federation.status().phase).toBe('aggregating');
     s.federation.leave(third);
+    s.sums!.releaseTake();
+    await flush();
+    // both counted updates stand: the model is their FedAvg
+    expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1, evaluationPending: true });
+    expect(lastModel(s, runId).values[0]).toBeCloseTo(w0.values[0]! + 0.02, 6);
+    // evaluating (off the critical path): the last device leaves
+    expect(s.evaluator.pending).toHaveLength(1);
+    s.federation.leave(idle);
     s.evaluator.pending[0]!.resolve({ accuracy: 0.5, loss: 1, examples: 100 });
     await flush();
     expect(s.rounds(runId)[0]).toMatchObject({ status: 'completed', completed: 2, dropped: 1, testAccuracy: 0.5 });

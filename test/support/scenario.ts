@@ -161,7 +161,15 @@ export class ControlledSums implements ThreadSums {
     if (!this.kept.delete(kept.id)) throw new Error(`sums: update ${kept.id} is not kept (added or dropped twice?)`);
     this.dropped.push(kept.id);
   }
+  /** while set, handing over a round's sum (its aggregation) waits for releaseTake() */
+  holdTake = false;
+  private readonly taking: (() => void)[] = [];
+  releaseTake(): void {
+    this.holdTake = false;
+    for (const r of this.taking.splice(0)) r();
+  }
   async take(key: string, size: number): Promise<PartialSum[]> {
+    if (this.holdTake) await new Promise<void>((r) => this.taking.push(r));
     const p = this.sums.get(key)?.partial() ?? { sum: new Float64Array(size), weight: 0, updates: 0 };
     this.sums.delete(key);
     return [p];
