@@ -46,6 +46,26 @@ describe('secure aggregation: the masks', () => {
     }
   });
 
+  it('cancel for every pattern of two dropouts, each at any stage, in a round of 6 (k = 5, t = 3: two may fall out)', async () => {
+    const ids = await identities(6);
+    const inputs = randomInputs(6, 17, 5);
+    const stages: Stage[] = ['keys', 'shares', 'input', 'reveal'];
+    let rounds = 0;
+    for (let a = 0; a < 6; a++) {
+      for (let b = a + 1; b < 6; b++) {
+        for (const sa of stages) {
+          for (const sb of stages) {
+            const r = await secAggRound(ids, inputs, { dropAt: { [ids[a]!.deviceId]: sa, [ids[b]!.deviceId]: sb } });
+            const inSum = (j: number) => (j !== a && j !== b) || (j === a ? sa : sb) === 'reveal';
+            expect(Array.from(r.sum), `${a}@${sa} ${b}@${sb}`).toEqual(Array.from(plainSum(inputs, inSum)));
+            rounds++;
+          }
+        }
+      }
+    }
+    expect(rounds).toBe(15 * 16);
+  }, 120_000);
+
   it('cancel with two devices dropping after sharing in a round of 10 (k = 8, t = 5)', async () => {
     const ids = await identities(10);
     const inputs = randomInputs(10, 65, 3);
