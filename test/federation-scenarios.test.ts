@@ -101,7 +101,7 @@ describe('failures come back to the reducer', () => {
     s.evaluator.failNext = 'out of memory';
     await s.submit('device-a');
     await s.submit('device-b');
-    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, testLoss: null, reason: 'evaluation failed: out of memory' });
+    expect(s.rounds(runId)[0]).toMatchObject({ round: 1, status: 'completed', testAccuracy: null, testLoss: null, reason: 'closed when 2 updates were counted (K = 2); evaluation failed: out of memory' });
     expect(s.rounds(runId)[0]!.modelVersion).not.toBeNull();
     expect(s.federation.status().phase).toBe('training'); // round 2
     await s.submit('device-a');

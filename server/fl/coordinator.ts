@@ -830,7 +830,7 @@ function silentDevices(cur: RoundState): string[] {
 function finishRound(state: CoordinatorState, now: number, result: { testAccuracy: number | null; testLoss: number | null; reason: string | null; pending?: boolean }): StepResult {
   let run = state.run as RunState;
   const cur = state.current as RoundState;
-  const closedHow = cur.closedBy === 'deadline' ? `closed at the deadline with ${cur.accepted.length} updates` : cur.closedBy === 'all answered' ? `closed when every selected device had answered (${cur.accepted.length} updates)` : null;
+  const closedHow = cur.closedBy && { deadline: `closed at the deadline with ${cur.accepted.length} updates`, 'all answered': `closed when every selected device had answered (${cur.accepted.length} updates)`, quorum: `closed when ${cur.accepted.length} updates were counted (K = ${run.config.clientsPerRound})` }[cur.closedBy];
   const reason = [closedHow, result.reason].filter(Boolean).join('; ') || null;
   const timeline: RoundTimeline = { ...(state.timeline as RoundTimeline), evaluatedAt: now, outcome: 'completed' };
   const record = roundRecord(run.config, cur, timeline, { ...result, status: 'completed', reason });
