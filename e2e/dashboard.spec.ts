@@ -30,6 +30,11 @@ test('the dashboard follows devices and a run launched from its form, live', asy
 
   // Sign in: a wrong token gets a clear message, the right one opens the live channel.
   await page.goto('/admin');
+  // Nothing loaded yet: the charts show their notes, not empty axes.
+  await expect(page.locator('#acc-empty')).toBeVisible();
+  await expect(page.locator('#accuracy-wrap')).toBeHidden();
+  for (const chart of ['#spread-chart', '#bytes-chart', '#time-chart']) await expect(page.locator(chart)).toHaveCSS('visibility', 'hidden');
+  await expect(page.locator('#monitor-chart-wrap')).toBeHidden();
   await page.screenshot({ path: `${shots}/admin-signin.png` });
   // Launch before sign-in could only meet a 401: it waits for the token, and says so.
   await expect(page.locator('#launch-button')).toBeDisabled();

@@ -477,7 +477,12 @@ async function loadHistory(): Promise<void> {
   const more = byId<HTMLButtonElement>('models-more');
   more.hidden = ofRun.length <= 10;
   more.textContent = showAllModels ? 'Show the latest 10' : `Show all ${ofRun.length} versions of this run`;
-  if (runId === undefined) return;
+  if (runId === undefined) {
+    // no run yet: every chart shows its note, not an empty axis
+    renderRounds(byId<HTMLTableElement>('rounds'), [], openRounds);
+    renderCharts([]);
+    return;
+  }
   const { body: rounds } = await api<RoundRecord[]>(`/api/runs/${runId}/rounds`);
   renderRounds(byId<HTMLTableElement>('rounds'), rounds, openRounds);
   renderCharts(rounds);
@@ -631,5 +636,7 @@ setInterval(() => {
   if (last && ACTIVE.has(last.phase)) renderSnapshot({ ...last, now: Date.now() + clockSkew });
 }, 1000);
 
+// Until the history arrives (before sign-in too), the charts are empty: they show their notes.
+renderCharts([]);
 if (token) connectLive();
 else byId<HTMLInputElement>('token').focus();
