@@ -72,7 +72,10 @@ test('the dashboard follows devices and a run launched from its form, live', asy
   await expect(page.locator('#e-batchSize')).toHaveText('Must be a whole number');
   await expect(page.locator('#e-minUpdates')).toHaveText('Min updates must not exceed Clients per round (K)');
   expect(((await (await admin.get('/api/runs')).json()) as unknown[]).length).toBe(runsBefore); // nothing was launched
-  await page.screenshot({ path: `${shots}/admin-field-errors.png`, fullPage: true });
+  // the picture shows the messages beside their fields: the drawer scrolled back to its top (Launch, at its foot, scrolled it down)
+  await page.locator('#launch-drawer').evaluate((d) => d.scrollTo(0, 0));
+  await expect(page.locator('#e-minUpdates')).toBeInViewport();
+  await page.screenshot({ path: `${shots}/admin-field-errors.png` });
 
   // A preset saved by npm run tune (presets/ in the repository): offered in the form, it fills the fields with its config.
   const { presets } = (await (await admin.get('/api/presets')).json()) as { presets: { name: string; label: string; hint: string; config: Record<string, unknown> }[] };
