@@ -281,6 +281,8 @@ const accuracyChart = lineChart(byId<HTMLCanvasElement>('accuracy-chart'), [], [
 ]);
 // A private run's ε spent, on its own axis beside accuracy and loss.
 accuracyChart.data.datasets.push({ label: 'ε spent (δ as set)', data: [], borderColor: '#6b3fa0', backgroundColor: '#6b3fa0', yAxisID: 'epsilon', hidden: true } as (typeof accuracyChart.data.datasets)[number]);
+// a run without DP has no ε: its legend entry goes with the hidden series rather than showing struck through
+accuracyChart.options.plugins = { legend: { position: 'bottom', labels: { filter: (item, data) => !data.datasets[item.datasetIndex ?? 0]?.hidden } } };
 accuracyChart.options.scales = { x: { title: { display: true, text: 'round' } }, y: { min: 0 }, epsilon: { position: 'right', min: 0, display: false, title: { display: true, text: 'ε' }, grid: { drawOnChartArea: false } } };
 const spreadChart = new Chart<'scatter', { x: number; y: number }[]>(byId<HTMLCanvasElement>('spread-chart'), {
   type: 'scatter',
