@@ -94,6 +94,9 @@ try {
     process.stdout.write(`\ninjected: ${dropper.dropped.length} tabs closed mid-round${faults.rejoin ? ` (${dropper.rejoined.length} came back)` : ''}, ${count('silent')} silent and ${count('late')} late answers (tabs open at the end)\n`);
     const completed = result.rounds.filter((r) => r.status === 'completed');
     process.stdout.write(`rounds: ${completed.length} completed, ${result.rounds.length - completed.length} failed attempts; test accuracy ${completed.map((r) => (r.testAccuracy === null ? '—' : (r.testAccuracy * 100).toFixed(1))).join(' → ')}\n`);
+    // the records as they stand at the end (a round's late answers may come after the table printed its row), against the late answers the open tabs sent to those rounds
+    const sentLate = injected.filter((x) => x.fault === 'late' && completed.some((r) => r.round === x.round && r.attempt === x.attempt)).length;
+    process.stdout.write(`completed rounds: the open tabs sent ${sentLate} late answers, the records count ${completed.reduce((n, r) => n + r.late, 0)}; ${completed.reduce((n, r) => n + r.unanswered, 0)} selected devices never answered\n`);
   }
   process.stdout.write(`\nrun ${result.status}: ${result.reason ?? ''} in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   for (const d of devices) await d.context.close();

@@ -45,7 +45,7 @@ export interface DeviceTestApi {
   /** measures training samples/s on a backend: raw model.fit vs the device's training step */
   benchTraining(backend: string, model: ModelName, examples: number): Promise<TrainingBench>;
   /** the faults injected by ?faultSilent/faultLate, round by round (simulation only) */
-  faults: { round: number; fault: Fault }[];
+  faults: { round: number; attempt: number; fault: Fault }[];
   /** live TF.js tensors on this page */
   tensors(): number;
 }
@@ -276,7 +276,7 @@ async function join(j: JoinSpec, replace: boolean): Promise<void> {
     const heldOut = toTensors(data.heldOut);
     const joinToken = params.get('joinToken') ?? undefined;
     const faults = faultsFromQuery(params);
-    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, quality: { conformity: quality.conformity!, uniqueness: quality.uniqueness!, completeness: quality.completeness!, coherence: quality.coherence }, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(trainer ? { runRound: trainer.run } : {}), ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round) => window.__fl.faults.push({ round, fault })) } : {}) });
+    const device = new DeviceClient({ identity, hello: { backend: choice.backend, backendReason: choice.reason.slice(0, 300), examples: meta.trainCount, heldOut: meta.heldOutCount, labelHistogram: meta.histogram, quality: { conformity: quality.conformity!, uniqueness: quality.uniqueness!, completeness: quality.completeness!, coherence: quality.coherence }, ...(joinToken ? { joinToken: joinToken.slice(0, 200) } : {}) }, train, heldOut, memory: indexedDbMemory, ...(trainer ? { runRound: trainer.run } : {}), ...(faults ? { beforeSubmit: faultyDevice(faults, (fault, round, attempt) => window.__fl.faults.push({ round, attempt, fault })) } : {}) });
     client = device;
     saveTabJoin({ spec: j, joined: true });
     const unsubscribe = device.subscribe((s) => {

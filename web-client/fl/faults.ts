@@ -38,12 +38,12 @@ export function faultOf(f: PageFaults, runId: number, round: number, attempt: nu
 }
 
 /** A device that misbehaves as drawn: it sends nothing (silent), or sends after the deadline (late). */
-export function faultyDevice(f: PageFaults, onFault: (fault: Fault, round: number) => void = () => undefined): BeforeSubmit {
+export function faultyDevice(f: PageFaults, onFault: (fault: Fault, round: number, attempt: number) => void = () => undefined): BeforeSubmit {
   return async (submission, round) => {
     const fault = faultOf(f, round.runId, round.round, round.attempt);
-    onFault(fault, round.round);
+    onFault(fault, round.round, round.attempt);
     if (fault === 'silent') return undefined;
-    // Just after the deadline: the round's record, written once it is evaluated, still counts it as late.
+    // Just after the deadline: the round has closed; its record counts the answer as late (rewritten when its model is evaluated).
     if (fault === 'late') await new Promise((r) => setTimeout(r, Math.max(0, round.deadline - Date.now()) + 100));
     return submission;
   };
