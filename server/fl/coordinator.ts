@@ -865,7 +865,7 @@ function finishRound(state: CoordinatorState, now: number, result: { testAccurac
     ...(result.pending ? [{ type: 'model:evaluate', runId: cur.runId, round: cur.round, attempt: cur.attempt, version: cur.modelVersion as number } satisfies Effect] : []),
   ];
   if (run.round >= run.config.rounds) {
-    const done = `completed ${run.round} rounds`;
+    const done = `completed ${run.round} round${run.round === 1 ? '' : 's'}`;
     effects.push({ type: 'run:finished', runId: run.id, status: 'done', reason: done });
     return { state: { ...state, phase: 'done', current: undefined, run: { ...accounted, reason: done }, timeline }, effects };
   }
