@@ -528,6 +528,16 @@ async function benchOffLoop(): Promise<void> {
 }
 
 // ─── 10. the non-IID strategies' cost on the device ─────────────────────────
+/** TF.js on wasm with the project's training kernels, as the devices and the simulation train. */
+async function wasmTf(): Promise<typeof import('@tensorflow/tfjs')> {
+  const tf = await import('@tensorflow/tfjs');
+  await import('@tensorflow/tfjs-backend-wasm');
+  registerWasmTrainingKernels();
+  await tf.setBackend('wasm');
+  await tf.ready();
+  return tf;
+}
+
 /**
  * What FedProx's proximal term and personalization (the two mixes, scored on held-out data) add to
  * a device's round: local training of the 2NN and cnn-small on 600 examples (E = 1, B = 10) with
@@ -537,11 +547,7 @@ async function benchOffLoop(): Promise<void> {
 async function benchStrategies(): Promise<void> {
   line('## The strategies\' cost on the device (Node, wasm, median of repeats)');
   line('model | local training, FedAvg (ms) | with FedProx μ = 0.01 (ms) | ratio | with SCAFFOLD\'s correction (ms) | ratio | personalization: two mixes on 150 held-out (ms)');
-  const tf = await import('@tensorflow/tfjs');
-  await import('@tensorflow/tfjs-backend-wasm');
-  registerWasmTrainingKernels();
-  await tf.setBackend('wasm');
-  await tf.ready();
+  const tf = await wasmTf();
   const { train } = loadMnist();
   const data = toTensors({ pixels: train.images.slice(0, 600 * 784), labels: train.labels.slice(0, 600) });
   const heldOut = toTensors({ pixels: train.images.slice(600 * 784, 750 * 784), labels: train.labels.slice(600, 750) });
@@ -594,11 +600,7 @@ async function benchStrategies(): Promise<void> {
  */
 async function benchKernels(): Promise<void> {
   line('## A training step\'s kernels on wasm (Node, tf.profile of 10 steps, batch 10): ms per step');
-  const tf = await import('@tensorflow/tfjs');
-  await import('@tensorflow/tfjs-backend-wasm');
-  registerWasmTrainingKernels();
-  await tf.setBackend('wasm');
-  await tf.ready();
+  const tf = await wasmTf();
   const { train } = loadMnist();
   const rows: unknown[] = [];
   for (const name of ['mlp', 'cnn-small', 'cnn'] as ModelName[]) {
