@@ -112,9 +112,7 @@ export interface RoundState {
   bytesDown: number;
   bytesUp: number;
   closedBy?: 'quorum' | 'all answered' | 'deadline';
-  /** selected devices that had neither answered nor dropped when the round closed */
-  unanswered?: number;
-  /** selected devices that answered after the round closed (each counts once, as late) */
+  /** selected devices that answered after the round closed (each counts once, as late; the ones still silent are silentDevices) */
   answeredLate?: readonly string[];
   /** when the current step (aggregation, evaluation) began: its timeout runs from here */
   workStartedAt?: number;
@@ -449,7 +447,7 @@ function roundRecord(config: RunConfig, cur: RoundState, timeline: RoundTimeline
     participants: cur.selected.length,
     completed: m.length,
     refused: cur.refused.length,
-    unanswered: cur.unanswered ?? cur.selected.length - m.length - cur.refused.length - cur.dropped.length - cur.validating.length,
+    unanswered: silentDevices(cur).length,
     dropped: cur.dropped.length,
     late: cur.late,
     rejected: cur.rejected,
@@ -631,7 +629,7 @@ function lateValidations(cur: RoundState): Effect[] {
 
 function closeRound(state: CoordinatorState, now: number, closedBy: NonNullable<RoundState['closedBy']>): StepResult {
   const cur = state.current as RoundState;
-  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, answeredLate: [...(cur.answeredLate ?? []), ...ids(cur.validating)], closedBy, workStartedAt: now, unanswered: cur.selected.length - cur.accepted.length - cur.refused.length - cur.dropped.length - cur.validating.length };
+  const closed: RoundState = { ...cur, validating: [], late: cur.late + cur.validating.length, answeredLate: [...(cur.answeredLate ?? []), ...ids(cur.validating)], closedBy, workStartedAt: now };
   if (cur.secagg) {
     // the masked inputs are in: the devices in the sum now reveal what removes the masks
     const inputs = new Set(ids(closed.accepted));
@@ -802,17 +800,18 @@ function reject(state: CoordinatorState, update: RoundRef & { submission: number
   const effects: Effect[] = [{ type: 'update:reject', submission: update.submission, deviceId: update.deviceId, code, message, late }];
   const cur = state.current;
   // late: a selected device's first answer after the round closed (it is no longer one that never answered); anything else refused: rejected
-  const count = <T extends { rejected: number; late: number; unanswered?: number }>(x: T, isLate: boolean): T =>
-    isLate ? { ...x, late: x.late + 1, ...(x.unanswered ? { unanswered: x.unanswered - 1 } : {}) } : { ...x, rejected: x.rejected + 1 };
   if (cur !== undefined && (state.phase === 'training' || state.phase === 'aggregating' || state.phase === 'evaluating') && same(cur, update)) {
     const isLate = late && silentDevices(cur).includes(update.deviceId);
-    return { state: { ...state, current: { ...count(cur, isLate), ...(isLate ? { answeredLate: [...(cur.answeredLate ?? []), update.deviceId] } : {}) } }, effects };
+    const counted: RoundState = isLate ? { ...cur, late: cur.late + 1, answeredLate: [...(cur.answeredLate ?? []), update.deviceId] } : { ...cur, rejected: cur.rejected + 1 };
+    return { state: { ...state, current: counted }, effects };
   }
   // its round already recorded, and evaluated off the critical path: the record is rewritten with the metrics, and with this
   const pending = state.evaluations?.find((e) => same(e, update));
   if (!pending) return { state, effects };
-  const isLate = late && pending.silent.includes(update.deviceId);
-  const counted: PendingEvaluation = { ...pending, record: count(pending.record, isLate), silent: pending.silent.filter((id) => !isLate || id !== update.deviceId) };
+  const r = pending.record;
+  const counted: PendingEvaluation = pending.silent.includes(update.deviceId) && late
+    ? { ...pending, record: { ...r, late: r.late + 1, unanswered: r.unanswered - 1 }, silent: pending.silent.filter((id) => id !== update.deviceId) }
+    : { ...pending, record: { ...r, rejected: r.rejected + 1 } };
   return { state: { ...state, evaluations: (state.evaluations ?? []).map((e) => (e === pending ? counted : e)) }, effects };
 }
 
